@@ -1,0 +1,84 @@
+"""Build and load the plain-C prox kernel (`_prox24.c`) on first use.
+
+The kernel has no dependency beyond libm, so any C compiler builds it in about a second.
+The library is cached per source hash; when no compiler is available, callers fall back to
+the vectorised torch implementation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from .cache import cache_dir
+
+_SOURCE = Path(__file__).with_name("_prox24.c")
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-fno-math-errno"]
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_failure: str | None = None
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(target: Path) -> None:
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True)
+        os.replace(tmp, target)
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"{compiler} failed: {err.stderr.decode(errors='replace').strip()}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None when it cannot be built here (see `failure()`)."""
+    global _library, _failure
+    if _library is not None or _failure is not None:
+        return _library
+    with _lock:
+        if _library is not None or _failure is not None:
+            return _library
+        if os.environ.get("PROXSPARSE_PROX_BACKEND", "").lower() == "torch":
+            _failure = "disabled by PROXSPARSE_PROX_BACKEND=torch"
+            return None
+        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+        target = cache_dir() / "kernels" / f"prox24-{platform.machine()}-{digest}.so"
+        try:
+            if not target.exists():
+                _build(target)
+            library = ctypes.CDLL(str(target))
+        except (OSError, RuntimeError) as err:
+            _failure = str(err)
+            return None
+        i64, dbl = ctypes.c_int64, ctypes.c_double
+        for suffix in ("float", "double"):
+            prox = getattr(library, f"prox24_{suffix}")
+            prox.argtypes, prox.restype = [ctypes.c_void_p, ctypes.c_void_p, i64, dbl], None
+            check = getattr(library, f"first_nonfinite_{suffix}")
+            check.argtypes, check.restype = [ctypes.c_void_p, i64], i64
+        _library = library
+        return _library
+
+
+def failure() -> str | None:
+    """Why the native kernel is unavailable, once `load()` has returned None."""
+    return _failure

@@ -1,0 +1,91 @@
+"""N:M masks and 2:4 pattern checks: the format core shared by learning, baselines and the pass.
+
+Groups are M consecutive entries along the last dimension (the input dimension of an
+`[out, in]` weight). Every selection breaks ties the same way, the lower index wins,
+because de-quantised checkpoints tie often and masks must not depend on the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ProxSparseError
+
+
+class SparsityPatternError(ProxSparseError, ValueError):
+    """A tensor that should be N:M sparse is not."""
+
+
+def _groups(tensor: torch.Tensor, m: int, what: str) -> torch.Tensor:
+    if tensor.dim() < 1 or tensor.shape[-1] % m:
+        raise ValueError(f"{what}: the last dimension of shape {tuple(tensor.shape)} is not a multiple of {m}")
+    return tensor.reshape(-1, m)
+
+
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Boolean mask keeping the n largest scores in every group of m (lower index wins ties)."""
+    if not 0 <= n <= m:
+        raise ValueError(f"nm_mask: need 0 <= n <= m, got n={n}, m={m}")
+    groups = _groups(scores, m, "nm_mask")
+    if groups.is_floating_point() and bool(torch.isnan(groups).any()):
+        raise ValueError("nm_mask: scores contain NaN")
+    greater = groups.unsqueeze(1) > groups.unsqueeze(2)  # [g, i, j]: score_j > score_i
+    tied_before = (groups.unsqueeze(1) == groups.unsqueeze(2)) & torch.ones(
+        m, m, dtype=torch.bool, device=groups.device
+    ).tril(-1)
+    rank = (greater | tied_before).sum(2)
+    return (rank < n).reshape(scores.shape)
+
+
+def magnitude_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """The n:m mask of the largest |weight| per group."""
+    return nm_mask(weight.detach().abs(), n, m)
+
+
+def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """weight where mask, +0.0 elsewhere (never -0.0, which `weight * mask` gives for negatives)."""
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+
+def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """In-place `apply_mask`."""
+    return weight.masked_fill_(~mask, 0.0)
+
+
+def nonzeros_per_group(tensor: torch.Tensor, m: int = 4) -> torch.Tensor:
+    """Number of non-zero entries in every group of m, flattened to [groups]."""
+    return (_groups(tensor, m, "nonzeros_per_group") != 0).sum(1)
+
+
+def pattern_stats(tensor: torch.Tensor, m: int = 4) -> dict[int, float]:
+    """Fraction of groups with exactly k non-zeros, for k = 0..m."""
+    counts = torch.bincount(nonzeros_per_group(tensor, m), minlength=m + 1).double()
+    total = max(float(counts.sum()), 1.0)
+    return {k: float(counts[k]) / total for k in range(m + 1)}
+
+
+def fraction_nm(tensor: torch.Tensor, n: int = 2, m: int = 4) -> float:
+    """Fraction of groups that already have at most n non-zeros."""
+    per_group = nonzeros_per_group(tensor, m)
+    return float((per_group <= n).double().mean()) if per_group.numel() else 1.0
+
+
+def check_nm(tensor: torch.Tensor, name: str = "tensor", n: int = 2, m: int = 4) -> None:
+    """Raise SparsityPatternError naming the tensor, its bad-group count and first bad index."""
+    if tensor.dim() < 1 or tensor.shape[-1] % m:
+        raise SparsityPatternError(f"{name}: last dimension of shape {tuple(tensor.shape)} is not a multiple of {m}")
+    per_group = nonzeros_per_group(tensor, m)
+    bad = (per_group > n).nonzero()
+    if bad.numel():
+        first = int(bad[0]) * m
+        index = list(torch.unravel_index(torch.tensor(first), tensor.shape))
+        where = ", ".join(str(int(i)) for i in index)
+        raise SparsityPatternError(
+            f"{name}: {bad.numel()} of {per_group.numel()} groups of {m} have more than {n} non-zeros "
+            f"(first bad group starts at [{where}])"
+        )
+
+
+def is_nm(tensor: torch.Tensor, n: int = 2, m: int = 4) -> bool:
+    """True when every group of m has at most n non-zeros."""
+    return tensor.dim() >= 1 and tensor.shape[-1] % m == 0 and bool((nonzeros_per_group(tensor, m) <= n).all())

@@ -1,0 +1,198 @@
+"""The proximal operator of the 2:4 regulariser, the hot inner step of ProxSparse.
+
+    prox(z) = argmin_w 1/2 ||w - z||^2 + lam * R(w),   R(w) = sum_{i<j<k} |wi wj wk|
+
+solved independently for every group of 4 consecutive entries along the last dimension
+(EnumALM: the best of the 2-sparse point and coordinate minimisation on supports of 3 and
+4, ALGORITHM.md). The CPU path runs a compiled per-group solver (`_prox24.c`) split across
+torch's intra-op threads; elsewhere, or without a C compiler, a vectorised torch solver
+that iterates only on the groups that have not converged yet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from . import _native
+
+_NATIVE_DTYPES = {torch.float32: "float", torch.float64: "double"}
+_CHUNK_GROUPS = 1 << 18  # groups converted at a time for bf16/fp16: bounds the fp32 scratch
+_MAX_SWEEPS = 1000
+_REL_TOL = 1e-12
+_pool: ThreadPoolExecutor | None = None
+
+
+def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """prox of lam * R on every group of 4 along the last dim of a 2-D float tensor.
+
+    Signs and the magnitude order inside each group are preserved; lam = 0 is the identity
+    and a large lam gives exactly 2:4. Half-precision inputs are solved in fp32 and returned
+    in their own dtype. `out` may be `weight` itself (see `prox_2to4_`).
+    """
+    _check_input(weight, lam)
+    if out is None:
+        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    elif out.shape != weight.shape or out.dtype != weight.dtype or out.device != weight.device:
+        raise ValueError(
+            f"prox_2to4: out has shape {tuple(out.shape)} {out.dtype} on {out.device}, "
+            f"expected {tuple(weight.shape)} {weight.dtype} on {weight.device}"
+        )
+    if not out.is_contiguous():
+        raise ValueError("prox_2to4: out must be contiguous")
+    source = weight.contiguous()
+    groups_in, groups_out = source.view(-1, 4), out.view(-1, 4)
+    if lam == 0:
+        if groups_out.data_ptr() != groups_in.data_ptr():
+            groups_out.copy_(groups_in)
+        return out
+    if source.device.type == "cpu" and source.dtype in _NATIVE_DTYPES and _native.load() is not None:
+        _prox_native(groups_in, groups_out, float(lam))
+    elif source.dtype in (torch.float32, torch.float64):
+        groups_out.copy_(_prox_groups_torch(groups_in, float(lam)))
+    else:
+        for start in range(0, groups_in.shape[0], _CHUNK_GROUPS):
+            chunk = groups_in[start : start + _CHUNK_GROUPS].float()
+            solved = torch.empty_like(chunk)
+            if chunk.device.type == "cpu" and _native.load() is not None:
+                _prox_native(chunk, solved, float(lam))
+            else:
+                solved = _prox_groups_torch(chunk, float(lam))
+            groups_out[start : start + _CHUNK_GROUPS].copy_(solved)
+    return out
+
+
+def prox_2to4_(weight: torch.Tensor, lam: float) -> torch.Tensor:
+    """In-place `prox_2to4`: no second full copy of the weight (the form a training step uses)."""
+    if not weight.is_contiguous():
+        raise ValueError("prox_2to4_: the weight must be contiguous to be updated in place")
+    return prox_2to4(weight, lam, out=weight)
+
+
+def backend(device: torch.device | str = "cpu") -> str:
+    """Which solver `prox_2to4` uses for fp32 tensors on `device`: 'native' or 'torch'."""
+    if torch.device(device).type == "cpu" and _native.load() is not None:
+        return "native"
+    return "torch"
+
+
+def _check_input(weight: torch.Tensor, lam: float) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"prox_2to4: expected a tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"prox_2to4: expected a 2-D weight [out, in], got {weight.dim()}-D shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"prox_2to4: expected a floating-point tensor, got {weight.dtype}")
+    if weight.shape[-1] % 4:
+        raise ValueError(f"prox_2to4: the last dimension ({weight.shape[-1]}) is not a multiple of 4")
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"prox_2to4: lam must be a finite number >= 0, got {lam!r}")
+    bad = _first_nonfinite(weight)
+    if bad is not None:
+        row, col = divmod(bad, weight.shape[-1])
+        raise ValueError(f"prox_2to4: non-finite value {weight[row, col].item()} at [{row}, {col}]")
+
+
+def _first_nonfinite(weight: torch.Tensor) -> int | None:
+    """Flat index of the first NaN/Inf, without materialising a mask on the native path."""
+    library = _native.load()
+    if weight.device.type == "cpu" and weight.dtype in _NATIVE_DTYPES and weight.is_contiguous() and library:
+        index = getattr(library, f"first_nonfinite_{_NATIVE_DTYPES[weight.dtype]}")(weight.data_ptr(), weight.numel())
+        return None if index < 0 else int(index)
+    finite = torch.isfinite(weight)
+    if bool(finite.all()):
+        return None
+    return int((~finite).flatten().nonzero()[0].item())
+
+
+def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) -> None:
+    """Run the C solver over [G, 4] contiguous CPU groups, one contiguous slice per thread."""
+    global _pool
+    kernel = getattr(_native.load(), f"prox24_{_NATIVE_DTYPES[groups_in.dtype]}")
+    count = groups_in.shape[0]
+    threads = max(1, min(torch.get_num_threads(), count // 4096))
+    size = groups_in.element_size() * 4
+    spans = [(count * t // threads, count * (t + 1) // threads) for t in range(threads)]
+    calls = [
+        (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size), hi - lo, lam)
+        for lo, hi in spans
+        if hi > lo
+    ]
+    if len(calls) == 1:
+        kernel(*calls[0][1:])
+        return
+    if _pool is None or _pool._max_workers < len(calls):
+        _pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="prox24")
+    for future in [_pool.submit(*call) for call in calls]:
+        future.result()
+
+
+def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
+    """Vectorised EnumALM over [G, 4] fp32/fp64 groups (any device); same answers as the C solver."""
+    work = z.double() if z.device.type == "cpu" else z.float()
+    magnitude = work.abs()
+    order = _descending_order(magnitude)
+    a = magnitude.gather(1, order)
+    dense = (a[:, 2] > 0).nonzero().squeeze(1)  # groups with at most two non-zeros are their own prox
+    a_dense = a[dense]
+
+    best = torch.zeros_like(a_dense)
+    best[:, :2] = a_dense[:, :2]
+    best_obj = 0.5 * (a_dense[:, 2] ** 2 + a_dense[:, 3] ** 2)
+    for support in (3, 4):
+        w = _coordinate_minimise(a_dense, lam, support)
+        obj = 0.5 * ((w - a_dense) ** 2).sum(1) + lam * _triple_products(w)
+        better = obj < best_obj
+        best = torch.where(better.unsqueeze(1), w, best)
+        best_obj = torch.where(better, obj, best_obj)
+
+    solved = a.clone()
+    solved[dense] = best
+    signed = torch.where(solved == 0, torch.zeros_like(solved), solved.copysign(work.gather(1, order)))
+    result = torch.empty_like(work).scatter_(1, order, signed)
+    return result.to(z.dtype)
+
+
+def _descending_order(magnitude: torch.Tensor) -> torch.Tensor:
+    """Per-group positions sorted by magnitude, descending, the lower index first on ties."""
+    rank = _rank_in_group(magnitude)
+    return torch.argsort(rank, dim=1)
+
+
+def _rank_in_group(values: torch.Tensor) -> torch.Tensor:
+    """rank_i = #{j: v_j > v_i} + #{j < i: v_j == v_i} within each row: a strict total order."""
+    m = values.shape[1]
+    later = values.unsqueeze(1)  # v_j along dim 2
+    here = values.unsqueeze(2)  # v_i along dim 1
+    lower_index = torch.ones(m, m, dtype=torch.bool, device=values.device).tril(-1)  # j < i
+    return ((later > here) | ((later == here) & lower_index)).sum(2)
+
+
+def _coordinate_minimise(a: torch.Tensor, lam: float, support: int) -> torch.Tensor:
+    """Exact coordinate minimisation on the first `support` sorted entries from w = 0,
+    sweeping from the smallest entry up; each group stops when its sweep changes it by
+    less than a relative 1e-12, and only unconverged groups are carried to the next sweep."""
+    w = torch.zeros_like(a)
+    active = torch.arange(a.shape[0], device=a.device)
+    tol = _REL_TOL * a[:, 0]
+    for _ in range(_MAX_SWEEPS):
+        if active.numel() == 0:
+            break
+        wa, aa = w[active], a[active]
+        before = wa.clone()
+        for k in reversed(range(support)):
+            others = [i for i in range(support) if i != k]
+            pair_sum = sum(wa[:, i] * wa[:, j] for n, i in enumerate(others) for j in others[n + 1 :])
+            wa[:, k] = (aa[:, k] - lam * pair_sum).clamp_min(0)
+        w[active] = wa
+        moving = (wa - before).abs().sum(1) > tol[active]
+        active = active[moving]
+    return w
+
+
+def _triple_products(w: torch.Tensor) -> torch.Tensor:
+    """R per group for non-negative [G, 4] entries: the sum of the 4 triple products."""
+    return w[:, 0] * w[:, 1] * (w[:, 2] + w[:, 3]) + w[:, 2] * w[:, 3] * (w[:, 0] + w[:, 1])

@@ -1,0 +1,23 @@
+"""The two ProxSparse regularisers as values: R (2:4, enters through the prox) and F (frozen weights, enters the loss)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def r_2to4(weight: torch.Tensor) -> torch.Tensor:
+    """sum over groups of 4 of R(w) = sum_{i<j<k} |wi wj wk|; zero exactly when the tensor is 2:4."""
+    if weight.shape[-1] % 4:
+        raise ValueError(f"r_2to4: the last dimension of shape {tuple(weight.shape)} is not a multiple of 4")
+    a = weight.abs().reshape(-1, 4).double()
+    return (a[:, 0] * a[:, 1] * (a[:, 2] + a[:, 3]) + a[:, 2] * a[:, 3] * (a[:, 0] + a[:, 1])).sum()
+
+
+def frozen_weight_penalty(weight: torch.Tensor, original: torch.Tensor, eps: float) -> torch.Tensor:
+    """F(W; W0) = sum w^2 (w - w0)^2 / (|w0| + eps)^2: zero for a pruned or untouched weight. Differentiable in W."""
+    if eps <= 0:
+        raise ValueError(f"frozen_weight_penalty: eps must be > 0, got {eps}")
+    if weight.shape != original.shape:
+        raise ValueError(f"frozen_weight_penalty: shapes differ, {tuple(weight.shape)} vs {tuple(original.shape)}")
+    w0 = original.to(weight.dtype)
+    return (weight.square() * (weight - w0).square() / (w0.abs() + eps).square()).sum()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One-command setup: a virtual environment in .venv with proxsparse-ao and its test tools.
+#  - keeps a torch that is already installed (a GPU user's CUDA build) by pinning it;
+#  - otherwise installs the CPU build of torch when no NVIDIA driver is present, so a
+#    CPU-only machine never downloads a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${PROXSPARSE_VENV:-.venv}
+TORCH_CPU_VERSION=2.13.0
+
+has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
+
+if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]; then
+  PY=$(command -v python)                       # the user's own environment
+else
+  if [ ! -x "$VENV/bin/python" ]; then
+    if has_torch "$PYTHON"; then
+      "$PYTHON" -m venv --system-site-packages "$VENV"   # see the torch already installed
+    else
+      "$PYTHON" -m venv "$VENV"
+    fi
+  fi
+  PY=$VENV/bin/python
+fi
+
+pin=$(mktemp)
+trap 'rm -f "$pin"' EXIT
+if has_torch "$PY"; then
+  echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" >"$pin"
+  echo "setup: keeping the installed torch ($(cat "$pin"))"
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  echo "setup: NVIDIA driver found; pip will install a CUDA build of torch"
+else
+  echo "setup: no torch and no NVIDIA driver; installing the CPU build of torch $TORCH_CPU_VERSION"
+  # "+cpu" exists only in PyTorch's CPU index (or a local mirror of it): try the configured
+  # indexes first (fails fast where they lack it), then PyTorch's CPU index.
+  "$PY" -m pip install -q "torch==$TORCH_CPU_VERSION+cpu" 2>/dev/null \
+    || "$PY" -m pip install -q "torch==$TORCH_CPU_VERSION+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+  echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" >"$pin"
+fi
+
+"$PY" -m pip install -q -c "$pin" -e ".[test]"
+echo "setup: done ($PY)"
