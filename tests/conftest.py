@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random Llama models for plumbing tests (dims multiples of 64)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def make_tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, layers: int = 2):
+    """A randomly initialised Llama with hidden 64, intermediate 128, vocab 256."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(dtype)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
