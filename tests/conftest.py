@@ -34,3 +34,9 @@ def make_tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, layers: i
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_llama_factory():
+    """make_tiny_llama itself, for tests that need several models or another dtype."""
+    return make_tiny_llama
