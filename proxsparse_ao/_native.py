@@ -33,7 +33,16 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(target: Path) -> None:
+def _cpu_flags() -> list[str]:
+    """-mavx2 -mfma where this CPU has them (the cache key includes the flags)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if platform.machine() == "x86_64" and {"avx2", "fma"} <= words else []
+
+
+def _build(target: Path, flags: list[str]) -> None:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
@@ -41,7 +50,7 @@ def _build(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
     os.close(fd)
     try:
-        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True)
+        subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True)
         os.replace(tmp, target)
     except subprocess.CalledProcessError as err:
         raise RuntimeError(f"{compiler} failed: {err.stderr.decode(errors='replace').strip()}") from None
@@ -60,11 +69,12 @@ def load() -> ctypes.CDLL | None:
         if os.environ.get("PROXSPARSE_PROX_BACKEND", "").lower() == "torch":
             _failure = "disabled by PROXSPARSE_PROX_BACKEND=torch"
             return None
-        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+        flags = _FLAGS + _cpu_flags()
+        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
         target = cache_dir() / "kernels" / f"prox24-{platform.machine()}-{digest}.so"
         try:
             if not target.exists():
-                _build(target)
+                _build(target, flags)
             library = ctypes.CDLL(str(target))
         except (OSError, RuntimeError) as err:
             _failure = str(err)

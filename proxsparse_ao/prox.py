@@ -131,29 +131,66 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
 
 
 def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
-    """Vectorised EnumALM over [G, 4] fp32/fp64 groups (any device); same answers as the C solver."""
+    """Vectorised EnumALM over [G, 4] fp32/fp64 groups (any device), the C solver's logic step for step."""
     work = z.double() if z.device.type == "cpu" else z.float()
     magnitude = work.abs()
     order = _descending_order(magnitude)
     a = magnitude.gather(1, order)
-    dense = (a[:, 2] > 0).nonzero().squeeze(1)  # groups with at most two non-zeros are their own prox
-    a_dense = a[dense]
+    a0, a1, a2, a3 = a.unbind(1)
 
-    best = torch.zeros_like(a_dense)
-    best[:, :2] = a_dense[:, :2]
-    best_obj = 0.5 * (a_dense[:, 2] ** 2 + a_dense[:, 3] ** 2)
-    for support in (3, 4):
-        w = _coordinate_minimise(a_dense, lam, support)
-        obj = 0.5 * ((w - a_dense) ** 2).sum(1) + lam * _triple_products(w)
-        better = obj < best_obj
-        best = torch.where(better.unsqueeze(1), w, best)
-        best_obj = torch.where(better, obj, best_obj)
+    best = torch.zeros_like(a)
+    best[:, :2] = a[:, :2]
+    best_obj = 0.5 * (a2**2 + a3**2)
 
-    solved = a.clone()
-    solved[dense] = best
-    signed = torch.where(solved == 0, torch.zeros_like(solved), solved.copysign(work.gather(1, order)))
+    lb0 = (a0 - lam * (a1 * a2 + a1 * a3 + a2 * a3)).clamp_min(0)
+    lb1 = (a1 - lam * (a0 * a2 + a0 * a3 + a2 * a3)).clamp_min(0)
+    try4 = ((a3 > 0) & (lam * (lb0 + lb1) <= 1)).nonzero().squeeze(1)
+    _keep_better(best, best_obj, try4, _coordinate_minimise(a[try4], lam, 4), a[try4], lam)
+
+    lb0 = (a0 - lam * a1 * a2).clamp_min(0)
+    lb1 = (a1 - lam * a0 * a2).clamp_min(0)
+    ub2 = (a2 - lam * lb0 * lb1).clamp_min(0)
+    gain = 1 - lam**2 * (lb0**2 + lb1**2)
+    try3 = ((a2 > 0) & (gain > 0) & (best_obj > 0.5 * (a2**2 + a3**2) - 0.5 * ub2**2 * gain)).nonzero().squeeze(1)
+    w3 = _coordinate_minimise(a[try3], lam, 3)
+    _keep_better(best, best_obj, try3, w3, a[try3], lam)
+    stalled = try3[(w3[:, :3] == 0).any(1)]
+    found, branch = _plus_branch3(a[stalled], lam)
+    _keep_better(best, best_obj, stalled[found], branch[found], a[stalled[found]], lam)
+
+    untouched = (work != 0).sum(1) <= 2  # at most two non-zeros: the group is its own prox
+    signed = torch.where(best == 0, torch.zeros_like(best), best.copysign(work.gather(1, order)))
     result = torch.empty_like(work).scatter_(1, order, signed)
-    return result.to(z.dtype)
+    return torch.where(untouched.unsqueeze(1), work, result).to(z.dtype)
+
+
+def _keep_better(best: torch.Tensor, best_obj: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, a: torch.Tensor, lam: float) -> None:
+    """Replace best[rows] by the candidate w where its objective is strictly lower."""
+    obj = 0.5 * ((w - a) ** 2).sum(1) + lam * _triple_products(w)
+    better = obj < best_obj[rows]
+    best[rows[better]] = w[better]
+    best_obj[rows[better]] = obj[better]
+
+
+def _plus_branch3(a: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3-support stationary point on the branch w_i = (a_i + sqrt(a_i^2 - 4t)) / 2, t = lam w0 w1 w2,
+    by bisection on t; coordinate minimisation stalls on the boundary when lam a1 a2 == a0 (ties)."""
+
+    def branch(t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (a[:, :3] + (a[:, :3] ** 2 - 4 * t.unsqueeze(1)).clamp_min(0).sqrt())
+
+    def residual(t: torch.Tensor) -> torch.Tensor:
+        return lam * branch(t).prod(1) - t
+
+    lo, hi = torch.zeros_like(a[:, 0]), 0.25 * a[:, 2] ** 2
+    found = residual(hi) <= 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        up = residual(mid) > 0
+        lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    w = torch.zeros_like(a)
+    w[:, :3] = branch(lo)
+    return found, w
 
 
 def _descending_order(magnitude: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,33 @@ def tiny_llama():
     return make_tiny_llama()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_llama_factory():
     """make_tiny_llama itself, for tests that need several models or another dtype."""
     return make_tiny_llama
+
+
+def make_byte_tokenizer():
+    """A byte-level tokenizer with exactly 256 tokens (one per byte), matching the tiny Llama's vocab; no hub."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: index for index, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="Ċ")
+
+
+@pytest.fixture
+def byte_tokenizer():
+    return make_byte_tokenizer()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A local HF folder (safetensors + tokenizer) holding the tiny Llama and the byte tokenizer."""
+    folder = tmp_path / "tiny-llama"
+    make_tiny_llama().save_pretrained(folder)
+    make_byte_tokenizer().save_pretrained(folder)
+    return folder

@@ -1,0 +1,62 @@
+"""Weight swap before compile: nn.Linear layers with 2:4 weights become SparseLinear24 modules.
+
+The simpler path next to the graph pass: no freezing needed, works eagerly, under any
+torch.compile backend and in torch.export, and ends in the same `proxsparse::linear24` op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from proxsparse_ao.ops import linear24
+from proxsparse_ao.sparse_format import compress_24
+
+from .select import DEFAULT_EXCLUDE, linear_status
+
+
+class SparseLinear24(nn.Module):
+    """A linear layer holding its weight compressed (CUTLASS 2:4 values and metadata)."""
+
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features = values.shape[0]
+        self.in_features = 2 * values.shape[1]
+        self.register_buffer("values", values)
+        self.register_buffer("meta", meta)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, name: str = "weight") -> SparseLinear24:
+        """Compress `linear`'s exactly-2:4 weight (raises with `name` when it is not 2:4 or unsupported)."""
+        values, meta = compress_24(linear.weight, name)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls(values, meta, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear24(x, self.values, self.meta, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, 2:4"
+
+
+def swap_linears(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, str]:
+    """Replace, in place, every eligible nn.Linear by a SparseLinear24.
+
+    Returns every linear's name with "swapped" or the reason it was kept dense
+    (excluded, dtype, shape, not 2:4).
+    """
+    result: dict[str, str] = {}
+    for name, reason in linear_status(model, exclude).items():
+        if reason is None and not name:
+            reason = "the root module cannot be swapped in place: wrap it or use SparseLinear24.from_linear"
+        if reason is not None:
+            result[name] = reason
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, SparseLinear24.from_linear(getattr(parent, child), f"{name}.weight"))
+        result[name] = "swapped"
+    return result

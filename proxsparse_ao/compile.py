@@ -1,0 +1,188 @@
+"""`proxsparse_ao.compile`: torch.compile with the 2:4 post-grad pass, and a report of what it did.
+
+The pass reads weight values, which Inductor exposes only with freezing on under no_grad,
+and those settings must hold when Dynamo traces (the first call and every recompile), so
+the returned module enters them on every call. Each linear ends up sparse or dense:
+
+* `sparse="auto"` (default): sparse only where it is faster. On CUDA each (M range, N, K)
+  is timed once against dense (`SpeedTable`). Elsewhere (CPU) `linear24` is a
+  decompress-then-dense reference kernel, always slower than dense, so nothing is rewritten.
+* `sparse="always"`: rewrite every eligible linear whatever the speed (tests, CPU checks of
+  the rewrite, export).
+* `sparse="never"`: the same compile settings with no rewrite (the dense baseline).
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch._inductor.config
+from torch import nn
+
+from proxsparse_ao.passes import DEFAULT_EXCLUDE, LinearWeights, PassRecord, Sparse24Pass, linear_status
+from proxsparse_ao.passes.sparse24 import Decide
+
+from .errors import ProxSparseError
+from .ops import cuda_kernel_available
+from .speed import SpeedTable
+
+SPARSE_MODES = ("auto", "always", "never")
+
+
+_COMPILED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+@functools.cache
+def shared_timings() -> SpeedTable:
+    """The process-wide in-memory SpeedTable `compile` uses when given none: each shape is timed once per process."""
+    return SpeedTable()
+
+
+def kernel_missing(device: torch.device) -> str | None:
+    """Why linear24 cannot run on this CUDA device at all, or None (other devices run the reference kernel)."""
+    if device.type != "cuda":
+        return None
+    if not cuda_kernel_available():
+        return "this torch build has no CUTLASS 2:4 matmul"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"GPU sm{major}{minor} has no 2:4 sparse tensor cores (needs sm80 or newer)"
+    return None
+
+
+def never_faster(device: torch.device) -> str | None:
+    """Why 2:4 cannot beat dense on this device at any shape, or None when per-shape timing decides."""
+    if device.type != "cuda":
+        return f"slower than dense on {device.type}: its linear24 kernel decompresses the weight, then runs dense"
+    return kernel_missing(device)
+
+
+@dataclass
+class CompileReport:
+    """What the pass did: every linear's static eligibility and, per compiled graph, each decision.
+
+    `graphs` fills in as the model is called: torch.compile traces lazily, once per graph and
+    recompile, and a layer may be sparse in one graph (long prompts) and dense in another
+    (decode, where sparse is slower).
+    """
+
+    sparse: str
+    linears: dict[str, str | None]
+    graphs: list[list[PassRecord]] = field(default_factory=list)
+
+    @property
+    def eligible(self) -> list[str]:
+        """Linears that can run as 2:4 (not excluded, fp16/bf16, kernel shape, exactly 2:4)."""
+        return [name for name, reason in self.linears.items() if reason is None]
+
+    @property
+    def rewritten(self) -> list[str]:
+        """Linears rewritten into linear24 in at least one compiled graph (model order)."""
+        done = {r.name for graph in self.graphs for r in graph if r.rewritten}
+        return [name for name in self.linears if name in done]
+
+    @property
+    def not_rewritten(self) -> dict[str, str]:
+        """Every linear never rewritten, with the (latest) reason."""
+        latest = {r.name: r.reason for graph in self.graphs for r in graph if not r.rewritten}
+        rewritten = set(self.rewritten)
+        reasons: dict[str, str] = {}
+        for name, reason in self.linears.items():
+            if name in rewritten:
+                continue
+            reasons[name] = reason or latest.get(name, "not seen in a compiled graph yet (call the model first)")
+        return reasons
+
+    def summary(self) -> str:
+        """A few lines: counts per graph and per reason."""
+        lines = [
+            f"2:4 compile (sparse={self.sparse!r}): {len(self.rewritten)} of {len(self.linears)} linears rewritten "
+            f"in at least one graph; {len(self.eligible)} eligible"
+        ]
+        for index, graph in enumerate(self.graphs):
+            ranges = sorted({r.m_range for r in graph}, key=lambda r: r[0])
+            lines.append(
+                f"  graph {index}: {sum(r.rewritten for r in graph)} of {len(graph)} linears rewritten, M ranges {ranges}"
+            )
+        counts: dict[str, int] = {}
+        for reason in self.not_rewritten.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        lines += [f"  kept dense x{count}: {reason}" for reason, count in sorted(counts.items(), key=lambda kv: -kv[1])]
+        return "\n".join(lines)
+
+
+class Sparse24Compiled(nn.Module):
+    """The compiled model; every call runs under no_grad with the settings the 2:4 pass needs."""
+
+    def __init__(self, model: nn.Module, compiled: Any, inductor_config: dict[str, Any], report: CompileReport) -> None:
+        super().__init__()
+        self.model = model
+        self.report = report
+        self.__dict__["compiled"] = compiled
+        self.__dict__["inductor_config"] = inductor_config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad(), torch._inductor.config.patch(self.inductor_config):
+            return self.compiled(*args, **kwargs)
+
+
+def _decider(sparse: str, status: dict[str, str | None], timings: SpeedTable) -> Decide:
+    def decide(names: list[str], weight: torch.Tensor, m_range: tuple[int, int | None]) -> tuple[bool, str]:
+        if any(name not in status for name in names):
+            return False, "not the weight of an nn.Linear of this model"
+        blocked = [(name, status[name]) for name in names if status[name] is not None]
+        if blocked:
+            if len(names) == 1:
+                return False, blocked[0][1]
+            return False, "fused by Inductor with " + ", ".join(f"{name} ({why})" for name, why in blocked)
+        if sparse == "never":
+            return False, "sparse='never'"
+        reason = kernel_missing(weight.device) if sparse == "always" else never_faster(weight.device)
+        if reason is not None:
+            return False, reason
+        if sparse == "always":
+            return True, "forced (sparse='always')"
+        return timings.choose(weight.device, weight.dtype, weight.shape[0], weight.shape[1], m_range)
+
+    return decide
+
+
+def compile(
+    model: nn.Module,
+    *,
+    sparse: str = "auto",
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    timings: SpeedTable | None = None,
+    **torch_compile_kwargs: Any,
+) -> tuple[Sparse24Compiled, CompileReport]:
+    """torch.compile `model` (inference) with eligible 2:4 linears running `proxsparse::linear24`.
+
+    `sparse` is "auto" (sparse only where measured faster; nothing on CPU), "always" or
+    "never"; `exclude` lists module names, dotted suffixes or "re:" regexes kept dense;
+    `timings` holds the per-shape sparse-vs-dense measurements (default: one in-memory table
+    per process; `SpeedTable(path=...)` keeps them across runs). Other keyword arguments go
+    to torch.compile (fullgraph, dynamic, mode; the backend must be inductor). The report
+    fills in as graphs are compiled.
+
+    Compiling a model object a second time resets Dynamo (`torch._dynamo.reset()`, so other
+    compiled models recompile on their next call): otherwise Dynamo would reuse the first
+    compile, with the first call's settings, for the same module.
+    """
+    if sparse not in SPARSE_MODES:
+        raise ProxSparseError(f"sparse={sparse!r}: choose one of {', '.join(SPARSE_MODES)}")
+    backend = torch_compile_kwargs.get("backend", "inductor")
+    if backend != "inductor":
+        raise ProxSparseError(f"backend={backend!r}: the 2:4 pass is an Inductor pass, use backend='inductor'")
+    if model in _COMPILED:
+        torch._dynamo.reset()
+    _COMPILED.add(model)
+    status = linear_status(model, exclude)
+    graph_pass = Sparse24Pass(_decider(sparse, status, timings or shared_timings()), LinearWeights(model))
+    report = CompileReport(sparse, status, graph_pass.records)
+    inductor_config = {"freezing": True, "post_grad_custom_post_pass": graph_pass, "cpp.weight_prepack": False}
+    return Sparse24Compiled(model, torch.compile(model, **torch_compile_kwargs), inductor_config, report), report

@@ -1,0 +1,28 @@
+"""Which linears may run as 2:4: exclusion patterns and per-layer reasons."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from proxsparse_ao.masks import apply_mask, magnitude_mask
+from proxsparse_ao.passes import excluded_by, linear_status
+
+
+def test_exclusion_patterns_follow_the_llm_compressor_convention():
+    assert excluded_by("lm_head", ["lm_head"]) == "lm_head"
+    assert excluded_by("model.layers.0.mlp.down_proj", ["mlp.down_proj"]) == "mlp.down_proj"
+    assert excluded_by("model.layers.3.self_attn.q_proj", ["re:.*layers\\.[0-3]\\..*"]) == "re:.*layers\\.[0-3]\\..*"
+    assert excluded_by("model.layers.13.self_attn.q_proj", ["re:.*layers\\.[0-3]\\..*"]) is None
+    assert excluded_by("my_lm_head", ["lm_head"]) is None
+
+
+def test_linear_status_gives_a_reason_for_every_layer_kept_dense():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)).to(torch.bfloat16)
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(apply_mask(layer.weight, magnitude_mask(layer.weight)))
+    status = linear_status(model, exclude="2")
+    assert status["0"] is None
+    assert status["1"].startswith("not 2:4")
+    assert status["2"] == "excluded (matches '2')"

@@ -1,0 +1,138 @@
+"""The post-grad pass on small hand-traced graphs (no Inductor compile: fast)."""
+
+from __future__ import annotations
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from proxsparse_ao.masks import apply_mask, magnitude_mask
+from proxsparse_ao.passes import LinearWeights, Sparse24Pass
+
+LINEAR24 = torch.ops.proxsparse.linear24.default
+
+
+def pruned(rows: int, cols: int, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> torch.Tensor:
+    weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return apply_mask(weight, magnitude_mask(weight))
+
+
+def traced(fn, *inputs) -> torch.fx.GraphModule:
+    """An aten graph with constants as get_attr and fake values in node.meta, like a post-grad graph."""
+    gm = make_fx(fn)(*inputs)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    FakeTensorProp(gm, mode).propagate(*(mode.from_tensor(t) for t in inputs))
+    return gm
+
+
+def run_pass(gm: torch.fx.GraphModule, graph_pass: Sparse24Pass) -> int:
+    graph_pass(gm.graph)
+    gm.recompile()
+    return sum(node.target is LINEAR24 for node in gm.graph.nodes)
+
+
+def test_mm_and_addmm_with_a_2to4_constant_become_linear24():
+    weight, bias = pruned(64, 128), torch.randn(64).to(torch.bfloat16)
+    x = torch.randn(5, 128).to(torch.bfloat16)
+
+    def fn(x):
+        return torch.addmm(bias, x, weight.t()) + torch.mm(x, weight.t())
+
+    gm = traced(fn, x)
+    graph_pass = Sparse24Pass(resolve=lambda w: [("proj", w.shape[0])])
+    assert run_pass(gm, graph_pass) == 2
+    targets = {node.target for node in gm.graph.nodes}
+    assert torch.ops.aten.mm.default not in targets and torch.ops.aten.addmm.default not in targets
+    assert [(r.name, r.shape, r.m_range, r.rewritten) for r in graph_pass.records[0]] == [
+        ("proj", (64, 128), (5, 5), True),
+        ("proj", (64, 128), (5, 5), True),
+    ]
+    assert len([n for n in gm.graph.nodes if n.op == "get_attr" and "_proxsparse24_" in str(n.target)]) == 4
+    assert torch.equal(gm(x), fn(x))
+
+
+def test_weights_the_kernels_cannot_take_stay_dense_with_reasons():
+    dense = torch.randn(64, 128).to(torch.bfloat16)
+    fp32 = pruned(64, 128, torch.float32)
+    odd = pruned(48, 128)
+    x = torch.randn(4, 128).to(torch.bfloat16)
+
+    def fn(x):
+        return (x @ dense.t()).sum() + (x.float() @ fp32.t()).sum() + (x @ odd.t()).sum()
+
+    graph_pass = Sparse24Pass()
+    assert run_pass(traced(fn, x), graph_pass) == 0
+    reasons = [r.reason for r in graph_pass.records[0]]
+    assert reasons[0].startswith("not 2:4: 2048 of 2048 groups")
+    assert reasons[1].startswith("dtype float32")
+    assert reasons[2].startswith("shape 48x128")
+
+
+def test_decide_can_keep_a_weight_dense():
+    weight = pruned(64, 128)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    seen = []
+
+    def decide(names, w, m_range):
+        seen.append((names, tuple(w.shape), m_range))
+        return False, "slower than dense here"
+
+    graph_pass = Sparse24Pass(decide)
+    assert run_pass(traced(lambda x: x @ weight.t(), x), graph_pass) == 0
+    assert seen == [([graph_pass.records[0][0].name], (64, 128), (3, 3))]
+    assert graph_pass.records[0][0].reason == "slower than dense here"
+
+
+def test_matmul_with_a_non_constant_weight_is_left_alone():
+    x, w = torch.randn(3, 128).to(torch.bfloat16), pruned(64, 128)
+    graph_pass = Sparse24Pass()
+    assert run_pass(traced(lambda x, w: x @ w.t(), x, w), graph_pass) == 0
+    assert graph_pass.records == [[]]
+
+
+def test_uuid_none_keeps_the_fx_graph_cache_off():
+    assert Sparse24Pass().uuid() is None
+
+
+def test_a_constant_fused_from_several_layers_is_rewritten_once_and_recorded_per_layer():
+    q, k, v = pruned(64, 128, seed=1), pruned(32, 128, seed=2), pruned(32, 128, seed=3)
+    fused = torch.cat([q, k, v]).t().contiguous()  # what Inductor's freezing makes of q/k/v
+    names = {q.data_ptr(): "q", k.data_ptr(): "k", v.data_ptr(): "v"}
+    x = torch.randn(4, 128).to(torch.bfloat16)
+
+    def resolve(weight):
+        return [(names[w.data_ptr()], w.shape[0]) for w in (q, k, v)] if weight.shape[0] == 128 else None
+
+    graph_pass = Sparse24Pass(resolve=resolve)
+    gm = traced(lambda x: x @ fused, x)
+    assert run_pass(gm, graph_pass) == 1
+    assert [(r.name, r.shape, r.group) for r in graph_pass.records[0]] == [
+        ("q", (64, 128), ("q", "k", "v")),
+        ("k", (32, 128), ("q", "k", "v")),
+        ("v", (32, 128), ("q", "k", "v")),
+    ]
+    assert torch.equal(gm(x), x @ fused)
+
+
+def test_a_fused_constant_with_a_non_2to4_part_names_the_part():
+    q, k = pruned(64, 128, seed=1), torch.randn(64, 128).to(torch.bfloat16)
+    fused = torch.cat([q, k]).t().contiguous()
+    graph_pass = Sparse24Pass(resolve=lambda w: [("q", 64), ("k", 64)])
+    assert run_pass(traced(lambda x: x @ fused, torch.randn(2, 128).to(torch.bfloat16)), graph_pass) == 0
+    q_record, k_record = graph_pass.records[0]
+    assert k_record.reason.startswith("not 2:4: 2048 of 2048 groups")
+    assert q_record.reason.startswith("fused by Inductor with k (not 2:4")
+
+
+def test_linear_weights_names_a_layer_and_a_row_concatenation_of_layers():
+    model = torch.nn.ModuleDict(
+        {name: torch.nn.Linear(128, rows, bias=False).to(torch.bfloat16) for name, rows in [("q", 64), ("k", 32), ("v", 32)]}
+    )
+    resolve = LinearWeights(model)
+    q, k, v = (model[n].weight.detach() for n in ("q", "k", "v"))
+    assert resolve(q) == [("q", 64)]
+    assert resolve(q.t().t()) == [("q", 64)]
+    assert resolve(torch.cat([q, k, v])) == [("q", 64), ("k", 32), ("v", 32)]
+    assert resolve(torch.cat([v, q])) == [("v", 32), ("q", 64)]
+    assert resolve(torch.cat([q, torch.ones(32, 128, dtype=torch.bfloat16)])) is None

@@ -1,0 +1,78 @@
+"""The weight-swap path: SparseLinear24 modules, eager equality, dynamo and torch.export graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from proxsparse_ao.masks import apply_mask, magnitude_mask
+from proxsparse_ao.passes import SparseLinear24, swap_linears
+from proxsparse_ao.sparse_format import UnsupportedWeightError
+
+LINEAR24 = torch.ops.proxsparse.linear24.default
+
+
+def prune_(module: nn.Module, skip: tuple[str, ...] = ()) -> None:
+    with torch.no_grad():
+        for name, child in module.named_modules():
+            if isinstance(child, nn.Linear) and name not in skip:
+                child.weight.copy_(apply_mask(child.weight, magnitude_mask(child.weight)))
+
+
+@pytest.fixture(scope="module")
+def swapped_llama(tiny_llama_factory):
+    model = tiny_llama_factory(seed=3, dtype=torch.bfloat16, layers=1)
+    prune_(model, skip=("model.layers.0.mlp.up_proj",))
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(ids).logits
+    result = swap_linears(model)
+    return model, ids, reference, result
+
+
+def test_swap_reports_every_linear(swapped_llama):
+    _, _, _, result = swapped_llama
+    assert sum(v == "swapped" for v in result.values()) == 6
+    assert result["lm_head"] == "excluded (matches 'lm_head')"
+    assert result["model.layers.0.mlp.up_proj"].startswith("not 2:4")
+
+
+def test_swapped_model_is_exact_on_cpu(swapped_llama):
+    model, ids, reference, _ = swapped_llama
+    assert isinstance(model.model.layers[0].self_attn.q_proj, SparseLinear24)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference)
+
+
+def test_dynamo_graph_of_swapped_model_holds_the_op(swapped_llama):
+    model, ids, reference, _ = swapped_llama
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch.no_grad():
+        out = torch.compile(model, backend=capture, fullgraph=True)(ids)
+    assert sum(node.target is LINEAR24 for node in graphs[0].graph.nodes) == 6
+    assert torch.equal(out.logits, reference)
+
+
+def test_torch_export_of_swapped_model_holds_the_op(swapped_llama):
+    model, ids, reference, _ = swapped_llama
+    program = torch.export.export(model, (ids,), kwargs={"use_cache": False})
+    assert sum(node.target is LINEAR24 for node in program.graph.nodes) == 6
+    assert torch.equal(program.module()(ids, use_cache=False).logits, reference)
+
+
+def test_from_linear_keeps_bias_and_refuses_bad_weights():
+    linear = nn.Linear(128, 64).to(torch.bfloat16)
+    prune_(linear)
+    sparse = SparseLinear24.from_linear(linear)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(sparse(x), linear(x))
+    assert "in_features=128, out_features=64, bias=True" in repr(sparse)
+    with pytest.raises(UnsupportedWeightError, match="dtype float32"):
+        SparseLinear24.from_linear(nn.Linear(128, 64), "fp32")

@@ -1,0 +1,193 @@
+"""proxsparse_ao.compile end to end on CPU: the rewrite, its report, dynamic shapes, the CPU default.
+
+Inductor compiles take ~20 s each here, so each fixture compiles once and is shared.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch._inductor.utils import run_and_get_code
+
+import proxsparse_ao
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.masks import apply_mask, magnitude_mask
+
+OP_CALL = "torch.ops.proxsparse.linear24.default("
+BF16_TOL = {"atol": 3e-2, "rtol": 3e-2}
+
+
+def prune_(model: nn.Module, skip: tuple[str, ...] = ()) -> None:
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name not in skip:
+                module.weight.copy_(apply_mask(module.weight, magnitude_mask(module.weight)))
+
+
+def op_calls(code: list[str]) -> int:
+    return sum(source.count(OP_CALL) for source in code)
+
+
+class Mixed(nn.Module):
+    """One eligible linear (with bias: the addmm path) and one of each reason to stay dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up = nn.Linear(64, 128).to(torch.bfloat16)
+        self.down = nn.Linear(128, 64, bias=False).to(torch.bfloat16)
+        self.odd = nn.Linear(64, 48, bias=False).to(torch.bfloat16)
+        self.fp32 = nn.Linear(64, 64, bias=False)
+        self.lm_head = nn.Linear(64, 256, bias=False).to(torch.bfloat16)
+        prune_(self, skip=("down",))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.down(torch.relu(self.up(x)))
+        h = h + self.fp32(h.float()).to(h.dtype)
+        return self.lm_head(h), self.odd(h)
+
+
+class SharedInput(nn.Module):
+    """Five linears on one input: Inductor's freezing concatenates their weights when concat-linear is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        sizes = {"q": 64, "k": 32, "v": 32, "gate": 128, "up": 128}
+        for name, rows in sizes.items():
+            setattr(self, name, nn.Linear(64, rows, bias=False).to(torch.bfloat16))
+        prune_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = torch.cat([self.q(x), self.k(x), self.v(x)], -1).sum(-1, keepdim=True)
+        return attn * torch.relu(self.gate(x)) * self.up(x)
+
+
+def compile_and_run(model: nn.Module, inputs: list[torch.Tensor], **kwargs) -> SimpleNamespace:
+    compiled, report = proxsparse_ao.compile(model, **kwargs)
+    with torch.no_grad():
+        references = [model(x) for x in inputs]
+    first, code = run_and_get_code(compiled, inputs[0])
+    outputs = [first] + [compiled(x) for x in inputs[1:]]
+    return SimpleNamespace(compiled=compiled, report=report, code=code, outputs=outputs, references=references)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_factory):
+    model = tiny_llama_factory(seed=0, dtype=torch.bfloat16, layers=2)
+    prune_(model, skip=("model.layers.1.mlp.up_proj",))
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, 256, shape, generator=generator) for shape in ((2, 9), (3, 5))]
+    return compile_and_run(model, inputs, sparse="always", dynamic=True, fullgraph=True)
+
+
+@pytest.fixture(scope="module")
+def mixed_forced():
+    x = torch.randn(2, 7, 64).to(torch.bfloat16)
+    return compile_and_run(Mixed(), [x], sparse="always")
+
+
+@pytest.fixture(scope="module")
+def mixed_default():
+    x = torch.randn(2, 7, 64).to(torch.bfloat16)
+    return compile_and_run(Mixed(), [x])
+
+
+@pytest.fixture(scope="module")
+def fused():
+    """CPU compile with Inductor's concat-linear on (as on CUDA, where it is always on), k excluded."""
+    x = torch.randn(2, 5, 64).to(torch.bfloat16)
+    with torch._inductor.config.patch({"cpp.enable_concat_linear": True}):
+        return compile_and_run(SharedInput(), [x], sparse="always", exclude=("k",))
+
+
+def test_every_eligible_llama_linear_becomes_linear24(llama):
+    assert len(llama.report.eligible) == 13  # 2 layers x 7 linears, minus one non-2:4; lm_head excluded
+    assert op_calls(llama.code) == len(llama.report.eligible)
+    assert llama.report.rewritten == llama.report.eligible
+
+
+def test_llama_layers_kept_dense_say_why(llama):
+    assert llama.report.not_rewritten == {
+        "model.layers.1.mlp.up_proj": "not 2:4: 2048 of 2048 groups of 4 have more than 2 non-zeros",
+        "lm_head": "excluded (matches 'lm_head')",
+    }
+
+
+def test_compiled_llama_matches_the_dense_masked_model(llama):
+    for out, ref in zip(llama.outputs, llama.references):
+        torch.testing.assert_close(out.logits.float(), ref.logits.float(), **BF16_TOL)
+
+
+def test_dynamic_fullgraph_compiles_one_graph_for_both_shapes(llama):
+    assert len(llama.report.graphs) == 1
+    assert {r.m_range[1] for r in llama.report.graphs[0]} == {None}
+
+
+def test_summary_counts_graphs_and_reasons(llama):
+    summary = llama.report.summary()
+    assert "13 of 15 linears rewritten" in summary
+    assert "graph 0: 13 of 15 linears rewritten" in summary
+    assert "kept dense x1: excluded (matches 'lm_head')" in summary
+
+
+def test_forced_rewrite_takes_only_the_eligible_linear(mixed_forced):
+    report = mixed_forced.report
+    assert op_calls(mixed_forced.code) == 1
+    assert report.rewritten == ["up"]
+    reasons = report.not_rewritten
+    assert reasons["down"].startswith("not 2:4")
+    assert reasons["odd"].startswith("shape 48x64")
+    assert reasons["fp32"].startswith("dtype float32")
+    assert reasons["lm_head"].startswith("excluded")
+    for out, ref in zip(mixed_forced.outputs[0], mixed_forced.references[0]):
+        torch.testing.assert_close(out.float(), ref.float(), **BF16_TOL)
+
+
+def test_cpu_default_never_rewrites_and_says_why(mixed_default):
+    report = mixed_default.report
+    assert op_calls(mixed_default.code) == 0
+    assert report.rewritten == []
+    assert report.eligible == ["up"]
+    assert report.not_rewritten["up"].startswith("slower than dense on cpu")
+    for out, ref in zip(mixed_default.outputs[0], mixed_default.references[0]):
+        torch.testing.assert_close(out.float(), ref.float(), **BF16_TOL)
+
+
+def test_report_before_the_first_call_says_nothing_is_compiled_yet():
+    _, report = proxsparse_ao.compile(Mixed(), sparse="always")
+    assert report.graphs == []
+    assert report.not_rewritten["up"].startswith("not seen in a compiled graph yet")
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [({"sparse": "sometimes"}, "sparse='sometimes'"), ({"backend": "eager"}, "backend='eager'")])
+def test_bad_arguments_are_refused(kwargs, needle):
+    with pytest.raises(ProxSparseError, match=needle):
+        proxsparse_ao.compile(Mixed(), **kwargs)
+
+
+def test_weights_fused_by_inductor_are_rewritten_as_one_matmul_per_group(fused):
+    records = {r.name: r for r in fused.report.graphs[0]}
+    groups = {r.group for r in records.values()}
+    assert sorted(name for group in groups for name in group) == ["gate", "k", "q", "up", "v"]
+    sparse_groups = {r.group for r in records.values() if r.rewritten}
+    assert op_calls(fused.code) == len(sparse_groups) >= 1
+    for group in groups:
+        rewritten = {records[name].rewritten for name in group}
+        assert rewritten == {"k" not in group}
+        if "k" in group:
+            assert all(records[n].reason.startswith("fused by Inductor with k (excluded") for n in group)
+    scale = fused.references[0].abs().max()
+    torch.testing.assert_close(fused.outputs[0].float() / scale, fused.references[0].float() / scale, **BF16_TOL)
+
+
+def test_compiling_the_same_model_again_is_a_fresh_compile():
+    model, x = Mixed(), torch.randn(1, 3, 64).to(torch.bfloat16)
+    dense, dense_report = proxsparse_ao.compile(model, sparse="never")
+    dense(x)
+    sparse, sparse_report = proxsparse_ao.compile(model, sparse="always")
+    sparse(x)
+    assert dense_report.rewritten == [] and sparse_report.rewritten == ["up"]

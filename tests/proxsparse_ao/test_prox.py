@@ -1,0 +1,245 @@
+"""prox_2to4 is the exact proximal operator of lam * R on every group of 4, fast and safe."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference_enumalm import reference_prox_2to4
+
+from proxsparse_ao import prox
+from proxsparse_ao.prox import prox_2to4, prox_2to4_
+
+BACKENDS = ["native", "torch"]
+
+
+def objective(w: torch.Tensor, z: torch.Tensor, lam: float) -> torch.Tensor:
+    """1/2 ||w - z||^2 + lam R(w), per group of 4, in float64."""
+    w, z = w.double().reshape(-1, 4), z.double().reshape(-1, 4)
+    a = w.abs()
+    r = a[:, 0] * a[:, 1] * (a[:, 2] + a[:, 3]) + a[:, 2] * a[:, 3] * (a[:, 0] + a[:, 1])
+    return 0.5 * ((w - z) ** 2).sum(1) + lam * r
+
+
+def brute_force_minimum(z: torch.Tensor, lam: float, points: int = 21) -> float:
+    """Global minimum of one group's objective: a 4-D grid over [0, |z_i|] (the minimiser
+    lies there, sign-matched), then exact coordinate descent from the best grid points."""
+    a = z.double().abs()
+    axes = [torch.linspace(0, float(v), points, dtype=torch.float64) for v in a]
+    grid = torch.cartesian_prod(*axes)
+    values = objective(grid, a.expand_as(grid), lam)
+    best = float(values.min())
+    w = grid[values.argsort()[:8]].clone()
+    for _ in range(20000):
+        before = w.clone()
+        for k in range(4):
+            others = [i for i in range(4) if i != k]
+            pairs = sum(w[:, i] * w[:, j] for i, j in itertools.combinations(others, 2))
+            w[:, k] = (a[k] - lam * pairs).clamp_min(0)
+        if float((w - before).abs().sum()) <= 1e-15 * float(a.max()):
+            break
+    best = min(best, float(objective(w, a.expand_as(w), lam).min()))
+    return best
+
+
+def tolerance(z: torch.Tensor) -> float:
+    return 1e-6 * max(0.5 * float((z.double() ** 2).sum()), 1e-12)
+
+
+@pytest.fixture(params=BACKENDS)
+def solver(request, monkeypatch):
+    """prox_2to4 forced onto one solver: the compiled C kernel or the vectorised torch code."""
+    if request.param == "torch":
+        monkeypatch.setattr(prox._native, "load", lambda: None)
+    elif prox.backend() != "native":
+        pytest.skip("no C compiler: native solver unavailable")
+    return prox_2to4
+
+
+magnitudes = st.floats(min_value=1e-8, max_value=1e3, allow_nan=False, allow_infinity=False)
+signed = st.builds(lambda m, s, zero: 0.0 if zero else m * s, magnitudes, st.sampled_from([-1.0, 1.0]), st.booleans())
+lams = st.floats(min_value=1e-4, max_value=1e3)
+
+
+def adversarial_groups():
+    """Ties, zeros, all-equal groups, one large entry, and mixed scales."""
+    return st.one_of(
+        st.lists(signed, min_size=4, max_size=4),
+        st.builds(lambda v, s: [v * x for x in s], magnitudes, st.lists(st.sampled_from([-1.0, 1.0]), min_size=4, max_size=4)),
+        st.builds(lambda v, u: [v, u, u, u], magnitudes, magnitudes),
+        st.builds(lambda big, small: [big, small, -small, small * 0.5], magnitudes, magnitudes),
+        st.builds(lambda v, u: [v, v, u, 0.0], magnitudes, magnitudes),
+    )
+
+
+class TestExactness:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(group=adversarial_groups(), lam=lams)
+    def test_objective_reaches_the_brute_force_global_minimum(self, solver, group, lam):
+        z = torch.tensor([group], dtype=torch.float64)
+        result = solver(z, lam)
+        assert float(objective(result, z, lam)) <= brute_force_minimum(z[0], lam) + tolerance(z)
+
+    def test_random_groups_match_brute_force_over_the_interesting_range_of_lam(self, solver):
+        generator = torch.Generator().manual_seed(1)
+        z = torch.randn(24, 4, generator=generator, dtype=torch.float64)
+        for lam in (0.05, 0.3, 1.0, 3.0):
+            result = solver(z, lam)
+            for row in range(z.shape[0]):
+                found = float(objective(result[row], z[row], lam))
+                assert found <= brute_force_minimum(z[row], lam) + tolerance(z[row]), (row, lam)
+
+    @pytest.mark.parametrize(
+        "group, lam",
+        [([1.0, 1.0, 1.0, 1.0], 1.0), ([1.0, -1.0, 1.0, 0.3], 1.0), ([2.0, 2.0, 2.0, 2.0], 0.5), ([0.5, 0.5, -0.5, 0.2], 2.0)],
+    )
+    def test_tied_groups_where_the_reference_stalls_on_the_boundary(self, solver, group, lam):
+        """lam * a1 * a2 == a0: EnumALM's first sweep zeroes w0 and never leaves (0, a1, a2)."""
+        z = torch.tensor([group], dtype=torch.float64)
+        found = float(objective(solver(z, lam), z, lam))
+        assert found <= brute_force_minimum(z[0], lam) + tolerance(z)
+        assert found < float(objective(reference_prox_2to4(z, lam), z, lam)) - 1e-3
+
+    def test_never_worse_than_the_literal_reference_algorithm(self, solver):
+        generator = torch.Generator().manual_seed(2)
+        z = torch.randn(256, 64, generator=generator, dtype=torch.float64) * torch.logspace(-3, 2, 64, dtype=torch.float64)
+        for lam in (1e-3, 0.1, 1.0, 10.0):
+            ours = objective(solver(z, lam), z, lam)
+            reference = objective(reference_prox_2to4(z, lam), z, lam)
+            slack = 1e-9 * 0.5 * (z.reshape(-1, 4) ** 2).sum(1) + 1e-15
+            assert bool((ours <= reference + slack).all()), lam
+
+    def test_native_and_torch_solvers_agree(self, monkeypatch):
+        if prox.backend() != "native":
+            pytest.skip("no C compiler")
+        z = torch.randn(512, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        for lam in (0.01, 0.5, 5.0):
+            native = prox_2to4(z, lam)
+            monkeypatch.setattr(prox._native, "load", lambda: None)
+            vectorised = prox_2to4(z, lam)
+            monkeypatch.undo()
+            assert torch.allclose(native, vectorised, rtol=1e-8, atol=1e-9)
+
+
+class TestStructure:
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(group=adversarial_groups(), lam=lams)
+    def test_signs_and_order_are_preserved_and_no_zero_is_filled(self, solver, group, lam):
+        z = torch.tensor([group], dtype=torch.float64)
+        result = solver(z, lam)[0]
+        kept = result != 0
+        assert bool((torch.sign(result[kept]) == torch.sign(z[0][kept])).all())
+        assert bool((result.abs() <= z[0].abs()).all())
+        assert int(kept.sum()) <= int((z[0] != 0).sum())
+        a, w = z[0].abs(), result.abs()
+        for i, j in itertools.permutations(range(4), 2):
+            if a[i] > a[j]:
+                assert w[i] >= w[j]
+
+    def test_lam_zero_is_the_identity(self, solver):
+        z = torch.randn(8, 16, generator=torch.Generator().manual_seed(4))
+        assert torch.equal(solver(z, 0.0), z)
+
+    def test_large_lam_gives_exactly_two_of_four(self, solver):
+        z = torch.randn(64, 64, generator=torch.Generator().manual_seed(5))
+        result = solver(z, 1e3)
+        assert int(((result != 0).reshape(-1, 4).sum(1) > 2).sum()) == 0
+
+    def test_groups_that_are_already_two_of_four_are_untouched(self, solver):
+        z = torch.tensor([[0.0, 3.0, 0.0, -2.0, 1.0, 1.0, 1.0, 1.0]])
+        result = solver(z, 0.5)
+        assert torch.equal(result[0, :4], z[0, :4])
+
+    def test_no_negative_zero_in_the_output(self, solver):
+        z = -torch.rand(32, 32, generator=torch.Generator().manual_seed(6)) - 0.5
+        result = solver(z, 100.0)
+        zeros = result == 0
+        assert bool(zeros.any())
+        assert not bool(torch.signbit(result[zeros]).any())
+
+
+class TestForms:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_single_and_double_precision_agree(self, dtype):
+        z = torch.randn(32, 64, generator=torch.Generator().manual_seed(7)).to(dtype)
+        result = prox_2to4(z, 0.7)
+        assert result.dtype == dtype
+        assert torch.allclose(result.double(), prox_2to4(z.double(), 0.7), rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_half_precision_is_solved_in_fp32_and_returned_in_its_own_dtype(self, dtype):
+        z = torch.randn(32, 64, generator=torch.Generator().manual_seed(7)).to(dtype)
+        result = prox_2to4(z, 0.7)
+        assert result.dtype == dtype
+        assert torch.equal(result, prox_2to4(z.float(), 0.7).to(dtype))
+
+    def test_in_place_form_updates_the_same_storage(self):
+        z = torch.randn(16, 32, generator=torch.Generator().manual_seed(8))
+        expected = prox_2to4(z, 0.4)
+        pointer = z.data_ptr()
+        returned = prox_2to4_(z, 0.4)
+        assert returned.data_ptr() == pointer == z.data_ptr()
+        assert torch.equal(z, expected)
+
+    def test_in_place_half_precision_works_chunk_by_chunk(self, monkeypatch):
+        monkeypatch.setattr(prox, "_CHUNK_GROUPS", 7)
+        z = torch.randn(16, 32, generator=torch.Generator().manual_seed(9)).bfloat16()
+        expected = prox_2to4(z.clone(), 0.4)
+        prox_2to4_(z, 0.4)
+        assert torch.equal(z, expected)
+
+    def test_out_form_writes_into_the_given_tensor(self):
+        z = torch.randn(16, 32, generator=torch.Generator().manual_seed(10))
+        out = torch.empty_like(z)
+        assert prox_2to4(z, 0.4, out=out) is out
+        assert torch.equal(out, prox_2to4(z, 0.4))
+
+    def test_non_contiguous_input_is_accepted(self):
+        z = torch.randn(32, 16, generator=torch.Generator().manual_seed(11)).t()
+        assert torch.equal(prox_2to4(z, 0.4), prox_2to4(z.contiguous(), 0.4))
+
+    def test_result_is_the_same_for_any_thread_count(self):
+        z = torch.randn(256, 512, generator=torch.Generator().manual_seed(12))
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            single = prox_2to4(z, 0.9)
+            torch.set_num_threads(max(2, threads))
+            multi = prox_2to4(z, 0.9)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(single, multi)
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "weight, lam, message",
+        [
+            (torch.randn(4, 6), 1.0, "not a multiple of 4"),
+            (torch.randn(8), 1.0, "expected a 2-D weight"),
+            (torch.randn(2, 4, 8), 1.0, "expected a 2-D weight"),
+            (torch.ones(4, 8, dtype=torch.int32), 1.0, "floating-point"),
+            (torch.randn(4, 8), -0.1, "lam must be a finite number >= 0"),
+            (torch.randn(4, 8), float("nan"), "lam must be a finite number >= 0"),
+        ],
+    )
+    def test_clear_errors(self, weight, lam, message):
+        with pytest.raises((ValueError, TypeError), match=message):
+            prox_2to4(weight, lam)
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    def test_non_finite_entries_are_reported_with_their_position(self, bad, dtype):
+        z = torch.randn(4, 8).to(dtype)
+        z[2, 5] = bad
+        before = z.clone()
+        with pytest.raises(ValueError, match=r"at \[2, 5\]"):
+            prox_2to4_(z, 1.0)
+        assert torch.equal(z.nan_to_num(), before.nan_to_num())
+
+    def test_mismatched_out_is_rejected(self):
+        with pytest.raises(ValueError, match="out has shape"):
+            prox_2to4(torch.randn(4, 8), 1.0, out=torch.empty(4, 4))

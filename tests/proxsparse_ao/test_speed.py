@@ -1,0 +1,74 @@
+"""Per-shape sparse-vs-dense decisions: buckets, probes, caching, persistence (with a scripted timer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from proxsparse_ao.speed import OPEN_END_PROBE, SpeedTable, buckets_for, probes, probes_for, time_linear
+
+CPU = torch.device("cpu")
+
+
+class ScriptedTimer:
+    """Sparse is 1.5x faster than dense from M = `from_m` up, 0.8x below; counts calls."""
+
+    def __init__(self, from_m: int) -> None:
+        self.from_m = from_m
+        self.calls: list[tuple[int, int, int]] = []
+
+    def __call__(self, device, dtype, m, n, k):
+        self.calls.append((m, n, k))
+        return (1.5, 1.0) if m >= self.from_m else (0.8, 1.0)
+
+
+def test_buckets_and_probes():
+    assert buckets_for((1, 1)) == [(1, 1)]
+    assert buckets_for((100, 600)) == [(17, 128), (129, 512), (513, 2048)]
+    assert buckets_for((3000, None)) == [(2049, 8192), (8193, None)]
+    assert probes((2, 16)) == (2, 16)
+    assert probes((1, 1)) == (1,)
+    assert probes((8193, None)) == (8193, OPEN_END_PROBE)
+    assert probes_for((2048, 2048)) == (2048,)
+    assert probes_for((100, 600)) == (17, 128, 129, 512, 513, 2048)
+
+
+def test_sparse_only_where_every_probe_is_faster():
+    timer = ScriptedTimer(from_m=129)
+    table = SpeedTable(timer)
+    chosen, why = table.choose(CPU, torch.bfloat16, 4096, 4096, (2048, 2048))
+    assert chosen and why == "faster than dense (at least 1.50x, at M=2048)"
+    assert timer.calls == [(2048, 4096, 4096)]  # a static M is timed at exactly that M
+    chosen, why = table.choose(CPU, torch.bfloat16, 4096, 4096, (1, 1))
+    assert not chosen and why.startswith("slower than dense at M=1 (1.0000 ms sparse vs 0.8000 ms dense")
+    # a dynamic range reaching down into a losing bucket stays dense
+    assert not table.choose(CPU, torch.bfloat16, 4096, 4096, (2, None))[0]
+    assert table.choose(CPU, torch.bfloat16, 4096, 4096, (129, None))[0]
+
+
+def test_each_shape_is_timed_once_and_persisted(tmp_path):
+    timer = ScriptedTimer(from_m=1)
+    path = tmp_path / "timings.json"
+    table = SpeedTable(timer, path=path)
+    table.choose(CPU, torch.float16, 256, 512, (513, 2048))
+    table.choose(CPU, torch.float16, 256, 512, (600, 700))
+    assert timer.calls == [(513, 256, 512), (2048, 256, 512)]
+    stored = json.loads(path.read_text())
+    assert len(stored) == 2 and all("float16" in key and "n=256 k=512" in key for key in stored)
+
+    again = ScriptedTimer(from_m=1)
+    SpeedTable(again, path=path).choose(CPU, torch.float16, 256, 512, (513, 2048))
+    assert again.calls == []
+
+
+def test_minimum_speedup_guards_against_noise():
+    table = SpeedTable(lambda *args: (1.01, 1.0), min_speedup=1.02)
+    chosen, why = table.choose(CPU, torch.bfloat16, 64, 64, (16, 16))
+    assert not chosen and "needs 1.02x" in why
+
+
+def test_time_linear_measures_both_kernels_on_cpu():
+    dense_ms, sparse_ms = time_linear(CPU, torch.bfloat16, 8, 64, 128, reps=2)
+    assert dense_ms > 0 and sparse_ms > 0
