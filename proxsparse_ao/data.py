@@ -1,0 +1,152 @@
+"""Text sources: the embedded Wikipedia text, C4 and WikiText-2 from the hub, local .txt/.jsonl files.
+
+Every source yields documents for a part, "calibration" or "evaluation". The embedded
+default is the Wikipedia excerpt in the gensim wheel, cleaned (wikimarkup.py) and split by
+article, every 4th article to evaluation, so the two parts never share an article.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from .cache import atomic_write_bytes, cache_dir
+from .errors import ProxSparseError
+from .registry import read_member
+from .wikimarkup import articles
+
+Part = Literal["calibration", "evaluation"]
+PARTS = ("calibration", "evaluation")
+DEFAULT_TEXT = "wikipedia"
+HUB_TEXTS = ("wikitext2", "c4")
+TEXT_NAMES = (DEFAULT_TEXT, *HUB_TEXTS)
+SEPARATOR = "\n\n"
+
+_WHEEL = ("gensim", "4.4.0")
+_DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_FOLDER = "wikipedia-gensim-4.4.0-v1"
+_C4_FILES = {"calibration": "en/c4-train.00000-of-01024.json.gz", "evaluation": "en/c4-validation.00000-of-00008.json.gz"}
+_C4_EVAL_DOCS = 1100
+
+
+def _check_part(part: str) -> None:
+    if part not in PARTS:
+        raise ProxSparseError(f"unknown text part '{part}': use one of {', '.join(PARTS)}")
+
+
+def _wikipedia_files(folder: Path) -> dict[str, Path]:
+    return {part: folder / f"{part}.jsonl" for part in PARTS}
+
+
+def _wikipedia_ok(folder: Path) -> bool:
+    """True when both parts exist and match the sha256 recorded in the manifest."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return all(
+            hashlib.sha256(path.read_bytes()).hexdigest() == manifest["sha256"][part]
+            for part, path in _wikipedia_files(folder).items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def prepare_wikipedia(rebuild: bool = False) -> Path:
+    """The cached folder with the embedded text's two parts (one JSON document a line), built on first use."""
+    folder = cache_dir() / "text" / _FOLDER
+    if not rebuild and _wikipedia_ok(folder):
+        return folder
+    found = articles(read_member(*_WHEEL, _DUMP))
+    split: dict[str, list[dict]] = {part: [] for part in PARTS}
+    for index, (title, text) in enumerate(found):
+        split["evaluation" if index % 4 == 3 else "calibration"].append({"title": title, "text": text})
+    digests = {}
+    for part, path in _wikipedia_files(folder).items():
+        data = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in split[part]).encode()
+        digests[part] = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(path, data)
+    manifest = {"source": f"{_WHEEL[0]}=={_WHEEL[1]}:{_DUMP}", "split": "every 4th article to evaluation",
+                "articles": {part: len(docs) for part, docs in split.items()}, "sha256": digests}
+    atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+    return folder
+
+
+def _wikipedia(part: str) -> list[str]:
+    path = _wikipedia_files(prepare_wikipedia())[part]
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _hub(name: str, part: str) -> list[str]:
+    """Documents of a hub dataset; any failure to reach it becomes a one-line error naming the offline texts."""
+    try:
+        from datasets import load_dataset
+
+        if name == "wikitext2":
+            split = "test" if part == "evaluation" else "train"
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
+            return [row for row in rows if row.strip()] if part == "calibration" else list(rows)
+        data = load_dataset("allenai/c4", data_files={"data": _C4_FILES[part]}, split="data")
+        docs = data["text"]
+        return list(docs[:_C4_EVAL_DOCS]) if part == "evaluation" else list(docs)
+    except Exception as err:  # datasets raises many types for "offline", "not found", "timeout"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ProxSparseError(
+            f"could not load '{name}' from the Hugging Face hub ({reason[:200]}); offline, use the "
+            f"embedded text ('{DEFAULT_TEXT}') or a local .txt/.jsonl file"
+        ) from None
+
+
+def _local(path: Path) -> list[str]:
+    """Documents of a local file: paragraphs (blank-line separated) of a .txt, the "text" field of each .jsonl line."""
+    if not path.is_file():
+        raise ProxSparseError(f"text file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".jsonl"):
+        raise ProxSparseError(f"unsupported text file type '{suffix}' ({path}): use a .txt or .jsonl file")
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    if suffix == ".txt":
+        docs = [block for block in raw.split(SEPARATOR) if block.strip()]
+    else:
+        docs = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):
+                raise ProxSparseError(f"{path}:{number}: expected a JSON object with a \"text\" field") from None
+            if not isinstance(text, str):
+                raise ProxSparseError(f"{path}:{number}: \"text\" must be a string")
+            if text.strip():
+                docs.append(text)
+    if not docs:
+        raise ProxSparseError(f"text file {path} is empty")
+    return docs
+
+
+def load_documents(source: str | Path | None = None, part: Part = "evaluation") -> list[str]:
+    """The documents of a text source for one part.
+
+    `source`: None, "default" or "wikipedia" (embedded, offline), "wikitext2" or "c4" (Hugging Face hub),
+    or a path to a .txt/.jsonl file (the part is then ignored: the file is what you chose).
+    """
+    _check_part(part)
+    name = DEFAULT_TEXT if source is None else str(source)
+    if name.lower() in (DEFAULT_TEXT, "default"):
+        return _wikipedia(part)
+    if name.lower() in HUB_TEXTS:
+        return _hub(name.lower(), part)
+    path = Path(name).expanduser()
+    if path.exists() or path.suffix or "/" in name:
+        return _local(path)
+    raise ProxSparseError(f"unknown text '{name}': use one of {', '.join(TEXT_NAMES)} or a path to a .txt/.jsonl file")
+
+
+def load_text(source: str | Path | None = None, part: Part = "evaluation") -> str:
+    """One string for perplexity: the documents joined by blank lines (a .txt file is returned as is)."""
+    if source is not None and str(source).lower().endswith(".txt"):
+        path = Path(source).expanduser()
+        _local(path)
+        return path.read_text(encoding="utf-8", errors="replace")
+    return SEPARATOR.join(load_documents(source, part))

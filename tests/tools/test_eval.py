@@ -1,0 +1,104 @@
+"""`proxsparse-tool eval`, run as a user would (subprocess): tables, JSON, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 40
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "proxsparse_ao.tools.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert message in errors[0]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "fox.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_help_shows_examples():
+    done = cli("eval", "--help")
+    assert done.returncode == 0
+    assert "examples:" in done.stdout and "proxsparse-tool eval --max-tokens 0" in done.stdout
+
+
+def test_reports_perplexity_and_writes_json(tiny_model_dir, text_file, tmp_path, tiny_llama, byte_tokenizer):
+    from proxsparse_ao.evaluation import perplexity, tokenize_text
+
+    out = tmp_path / "result.json"
+    done = cli("eval", tiny_model_dir, "--text", text_file, "--seqlen", 128, "--batch-size", 2, "--json", out)
+    assert done.returncode == 0, done.stderr
+    assert "perplexity" in done.stdout and "windows of 128" in done.stdout
+    result = json.loads(out.read_text())
+    expected = perplexity(tiny_llama, tokenize_text(byte_tokenizer, TEXT), 128)
+    assert result["ppl"] == pytest.approx(expected.ppl, rel=1e-5)
+    assert result["tokens"] == expected.tokens == 1792
+    assert f"{result['ppl']:.4f}" in done.stdout
+
+
+def test_zero_shot_only_on_local_tasks(tiny_model_dir, tmp_path):
+    data = tmp_path / "zeroshot"
+    data.mkdir()
+    (data / "science_mc.jsonl").write_text(
+        "".join(json.dumps({"question": f"Q{i}?", "choices": ["a", "b", "c", "d"], "gold": i % 4}) + "\n" for i in range(5))
+    )
+    out = tmp_path / "zs.json"
+    done = cli("eval", tiny_model_dir, "--no-ppl", "--tasks", "local_science_mc", "--limit", 3,
+               "--zeroshot-data", data, "--json", out)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["ppl"] is None and result["zero_shot"]["items"] == {"local_science_mc": 3}
+    assert "local_science_mc acc" in done.stdout and "zero-shot average" in done.stdout
+    assert "it/s" not in done.stderr, "library progress bars leaked"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("missing.txt", "text file not found"),
+        ("short.txt", "fewer than one window of 1024"),
+        ("wikitext103", "unknown text 'wikitext103'"),
+        ("wikitext2", "could not load 'wikitext2' from the Hugging Face hub"),
+    ],
+)
+def test_bad_text_is_a_one_line_error(tiny_model_dir, tmp_path, text, message):
+    (tmp_path / "short.txt").write_text("too short")
+    source = tmp_path / text if text.endswith(".txt") else text
+    assert_one_line_error(cli("eval", tiny_model_dir, "--text", source), message)
+
+
+def test_unknown_task_is_a_one_line_error(tiny_model_dir, text_file):
+    done = cli("eval", tiny_model_dir, "--no-ppl", "--tasks", "no_such_task")
+    assert_one_line_error(done, "unknown zero-shot task no_such_task")
+
+
+def test_model_folder_without_weights_is_a_one_line_error(tiny_model_dir):
+    for weights in tiny_model_dir.glob("*.safetensors"):
+        weights.unlink()
+    assert_one_line_error(cli("eval", tiny_model_dir), "has no weights")
+
+
+def test_unreachable_hub_model_names_the_offline_alternative():
+    done = cli("eval", "HuggingFaceTB/SmolLM2-135M")
+    assert_one_line_error(done, "embedded default model")
+
+
+def test_bad_numbers_are_one_line_errors():
+    assert_one_line_error(cli("eval", "--seqlen", 1), "--seqlen must be at least 2")

@@ -1,0 +1,139 @@
+"""`proxsparse-tool eval`: perplexity (the paper's protocol) and zero-shot accuracy of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from proxsparse_ao.cache import atomic_write_bytes
+from proxsparse_ao.errors import ProxSparseError
+
+DEFAULT_MAX_TOKENS = 16384
+DTYPES = ("float32", "bfloat16", "float16")
+
+EXAMPLES = f"""examples:
+  proxsparse-tool eval                                   # default model, default text, first {DEFAULT_MAX_TOKENS} tokens
+  proxsparse-tool eval --max-tokens 0                    # the whole evaluation text (~145k tokens, slow on CPU)
+  proxsparse-tool eval --no-ppl --tasks local_winogrande --limit 200
+  proxsparse-tool eval ./my-model --text wiki.txt --seqlen 2048 --json result.json
+  proxsparse-tool eval meta-llama/Llama-2-7b-hf --text wikitext2 --tasks piqa arc_easy   # needs the hub
+
+MODEL: omitted (the embedded SmolLM2-135M-Instruct), a local Hugging Face folder or a hub id.
+--text: wikipedia (embedded, the evaluation part), wikitext2 or c4 (hub), or a .txt/.jsonl file.
+Local zero-shot tasks: local_winogrande, local_science_mc, local_physical_intuition over the
+JSONL files in --zeroshot-data (or $PROXSPARSE_ZEROSHOT_DATA); other names are lm-eval tasks.
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval",
+        help="perplexity and zero-shot accuracy of a model",
+        description="Perplexity in non-overlapping windows (exp of the mean window loss) and lm-eval zero-shot accuracy.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model folder or hub id (default: embedded)")
+    parser.add_argument("--text", default=None, metavar="NAME|PATH", help="evaluation text (default: wikipedia)")
+    parser.add_argument("--seqlen", type=int, default=1024, metavar="L", help="window length in tokens (default 1024)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+        help=f"evaluate the first N tokens of the text, 0 for all (default {DEFAULT_MAX_TOKENS})",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="windows per forward pass (default 1)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
+    parser.add_argument("--no-ppl", action="store_true", help="skip perplexity (zero-shot only)")
+    parser.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="zero-shot tasks (local_* offline)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="first N items of each task")
+    parser.add_argument("--zeroshot-data", default=None, metavar="DIR", help="folder of the local tasks' JSONL files")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    parser.set_defaults(run=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.seqlen < 2:
+        raise ProxSparseError(f"--seqlen must be at least 2, got {args.seqlen}")
+    if args.max_tokens < 0:
+        raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
+    if args.batch_size < 1:
+        raise ProxSparseError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ProxSparseError(f"--limit must be at least 1, got {args.limit}")
+    if args.no_ppl and not args.tasks:
+        raise ProxSparseError("nothing to do: --no-ppl without --tasks")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    _check(args)
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from proxsparse_ao.data import DEFAULT_TEXT, load_text
+    from proxsparse_ao.evaluation import perplexity, tokenize_text
+    from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
+
+    hf_logging.disable_progress_bar()
+    for noisy in ("torch.utils._pytree", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
+    result: dict = {"model": label, "dtype": args.dtype, "ppl": None, "tokens": None}
+    with console.status(f"loading {label}"):
+        model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
+    table = Table(title=f"proxsparse-ao eval: {label} ({args.dtype})")
+    for column in ("metric", "value", "detail"):
+        table.add_column(column)
+
+    if not args.no_ppl:
+        text_name = args.text or DEFAULT_TEXT
+        with console.status(f"reading and tokenising {text_name}"):
+            ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))
+        started = time.perf_counter()
+        with _progress() as bar:
+            task = bar.add_task(f"perplexity, {args.seqlen}-token windows", total=None)
+            ppl = perplexity(
+                model, ids, args.seqlen, batch_size=args.batch_size, max_tokens=args.max_tokens or None,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        seconds = time.perf_counter() - started
+        result.update(ppl.to_dict(), text=text_name, text_tokens=int(ids.numel()), ppl_seconds=round(seconds, 2))
+        table.add_row(
+            "perplexity", f"{ppl.ppl:.4f}",
+            f"{text_name}: {ppl.tokens:,} of {ids.numel():,} tokens, {ppl.windows} windows of {ppl.seqlen}, {seconds:.1f} s",
+        )
+
+    if args.tasks:
+        from proxsparse_ao.zeroshot import zero_shot
+
+        started = time.perf_counter()
+        with _progress() as bar:
+            task = bar.add_task(f"zero-shot {', '.join(args.tasks)}", total=None)
+            scores = zero_shot(
+                model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        seconds = time.perf_counter() - started
+        result["zero_shot"] = scores.to_dict() | {"limit": args.limit, "seconds": round(seconds, 2)}
+        for name, acc in scores.accuracy.items():
+            table.add_row(f"{name} acc", f"{acc:.4f}", f"{scores.items[name]} items, 0-shot")
+        table.add_row("zero-shot average", f"{scores.average:.4f}", f"{len(scores.accuracy)} tasks, {seconds:.1f} s")
+
+    console.print(table)
+    if args.json:
+        path = Path(args.json).expanduser()
+        atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
+        console.print(f"wrote {path}")
+    return 0
