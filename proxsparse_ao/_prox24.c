@@ -104,6 +104,7 @@ static void solve_block(const double (*z)[4], double (*result)[4], double lam, d
     double a[4][LANES], best[4][LANES], w[4][LANES], best_obj[LANES], tol[LANES];
     int pos_of[4][LANES], try4[LANES], try3[LANES];
     int need4 = 0, need3 = 0;
+    const double cap = 1.0 / lam;   /* lam > 0 here: the caller handles lam == 0 */
     for (int l = 0; l < LANES; ++l) {
         double v[4] = {fabs(z[l][0]), fabs(z[l][1]), fabs(z[l][2]), fabs(z[l][3])};
         int p[4] = {0, 1, 2, 3};
@@ -114,9 +115,11 @@ static void solve_block(const double (*z)[4], double (*result)[4], double lam, d
         best[0][l] = a[0][l]; best[1][l] = a[1][l]; best[2][l] = best[3][l] = 0.0;
         best_obj[l] = 0.5 * (a[2][l] * a[2][l] + a[3][l] * a[3][l]);
         tol[l] = rel_tol * a[0][l];
-        /* A 4-support local minimum needs lam (w0 + w1) <= 1 (its Hessian's {2,3} minor). */
-        double lb0 = pos(a[0][l] - lam * (a[1][l] * a[2][l] + a[1][l] * a[3][l] + a[2][l] * a[3][l]));
-        double lb1 = pos(a[1][l] - lam * (a[0][l] * a[2][l] + a[0][l] * a[3][l] + a[2][l] * a[3][l]));
+        /* A local minimum has a PSD Hessian; its 2x2 minors give lam (w_i + w_j) <= 1 on the
+         * 4-support (so w <= c = min(a, 1/lam)), and w_i = a_i - lam e2(w without i) >= lb_i. */
+        double c0 = fmin(a[0][l], cap), c1 = fmin(a[1][l], cap), c2 = fmin(a[2][l], cap), c3 = fmin(a[3][l], cap);
+        double lb0 = pos(a[0][l] - lam * (c1 * c2 + c1 * c3 + c2 * c3));
+        double lb1 = pos(a[1][l] - lam * (c0 * c2 + c0 * c3 + c2 * c3));
         try4[l] = a[3][l] > 0.0 && lam * (lb0 + lb1) <= 1.0;
         need4 |= try4[l];
     }
@@ -131,11 +134,12 @@ static void solve_block(const double (*z)[4], double (*result)[4], double lam, d
         }
     }
     for (int l = 0; l < LANES; ++l) {
-        /* At a 3-support stationary point f3 = f2 - w2^2 (1 - lam^2 (w0^2 + w1^2)) / 2, with
-         * w0 >= lb0, w1 >= lb1 and w2 <= ub2: a lower bound on f3 from the sorted input. */
-        double lb0 = pos(a[0][l] - lam * a[1][l] * a[2][l]);
-        double lb1 = pos(a[1][l] - lam * a[0][l] * a[2][l]);
-        double ub2 = pos(a[2][l] - lam * lb0 * lb1);
+        /* At a 3-support stationary point f3 = f2 - w2^2 (1 - lam^2 (w0^2 + w1^2)) / 2; at a local
+         * minimum also lam w_k <= 1 (2x2 minors), so w0 >= lb0, w1 >= lb1, w2 <= ub2 bound f3 below. */
+        double c0 = fmin(a[0][l], cap), c1 = fmin(a[1][l], cap), c2 = fmin(a[2][l], cap);
+        double lb0 = pos(a[0][l] - lam * c1 * c2);
+        double lb1 = pos(a[1][l] - lam * c0 * c2);
+        double ub2 = fmin(pos(a[2][l] - lam * lb0 * lb1), cap);
         double gain = 1.0 - lam * lam * (lb0 * lb0 + lb1 * lb1);
         double f2 = 0.5 * (a[2][l] * a[2][l] + a[3][l] * a[3][l]);
         try3[l] = a[2][l] > 0.0 && gain > 0.0 && best_obj[l] > f2 - 0.5 * ub2 * ub2 * gain;

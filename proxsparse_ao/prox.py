@@ -142,14 +142,15 @@ def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
     best[:, :2] = a[:, :2]
     best_obj = 0.5 * (a2**2 + a3**2)
 
-    lb0 = (a0 - lam * (a1 * a2 + a1 * a3 + a2 * a3)).clamp_min(0)
-    lb1 = (a1 - lam * (a0 * a2 + a0 * a3 + a2 * a3)).clamp_min(0)
+    c0, c1, c2, c3 = (a.clamp_max(1 / lam)).unbind(1)  # a local minimum has lam * w_k <= 1
+    lb0 = (a0 - lam * (c1 * c2 + c1 * c3 + c2 * c3)).clamp_min(0)
+    lb1 = (a1 - lam * (c0 * c2 + c0 * c3 + c2 * c3)).clamp_min(0)
     try4 = ((a3 > 0) & (lam * (lb0 + lb1) <= 1)).nonzero().squeeze(1)
     _keep_better(best, best_obj, try4, _coordinate_minimise(a[try4], lam, 4), a[try4], lam)
 
-    lb0 = (a0 - lam * a1 * a2).clamp_min(0)
-    lb1 = (a1 - lam * a0 * a2).clamp_min(0)
-    ub2 = (a2 - lam * lb0 * lb1).clamp_min(0)
+    lb0 = (a0 - lam * c1 * c2).clamp_min(0)
+    lb1 = (a1 - lam * c0 * c2).clamp_min(0)
+    ub2 = (a2 - lam * lb0 * lb1).clamp(0, 1 / lam)
     gain = 1 - lam**2 * (lb0**2 + lb1**2)
     try3 = ((a2 > 0) & (gain > 0) & (best_obj > 0.5 * (a2**2 + a3**2) - 0.5 * ub2**2 * gain)).nonzero().squeeze(1)
     w3 = _coordinate_minimise(a[try3], lam, 3)
