@@ -21,6 +21,7 @@ from . import _native
 
 _NATIVE_DTYPES = {torch.float32: "float", torch.float64: "double"}
 _CHUNK_GROUPS = 1 << 18  # groups converted at a time for bf16/fp16: bounds the fp32 scratch
+_THREAD_GRAIN = 4096  # groups per thread at least; a multiple of the C kernel's block of 16
 _MAX_SWEEPS = 1000
 _REL_TOL = 1e-12
 _pool: ThreadPoolExecutor | None = None
@@ -113,9 +114,12 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
     global _pool
     kernel = getattr(_native.load(), f"prox24_{_NATIVE_DTYPES[groups_in.dtype]}")
     count = groups_in.shape[0]
-    threads = max(1, min(torch.get_num_threads(), count // 4096))
+    threads = max(1, min(torch.get_num_threads(), count // _THREAD_GRAIN))
     size = groups_in.element_size() * 4
-    spans = [(count * t // threads, count * (t + 1) // threads) for t in range(threads)]
+    # The kernel sweeps groups in blocks; splitting on block boundaries keeps every block, and
+    # so every result bit, the same whatever the thread count.
+    bounds = [count * t // threads // _THREAD_GRAIN * _THREAD_GRAIN for t in range(threads)] + [count]
+    spans = list(zip(bounds[:-1], bounds[1:]))
     calls = [
         (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size), hi - lo, lam)
         for lo, hi in spans
