@@ -158,9 +158,11 @@ def load_model(
         except Exception:  # sizes match but content is damaged (safetensors, JSON, tokenizer errors): rebuild once
             model, tokenizer = _from_pretrained(default_model_dir(rebuild=True), dtype)
     elif (folder := _local_folder(source)) is not None:
+        from safetensors import SafetensorError
+
         try:
             model, tokenizer = _from_pretrained(folder, dtype)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: truncated or corrupt weights
             raise ProxSparseError(f"could not load the model in {source}: {_first_line(err)}") from None
     else:
         try:

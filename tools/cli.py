@@ -8,29 +8,55 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rich.console import Console
 
-from proxsparse_ao.errors import ProxSparseError
-
-from . import quickstart
-
-COMMANDS = [quickstart]
-
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+NOISY_LOGGERS = (
+    "torchao", "transformers", "datasets", "lm_eval", "accelerate", "huggingface_hub",
+    "torch._dynamo", "torch._inductor", "torch.utils._pytree",
+)
 
 
 def quiet_libraries() -> None:
-    """Silence library chatter (torchao's CUDA-extension load failures on CPU, HF warnings)."""
-    for name in ("torchao", "transformers", "datasets", "lm_eval", "accelerate", "torch._dynamo", "torch._inductor"):
+    """Silence library chatter: torchao's CUDA-extension load failures on CPU, torch's pytree
+    deprecation notes, HF warnings. Runs before any command module imports those libraries,
+    because torchao logs its failures at import time."""
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+quiet_libraries()
+
+from rich.console import Console  # noqa: E402
+
+from proxsparse_ao.errors import ProxSparseError  # noqa: E402
+
+from . import assets, compare, quickstart, verify  # noqa: E402
+from . import eval as eval_command  # noqa: E402
+from . import prune  # noqa: E402
+
+COMMANDS = [quickstart, assets, eval_command, prune, compare, verify]
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+EPILOG = """examples:
+  proxsparse-tool assets                              # prepare the embedded model and text
+  proxsparse-tool eval --tasks local_winogrande --limit 100
+  proxsparse-tool prune --output pruned/ --eval       # learn 2:4 masks on the embedded model
+  proxsparse-tool verify pruned/                      # structure, accuracy, deployment checks
+  proxsparse-tool COMMAND --help                      # options and more examples
+
+exit status: 0 success (every check passed), 1 a check failed, 2 the input could not be used
+(missing or corrupt files, bad options); errors are one line on stderr.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxsparse-tool",
         description="Learn 2:4 sparsity masks for LLMs (ProxSparse), evaluate and deploy them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:

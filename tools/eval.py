@@ -71,9 +71,11 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _progress() -> Progress:
+    """A transient bar on stderr; off when stderr is not a terminal (rich would leave blank lines in logs)."""
+    console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
+        console=console, transient=True, disable=not console.is_terminal,
     )
 
 

@@ -1,0 +1,105 @@
+"""`sparsify_(model, ProxSparseConfig())`: learn masks globally, then apply them through torchao.
+
+Mask learning needs one loss over the whole model, which does not fit torchao's per-module
+handlers, so the work is split (ECOSYSTEM.md): `learn` learns the masks, `attach_masks`
+stores each on its module (a non-persistent bool buffer), and the handler registered for
+`ProxSparseConfig` with torchao's `register_quantize_module_handler` (in config.py, next to
+the class) applies a stored mask to its module's ORIGINAL weight.
+`torchao.quantization.quantize_(model, config)` therefore applies stored masks too; modules
+without a stored mask are left as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchao.quantization import quantize_
+
+from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
+from .errors import ProxSparseError
+from .masks import check_nm
+from .targets import FilterFn, select_targets
+from .training import Callback, LearnResult, check_calibration, learn_masks
+
+
+def _check_config(config: ProxSparseConfig) -> ProxSparseConfig:
+    if not isinstance(config, ProxSparseConfig):
+        raise ConfigError(f"expected a ProxSparseConfig, got {type(config).__name__}")
+    validate(config)  # fields may have been reassigned since construction
+    return config
+
+
+def calibration_tokens(config: ProxSparseConfig, tokenizer) -> torch.Tensor:
+    """config.samples x config.seqlen token ids from config.calibration (seeded, deterministic)."""
+    if tokenizer is None:
+        raise ProxSparseError("no calibration tokens were given and no tokenizer to make them: pass one of the two")
+    from .calibration import calibration_samples
+    from .data import load_documents
+
+    source = None if config.calibration == "default" else config.calibration
+    documents = load_documents(source, "calibration")
+    return calibration_samples(
+        tokenizer, documents, config.samples, config.seqlen, mode=config.calibration_mode, seed=config.seed
+    )
+
+
+def learn(
+    model: nn.Module,
+    config: ProxSparseConfig | None = None,
+    filter_fn: FilterFn | None = None,
+    *,
+    tokenizer=None,
+    calibration: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    stats_every: int = 1,
+) -> LearnResult:
+    """Learn the 2:4 masks of the target layers; the model itself is left unchanged."""
+    config = _check_config(config if config is not None else ProxSparseConfig())
+    selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
+    tokens = check_calibration(calibration) if calibration is not None else calibration_tokens(config, tokenizer)
+    result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
+    result.extra["skipped"] = selection.skipped
+    result.extra["calibration_shape"] = list(tokens.shape)
+    return result
+
+
+def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Store each mask on its module (non-persistent buffer, so checkpoints stay plain HF)."""
+    for name, mask in masks.items():
+        module = model.get_submodule(name)
+        if mask.shape != module.weight.shape or mask.dtype != torch.bool:
+            raise ProxSparseError(f"mask for {name} is {mask.dtype} {tuple(mask.shape)}, the weight is {tuple(module.weight.shape)}")
+        check_nm(mask, f"mask of {name}")
+        module.register_buffer(MASK_BUFFER, mask.to(module.weight.device), persistent=False)
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], config: ProxSparseConfig | None = None) -> nn.Module:
+    """Attach the masks and apply them through `torchao.quantization.quantize_` (our handler)."""
+    config = _check_config(config if config is not None else ProxSparseConfig())
+    attach_masks(model, masks)
+    quantize_(model, config, filter_fn=lambda module, fqn: fqn in masks)
+    return model
+
+
+def sparsify_(
+    model: nn.Module,
+    config: ProxSparseConfig | None = None,
+    filter_fn: FilterFn | None = None,
+    *,
+    tokenizer=None,
+    calibration: torch.Tensor | None = None,
+    callback: Callback | None = None,
+) -> nn.Module:
+    """Learn ProxSparse 2:4 masks and apply them in place to the original weights; returns the model.
+
+    `calibration` is a LongTensor [N, L] of token ids; without it, config.samples x
+    config.seqlen tokens of config.calibration are made with `tokenizer`. `filter_fn(module,
+    name)` narrows the targets further. Every non-target parameter stays bit-identical.
+    A baseline config (MagnitudeConfig, WandaConfig, SparseGPTConfig) prunes with that method instead."""
+    from .baselines import BASELINE_CONFIGS, sparsify_ as baseline_sparsify_
+
+    if type(config) in BASELINE_CONFIGS:
+        return baseline_sparsify_(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration)
+    config = _check_config(config if config is not None else ProxSparseConfig())
+    result = learn(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration, callback=callback)
+    return apply_masks(model, result.masks, config)

@@ -1,0 +1,137 @@
+"""The 2:4 baselines in ProxSparse's API: magnitude, Wanda and SparseGPT (with a mask-only variant).
+
+    sparsify_(model, WandaConfig(samples=64, seqlen=512), tokenizer=tok)   # or calibration=tokens [N, L]
+
+`prune` selects the target layers with the same `targets`/`ignore` rules as ProxSparse, makes
+the calibration tokens with the same pipeline (`api.calibration_tokens`), prunes (Wanda and
+SparseGPT block by block, see sequential.py), stores each mask on its module and applies it
+through `torchao.quantization.quantize_` with the handler registered for the config's class.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .config import MagnitudeConfig, SparseGPTConfig, WandaConfig, validate
+from .magnitude import magnitude_masks
+from .sequential import Progress, capture_block_inputs, decoder_blocks, sequential_prune
+from .sparsegpt import Hessian, sparsegpt_prune
+from .wanda import InputNorms, wanda_mask, wanda_scores
+
+BaselineConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig
+BASELINE_CONFIGS = (MagnitudeConfig, WandaConfig, SparseGPTConfig)
+
+__all__ = [
+    "BASELINE_CONFIGS",
+    "BaselineResult",
+    "Hessian",
+    "InputNorms",
+    "MagnitudeConfig",
+    "SparseGPTConfig",
+    "WandaConfig",
+    "capture_block_inputs",
+    "decoder_blocks",
+    "magnitude_masks",
+    "needs_calibration",
+    "prune",
+    "sequential_prune",
+    "sparsegpt_prune",
+    "sparsify_",
+    "wanda_mask",
+    "wanda_scores",
+]
+
+
+@dataclass
+class BaselineResult:
+    """The masks (bool, CPU, by layer name), the layers skipped (with why) and the pruning time."""
+
+    masks: dict[str, torch.Tensor]
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def needs_calibration(config: BaselineConfig) -> bool:
+    """Whether the method reads calibration data (all but magnitude)."""
+    return not isinstance(config, MagnitudeConfig)
+
+
+def _check(config: object) -> BaselineConfig:
+    if type(config) not in BASELINE_CONFIGS:
+        raise ConfigError(f"expected one of {', '.join(c.__name__ for c in BASELINE_CONFIGS)}, got {type(config).__name__}")
+    validate(config)
+    return config
+
+
+def _wanda(layer_name: str, layer: nn.Linear, stat: InputNorms) -> torch.Tensor:
+    mask = wanda_mask(layer.weight, stat.norms())
+    layer.weight.data.masked_fill_(~mask, 0.0)
+    return mask
+
+
+def _sparsegpt(config: SparseGPTConfig):
+    def prune_layer(layer_name: str, layer: nn.Linear, stat: Hessian) -> torch.Tensor:
+        updated, mask = sparsegpt_prune(layer.weight, stat.matrix, blocksize=config.blocksize, dampening=config.dampening)
+        if config.update_weights:
+            layer.weight.data.copy_(updated)
+        else:
+            layer.weight.data.masked_fill_(~mask, 0.0)
+        return mask
+
+    return prune_layer
+
+
+def prune(
+    model: nn.Module,
+    config: BaselineConfig,
+    filter_fn=None,
+    *,
+    tokenizer=None,
+    calibration: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> BaselineResult:
+    """Prune the target layers of `model` in place to exactly 2:4 with a baseline method.
+
+    `calibration`: LongTensor [N, L] of token ids; without it, config.samples x config.seqlen
+    tokens of config.calibration are made with `tokenizer` (magnitude needs neither).
+    `progress(done_blocks, total_blocks)` is called after each decoder block."""
+    from torchao.quantization import quantize_
+
+    from ..api import attach_masks, calibration_tokens
+    from ..targets import select_targets
+    from ..training import check_calibration
+
+    config = _check(config)
+    started = time.perf_counter()
+    selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
+    layers = selection.layers
+    if isinstance(config, MagnitudeConfig):
+        masks = magnitude_masks(layers)
+    else:
+        tokens = check_calibration(calibration) if calibration is not None else calibration_tokens(config, tokenizer)
+        if isinstance(config, WandaConfig):
+            make, prune_layer = (lambda layer: InputNorms(layer.in_features, layer.weight.device)), _wanda
+        else:
+            make, prune_layer = (lambda layer: Hessian(layer.in_features, layer.weight.device)), _sparsegpt(config)
+        masks = sequential_prune(model, tokens, layers, make, prune_layer, progress=progress)
+    attach_masks(model, masks)
+    quantize_(model, config, filter_fn=lambda module, fqn: fqn in masks)
+    return BaselineResult(masks, selection.skipped, time.perf_counter() - started)
+
+
+def sparsify_(
+    model: nn.Module,
+    config: BaselineConfig,
+    filter_fn=None,
+    *,
+    tokenizer=None,
+    calibration: torch.Tensor | None = None,
+) -> nn.Module:
+    """`prune`, returning the model (the same call shape as `proxsparse_ao.api.sparsify_`)."""
+    prune(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration)
+    return model

@@ -1,0 +1,163 @@
+"""Sequential block-by-block calibration, as SparseGPT and Wanda run it.
+
+The first decoder block's inputs (hidden states plus every keyword argument the model passes,
+e.g. rotary position embeddings and the attention mask) are captured by a forward pre-hook
+that stops the forward there. Then for each block in order: run it on the current inputs
+with hooks that accumulate each target layer's input statistics, prune its target layers
+from them, run the now pruned block again and make its outputs the next block's inputs. So
+block k is calibrated on what the already pruned blocks < k produce, and memory holds one
+block's activations for the calibration set plus that block's statistics, never every
+layer's. Layers whose inputs are the same tensor (q/k/v, gate/up) share one statistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import ProxSparseError
+
+
+class Statistic(Protocol):
+    def add(self, inputs: torch.Tensor) -> None: ...
+
+
+MakeStatistic = Callable[[nn.Linear], Statistic]
+PruneLayer = Callable[[str, nn.Linear, Statistic], torch.Tensor]
+Progress = Callable[[int, int], None]
+
+
+class _Stop(Exception):
+    """Raised by the capture hook to end the forward at the first block."""
+
+
+def decoder_blocks(model: nn.Module, layers: dict[str, nn.Linear]) -> tuple[nn.ModuleList, list[list[str]]]:
+    """The model's decoder blocks (the ModuleList holding most target layers) and the target names of each block.
+
+    Raises ProxSparseError when there is no such list or a target lies outside every block."""
+    owner = {id(layer): name for name, layer in layers.items()}
+    best, best_count = None, 0
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            count = sum(1 for block in module for sub in block.modules() if id(sub) in owner)
+            if count > best_count:
+                best, best_count = module, count
+    if best is None:
+        raise ProxSparseError("sequential calibration needs a model with a list of decoder blocks (HF Llama-style); none holds a target layer")
+    per_block = [[owner[id(sub)] for sub in block.modules() if id(sub) in owner] for block in best]
+    outside = sorted(set(layers) - {name for names in per_block for name in names})
+    if outside:
+        raise ProxSparseError(
+            f"sequential calibration prunes layers inside the decoder blocks only; outside them: {', '.join(outside[:5])}"
+            + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+            + " (narrow targets/ignore)"
+        )
+    return best, per_block
+
+
+def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """The hidden states and keyword arguments `block` receives for each calibration sample (batch 1 each)."""
+    hidden: list[torch.Tensor] = []
+    kwargs: list[dict[str, Any]] = []
+
+    def grab(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
+        hidden.append(args[0] if args else kw.pop("hidden_states"))
+        kwargs.append({**kw, "_extra_args": args[1:]} if len(args) > 1 else dict(kw))
+        raise _Stop
+
+    device = next(model.parameters()).device
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for row in tokens:
+            try:
+                model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if len(hidden) != tokens.shape[0]:
+        raise ProxSparseError("sequential calibration: the model's forward did not reach its first decoder block")
+    return hidden, kwargs
+
+
+def _run(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    kw = dict(kwargs)
+    extra = kw.pop("_extra_args", ())
+    out = block(hidden, *extra, **kw)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _collect(block: nn.Module, layers: dict[str, nn.Linear], make: MakeStatistic,
+             hidden: list[torch.Tensor], kwargs: list[dict[str, Any]]) -> dict[str, Statistic]:
+    """Run the block on every sample with hooks feeding each target layer's inputs to its statistic."""
+    stats: dict[str, Statistic] = {}
+    seen: dict[int, tuple[torch.Tensor, Statistic]] = {}  # this forward's inputs (kept alive so ids stay unique)
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if id(x) in seen:
+                if name not in stats:
+                    stats[name] = seen[id(x)][1]
+                if stats[name] is seen[id(x)][1]:
+                    return
+            stat = stats.setdefault(name, make(module))
+            stat.add(x)
+            seen.setdefault(id(x), (x, stat))
+
+        return record
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        for h, kw in zip(hidden, kwargs):
+            seen.clear()
+            _run(block, h, kw)
+    finally:
+        seen.clear()
+        for handle in handles:
+            handle.remove()
+    missing = sorted(set(layers) - set(stats))
+    if missing:
+        raise ProxSparseError(f"sequential calibration: target layer(s) never called in their block: {', '.join(missing)}")
+    return stats
+
+
+@torch.no_grad()
+def sequential_prune(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    layers: dict[str, nn.Linear],
+    make_statistic: MakeStatistic,
+    prune_layer: PruneLayer,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, torch.Tensor]:
+    """Prune every target layer block by block; returns the bool masks (CPU) by layer name.
+
+    `make_statistic(layer)` makes an accumulator with `.add(inputs)`; `prune_layer(name, layer,
+    statistic)` prunes the layer's weight in place and returns its keep-mask. The model is
+    modified in place (a failure part-way leaves it part-pruned) and put back in its train mode."""
+    blocks, per_block = decoder_blocks(model, layers)
+    training = model.training
+    model.eval()
+    masks: dict[str, torch.Tensor] = {}
+    try:
+        hidden, kwargs = capture_block_inputs(model, blocks[0], tokens)
+        for k, block in enumerate(blocks):
+            if per_block[k]:
+                block_layers = {name: layers[name] for name in per_block[k]}
+                stats = _collect(block, block_layers, make_statistic, hidden, kwargs)
+                for name, layer in block_layers.items():
+                    masks[name] = prune_layer(name, layer, stats[name]).cpu()
+                del stats
+            if k + 1 < len(blocks):
+                for j in range(len(hidden)):
+                    hidden[j] = _run(block, hidden[j], kwargs[j])
+            if progress is not None:
+                progress(k + 1, len(blocks))
+    finally:
+        model.train(training)
+    return masks

@@ -1,0 +1,68 @@
+"""Training state for resuming mask learning: saved atomically, refused if it belongs to another run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ProxSparseError
+
+STATE_FILE = "proxsparse_state.pt"
+FORMAT = 1
+
+
+def run_fingerprint(config: Mapping[str, Any], calibration: torch.Tensor, originals: Mapping[str, torch.Tensor]) -> str:
+    """A digest of what determines the run: settings (except where checkpoints go), tokens, targets and their weights."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in config.items() if k not in ("checkpoint_dir", "checkpoint_every")}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(calibration.detach().cpu().contiguous().numpy().tobytes())
+    for name, weight in originals.items():
+        w = weight.detach().double()
+        digest.update(f"{name}{tuple(weight.shape)}{weight.dtype}{float(w.sum())!r}{float(w.square().sum())!r}".encode())
+    return digest.hexdigest()
+
+
+def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write the state through a temporary file and a rename: a killed save leaves the previous state intact."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / STATE_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{STATE_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state(directory: str | Path, fingerprint: str) -> dict[str, Any] | None:
+    """The saved state of this run, None when there is none; a state of another run is an error."""
+    path = Path(directory) / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ProxSparseError(f"cannot read the training state {path}: {err}; delete it to start over") from err
+    if state.get("format") != FORMAT or state.get("fingerprint") != fingerprint:
+        raise ProxSparseError(
+            f"{path} belongs to another run (different model, calibration or settings); "
+            "use another checkpoint directory or delete it to start over"
+        )
+    return state
+
+
+def clear_state(directory: str | Path) -> None:
+    """Remove a finished run's state file (the folder itself stays)."""
+    (Path(directory) / STATE_FILE).unlink(missing_ok=True)

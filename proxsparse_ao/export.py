@@ -1,0 +1,118 @@
+"""Saving and loading a pruned model: an HF folder plus compact masks and `proxsparse.json`.
+
+Folder layout: the Hugging Face files (`config.json`, `model.safetensors`, tokenizer files)
+with the pruned weights stored dense, pruned entries +0.0; `masks.safetensors` with one
+uint8 per group of 4 (bit k set = position k kept; 1/16 the size of an fp32 weight); and
+`proxsparse.json` (format, config, source model, data, statistics). The folder is written
+under a hidden temporary name and renamed into place, so an interrupted save never leaves a
+folder that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ProxSparseError
+from .training import mask_codes
+from .masks import check_nm
+
+MASKS_FILE = "masks.safetensors"
+METADATA_FILE = "proxsparse.json"
+FORMAT = "proxsparse-2:4/v1"
+_BITS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
+
+
+def encode_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """bool [out, in] masks -> uint8 codes [out, in/4] (bit k of a code = position k kept)."""
+    return {name: mask_codes(mask.cpu()).reshape(mask.shape[0], -1).contiguous() for name, mask in masks.items()}
+
+
+def decode_masks(codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `encode_masks`."""
+    return {name: ((c.unsqueeze(-1) & _BITS) != 0).reshape(c.shape[0], -1) for name, c in codes.items()}
+
+
+def check_pruned(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Every masked weight is exactly 2:4, zero (+0.0) wherever its mask is off."""
+    for name, mask in masks.items():
+        weight = model.get_submodule(name).weight.detach()
+        check_nm(weight, name)
+        off = weight[~mask.to(weight.device)]
+        if bool((off != 0).any()) or bool(torch.signbit(off).any()):
+            raise ProxSparseError(f"{name}: the weight is not +0.0 everywhere its mask is off")
+
+
+def save_pruned(
+    model: nn.Module,
+    output: str | Path,
+    masks: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    *,
+    tokenizer=None,
+    overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write the pruned model folder atomically; an existing folder is replaced only with `overwrite`.
+    `extra_files` (name -> bytes, e.g. the learning log) go into the folder too."""
+    from safetensors.torch import save_file
+
+    output = Path(output).expanduser().absolute()
+    if output.exists() and not overwrite:
+        raise ProxSparseError(f"{output} already exists (pass overwrite to replace it)")
+    check_pruned(model, masks)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(build, 0o777 & ~umask)  # mkdtemp makes it private; the saved folder gets normal permissions
+    try:
+        model.save_pretrained(build)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(build)
+        save_file(encode_masks(masks), str(build / MASKS_FILE), metadata={"format": FORMAT})
+        for name, content in (extra_files or {}).items():
+            (build / Path(name).name).write_bytes(content)
+        document = {"format": FORMAT, "masks_file": MASKS_FILE, "targets": sorted(masks), **metadata}
+        (build / METADATA_FILE).write_text(json.dumps(document, indent=1, sort_keys=False, default=str))
+        if output.exists():
+            stale = output.with_name(f".{output.name}.stale-{os.getpid()}")
+            os.replace(output, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(build, output)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return output
+
+
+def load_pruned(folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """(model, tokenizer or None, masks, metadata) from a folder `save_pruned` wrote; masks are re-checked and attached."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .api import attach_masks
+
+    folder = Path(folder).expanduser()
+    meta_path = folder / METADATA_FILE
+    if not meta_path.is_file() or not (folder / MASKS_FILE).is_file():
+        raise ProxSparseError(f"{folder} is not a pruned model folder (no {METADATA_FILE} or {MASKS_FILE})")
+    metadata = json.loads(meta_path.read_text())
+    if metadata.get("format") != FORMAT:
+        raise ProxSparseError(f"{meta_path}: unknown format {metadata.get('format')!r}, expected {FORMAT}")
+    model = AutoModelForCausalLM.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
+    model.to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):
+        tokenizer = None
+    masks = decode_masks(load_file(str(folder / MASKS_FILE)))
+    check_pruned(model, masks)
+    attach_masks(model, masks)
+    return model, tokenizer, masks, metadata

@@ -1,0 +1,52 @@
+"""Per-step statistics of a learning run: a JSON log, and a PNG plot when matplotlib is installed."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write_bytes
+from .errors import ProxSparseError
+
+CURVES = (("loss", "loss (CE + lambda2 F)"), ("ce", "cross-entropy"), ("frozen", "lambda2 F"),
+          ("fraction_24", "fraction of groups already 2:4"), ("changed_vs_magnitude", "groups whose mask differs from magnitude's"))
+
+
+def write_history(path: str | Path, history: Sequence[dict[str, Any]], **summary: Any) -> Path:
+    """Write {"steps": [...per-step stats...], **summary} atomically as JSON."""
+    path = Path(path)
+    atomic_write_bytes(path, json.dumps({**summary, "steps": list(history)}, indent=1, default=str).encode())
+    return path
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """A PNG with one panel per curve over steps. Needs matplotlib (an optional dependency)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ProxSparseError(
+            "plotting needs matplotlib, which is not installed: `pip install matplotlib` "
+            "(the JSON log has the same numbers)"
+        ) from err
+    if not history:
+        raise ProxSparseError("nothing to plot: the run has no steps")
+    figure, axes = plt.subplots(len(CURVES), 1, figsize=(7, 2.2 * len(CURVES)), sharex=True)
+    for axis, (key, label) in zip(axes, CURVES):
+        points = [(row["step"], row[key]) for row in history if row.get(key) is not None]
+        if points:
+            axis.plot(*zip(*points), linewidth=1.2)
+        axis.set_ylabel(label, fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

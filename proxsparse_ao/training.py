@@ -1,0 +1,370 @@
+"""ProxSparse mask learning: proximal gradient descent end to end, then top-2 of the learned weights.
+
+    for each batch of calibration tokens (one pass, seeded order):
+        loss = CE + lambda2 * F(W; W0)                # FrozenWeightTerm
+        loss.backward(); clip_grad_norm(max_grad_norm)
+        AdamW step (linear warmup, then linear decay)  # + ProxStep hook: W <- prox(W) per target
+    mask = top-2 |W_learned| per group of 4 (lower index wins ties)
+    the model is given back exactly as it came in; `apply_masks` then sets W0 * mask.
+
+Library code reports through `callback(StepStats)`; it never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .config import ProxSparseConfig
+from .errors import ProxSparseError
+from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, relative_strengths
+from .masks import nm_mask
+
+_CODE_WEIGHTS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
+
+
+class NonFiniteLossWarning(RuntimeWarning):
+    """Learning stopped at a NaN/Inf loss or gradient; the masks come from the last good state."""
+
+
+@dataclass
+class StepStats:
+    """One step's statistics (fraction_24 / changed are None on steps without a stats pass)."""
+
+    step: int
+    total_steps: int
+    loss: float
+    ce: float
+    frozen: float
+    lr: float
+    grad_norm: float
+    fraction_24: float | None
+    changed_vs_magnitude: float | None
+    seconds: float
+
+
+@dataclass
+class LearnResult:
+    """Learned masks (bool, CPU, per target name) and how the run went."""
+
+    masks: dict[str, torch.Tensor]
+    strengths: dict[str, float]
+    history: list[dict[str, Any]]
+    steps_done: int
+    total_steps: int
+    resumed_from: int | None = None
+    stopped: str | None = None
+    changed_vs_magnitude: float = 0.0
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Callback = Callable[[StepStats], None]
+
+
+def check_calibration(calibration: Any) -> torch.Tensor:
+    """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2."""
+    if not isinstance(calibration, torch.Tensor):
+        raise ProxSparseError(f"calibration must be a tensor of token ids [N, L], got {type(calibration).__name__}")
+    if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
+        raise ProxSparseError(f"calibration must be an integer tensor [N, L], got {calibration.dtype} of shape {tuple(calibration.shape)}")
+    if calibration.shape[0] == 0 or calibration.shape[1] < 2:
+        raise ProxSparseError(f"calibration is empty: {tuple(calibration.shape)} (need at least one sample of 2+ tokens)")
+    return calibration.long()
+
+
+def mask_codes(mask: torch.Tensor) -> torch.Tensor:
+    """One uint8 code per group of 4 from a boolean mask (bit k = position k kept): 1/16 of an fp32 weight."""
+    groups = mask.reshape(-1, 4).to(torch.uint8)
+    return (groups * _CODE_WEIGHTS.to(groups.device)).sum(1, dtype=torch.uint8)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory: the device allocator's peak on CUDA, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _lr_factor(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
+    output = model(input_ids=batch, **kwargs)
+    logits = output.logits if hasattr(output, "logits") else output[0] if isinstance(output, tuple) else output
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether a Hugging Face model has gradient checkpointing on (the attribute was renamed in v5)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if name in dir(type(model)):
+            return bool(getattr(model, name))
+    return False
+
+
+class _ModelState:
+    """Everything learning changes on the model, saved once and put back exactly (always, even on error)."""
+
+    def __init__(self, model: nn.Module, config: ProxSparseConfig, layers: dict[str, nn.Linear]) -> None:
+        self.model = model
+        self.training = model.training
+        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self.checkpointing = _checkpointing(model)
+        first = next(iter(layers.values())).weight
+        self.device = first.device
+        store = self.device if config.w0_device == "model" else torch.device("cpu")
+        dtype = None if config.precision == "auto" else getattr(torch, config.precision)
+        self.cast = dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point())
+        whole = self.cast or config.train == "all"
+        # originals of every parameter and buffer only when the run changes them; else targets only
+        self.saved: dict[str, torch.Tensor] = {}
+        if whole:
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                self.saved[name] = tensor.detach().to(store, copy=True)
+        target_names = {id(m.weight): name for name, m in layers.items()}
+        self.originals = {}
+        for pname, param in model.named_parameters():
+            if id(param) in target_names:
+                key = target_names[id(param)]
+                self.originals[key] = self.saved[pname] if whole else param.detach().to(store, copy=True)
+        if self.cast:
+            model.to(dtype)
+
+    def restore(self) -> None:
+        model = self.model
+        with torch.no_grad():
+            named = dict([*model.named_parameters(), *model.named_buffers()])
+            if self.saved:
+                for name, saved in self.saved.items():
+                    if self.cast:
+                        named[name].data = saved.to(self.device, copy=True)
+                    else:
+                        named[name].data.copy_(saved)
+            else:
+                for layer_name, original in self.originals.items():
+                    model.get_submodule(layer_name).weight.data.copy_(original)
+        for name, param in model.named_parameters():
+            param.grad = None
+            param.requires_grad_(self.requires_grad.get(name, param.requires_grad))
+        if not self.checkpointing and _checkpointing(model):
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        model.train(self.training)
+
+
+def learn_masks(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    config: ProxSparseConfig,
+    layers: dict[str, nn.Linear],
+    *,
+    callback: Callback | None = None,
+    stats_every: int = 1,
+) -> LearnResult:
+    """Learn a 2:4 mask for every layer in `layers` from calibration tokens [N, L].
+
+    The model comes back exactly as it was (weights, dtypes, requires_grad, train mode);
+    the masks are returned. With `config.checkpoint_dir` the run saves its state every
+    `checkpoint_every` steps and at the end, and resumes from it when called again."""
+    calibration = check_calibration(calibration)
+    if not layers:
+        raise ProxSparseError("learn_masks: no target layers")
+    started = time.perf_counter()
+    total_steps = math.ceil(calibration.shape[0] / config.batch_size)
+    state = _ModelState(model, config, layers)
+    try:
+        return _learn(model, calibration, config, layers, state, total_steps, callback, max(1, stats_every), started)
+    finally:
+        state.restore()
+
+
+def _learn(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    config: ProxSparseConfig,
+    layers: dict[str, nn.Linear],
+    state: _ModelState,
+    total_steps: int,
+    callback: Callback | None,
+    stats_every: int,
+    started: float,
+) -> LearnResult:
+    weights = {name: layer.weight for name, layer in layers.items()}
+    originals = state.originals
+    if config.strength == "relative":
+        strengths = relative_strengths(originals, config.lambda1, config.lr)
+    else:
+        strengths = absolute_strengths(originals, config.lambda1)
+    magnitude_codes = {name: top2_codes(w0).to(state.device) for name, w0 in originals.items()}
+    total_groups = sum(c.numel() for c in magnitude_codes.values())
+
+    for param in model.parameters():
+        param.requires_grad_(config.train == "all")
+    for weight in weights.values():
+        weight.requires_grad_(True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            raise ProxSparseError(f"gradient checkpointing needs a Hugging Face model; {type(model).__name__} has none")
+    model.train()
+
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(warmup, total_steps))
+    ProxStep(weights, strengths).attach(optimizer)
+    frozen = FrozenWeightTerm(weights, originals, config.lambda2, config.epsilon) if config.lambda2 > 0 else None
+    order = torch.randperm(calibration.shape[0], generator=torch.Generator().manual_seed(config.seed))
+
+    history: list[dict[str, Any]] = []
+    start_step, resumed_from, fingerprint = 0, None, ""
+    if config.checkpoint_dir:
+        fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, originals)
+        saved = checkpoint.load_state(config.checkpoint_dir, fingerprint)
+        if saved is not None:
+            history, start_step = _resume(model, optimizer, scheduler, saved)
+            resumed_from = start_step
+
+    stopped = None
+    step = start_step
+    for step in range(start_step, total_steps):
+        tick = time.perf_counter()
+        rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+        batch = calibration[rows].to(state.device)
+        ce = _causal_lm_loss(model, batch)
+        penalty = frozen() if frozen is not None else torch.zeros((), device=ce.device)
+        loss = ce + penalty
+        if not torch.isfinite(loss):
+            stopped = f"non-finite loss ({float(loss.detach())}) at step {step + 1}; kept the state after step {step}"
+            break
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+        if not torch.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            stopped = f"non-finite gradient at step {step + 1}; kept the state after step {step}"
+            break
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()  # the ProxStep hook applies the prox here
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        fraction, changed = None, None
+        if (step + 1) % stats_every == 0 or step + 1 == total_steps:
+            fraction, changed = _pattern_stats(weights, magnitude_codes, total_groups)
+        stats = StepStats(
+            step=step + 1,
+            total_steps=total_steps,
+            loss=float(loss.detach()),
+            ce=float(ce.detach()),
+            frozen=float(penalty.detach()),
+            lr=lr,
+            grad_norm=float(grad_norm),
+            fraction_24=fraction,
+            changed_vs_magnitude=changed,
+            seconds=time.perf_counter() - tick,
+        )
+        history.append(asdict(stats))
+        if callback is not None:
+            callback(stats)
+        if config.checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps):
+            _save(config.checkpoint_dir, fingerprint, step + 1, model, optimizer, scheduler, history)
+    else:
+        step = total_steps
+    if stopped:
+        warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=3)
+
+    with torch.no_grad():
+        masks = {name: nm_mask(weight.detach().abs()).cpu() for name, weight in weights.items()}
+    changed = sum(
+        int((mask_codes(masks[name]) != magnitude_codes[name].cpu()).sum()) for name in masks
+    ) / max(1, total_groups)
+    return LearnResult(
+        masks=masks,
+        strengths=strengths,
+        history=history,
+        steps_done=step,
+        total_steps=total_steps,
+        resumed_from=resumed_from,
+        stopped=stopped,
+        changed_vs_magnitude=changed,
+        seconds=time.perf_counter() - started,
+        peak_memory_bytes=peak_memory_bytes(state.device),
+    )
+
+
+def _resume(model: nn.Module, optimizer, scheduler, saved: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Load a saved training state into the model, optimizer and scheduler; (history, step)."""
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in saved["weights"].items():
+            named[name].data.copy_(tensor)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    return list(saved["history"]), int(saved["step"])
+
+
+def _save(directory: str, fingerprint: str, step: int, model: nn.Module, optimizer, scheduler, history: list) -> None:
+    """Save what a resume needs: trained parameters, optimizer, scheduler, RNG, history."""
+    state = {
+        "fingerprint": fingerprint,
+        "step": step,
+        "weights": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "history": history,
+    }
+    checkpoint.save_state(directory, state)
+
+
+@torch.no_grad()
+def top2_codes(weight: torch.Tensor) -> torch.Tensor:
+    """`mask_codes(magnitude_mask(weight))` from 6 pairwise comparisons per group instead of a
+    [groups, 4, 4] rank tensor (same tie rule: the lower index wins); cheap enough for every step."""
+    a = weight.detach().abs().reshape(-1, 4)
+    a0, a1, a2, a3 = a.unbind(1)
+    b01, b02, b03, b12, b13, b23 = a0 >= a1, a0 >= a2, a0 >= a3, a1 >= a2, a1 >= a3, a2 >= a3
+    wins = (
+        b01.to(torch.uint8) + b02 + b03,
+        (~b01).to(torch.uint8) + b12 + b13,
+        (~b02).to(torch.uint8) + ~b12 + b23,
+        (~b03).to(torch.uint8) + ~b13 + ~b23,
+    )
+    code = torch.zeros_like(a0, dtype=torch.uint8)
+    for k, w in enumerate(wins):
+        code |= (w >= 2).to(torch.uint8) << k
+    return code
+
+
+@torch.no_grad()
+def _pattern_stats(
+    weights: dict[str, torch.Tensor], magnitude_codes: dict[str, torch.Tensor], total_groups: int
+) -> tuple[float, float]:
+    """(fraction of groups with <= 2 non-zeros, fraction whose top-2 differs from magnitude's)."""
+    sparse = changed = 0
+    for name, weight in weights.items():
+        groups = weight.detach().reshape(-1, 4)
+        sparse += int(((groups != 0).sum(1) <= 2).sum())
+        changed += int((top2_codes(weight) != magnitude_codes[name]).sum())
+    return sparse / total_groups, changed / total_groups

@@ -1,0 +1,111 @@
+"""The baselines through the shared API: exactly 2:4, sequential calibration, torchao handlers, bad input."""
+
+import pytest
+import torch
+from torch import nn
+from torchao.quantization import quantize_
+
+from proxsparse_ao.api import sparsify_
+from proxsparse_ao.baselines import (
+    MagnitudeConfig,
+    SparseGPTConfig,
+    WandaConfig,
+    capture_block_inputs,
+    decoder_blocks,
+    prune,
+)
+from proxsparse_ao.config import ConfigError
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.masks import is_nm, magnitude_mask
+
+TOKENS = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+CONFIGS = [MagnitudeConfig(), WandaConfig(), SparseGPTConfig(), SparseGPTConfig(update_weights=False)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["magnitude", "wanda", "sparsegpt", "sparsegpt-mask"])
+def test_every_method_exactly_24_and_nothing_else_changes(config, tiny_llama_factory):
+    model = tiny_llama_factory(layers=2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    result = prune(model, config, calibration=TOKENS)
+    assert len(result.masks) == 14
+    for name, mask in result.masks.items():
+        weight = model.get_submodule(name).weight
+        assert bool((mask.reshape(-1, 4).sum(1) == 2).all())
+        assert is_nm(weight) and bool((weight[~mask] == 0).all()) and not bool(torch.signbit(weight[~mask]).any())
+        original = before[f"{name}.weight"]
+        if not (isinstance(config, SparseGPTConfig) and config.update_weights):
+            assert torch.equal(weight[mask], original[mask])  # mask-only methods keep the original weights
+    for name, param in model.named_parameters():
+        if name.removesuffix(".weight") not in result.masks:
+            assert torch.equal(param, before[name]), name
+
+
+def test_calibrated_masks_differ_from_magnitude(tiny_llama_factory):
+    model = tiny_llama_factory()
+    magnitude = {n: magnitude_mask(model.get_submodule(n).weight) for n in ("model.layers.0.self_attn.q_proj",)}
+    masks = prune(model, WandaConfig(), calibration=TOKENS).masks
+    assert not torch.equal(masks["model.layers.0.self_attn.q_proj"], magnitude["model.layers.0.self_attn.q_proj"])
+
+
+@pytest.mark.parametrize("config", [WandaConfig(), SparseGPTConfig()], ids=["wanda", "sparsegpt"])
+def test_block_inputs_come_from_the_pruned_earlier_blocks(config, tiny_llama_factory):
+    model = tiny_llama_factory(layers=3)
+    dense = tiny_llama_factory(layers=3)
+    seen: dict[int, torch.Tensor] = {}
+    handles = [
+        block.register_forward_pre_hook(lambda m, args, k=k: seen.setdefault(k, args[0].detach().clone()))
+        for k, block in enumerate(model.model.layers)
+    ]
+    prune(model, config, calibration=TOKENS)
+    for handle in handles:
+        handle.remove()
+    for k in (1, 2):
+        pruned_inputs, _ = capture_block_inputs(model, model.model.layers[k], TOKENS[:1])
+        dense_inputs, _ = capture_block_inputs(dense, dense.model.layers[k], TOKENS[:1])
+        assert torch.allclose(seen[k], pruned_inputs[0], atol=1e-6), k  # from the pruned blocks < k
+        assert not torch.allclose(seen[k], dense_inputs[0], atol=1e-3), k  # not from the dense ones
+
+
+def test_capture_keeps_position_embeddings(tiny_llama):
+    hidden, kwargs = capture_block_inputs(tiny_llama, tiny_llama.model.layers[0], TOKENS[:2])
+    assert len(hidden) == 2 and hidden[0].shape == (1, 32, 64)
+    assert "position_embeddings" in kwargs[0]
+
+
+def test_sparsify_and_quantize_entry_points(tiny_llama_factory, byte_tokenizer):
+    model = tiny_llama_factory()
+    assert sparsify_(model, WandaConfig(samples=2, seqlen=32), tokenizer=byte_tokenizer) is model
+    assert all(is_nm(m.weight) for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n)
+    other = tiny_llama_factory()
+    quantize_(other, MagnitudeConfig(), filter_fn=lambda m, fqn: fqn == "model.layers.0.mlp.up_proj")
+    assert is_nm(other.model.layers[0].mlp.up_proj.weight) and not is_nm(other.model.layers[0].mlp.down_proj.weight)
+
+
+def test_targets_and_ignore(tiny_llama_factory):
+    model = tiny_llama_factory()
+    masks = prune(model, WandaConfig(targets=["re:.*mlp.*"], ignore=["down_proj"]), calibration=TOKENS).masks
+    assert sorted(masks) == [f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj")]
+    assert not is_nm(model.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_bad_input(tiny_llama_factory):
+    model = tiny_llama_factory()
+    with pytest.raises(ProxSparseError, match="tokenizer"):
+        prune(model, WandaConfig())
+    with pytest.raises(ProxSparseError, match="integer tensor"):
+        prune(model, WandaConfig(), calibration=torch.zeros(2, 8))
+    with pytest.raises(ConfigError, match="samples"):
+        WandaConfig(samples=0)
+    with pytest.raises(ConfigError, match="blocksize"):
+        SparseGPTConfig(blocksize=6)
+    with pytest.raises(ConfigError, match="targets"):
+        MagnitudeConfig(targets=[])
+    with pytest.raises(ConfigError, match="update_weights"):
+        SparseGPTConfig(update_weights="no")
+    with pytest.raises(ConfigError, match="expected one of"):
+        prune(model, object())
+    flat = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ProxSparseError, match="decoder blocks"):
+        decoder_blocks(flat, {"0": flat[0]})
+    with pytest.raises(ProxSparseError, match="outside them: lm_head"):
+        decoder_blocks(model, {"lm_head": model.lm_head, "model.layers.0.mlp.up_proj": model.model.layers[0].mlp.up_proj})

@@ -1,0 +1,125 @@
+"""The learning loop: exact 2:4 masks, the model given back untouched, resume equality, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from proxsparse_ao import ProxSparseConfig, is_nm, learn_masks
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.training import NonFiniteLossWarning, top2_codes
+from proxsparse_ao.masks import magnitude_mask
+from proxsparse_ao.targets import select_targets
+
+FAST = dict(samples=6, seqlen=16, lr=1e-2)
+
+
+def _tokens(n=6, length=16, seed=0):
+    return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _layers(model, config):
+    return select_targets(model, config.targets, config.ignore).layers
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_masks_are_exactly_2_4_and_model_comes_back_untouched(tiny_llama):
+    config = ProxSparseConfig(**FAST)
+    before = _state(tiny_llama)
+    grads_before = {n: p.requires_grad for n, p in tiny_llama.named_parameters()}
+    seen = []
+    result = learn_masks(tiny_llama, _tokens(), config, _layers(tiny_llama, config), callback=seen.append)
+    assert _same(before, _state(tiny_llama))
+    assert grads_before == {n: p.requires_grad for n, p in tiny_llama.named_parameters()}
+    assert not tiny_llama.training and all(p.grad is None for p in tiny_llama.parameters())
+    assert len(result.masks) == 14 and result.steps_done == result.total_steps == 6
+    for name, mask in result.masks.items():
+        assert mask.dtype == torch.bool and is_nm(mask.float())
+        assert int(mask.sum()) * 2 == mask.numel()
+    assert [s.step for s in seen] == list(range(1, 7))
+    assert seen[-1].fraction_24 > seen[0].fraction_24
+    assert result.history[-1]["changed_vs_magnitude"] == pytest.approx(result.changed_vs_magnitude)
+
+
+@pytest.mark.parametrize("extra", [dict(train="all"), dict(precision="bfloat16"), dict(gradient_checkpointing=True, w0_device="model")])
+def test_other_modes_also_restore_the_model_exactly(tiny_llama, extra):
+    config = ProxSparseConfig(**{**FAST, "samples": 3, **extra})
+    before = _state(tiny_llama)
+    result = learn_masks(tiny_llama, _tokens(3), config, _layers(tiny_llama, config))
+    assert _same(before, _state(tiny_llama))
+    assert all(is_nm(m.float()) for m in result.masks.values())
+
+
+def test_resume_after_a_kill_gives_the_identical_mask(tiny_llama_factory, tmp_path):
+    tokens = _tokens(8)
+    straight_model = tiny_llama_factory()
+    config = ProxSparseConfig(**{**FAST, "samples": 8})
+    straight = learn_masks(straight_model, tokens, config, _layers(straight_model, config))
+
+    killed = ProxSparseConfig(**{**FAST, "samples": 8, "checkpoint_dir": str(tmp_path), "checkpoint_every": 1})
+    for kill_at in (3, 6):
+        model = tiny_llama_factory()
+
+        def die(stats, at=kill_at):
+            if stats.step == at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            learn_masks(model, tokens, killed, _layers(model, killed), callback=die)
+    model = tiny_llama_factory()
+    resumed = learn_masks(model, tokens, killed, _layers(model, killed))
+    assert resumed.resumed_from == 5  # killed inside step 6, before its checkpoint
+    assert all(torch.equal(straight.masks[n], resumed.masks[n]) for n in straight.masks)
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+
+
+def test_a_checkpoint_of_another_run_is_refused(tiny_llama, tmp_path):
+    config = ProxSparseConfig(**{**FAST, "samples": 2, "checkpoint_dir": str(tmp_path)})
+    learn_masks(tiny_llama, _tokens(2), config, _layers(tiny_llama, config))
+    with pytest.raises(ProxSparseError, match="belongs to another run"):
+        learn_masks(tiny_llama, _tokens(2, seed=1), config, _layers(tiny_llama, config))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(tiny_llama):
+    config = ProxSparseConfig(**FAST)
+    layers = _layers(tiny_llama, config)
+    norm = tiny_llama.model.norm
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 3 else output
+
+    handle = norm.register_forward_hook(poison)
+    before = _state(tiny_llama)
+    try:
+        with pytest.warns(NonFiniteLossWarning, match="non-finite loss"):
+            result = learn_masks(tiny_llama, _tokens(), config, layers)
+    finally:
+        handle.remove()
+    assert result.steps_done == 2 and "step 3" in result.stopped
+    assert len(result.history) == 2
+    assert all(is_nm(m.float()) for m in result.masks.values())
+    assert _same(before, _state(tiny_llama))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(0, 16, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long), torch.zeros(4, 8), [[1, 2]]])
+def test_empty_or_malformed_calibration_is_a_clear_error(tiny_llama, bad):
+    config = ProxSparseConfig(**FAST)
+    with pytest.raises(ProxSparseError, match="calibration"):
+        learn_masks(tiny_llama, bad, config, _layers(tiny_llama, config))
+
+
+def test_top2_codes_match_magnitude_mask_with_ties():
+    weight = torch.randint(-2, 3, (64, 32)).float()
+    codes = top2_codes(weight)
+    bits = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
+    expected = (magnitude_mask(weight).reshape(-1, 4).to(torch.uint8) * bits).sum(1, dtype=torch.uint8)
+    assert torch.equal(codes, expected)

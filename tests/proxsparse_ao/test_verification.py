@@ -1,0 +1,100 @@
+"""The library half of `verify`: metadata, targets, the structure check, the dense source, speed gating."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.masks import apply_mask, magnitude_mask
+from proxsparse_ao.verification import (
+    SPEED_SKIP, baseline_source, check_structure, read_metadata, speed_skip_reason, target_layers,
+)
+
+
+def prune_in_place(model) -> dict[str, torch.Tensor]:
+    layers, _, _ = target_layers(model, None)
+    masks = {}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            masks[name] = magnitude_mask(layer.weight)
+            layer.weight.copy_(apply_mask(layer.weight, masks[name]))
+    return masks
+
+
+def test_default_targets_are_every_linear_but_lm_head(tiny_llama):
+    layers, source, skipped = target_layers(tiny_llama, None)
+    assert len(layers) == 14 and "lm_head" not in layers and skipped == {}
+    assert source == "default targets (no proxsparse.json)"
+
+
+def test_structure_passes_a_pruned_model_and_names_bad_layers(tiny_llama):
+    masks = prune_in_place(tiny_llama)
+    layers, source, _ = target_layers(tiny_llama, {"targets": sorted(masks)})
+    assert source == "proxsparse.json"
+    good = check_structure(layers, masks)
+    assert good.pattern_ok and good.bad_groups == 0 and good.pattern()[2] == 1.0
+    with torch.no_grad():
+        layers["model.layers.1.mlp.down_proj"].weight.fill_(1.0)
+        layers["model.layers.0.self_attn.q_proj"].weight[0, 0] = -0.0  # off-mask entry that is -0.0, pattern still fine
+    masks["model.layers.0.self_attn.q_proj"][0, 0] = False
+    bad = check_structure(layers, masks)
+    assert bad.failing == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    down = next(layer for layer in bad.layers if layer.name.endswith("1.mlp.down_proj"))
+    assert down.bad_groups == down.groups and "more than 2 non-zeros" in down.problem()
+    assert bad.to_dict()["failing_layers"]["model.layers.0.self_attn.q_proj"] == "1 entries are not +0.0 where the mask is off"
+
+
+def test_mismatched_masks_are_bad_input(tiny_llama):
+    masks = prune_in_place(tiny_llama)
+    layers, _, _ = target_layers(tiny_llama, None)
+    with pytest.raises(ProxSparseError, match="does not match the targets"):
+        check_structure(layers, {name: masks[name] for name in list(masks)[:3]})
+
+
+def test_metadata_naming_missing_or_no_targets_is_bad_input(tiny_llama):
+    with pytest.raises(ProxSparseError, match="does not have"):
+        target_layers(tiny_llama, {"targets": ["model.layers.9.mlp.up_proj"]})
+    with pytest.raises(ProxSparseError, match="no target layers"):
+        target_layers(tiny_llama, {"targets": []})
+
+
+def test_read_metadata(tmp_path):
+    assert read_metadata(tmp_path) is None
+    (tmp_path / "proxsparse.json").write_text("[1, 2]")
+    with pytest.raises(ProxSparseError, match="expected a JSON object"):
+        read_metadata(tmp_path)
+    (tmp_path / "proxsparse.json").write_text(json.dumps({"format": "other", "targets": []}))
+    with pytest.raises(ProxSparseError, match="unknown format"):
+        read_metadata(tmp_path)
+    (tmp_path / "proxsparse.json").write_text(json.dumps({"format": "proxsparse-2:4/v1", "targets": ["a.b"]}))
+    assert read_metadata(tmp_path)["targets"] == ["a.b"]
+
+
+def test_baseline_source():
+    from proxsparse_ao.models import DEFAULT_MODEL_LABEL
+
+    assert baseline_source(None, None) == (None, None)
+    assert baseline_source({"source_model": DEFAULT_MODEL_LABEL}, None) == ("default", DEFAULT_MODEL_LABEL)
+    assert baseline_source({"source_model": "/models/dense"}, None) == ("/models/dense", "/models/dense")
+    assert baseline_source({"source_model": "/models/dense"}, "./other") == ("./other", "./other")
+
+
+def test_speed_is_skipped_off_cuda_with_the_reason():
+    reason = speed_skip_reason(torch.device("cpu"))
+    assert reason.startswith(SPEED_SKIP) and "cpu" in reason
+
+
+def test_deployment_check_fails_a_rewrite_that_changes_the_outputs():
+    from proxsparse_ao.verification import Deployment
+
+    def deployment(error: float, rewritten: list[str]) -> Deployment:
+        return Deployment("bfloat16", ["a", "b"], rewritten, {}, {}, error, 0.02, 0.99, "", 1.0)
+
+    assert deployment(0.019, ["a", "b"]).ok
+    assert not deployment(0.5, ["a", "b"]).outputs_match
+    assert not deployment(float("nan"), ["a", "b"]).ok
+    missed = deployment(0.01, ["a"])
+    assert not missed.all_rewritten and not missed.ok

@@ -1,0 +1,92 @@
+"""`proxsparse-tool compare`: one table for every method on the same tokens; bad input refused up front."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import subprocess
+import sys
+
+import pytest
+
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.tools.compare import METHODS, parse_methods
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 40
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "proxsparse_ao.tools.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+
+
+def test_parse_methods():
+    assert parse_methods(" Dense, wanda ,proxsparse") == ["dense", "wanda", "proxsparse"]
+    for spec, message in (("dense,lasso", "unknown method(s) lasso"), (",", "empty"), ("wanda,wanda", "twice: wanda")):
+        with pytest.raises(ProxSparseError, match=re.escape(message)):
+            parse_methods(spec)
+    assert {"dense", "magnitude", "wanda", "sparsegpt", "sparsegpt-mask", "proxsparse"} == set(METHODS)
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path):
+    assert_one_line_error(cli("compare", "--methods", "dense,obs"), "unknown method(s) obs")
+    assert_one_line_error(
+        cli("compare", "--methods", "magnitude,wanda,proxsparse", "--calibration", "none"),
+        "wanda, proxsparse need(s) calibration data",
+    )
+    assert_one_line_error(cli("compare", "--samples", "0"), "--samples must be at least 1")
+    assert_one_line_error(cli("compare", "--json", tmp_path / "missing" / "x.json"), "does not exist")
+
+
+def test_compare_tiny_model(tiny_model_dir, tmp_path):
+    text = tmp_path / "fox.txt"
+    text.write_text(TEXT)
+    out, md = tmp_path / "compare.json", tmp_path / "compare.md"
+    done = cli(
+        "compare", tiny_model_dir, "--methods", "dense,magnitude,wanda,sparsegpt,sparsegpt-mask",
+        "--text", text, "--calibration", text, "--samples", "2", "--seqlen", "32",
+        "--eval-tokens", "256", "--eval-seqlen", "64", "--json", out, "--markdown", md,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == ["dense", "magnitude", "wanda", "sparsegpt", "sparsegpt-mask"]
+    assert all(row["ppl"] > 1 for row in rows)
+    assert [row["pattern_ok"] for row in rows] == [False, True, True, True, True]
+    assert rows[1]["changed_vs_magnitude"] == 0.0 and rows[2]["changed_vs_magnitude"] > 0
+    assert all(row["prune_seconds"] >= 0 and row["peak_memory_bytes"] > 0 for row in rows[1:])
+    table = md.read_text()
+    assert "| sparsegpt-mask | yes |" in table and "Command: `proxsparse-tool compare" in table
+    assert "compare" in done.stdout and "exactly 2:4" in done.stdout
+
+
+def test_a_failing_method_keeps_the_other_rows(tiny_model_dir, tmp_path, monkeypatch):
+    from proxsparse_ao.tools import cli, compare
+
+    real = compare._prune
+
+    def flaky(method, *args, **kwargs):
+        if method == "wanda":
+            raise MemoryError("no scratch space")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "_prune", flaky)
+    text = tmp_path / "fox.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "rows.json"
+    code = cli.main([
+        "compare", str(tiny_model_dir), "--methods", "magnitude,wanda", "--text", str(text), "--calibration", str(text),
+        "--samples", "2", "--seqlen", "32", "--eval-tokens", "128", "--eval-seqlen", "64", "--json", str(out),
+    ])
+    assert code == 1
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["pattern_ok"] and rows[0]["ppl"] > 1
+    assert rows[1]["error"] == "MemoryError: no scratch space" and rows[1]["pattern_ok"] is False

@@ -1,0 +1,90 @@
+"""`proxsparse-tool prune` on a tiny local model folder with a byte-level tokenizer (offline, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from proxsparse_ao import is_nm, load_pruned
+from proxsparse_ao.tools import cli
+
+TEXT = "\n\n".join(
+    f"Paragraph {i}: the quick brown fox jumps over the lazy dog while the model learns which weights to keep."
+    for i in range(20)
+)
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_llama):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # 256 symbols -> ids 0..255 = the tiny vocab
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    folder = tmp_path / "tiny"
+    tiny_llama.save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(folder)
+    (tmp_path / "calib.txt").write_text(TEXT)
+    return folder
+
+
+def _prune(model_dir, out, *extra):
+    calib = model_dir.parent / "calib.txt"
+    return cli.main(["prune", str(model_dir), "--output", str(out), "--calibration", str(calib),
+                     "--samples", "4", "--seqlen", "16", "--lr", "0.01", *extra])
+
+
+def test_prune_writes_an_exactly_2_4_model(model_dir, tmp_path, tiny_llama, capsys):
+    out = tmp_path / "out"
+    assert _prune(model_dir, out, "--log", str(tmp_path / "log.json")) == 0
+    model, tokenizer, masks, metadata = load_pruned(out)
+    assert tokenizer is not None and len(masks) == 14
+    assert metadata["method"] == "proxsparse" and metadata["config"]["samples"] == 4
+    assert metadata["statistics"]["steps"] == 4 and metadata["data"]["shape"] == [4, 16]
+    for name, mask in masks.items():
+        weight = model.get_submodule(name).weight.detach()
+        assert is_nm(weight)
+        assert torch.equal(weight[mask], tiny_llama.get_submodule(name).weight.detach()[mask])
+    assert torch.equal(model.lm_head.weight, tiny_llama.lm_head.weight)
+    steps = json.loads((out / "learning_log.json").read_text())["steps"]
+    assert len(steps) == 4 and {"loss", "ce", "frozen", "fraction_24", "changed_vs_magnitude"} <= set(steps[0])
+    assert len(json.loads((tmp_path / "log.json").read_text())["steps"]) == 4
+    assert "exactly 2:4" in capsys.readouterr().out
+
+
+def test_magnitude_method(model_dir, tmp_path):
+    out = tmp_path / "mag"
+    assert _prune(model_dir, out, "--method", "magnitude") == 0
+    model, _, masks, metadata = load_pruned(out)
+    assert metadata["method"] == "magnitude" and all(is_nm(model.get_submodule(n).weight) for n in masks)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lambda1", "0"], "lambda1 must be > 0"),
+        (["--targets", "re:.*nothing"], "no prunable linear layer"),
+        (["--samples", "0"], "samples must be > 0"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(model_dir, tmp_path, capsys, extra, message):
+    assert _prune(model_dir, tmp_path / "bad", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_empty_calibration_text_is_refused(model_dir, tmp_path, capsys):
+    (model_dir.parent / "calib.txt").write_text("   \n")
+    assert _prune(model_dir, tmp_path / "out") == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_existing_output_needs_overwrite(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _prune(model_dir, out) == 2
+    assert "--overwrite" in capsys.readouterr().err

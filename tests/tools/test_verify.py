@@ -1,0 +1,180 @@
+"""`proxsparse-tool verify` driven as a user would: a subprocess per run, on tiny Llama folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_byte_tokenizer, make_tiny_llama
+
+TEXT = "The quick brown fox jumps over the lazy dog, and the dog does not mind at all. " * 60
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "proxsparse_ao.tools.cli", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
+    )
+
+
+def save_tiny_pruned(root: Path, dense_dir: Path) -> Path:
+    """A magnitude-pruned tiny Llama saved with save_pruned, its source_model the dense folder."""
+    from proxsparse_ao.export import save_pruned
+    from proxsparse_ao.masks import apply_mask, magnitude_mask
+    from proxsparse_ao.targets import select_targets
+
+    model = make_tiny_llama()
+    masks = {}
+    with torch.no_grad():
+        for name, layer in select_targets(model, ["Linear"], ["re:.*lm_head"]).layers.items():
+            masks[name] = magnitude_mask(layer.weight)
+            layer.weight.copy_(apply_mask(layer.weight, masks[name]))
+    return save_pruned(model, root / "pruned", masks, {"method": "magnitude", "source_model": str(dense_dir)},
+                       tokenizer=make_byte_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("verify")
+    dense = root / "dense"
+    make_tiny_llama().save_pretrained(dense)
+    make_byte_tokenizer().save_pretrained(dense)
+    text = root / "text.txt"
+    text.write_text(TEXT)
+    return {"root": root, "dense": dense, "pruned": save_tiny_pruned(root, dense), "text": text}
+
+
+@pytest.fixture(scope="module")
+def passing_run(folders) -> tuple[subprocess.CompletedProcess, dict]:
+    """One full run (structure, perplexity vs the dense source, an inductor compile) shared by the asserts."""
+    out = folders["root"] / "verify.json"
+    run = cli("verify", str(folders["pruned"]), "--text", str(folders["text"]), "--seqlen", "64", "--json", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run, json.loads(out.read_text())
+
+
+def test_passing_model_reports_every_check(passing_run):
+    run, result = passing_run
+    assert result["pattern_ok"] is True and result["bad_groups"] == 0 and result["target_layers"] == 14
+    assert result["pattern"]["2"] == 1.0
+    assert result["ppl"] > 1 and result["baseline_ppl"] > 1 and result["baseline_ppl"] != result["ppl"]
+    assert result["compile_eligible"] == 14 and result["compile_rewritten"] == 14
+    assert result["deployment"]["outputs_match"] and result["deployment"]["dtype"] == "bfloat16"
+    assert result["checks"] == {"structure": "pass", "accuracy": "pass", "deployment": "pass",
+                                "speed": result["speed_skipped"] and "skipped: " + result["speed_skipped"]}
+    assert result["exit_code"] == 0 and result["passed"] is True
+
+
+def test_speed_is_honestly_skipped_on_cpu(passing_run):
+    run, result = passing_run
+    assert result["speedup"] is None and result["speed"] is None
+    assert result["speed_skipped"].startswith("needs CUDA sm80+")
+    assert "skipped: needs CUDA sm80+" in result["checks"]["speed"]
+    assert "needs CUDA sm80+" in run.stdout and "PASS" in run.stdout and "verify passed" in run.stdout
+
+
+def test_passing_run_is_quiet_on_stderr(passing_run):
+    run, _ = passing_run
+    assert run.stderr == ""
+
+
+def test_min_speedup_on_cpu_is_not_checked_rather_than_faked(folders):
+    run = cli("verify", str(folders["pruned"]), "--no-ppl", "--no-compile", "--min-speedup", "1.5")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "x (" not in run.stdout
+
+
+def test_non_24_layers_exit_1_and_are_named(folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(folders["pruned"]), str(broken)], check=True)
+    weights = load_file(str(broken / "model.safetensors"))
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.k_proj.weight"):
+        weights[name] = torch.randn_like(weights[name])
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out.json"
+    run = cli("verify", str(broken), "--json", str(out))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "model.layers.0.mlp.up_proj" in run.stdout and "model.layers.1.self_attn.k_proj" in run.stdout
+    assert "2 of 14 target layers are not exactly 2:4" in run.stdout
+    result = json.loads(out.read_text())
+    assert result["pattern_ok"] is False and result["bad_groups"] > 0
+    assert sorted(result["failing_layers"]) == ["model.layers.0.mlp.up_proj", "model.layers.1.self_attn.k_proj"]
+    assert result["checks"]["deployment"] == "skipped: the structure check failed"
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_dense_model_without_metadata_fails_structure(folders):
+    run = cli("verify", str(folders["dense"]), "--no-ppl", "--no-compile")
+    assert run.returncode == 1
+    assert "default targets (no proxsparse.json)" in run.stdout and "14 of 14 target layers" in run.stdout
+
+
+def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert run.returncode == code, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def bad_input(tmp_path: Path, target: Path, *extra: str) -> subprocess.CompletedProcess:
+    out = tmp_path / "out.json"
+    run = cli("verify", str(target), "--json", str(out), *extra)
+    assert not out.exists() and not list(tmp_path.glob(".out.json*"))
+    return run
+
+
+def test_path_that_does_not_exist(tmp_path):
+    one_line_error(bad_input(tmp_path, tmp_path / "nowhere"), 2, "not found")
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    one_line_error(bad_input(tmp_path, folder), 2, "not a Hugging Face model folder")
+
+
+def test_truncated_safetensors(folders, tmp_path):
+    folder = tmp_path / "truncated"
+    subprocess.run(["cp", "-r", str(folders["pruned"]), str(folder)], check=True)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    one_line_error(bad_input(tmp_path, folder), 2, "could not load the model")
+
+
+def test_corrupt_masks_file(folders, tmp_path):
+    folder = tmp_path / "badmasks"
+    subprocess.run(["cp", "-r", str(folders["pruned"]), str(folder)], check=True)
+    (folder / "masks.safetensors").write_bytes(b"\x00garbage" * 10)
+    one_line_error(bad_input(tmp_path, folder), 2, "masks.safetensors cannot be read")
+
+
+def test_metadata_that_does_not_parse(folders, tmp_path):
+    folder = tmp_path / "badjson"
+    subprocess.run(["cp", "-r", str(folders["pruned"]), str(folder)], check=True)
+    (folder / "proxsparse.json").write_text('{"format": "proxsparse-2:4/v1", "targets": [')
+    one_line_error(bad_input(tmp_path, folder), 2, "proxsparse.json does not parse")
+
+
+def test_model_with_no_target_layers(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"  # GPT-2 blocks use Conv1D, not nn.Linear: nothing to prune
+    GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=64, n_layer=1, n_head=2, n_positions=64)).save_pretrained(folder)
+    make_byte_tokenizer().save_pretrained(folder)
+    one_line_error(bad_input(tmp_path, folder), 2, "no target layers")
+
+
+def test_unknown_task_name(folders, tmp_path):
+    one_line_error(bad_input(tmp_path, folders["pruned"], "--tasks", "no_such_task_xyz"), 2, "unknown zero-shot task")

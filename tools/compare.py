@@ -1,0 +1,429 @@
+"""`proxsparse-tool compare`: every 2:4 method on the same calibration tokens, evaluated side by side.
+
+Each method starts from a freshly loaded model; the pruning is timed and its peak memory
+measured on its own (peak RSS reset through /proc/self/clear_refs on Linux CPU, the CUDA
+allocator's peak on a GPU). Everything that can be refused (method names, calibration data,
+evaluation text, tasks, output paths, a model the layer-wise methods cannot walk) is checked
+before the first method runs. The JSON file is rewritten after every method, so a long run
+leaves its finished rows behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from proxsparse_ao.cache import atomic_write_bytes
+from proxsparse_ao.errors import ProxSparseError
+
+METHODS = {
+    "dense": "the unpruned model",
+    "magnitude": "top-2 |W| per group of 4",
+    "wanda": "top-2 |W| * ||X||, sequential calibration",
+    "sparsegpt": "OBS pruning with weight updates, sequential calibration",
+    "sparsegpt-mask": "SparseGPT's mask on the original weights",
+    "proxsparse": "learned mask (ProxSparseConfig defaults unless set here)",
+}
+MASK_ONLY = {"dense": None, "magnitude": True, "wanda": True, "sparsegpt": False, "sparsegpt-mask": True, "proxsparse": True}
+CALIBRATED = ("wanda", "sparsegpt", "sparsegpt-mask", "proxsparse")
+DEFAULT_METHODS = "dense,magnitude,wanda,sparsegpt,proxsparse"
+DTYPES = ("float32", "bfloat16", "float16")
+
+EXAMPLES = f"""examples:
+  proxsparse-tool compare                                          # {DEFAULT_METHODS}
+  proxsparse-tool compare --methods dense,magnitude,wanda,sparsegpt,sparsegpt-mask,proxsparse \\
+      --samples 64 --seqlen 512 --json benchmarks/compare.json --markdown benchmarks/compare.md
+  proxsparse-tool compare --methods magnitude,wanda --tasks local_winogrande --limit 200
+  proxsparse-tool compare ./my-model --text wikipedia wiki.txt --samples 128 --seqlen 2048
+
+methods: {", ".join(f"{name} ({what})" for name, what in METHODS.items())}.
+Every calibrated method sees the same --samples x --seqlen tokens (seed --seed). Perplexity as
+in `eval`: non-overlapping --eval-seqlen windows over the first --eval-tokens of each --text.
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare",
+        help="prune with several 2:4 methods on the same data and compare them",
+        description="Dense, magnitude, Wanda, SparseGPT and ProxSparse at 2:4 on the same calibration tokens, in one table.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model folder or hub id (default: embedded)")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="M1,M2", help=f"comma-separated (default {DEFAULT_METHODS})")
+    parser.add_argument("--text", nargs="+", default=None, metavar="NAME|PATH", help="evaluation text(s) (default: wikipedia)")
+    parser.add_argument("--eval-tokens", type=int, default=16384, metavar="N", help="first N tokens of each text, 0 = all (default 16384)")
+    parser.add_argument("--eval-seqlen", type=int, default=1024, metavar="L", help="perplexity window (default 1024)")
+    parser.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="zero-shot tasks (local_* offline)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="first N items of each task")
+    parser.add_argument("--zeroshot-data", default=None, metavar="DIR", help="folder of the local tasks' JSONL files")
+    parser.add_argument("--samples", type=int, default=64, metavar="N", help="calibration samples (default 64)")
+    parser.add_argument("--seqlen", type=int, default=512, metavar="L", help="tokens per calibration sample (default 512)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
+    parser.add_argument("--calibration", default="default", metavar="NAME|PATH|none",
+                        help="calibration text: default, wikipedia, c4, wikitext2, a .txt/.jsonl path, or none")
+    parser.add_argument("--calibration-mode", choices=("windows", "documents"), default="windows", help="default windows")
+    parser.add_argument("--targets", nargs="+", default=None, metavar="PATTERN", help="module patterns to prune (default Linear)")
+    parser.add_argument("--ignore", nargs="+", default=None, metavar="PATTERN", help="module patterns never pruned (default re:.*lm_head)")
+    parser.add_argument("--lambda1", type=float, default=None, help="ProxSparse prox strength (ProxSparseConfig default if unset)")
+    parser.add_argument("--lr", type=float, default=None, help="ProxSparse learning rate (ProxSparseConfig default if unset)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="device (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON (rewritten after each method)")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
+    parser.set_defaults(run=run)
+
+
+def parse_methods(spec: str) -> list[str]:
+    """The method list of `--methods`; unknown, repeated or no names are refused."""
+    names = [name.strip().lower() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ProxSparseError("--methods is empty: name at least one of " + ", ".join(METHODS))
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ProxSparseError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ProxSparseError(f"method(s) listed twice: {', '.join(repeated)}")
+    return names
+
+
+def _check(args: argparse.Namespace, methods: list[str]) -> None:
+    for flag, value, low in (("--eval-seqlen", args.eval_seqlen, 2), ("--samples", args.samples, 1), ("--seqlen", args.seqlen, 2)):
+        if value < low:
+            raise ProxSparseError(f"{flag} must be at least {low}, got {value}")
+    if args.eval_tokens < 0 or (args.eval_tokens and args.eval_tokens < args.eval_seqlen):
+        raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
+    if args.limit is not None and args.limit < 1:
+        raise ProxSparseError(f"--limit must be at least 1, got {args.limit}")
+    if args.threads is not None and args.threads < 1:
+        raise ProxSparseError(f"--threads must be at least 1, got {args.threads}")
+    if args.calibration.lower() == "none":
+        needy = [m for m in methods if m in CALIBRATED]
+        if needy:
+            raise ProxSparseError(f"{', '.join(needy)} need(s) calibration data, but --calibration none was given")
+    for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
+        if value and not Path(value).expanduser().resolve().parent.is_dir():
+            raise ProxSparseError(f"{flag}: the folder of {value} does not exist")
+
+
+def _check_tasks(tasks: list[str], data_dir: str | None) -> None:
+    import tempfile
+
+    from proxsparse_ao import zeroshot
+
+    local = [name for name in tasks if name in zeroshot.LOCAL_TASKS]
+    folder = Path(data_dir).expanduser() if data_dir else zeroshot.default_data_dir()
+    with tempfile.TemporaryDirectory(prefix="proxsparse-check-") as tmp:
+        zeroshot._render(local, folder, Path(tmp))
+    standard = [name for name in tasks if name not in zeroshot.LOCAL_TASKS]
+    if standard:
+        from lm_eval.tasks import TaskManager
+
+        unknown = [name for name in standard if name not in TaskManager().all_tasks]
+        if unknown:
+            raise ProxSparseError(f"unknown zero-shot task {', '.join(unknown)}: use {', '.join(zeroshot.LOCAL_TASKS)} or an lm-eval task")
+
+
+class PeakMemory:
+    """Peak memory of a code region: the CUDA allocator's peak, or the process's peak RSS after a reset."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        self.start = _rss()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.exact = True
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.exact = True
+            except OSError:
+                self.exact = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            from proxsparse_ao.training import peak_memory_bytes
+
+            self.peak = _status_kib("VmHWM") * 1024 if self.exact else peak_memory_bytes(self.device)
+
+
+def _status_kib(field: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _rss() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
+    """Prune `model` in place with `method`; returns its masks and method-specific details."""
+    from proxsparse_ao.baselines import MagnitudeConfig, SparseGPTConfig, WandaConfig, prune
+
+    common = {k: v for k, v in (("targets", args.targets), ("ignore", args.ignore)) if v is not None}
+    calib = {"samples": args.samples, "seqlen": args.seqlen, "seed": args.seed,
+             "calibration_mode": args.calibration_mode} | ({} if args.calibration.lower() == "none" else {"calibration": args.calibration})
+    task = bar.add_task(f"{method}: pruning", total=None)
+    if method == "proxsparse":
+        from proxsparse_ao.api import apply_masks, learn
+        from proxsparse_ao.config import ProxSparseConfig
+
+        extra = {k: v for k, v in (("lambda1", args.lambda1), ("lr", args.lr)) if v is not None}
+        config = ProxSparseConfig(**common, **calib, **extra)
+        result = learn(model, config, calibration=tokens,
+                       callback=lambda s: bar.update(task, completed=s.step, total=s.total_steps), stats_every=16)
+        apply_masks(model, result.masks, config)
+        return {"masks": result.masks, "config": config.to_dict(), "stopped": result.stopped}
+    if method == "magnitude":
+        config = MagnitudeConfig(**common)
+    elif method == "wanda":
+        config = WandaConfig(**common, **calib)
+    else:
+        config = SparseGPTConfig(**common, **calib, update_weights=method == "sparsegpt")
+    result = prune(model, config, calibration=tokens, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return {"masks": result.masks, "config": config.to_dict()}
+
+
+def _pattern_ok(model, masks: dict) -> bool:
+    from proxsparse_ao.masks import is_nm
+
+    exact = all(bool((m.reshape(-1, 4).sum(1) == 2).all()) for m in masks.values())
+    return bool(masks) and exact and all(is_nm(model.get_submodule(name).weight) for name in masks)
+
+
+def _changed(before: dict, masks: dict) -> float:
+    from proxsparse_ao.training import mask_codes
+
+    groups = sum(int(codes.numel()) for codes in before.values())
+    changed = sum(int((mask_codes(masks[name]) != codes).sum()) for name, codes in before.items())
+    return changed / max(groups, 1)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    methods = parse_methods(args.methods)
+    _check(args, methods)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from proxsparse_ao.api import calibration_tokens
+    from proxsparse_ao.baselines import decoder_blocks
+    from proxsparse_ao.config import ProxSparseConfig
+    from proxsparse_ao.data import DEFAULT_TEXT, load_text
+    from proxsparse_ao.evaluation import perplexity, tokenize_text
+    from proxsparse_ao.masks import magnitude_mask
+    from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
+    from proxsparse_ao.targets import select_targets
+    from proxsparse_ao.training import mask_codes
+
+    hf_logging.disable_progress_bar()
+    for noisy in ("torch.utils._pytree", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
+    dtype = getattr(torch, args.dtype)
+    texts = args.text or [DEFAULT_TEXT]
+
+    with console.status("checking inputs: model, texts, calibration, tasks"):
+        model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
+        selection = select_targets(model, args.targets or ["Linear"], args.ignore if args.ignore is not None else ["re:.*lm_head"])
+        if any(m in ("wanda", "sparsegpt", "sparsegpt-mask") for m in methods):
+            decoder_blocks(model, selection.layers)
+        device = next(model.parameters()).device
+        del model
+        eval_ids = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in texts}
+        tokens = None
+        if any(m in CALIBRATED for m in methods):
+            config = ProxSparseConfig(samples=args.samples, seqlen=args.seqlen, seed=args.seed,
+                                      calibration=args.calibration, calibration_mode=args.calibration_mode)
+            tokens = calibration_tokens(config, tokenizer)
+        if args.tasks:
+            _check_tasks(args.tasks, args.zeroshot_data)
+
+    settings = {
+        "model": label, "dtype": args.dtype, "device": str(device), "threads": torch.get_num_threads(),
+        "calibration": None if tokens is None else {"text": args.calibration, "mode": args.calibration_mode,
+                                                    "samples": args.samples, "seqlen": args.seqlen, "seed": args.seed},
+        "evaluation": {"texts": texts, "max_tokens": args.eval_tokens or None, "seqlen": args.eval_seqlen},
+        "tasks": args.tasks, "limit": args.limit, "command": command_line(args),
+    }
+    console.print(f"compare on {label}: {', '.join(methods)}; "
+                  + (f"calibration {args.samples} x {args.seqlen} tokens; " if tokens is not None else "")
+                  + f"perplexity on {', '.join(texts)}", highlight=False)
+
+    def measure(method: str) -> dict:
+        with _progress(console) as bar:
+            model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
+            row: dict = {"method": method, "mask_only": MASK_ONLY[method]}
+            if method != "dense":
+                layers = select_targets(model, args.targets or ["Linear"],
+                                        args.ignore if args.ignore is not None else ["re:.*lm_head"]).layers
+                before = {name: mask_codes(magnitude_mask(layer.weight)).cpu() for name, layer in layers.items()}
+                with PeakMemory(device) as memory:
+                    started = time.perf_counter()
+                    details = _prune(method, model, tokens, args, bar)
+                    seconds = time.perf_counter() - started
+                row.update(prune_seconds=round(seconds, 2), peak_memory_bytes=memory.peak,
+                           memory_before_bytes=memory.start, pattern_ok=_pattern_ok(model, details["masks"]),
+                           changed_vs_magnitude=_changed(before, details["masks"]), layers=len(details["masks"]),
+                           config=details["config"])
+                if details.get("stopped"):
+                    row["stopped"] = details["stopped"]
+                del before, details
+            else:
+                row.update(prune_seconds=None, peak_memory_bytes=None, pattern_ok=False, changed_vs_magnitude=None)
+            row["ppl_by_text"] = {}
+            for name, ids in eval_ids.items():
+                task = bar.add_task(f"{method}: perplexity on {name}", total=None)
+                result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens or None,
+                                    progress=lambda done, total, t=task: bar.update(t, completed=done, total=total))
+                row["ppl_by_text"][name] = result.ppl
+            row["ppl"] = row["ppl_by_text"][texts[0]]
+            if args.tasks:
+                from proxsparse_ao.zeroshot import zero_shot
+
+                task = bar.add_task(f"{method}: zero-shot", total=None)
+                scores = zero_shot(model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                row["zero_shot"] = scores.accuracy
+                row["zero_shot_average"] = scores.average
+                row["zero_shot_items"] = scores.items
+            del model
+        return row
+
+    rows: list[dict] = []
+    for method in methods:
+        try:
+            row = measure(method)
+        except Exception as err:  # one failing method must not lose the others' rows
+            row = {"method": method, "mask_only": MASK_ONLY[method], "error": f"{type(err).__name__}: {err}",
+                   "ppl": None, "ppl_by_text": {}, "pattern_ok": False, "prune_seconds": None}
+        rows.append(row)
+        console.print(_summary(row), highlight=False)
+        if args.json:
+            _write_json(Path(args.json).expanduser(), settings, rows)
+    console.print(_table(rows, texts, args.tasks, label))
+    if args.json:
+        console.print(f"wrote {args.json}")
+    if args.markdown:
+        atomic_write_bytes(Path(args.markdown).expanduser(), markdown(rows, texts, args.tasks, settings).encode())
+        console.print(f"wrote {args.markdown}")
+    return 0 if all(row["pattern_ok"] for row in rows if row["method"] != "dense") and not any("error" in row for row in rows) else 1
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, every setting spelled out (output paths included)."""
+    parts = ["proxsparse-tool", "compare"] + ([str(args.model)] if args.model else []) + ["--methods", args.methods]
+    for flag in ("text", "tasks", "targets", "ignore"):
+        values = getattr(args, flag)
+        if values:
+            parts += [f"--{flag}", *values]
+    for flag in ("eval_tokens", "eval_seqlen", "limit", "zeroshot_data", "samples", "seqlen", "seed", "calibration",
+                 "calibration_mode", "lambda1", "lr", "dtype", "device", "threads", "json", "markdown"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += ["--" + flag.replace("_", "-"), str(value)]
+    return shlex.join(parts)
+
+
+def _write_json(path: Path, settings: dict, rows: list[dict]) -> None:
+    atomic_write_bytes(path, (json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n").encode())
+
+
+def _summary(row: dict) -> str:
+    if "error" in row:
+        return f"{row['method']}: FAILED ({row['error']})"
+    text = f"{row['method']}: ppl {row['ppl']:.2f}"
+    if row["prune_seconds"] is not None:
+        text += f", pruned in {row['prune_seconds']:.1f} s, exactly 2:4: {'yes' if row['pattern_ok'] else 'NO'}"
+    return text
+
+
+def _cells(row: dict, texts: list[str], tasks: list[str]) -> list[str]:
+    mask_only = {None: "-", True: "yes", False: "no"}[row["mask_only"]]
+    if "error" in row:
+        return [row["method"], mask_only, "failed: " + row["error"][:60]] + ["-"] * (len(_headers(texts, tasks)) - 3)
+    cells = [row["method"], mask_only] + [f"{row['ppl_by_text'][t]:.2f}" for t in texts]
+    if tasks:
+        cells += [f"{row['zero_shot'][t]:.4f}" for t in tasks] + [f"{row['zero_shot_average']:.4f}"]
+    dense = row["prune_seconds"] is None
+    cells += [
+        "-" if dense else f"{row['prune_seconds']:.1f}",
+        "-" if dense else f"{row['peak_memory_bytes'] / 2**30:.2f}",
+        "-" if dense else f"{row['changed_vs_magnitude']:.1%}",
+        "-" if dense else ("yes" if row["pattern_ok"] else "NO"),
+    ]
+    return cells
+
+
+def _headers(texts: list[str], tasks: list[str]) -> list[str]:
+    headers = ["method", "mask only"] + [f"PPL {t}" for t in texts]
+    if tasks:
+        headers += [f"{t} acc" for t in tasks] + ["zero-shot avg"]
+    return headers + ["prune time (s)", "peak memory (GiB)", "groups != magnitude", "exactly 2:4"]
+
+
+def _table(rows: list[dict], texts: list[str], tasks: list[str], label: str) -> Table:
+    table = Table(title=f"proxsparse-ao compare: {label}")
+    for header in _headers(texts, tasks):
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for row in rows:
+        table.add_row(*_cells(row, texts, tasks))
+    return table
+
+
+def markdown(rows: list[dict], texts: list[str], tasks: list[str], settings: dict) -> str:
+    """The comparison as a Markdown table, with the settings and the command below it."""
+    headers = _headers(texts, tasks)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cells(row, texts, tasks)) + " |" for row in rows]
+    calib = settings["calibration"]
+    evaluation = settings["evaluation"]
+    lines += [
+        "",
+        f"Model: {settings['model']} ({settings['dtype']}, {settings['device']}, {settings['threads']} thread(s)). "
+        + (f"Calibration: {calib['samples']} x {calib['seqlen']} tokens of {calib['text']} ({calib['mode']}, seed {calib['seed']}), "
+           "the same tokens for every method. " if calib else "")
+        + f"Perplexity: {evaluation['seqlen']}-token windows over "
+        + (f"the first {evaluation['max_tokens']:,} tokens" if evaluation["max_tokens"] else "all tokens")
+        + f" of {', '.join(evaluation['texts'])}."
+        + (f" Zero-shot: {', '.join(settings['tasks'])}" + (f", first {settings['limit']} items each." if settings["limit"] else ".")
+           if settings["tasks"] else ""),
+        "Peak memory: the process's peak resident memory during pruning (model included).",
+        "",
+        f"Command: `{settings['command']}`",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""`proxsparse-tool prune`: learn 2:4 masks (ProxSparse) or take magnitude's, apply them, save the folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+import typing
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from proxsparse_ao.config import CALIBRATION_MODES, PRECISIONS, STRENGTH_MODES, TRAIN_MODES, W0_DEVICES, ProxSparseConfig
+from proxsparse_ao.errors import ProxSparseError
+
+METHODS = ("proxsparse", "magnitude")
+DTYPES = ("float32", "bfloat16", "float16")
+LOG_FILE = "learning_log.json"
+
+EXAMPLES = """examples:
+  proxsparse-tool prune --output pruned/                         # embedded model, default settings
+  proxsparse-tool prune --output pruned/ --samples 16 --seqlen 256 --eval
+  proxsparse-tool prune ./my-model --output out/ --lr 3e-3 --lambda1 3 --plot curves.png
+  proxsparse-tool prune --method magnitude --output mag/ --eval
+  proxsparse-tool prune --output out/ --checkpoint-dir ckpt/     # rerun the same command to resume
+
+The output folder holds the HF model (dense weights, pruned entries +0.0), masks.safetensors,
+proxsparse.json (settings, source, statistics) and learning_log.json (per-step statistics).
+--lambda1 is the shrink-to-step ratio (strength "relative", default) or the paper's threshold
+(--strength absolute).
+"""
+
+_FIELD_CHOICES = {
+    "strength": STRENGTH_MODES,
+    "train": TRAIN_MODES,
+    "precision": PRECISIONS,
+    "w0_device": W0_DEVICES,
+    "calibration_mode": CALIBRATION_MODES,
+}
+_FIELD_HELP = {
+    "lambda1": "prox strength: shrink-to-step ratio (relative) or threshold (absolute)",
+    "strength": "relative (scale-aware, default) or absolute (the paper's lambda1)",
+    "lambda2": "frozen-weight term weight (0 = off)",
+    "epsilon": "frozen-weight term epsilon",
+    "lr": "AdamW learning rate",
+    "warmup_ratio": "fraction of steps with linear warmup",
+    "max_grad_norm": "gradient clipping norm (0 = off)",
+    "weight_decay": "AdamW weight decay",
+    "samples": "calibration samples (one step per batch)",
+    "seqlen": "tokens per calibration sample",
+    "batch_size": "samples per step",
+    "seed": "seed of the calibration sample and its order",
+    "calibration": "calibration text: default, wikipedia, c4, wikitext2 or a .txt/.jsonl path",
+    "calibration_mode": "windows (packed random windows) or documents (truncated documents)",
+    "targets": "module patterns to prune (class name, name suffix or re:REGEX)",
+    "ignore": "module patterns never pruned",
+    "strict": "fail on target layers whose in_features is not a multiple of 4",
+    "precision": "dtype the learning runs in (auto = the model's)",
+    "train": "which parameters train: targets or all",
+    "w0_device": "where the original weights wait during learning: cpu or model",
+    "gradient_checkpointing": "recompute activations in backward (less memory)",
+    "checkpoint_dir": "save training state here and resume from it",
+    "checkpoint_every": "steps between training-state saves",
+}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "prune",
+        help="learn 2:4 masks with ProxSparse and save the pruned model",
+        description="Learn 2:4 sparsity masks end to end (ProxSparse), apply them to the original weights and save the model.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model folder or hub id (default: embedded)")
+    parser.add_argument("--method", choices=METHODS, default="proxsparse", help="how masks are chosen (default proxsparse)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned model to")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="device to load the model on (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    parser.add_argument("--eval", action="store_true", help="perplexity before and after on the embedded evaluation text")
+    parser.add_argument("--eval-tokens", type=int, default=16384, metavar="N", help="tokens for --eval (default 16384)")
+    parser.add_argument("--eval-seqlen", type=int, default=1024, metavar="L", help="window for --eval (default 1024)")
+    parser.add_argument("--log", default=None, metavar="FILE", help="also write the per-step JSON log here")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot the per-step curves (needs matplotlib)")
+    group = parser.add_argument_group("ProxSparse settings (ProxSparseConfig fields)")
+    hints = typing.get_type_hints(ProxSparseConfig)
+    defaults = ProxSparseConfig()
+    for f in dataclasses.fields(ProxSparseConfig):
+        if f.name not in _FIELD_HELP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{_FIELD_HELP[f.name]} (default {default})"
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is list:
+            group.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", default=None, metavar="PATTERN", help=help_text)
+        else:
+            base = next((t for t in (float, int, str) if t is kind or t in typing.get_args(kind)), str)
+            group.add_argument(
+                flag, dest=f"cfg_{f.name}", type=base, default=None, choices=_FIELD_CHOICES.get(f.name),
+                metavar=None if f.name in _FIELD_CHOICES else f.name.upper(), help=help_text,
+            )
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ProxSparseConfig:
+    """The ProxSparseConfig the flags describe (unset flags keep the defaults)."""
+    values = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
+    return ProxSparseConfig(**values)
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  2:4 {task.fields[frac]}  moved {task.fields[moved]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    config = config_from_args(args)
+    if args.eval_tokens < args.eval_seqlen and args.eval:
+        raise ProxSparseError(f"--eval-tokens ({args.eval_tokens}) must cover one window of --eval-seqlen ({args.eval_seqlen})")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from proxsparse_ao.api import apply_masks, calibration_tokens, learn
+    from proxsparse_ao.export import check_pruned, save_pruned
+    from proxsparse_ao.history import plot_history, write_history
+    from proxsparse_ao.masks import magnitude_mask
+    from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
+    from proxsparse_ao.targets import select_targets
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = Path(args.output).expanduser()
+    if output.exists() and not args.overwrite:
+        raise ProxSparseError(f"{output} already exists: pass --overwrite to replace it")
+    label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
+    with console.status(f"loading {label}"):
+        model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+
+    table = Table(title=f"proxsparse-ao prune ({args.method}): {label}")
+    for column in ("", "value"):
+        table.add_column(column)
+    ppl = {}
+    eval_ids = None
+    if args.eval:
+        eval_ids = _eval_tokens(tokenizer, console)
+        ppl["dense"] = _perplexity(model, eval_ids, args, console, "dense perplexity")
+
+    caught: list[warnings.WarningMessage] = []
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.method == "proxsparse":
+            with console.status(f"preparing {config.samples} x {config.seqlen} calibration tokens ({config.calibration})"):
+                tokens = calibration_tokens(config, tokenizer)
+            with _progress_bar(console) as bar:
+                task = bar.add_task("learning masks", total=None, loss="-", frac="-", moved="-")
+
+                def show(stats) -> None:
+                    fields = {"loss": f"{stats.loss:.3f}"}
+                    if stats.fraction_24 is not None:
+                        fields.update(frac=f"{stats.fraction_24:.1%}", moved=f"{stats.changed_vs_magnitude:.1%}")
+                    bar.update(task, completed=stats.step, total=stats.total_steps, **fields)
+
+                result = learn(model, config, tokenizer=tokenizer, calibration=tokens, callback=show)
+            masks, history = result.masks, result.history
+            stats = {
+                "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
+                "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
+                "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
+                "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
+            }
+            data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+        else:
+            selection = select_targets(model, config.targets, config.ignore, strict=config.strict)
+            masks, history = {n: magnitude_mask(layer.weight).cpu() for n, layer in selection.layers.items()}, []
+            stats, data, result = {"skipped": selection.skipped}, None, None
+        apply_masks(model, masks, config)
+        check_pruned(model, masks)
+    seconds = time.perf_counter() - started
+    for warning in caught:
+        if not issubclass(warning.category, (DeprecationWarning, FutureWarning)) and "proxsparse_ao" in warning.filename:
+            console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+
+    if args.eval:
+        ppl["pruned"] = _perplexity(model, eval_ids, args, console, "pruned perplexity")
+    metadata = {
+        "method": args.method,
+        "source_model": label,
+        "dtype": args.dtype,
+        "config": config.to_dict(),
+        "data": data,
+        "statistics": stats | {"seconds": round(seconds, 2)},
+        "perplexity": ppl or None,
+        "versions": _versions(),
+    }
+    log = json.dumps({"method": args.method, "steps": history}, indent=1).encode()
+    with console.status(f"saving {output}"):
+        save_pruned(model, output, masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite, extra_files={LOG_FILE: log})
+    if args.log:
+        write_history(Path(args.log).expanduser(), history, method=args.method)
+    if args.plot:
+        try:
+            plot_history(history, Path(args.plot).expanduser())
+            table.add_row("plot", str(args.plot))
+        except ProxSparseError as err:
+            console.print(f"[yellow]no plot:[/] {err}", highlight=False, soft_wrap=True)
+
+    total = sum(int(m.numel()) // 4 for m in masks.values())
+    table.add_row("target layers", f"{len(masks)} ({total:,} groups of 4), exactly 2:4")
+    if result is not None:
+        table.add_row("steps", f"{result.steps_done}/{result.total_steps}" + (f" (resumed at {result.resumed_from})" if result.resumed_from else ""))
+        if history:
+            last = history[-1]
+            table.add_row("final loss / CE", f"{last['loss']:.4f} / {last['ce']:.4f}")
+            table.add_row("learned weights already 2:4", f"{last['fraction_24']:.2%}" if last["fraction_24"] is not None else "-")
+        table.add_row("groups whose mask differs from magnitude's", f"{result.changed_vs_magnitude:.2%}")
+        table.add_row("peak memory", f"{result.peak_memory_bytes / 2**30:.2f} GiB")
+    table.add_row("time", f"{seconds:.1f} s")
+    for name, value in ppl.items():
+        table.add_row(f"perplexity ({name})", f"{value:.3f}")
+    table.add_row("saved", str(output))
+    console.print(table)
+    if result is not None and result.stopped:
+        console.print(f"[bold yellow]learning stopped early:[/] {result.stopped}", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def _eval_tokens(tokenizer, console: Console):
+    from proxsparse_ao.data import load_text
+    from proxsparse_ao.evaluation import tokenize_text
+
+    with console.status("reading and tokenising the evaluation text"):
+        return tokenize_text(tokenizer, load_text(None, "evaluation"))
+
+
+def _perplexity(model, ids, args: argparse.Namespace, console: Console, what: str) -> float:
+    from proxsparse_ao.evaluation import perplexity
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return result.ppl
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("proxsparse-ao", "torch", "torchao", "transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,334 @@
+"""`proxsparse-tool verify DIR`: is this pruned model exactly 2:4, how accurate is it, and does it deploy?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from proxsparse_ao.cache import atomic_write_bytes
+from proxsparse_ao.errors import ProxSparseError
+
+DEFAULT_MAX_TOKENS = 16384
+DTYPES = ("float32", "bfloat16", "float16")
+CPU_DEPLOY_TOKENS = 128
+SHOWN_LAYERS = 10
+
+EXAMPLES = f"""examples:
+  proxsparse-tool verify pruned/                          # structure, perplexity vs the dense source, compile check
+  proxsparse-tool verify pruned/ --baseline ./dense-model --json verify.json
+  proxsparse-tool verify pruned/ --tasks local_winogrande --limit 200
+  proxsparse-tool verify pruned/ --no-ppl --no-compile    # structure only: seconds, no data
+  proxsparse-tool verify pruned/ --min-speedup 1.1        # on CUDA sm80+: fail below 1.1x end to end
+
+Checks, in order:
+  structure   every target linear exactly 2:4 (and +0.0 where its saved mask is off); targets from
+              proxsparse.json, else every Linear but lm_head. Failing layers are named. No data needed.
+  accuracy    perplexity of the model and of its dense source (proxsparse.json's source_model or
+              --baseline) on --text (first --max-tokens tokens, default {DEFAULT_MAX_TOKENS}); zero-shot with --tasks.
+  deployment  proxsparse_ao.compile with the 2:4 rewrite forced, in --deploy-dtype: every eligible
+              linear must be rewritten and the logits must match the eager masked model.
+  speed       CUDA sm80+ only: sparse vs dense per layer and end to end (--min-speedup X fails below X).
+              Elsewhere it reports "skipped: needs CUDA sm80+" and speedup null, never an estimate.
+
+exit status: 0 every check passed (skipped ones do not fail), 1 a check failed (the failing layers
+or numbers are printed), 2 the input could not be used (missing folder, not a model, corrupt
+weights or masks, proxsparse.json that does not parse, no target layers, unknown task); errors are
+one line on stderr and no --json file is written.
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="check a pruned model: exact 2:4, accuracy vs its dense source, compile and speed",
+        description="Verify a pruned model folder before deploying it: structure, accuracy, deployment, speed.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dir", metavar="DIR", help="the pruned model folder (Hugging Face files, proxsparse.json optional)")
+    parser.add_argument("--baseline", default=None, metavar="MODEL",
+                        help="dense model to compare with (default: source_model from proxsparse.json)")
+    parser.add_argument("--text", default=None, metavar="NAME|PATH", help="evaluation text (default: wikipedia, embedded)")
+    parser.add_argument("--seqlen", type=int, default=1024, metavar="L", help="perplexity window in tokens (default 1024)")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                        help=f"evaluate the first N tokens of the text, 0 for all (default {DEFAULT_MAX_TOKENS})")
+    parser.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="zero-shot tasks (local_* run offline)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="first N items of each task")
+    parser.add_argument("--zeroshot-data", default=None, metavar="DIR", help="folder of the local tasks' JSONL files")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype for the accuracy checks (default float32)")
+    parser.add_argument("--deploy-dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                        help="dtype the 2:4 kernels run in for the deployment and speed checks (default bfloat16)")
+    parser.add_argument("--deploy-tokens", type=int, default=None, metavar="N",
+                        help=f"tokens per deployment/speed forward pass (default: --seqlen on CUDA, {CPU_DEPLOY_TOKENS} on CPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
+    parser.add_argument("--min-speedup", type=float, default=None, metavar="X",
+                        help="fail when the end-to-end speedup is below X (checked on CUDA sm80+ only)")
+    parser.add_argument("--no-ppl", action="store_true", help="skip perplexity")
+    parser.add_argument("--no-compile", action="store_true", help="skip the deployment and speed checks")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    parser.set_defaults(run=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.seqlen < 2:
+        raise ProxSparseError(f"--seqlen must be at least 2, got {args.seqlen}")
+    if args.max_tokens < 0:
+        raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
+    if args.limit is not None and args.limit < 1:
+        raise ProxSparseError(f"--limit must be at least 1, got {args.limit}")
+    if args.deploy_tokens is not None and args.deploy_tokens < 1:
+        raise ProxSparseError(f"--deploy-tokens must be at least 1, got {args.deploy_tokens}")
+    if args.min_speedup is not None and not args.min_speedup > 0:
+        raise ProxSparseError(f"--min-speedup must be positive, got {args.min_speedup}")
+    folder = Path(args.dir).expanduser()
+    if not folder.exists():
+        raise ProxSparseError(f"model folder not found: {args.dir}")
+    if not folder.is_dir():
+        raise ProxSparseError(f"{args.dir} is not a folder (verify takes a model folder)")
+
+
+def _check_tasks(tasks: list[str]) -> None:
+    """Unknown task names fail before any model is loaded (lm-eval's index is built only for non-local names)."""
+    from proxsparse_ao.zeroshot import LOCAL_TASKS
+
+    other = [name for name in tasks if name not in LOCAL_TASKS]
+    if not other:
+        return
+    from lm_eval.tasks import TaskManager
+
+    unknown = [name for name in other if name not in TaskManager().all_tasks]
+    if unknown:
+        raise ProxSparseError(
+            f"unknown zero-shot task {', '.join(unknown)}: use a local task ({', '.join(LOCAL_TASKS)}) or an lm-eval task name"
+        )
+
+
+def _progress() -> Progress:
+    """A transient bar on stderr; off when stderr is not a terminal (rich would leave blank lines in logs)."""
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    )
+
+
+def _perplexity(model, tokenizer, args: argparse.Namespace, what: str):
+    from proxsparse_ao.data import load_text
+    from proxsparse_ao.evaluation import perplexity, tokenize_text
+
+    ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))
+    with _progress() as bar:
+        task = bar.add_task(f"perplexity ({what}), {args.seqlen}-token windows", total=None)
+        return perplexity(model, ids, args.seqlen, max_tokens=args.max_tokens or None,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _zero_shot(model, tokenizer, args: argparse.Namespace, what: str):
+    from proxsparse_ao.zeroshot import zero_shot
+
+    with _progress() as bar:
+        task = bar.add_task(f"zero-shot ({what}) {', '.join(args.tasks)}", total=None)
+        return zero_shot(model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN_LAYERS])
+    return shown + (f" and {len(names) - SHOWN_LAYERS} more" if len(names) > SHOWN_LAYERS else "")
+
+
+def _status(verdict: str) -> str:
+    return {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]"}.get(verdict, "[yellow]skipped[/]")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    _check_args(args)
+    if args.tasks:
+        _check_tasks(args.tasks)
+    import torch
+
+    from proxsparse_ao.models import load_model
+    from proxsparse_ao.verification import (
+        check_structure, measure_speed, read_masks, read_metadata, speed_skip_reason, target_layers,
+    )
+
+    folder = Path(args.dir).expanduser()
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ProxSparseError(f"--device {args.device!r}: {err}") from None
+    metadata = read_metadata(folder)
+    masks = read_masks(folder, metadata) if metadata is not None else None
+    with console.status(f"loading {folder}"):
+        model, tokenizer = load_model(str(folder), dtype=getattr(torch, args.dtype), device=device)
+    layers, targets_from, skipped = target_layers(model, metadata)
+
+    table = Table(title=f"proxsparse-ao verify: {folder}")
+    for column in ("check", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    checks: dict[str, str] = {}
+    result: dict[str, Any] = {"dir": str(folder), "device": str(device), "metadata": metadata is not None,
+                              "source_model": (metadata or {}).get("source_model"), "method": (metadata or {}).get("method")}
+
+    # 1. structure: no data, no GPU
+    started = time.perf_counter()
+    structure = check_structure(layers, masks, skipped, targets_from)
+    result.update(structure.to_dict(), structure_seconds=round(time.perf_counter() - started, 2))
+    checks["structure"] = "pass" if structure.pattern_ok else "fail"
+    pattern = structure.pattern()
+    table.add_row(
+        "structure (exact 2:4)", _status(checks["structure"]),
+        f"{len(structure.layers)} target layers ({targets_from}), {structure.groups:,} groups of 4: "
+        f"{structure.bad_groups:,} bad; groups with 0/1/2/3/4 non-zeros: "
+        + " / ".join(f"{pattern[k]:.1%}" for k in range(5))
+        + (f"; masks checked ({'all +0.0 off-mask' if structure.pattern_ok else 'see failing layers'})" if masks is not None else ""),
+    )
+    for layer in structure.layers:
+        if not layer.ok:
+            table.add_row(f"  {layer.name}", _status("fail"), layer.problem())
+    if structure.skipped:
+        table.add_row("  not targets", "", f"{len(structure.skipped)} linear(s) cannot be 2:4: {_names(list(structure.skipped))}")
+    after_failure = "skipped: the structure check failed"
+
+    # 2. accuracy
+    result.update(ppl=None, baseline_ppl=None, baseline=None, zero_shot=None, baseline_zero_shot=None)
+    wants_accuracy = not args.no_ppl or bool(args.tasks)
+    if not structure.pattern_ok or not wants_accuracy:
+        checks["accuracy"] = after_failure if not structure.pattern_ok else "skipped: --no-ppl"
+        table.add_row("accuracy", _status(checks["accuracy"]), checks["accuracy"].removeprefix("skipped: "))
+    else:
+        _accuracy(model, tokenizer, metadata, args, result, checks, table, console)
+
+    # 3. deployment and 4. speed
+    result.update(compile_rewritten=None, compile_eligible=None, deployment=None, speedup=None, speed=None)
+    speed_reason = speed_skip_reason(device)
+    if not structure.pattern_ok or args.no_compile:
+        checks["deployment"] = after_failure if not structure.pattern_ok else "skipped: --no-compile"
+        checks["speed"] = checks["deployment"]
+        table.add_row("deployment (compile)", _status(checks["deployment"]), checks["deployment"].removeprefix("skipped: "))
+    else:
+        compiled, deploy_model, deploy_ids = _deployment(model, tokenizer, list(layers), args, device, result, checks, table, console)
+        if checks["deployment"] != "pass" or speed_reason is not None:
+            checks["speed"] = speed_reason or "skipped: the deployment check failed"
+            note = checks["speed"].removeprefix("skipped: ")
+            if args.min_speedup is not None:
+                note += f"; --min-speedup {args.min_speedup} not checked"
+            table.add_row("speed", _status("skipped"), note)
+        else:
+            with console.status("timing sparse vs dense (per layer and end to end)"):
+                speed = measure_speed(deploy_model, compiled, deploy_ids, result["deployment"]["rewritten"])
+            result.update(speed=speed, speedup=speed["speedup"])
+            low = args.min_speedup is not None and speed["speedup"] < args.min_speedup
+            checks["speed"] = "fail" if low else "pass"
+            layer_speedups = [entry["speedup"] for entry in speed["per_layer"].values()]
+            table.add_row(
+                "speed (end to end)", _status(checks["speed"]),
+                f"{speed['speedup']:.2f}x ({speed['dense_ms']:.3f} ms dense, {speed['sparse_ms']:.3f} ms 2:4, "
+                f"{speed['tokens']} tokens)" + (f"; needs {args.min_speedup:.2f}x" if args.min_speedup is not None else ""),
+            )
+            if layer_speedups:
+                table.add_row("speed (per layer)", "", f"{len(layer_speedups)} layers: {min(layer_speedups):.2f}x to {max(layer_speedups):.2f}x")
+    result["speed_skipped"] = checks["speed"].removeprefix("skipped: ") if checks["speed"].startswith("skipped") else None
+
+    failed = [name for name, verdict in checks.items() if verdict == "fail"]
+    result.update(checks=checks, passed=not failed, exit_code=1 if failed else 0)
+    console.print(table)
+    if failed:
+        reasons = []
+        if "structure" in failed:
+            reasons.append(f"{len(structure.failing)} of {len(structure.layers)} target layers are not exactly 2:4: "
+                           f"{_names(structure.failing)}")
+        reasons += [name for name in failed if name != "structure"]
+        console.print(f"[bold red]verify FAILED:[/] {'; '.join(reasons)}", highlight=False, soft_wrap=True)
+    else:
+        console.print("[green]verify passed[/] (skipped checks are listed above with the reason)", highlight=False)
+    if args.json:
+        path = Path(args.json).expanduser()
+        atomic_write_bytes(path, (json.dumps(result, indent=2, default=str) + "\n").encode())
+        console.print(f"wrote {path}", highlight=False)
+    return result["exit_code"]
+
+
+def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, table: Table, console: Console) -> None:
+    """Perplexity and zero-shot of the sparse model, then of its dense source when one can be loaded."""
+    import torch
+
+    from proxsparse_ao.models import load_model
+    from proxsparse_ao.verification import baseline_source
+
+    if not args.no_ppl:
+        ppl = _perplexity(model, tokenizer, args, "sparse")
+        result.update(ppl=ppl.ppl, ppl_detail=ppl.to_dict())
+        checks["accuracy"] = "pass" if math.isfinite(ppl.ppl) else "fail"
+        table.add_row("perplexity (sparse)", _status(checks["accuracy"]),
+                      f"{ppl.ppl:.4f} on {args.text or 'wikipedia'}: {ppl.tokens:,} tokens, {ppl.windows} windows of {ppl.seqlen}")
+    if args.tasks:
+        scores = _zero_shot(model, tokenizer, args, "sparse")
+        result["zero_shot"] = scores.to_dict() | {"limit": args.limit}
+        checks.setdefault("accuracy", "pass")
+        for name, acc in scores.accuracy.items():
+            table.add_row(f"{name} acc (sparse)", "", f"{acc:.4f} ({scores.items[name]} items, 0-shot)")
+    source, label = baseline_source(metadata, args.baseline)
+    result["baseline"] = label
+    if source is None:
+        table.add_row("dense source", _status("skipped"), "no proxsparse.json source_model and no --baseline")
+        return
+    try:
+        with console.status(f"loading the dense source {label}"):
+            dense, dense_tokenizer = load_model(source, dtype=getattr(torch, args.dtype), device=next(model.parameters()).device)
+    except ProxSparseError as err:
+        if args.baseline is not None:
+            raise
+        result["baseline_error"] = str(err)
+        table.add_row("dense source", _status("skipped"), f"could not load {label}: {err}")
+        return
+    if not args.no_ppl:
+        base = _perplexity(dense, dense_tokenizer, args, "dense")
+        result.update(baseline_ppl=base.ppl, baseline_ppl_detail=base.to_dict())
+        table.add_row("perplexity (dense source)", "", f"{base.ppl:.4f} ({label}); sparse/dense {result['ppl'] / base.ppl:.3f}x")
+    if args.tasks:
+        scores = _zero_shot(dense, dense_tokenizer, args, "dense")
+        result["baseline_zero_shot"] = scores.to_dict() | {"limit": args.limit}
+        for name, acc in scores.accuracy.items():
+            table.add_row(f"{name} acc (dense)", "", f"{acc:.4f} ({scores.items[name]} items, 0-shot)")
+    del dense
+
+
+def _deployment(model, tokenizer, targets: list[str], args, device, result: dict, checks: dict, table: Table, console: Console):
+    """Compile with the rewrite forced and compare with eager; returns (compiled, deployment model, input ids)."""
+    import torch
+
+    from proxsparse_ao.data import load_text
+    from proxsparse_ao.evaluation import tokenize_text
+    from proxsparse_ao.verification import check_deployment
+
+    tokens = args.deploy_tokens or (args.seqlen if device.type == "cuda" else CPU_DEPLOY_TOKENS)
+    ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))[:tokens].unsqueeze(0)
+    with console.status(f"compiling with the 2:4 rewrite forced ({args.deploy_dtype}, {ids.shape[1]} tokens)"):
+        deployment, compiled, deploy = check_deployment(model, ids, targets, getattr(torch, args.deploy_dtype))
+    result.update(compile_rewritten=len(deployment.rewritten), compile_eligible=len(deployment.eligible),
+                  deployment=deployment.to_dict())
+    checks["deployment"] = "pass" if deployment.ok else "fail"
+    missed = [n for n in deployment.eligible if n not in deployment.rewritten]
+    detail = (
+        f"{len(deployment.rewritten)} of {len(deployment.eligible)} eligible linears rewritten into linear24 "
+        f"({deployment.dtype}, compiled in {deployment.compile_seconds:.0f} s); logits vs the eager masked model in "
+        f"float32: relative error {deployment.error:.2e} (eager {deployment.dtype}: {deployment.eager_error:.2e}, "
+        f"allowed {deployment.tolerance:.2e}), same top-1 token {deployment.top1_agreement:.1%}"
+    )
+    if not deployment.eligible:
+        detail += "; no linear is eligible"
+    if missed:
+        detail += f"; not rewritten: {_names(missed)}"
+    if deployment.targets_not_eligible:
+        detail += f"; {len(deployment.targets_not_eligible)} target(s) stay dense: {_names(list(deployment.targets_not_eligible))}"
+    table.add_row("deployment (compile)", _status(checks["deployment"]), detail)
+    return compiled, deploy, ids
