@@ -1,0 +1,100 @@
+"""N:M masks, 2:4 checks and pattern statistics: deterministic, exact, +0.0 only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.masks import (
+    SparsityPatternError,
+    apply_mask,
+    apply_mask_,
+    check_nm,
+    fraction_nm,
+    is_nm,
+    magnitude_mask,
+    nm_mask,
+    nonzeros_per_group,
+    pattern_stats,
+)
+
+
+class TestTopN:
+    def test_keeps_the_two_largest_magnitudes_of_every_group(self):
+        weight = torch.tensor([[0.1, -3.0, 2.0, 0.5, 4.0, 0.0, -0.2, 1.0]])
+        assert magnitude_mask(weight).tolist() == [[False, True, True, False, True, False, False, True]]
+
+    def test_ties_go_to_the_lower_index(self):
+        weight = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5, -2.0, 2.0, 2.0]])
+        assert magnitude_mask(weight).tolist() == [[True, True, False, False, False, True, True, False]]
+
+    def test_every_group_keeps_exactly_n_even_when_all_values_tie(self):
+        scores = torch.zeros(16, 64)
+        mask = nm_mask(scores)
+        assert bool((mask.reshape(-1, 4).sum(1) == 2).all())
+
+    @pytest.mark.parametrize("n, m", [(1, 4), (2, 4), (4, 8), (2, 8)])
+    def test_general_n_of_m(self, n, m):
+        scores = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+        mask = nm_mask(scores, n, m)
+        assert bool((mask.reshape(-1, m).sum(1) == n).all())
+        kept_min = torch.where(mask, scores, torch.inf).reshape(-1, m).min(1).values
+        dropped_max = torch.where(mask, -torch.inf, scores).reshape(-1, m).max(1).values
+        assert bool((kept_min >= dropped_max).all())
+
+    def test_the_same_mask_on_any_device_order_or_dtype(self):
+        scores = torch.randint(0, 3, (32, 64)).float()
+        assert torch.equal(nm_mask(scores), nm_mask(scores.double()))
+        assert torch.equal(nm_mask(scores), nm_mask(scores.t().contiguous().t().contiguous()))
+
+    def test_bad_input_is_refused(self):
+        with pytest.raises(ValueError, match="not a multiple of 4"):
+            nm_mask(torch.randn(4, 6))
+        with pytest.raises(ValueError, match="NaN"):
+            nm_mask(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
+        with pytest.raises(ValueError, match="0 <= n <= m"):
+            nm_mask(torch.randn(4, 8), n=5)
+
+
+class TestApply:
+    def test_pruned_entries_are_positive_zero(self):
+        weight = -torch.rand(8, 16) - 0.1
+        mask = magnitude_mask(weight)
+        for pruned in (apply_mask(weight, mask), apply_mask_(weight.clone(), mask)):
+            zeros = pruned == 0
+            assert int(zeros.sum()) == weight.numel() // 2
+            assert not bool(torch.signbit(pruned[zeros]).any())
+            assert torch.equal(pruned[mask], weight[mask])
+
+    def test_in_place_form_keeps_the_storage(self):
+        weight = torch.randn(8, 16)
+        pointer = weight.data_ptr()
+        assert apply_mask_(weight, magnitude_mask(weight)).data_ptr() == pointer
+
+
+class TestChecks:
+    def test_a_two_of_four_tensor_passes(self):
+        weight = apply_mask(torch.randn(8, 16), magnitude_mask(torch.randn(8, 16)))
+        check_nm(weight, "layer")
+        assert is_nm(weight)
+        assert fraction_nm(weight) == 1.0
+
+    def test_the_error_names_the_tensor_the_count_and_the_first_bad_group(self):
+        weight = torch.zeros(4, 8)
+        weight[2, 4:8] = torch.tensor([1.0, 2.0, 3.0, 0.0])
+        weight[3, 0:4] = 1.0
+        with pytest.raises(SparsityPatternError, match=r"model.q_proj: 2 of 8 groups .*first bad group starts at \[2, 4\]"):
+            check_nm(weight, "model.q_proj")
+        assert not is_nm(weight)
+        assert fraction_nm(weight) == 6 / 8
+
+    def test_pattern_errors_are_user_errors(self):
+        assert issubclass(SparsityPatternError, ProxSparseError)
+        with pytest.raises(SparsityPatternError, match="not a multiple of 4"):
+            check_nm(torch.zeros(4, 6), "odd")
+
+    def test_pattern_statistics_count_groups_by_non_zeros(self):
+        weight = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
+        assert nonzeros_per_group(weight).tolist() == [0, 1, 3, 4]
+        assert pattern_stats(weight) == {0: 0.25, 1: 0.25, 2: 0.0, 3: 0.25, 4: 0.25}
