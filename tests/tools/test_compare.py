@@ -52,15 +52,15 @@ def test_compare_tiny_model(tiny_model_dir, tmp_path):
     text.write_text(TEXT)
     out, md = tmp_path / "compare.json", tmp_path / "compare.md"
     done = cli(
-        "compare", tiny_model_dir, "--methods", "dense,magnitude,wanda,sparsegpt,sparsegpt-mask",
+        "compare", tiny_model_dir, "--methods", "dense,magnitude,wanda,sparsegpt,sparsegpt-mask,proxsparse",
         "--text", text, "--calibration", text, "--samples", "2", "--seqlen", "32",
         "--eval-tokens", "256", "--eval-seqlen", "64", "--json", out, "--markdown", md,
     )
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [row["method"] for row in rows] == ["dense", "magnitude", "wanda", "sparsegpt", "sparsegpt-mask"]
+    assert [row["method"] for row in rows] == ["dense", "magnitude", "wanda", "sparsegpt", "sparsegpt-mask", "proxsparse"]
     assert all(row["ppl"] > 1 for row in rows)
-    assert [row["pattern_ok"] for row in rows] == [False, True, True, True, True]
+    assert [row["pattern_ok"] for row in rows] == [False, True, True, True, True, True]
     assert rows[1]["changed_vs_magnitude"] == 0.0 and rows[2]["changed_vs_magnitude"] > 0
     assert all(row["prune_seconds"] >= 0 and row["peak_memory_bytes"] > 0 for row in rows[1:])
     table = md.read_text()

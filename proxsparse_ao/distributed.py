@@ -1,0 +1,468 @@
+"""ProxSparse mask learning on many processes: the single-process loop under torchrun with FSDP2.
+
+    torchrun --nproc-per-node 8 -m proxsparse_ao.distributed MODEL --output OUT [--samples 400 ...]
+
+Every rank loads the whole model, computes what needs the whole weights (per-layer prox
+strengths, the run fingerprint), keeps its own rows of W0, and shards the model with
+`torch.distributed.fsdp.fully_shard` (one unit per decoder layer, then the root): parameters,
+gradients and AdamW state live as dim-0 shards. Dim 0 of a Linear weight is its output rows,
+so every group of 4 (along the input dim) lies whole inside one shard; `check_shard_layout`
+asserts it, and the prox runs on the local shards. Each step takes the same global batch as
+the single-process run (same seeded order), each rank reading its own contiguous slice of
+it; the loss is weighted so that FSDP's gradient average equals the gradient of the global
+mean. The frozen-weight term is computed on local shards and its gradient added locally.
+Checkpoints use `torch.distributed.checkpoint`; the final masks are gathered to rank 0,
+which alone writes the pruned model (the original weights reloaded from disk x masks),
+atomically through `export.save_pruned`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import typing
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from . import checkpoint
+from .config import ProxSparseConfig, validate
+from .errors import ProxSparseError
+from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, relative_strengths
+from .masks import nm_mask
+from .training import (
+    Callback,
+    LearnResult,
+    NonFiniteLossWarning,
+    StepStats,
+    _causal_lm_loss,
+    _checkpointing,
+    _lr_factor,
+    _pattern_stats,
+    check_calibration,
+    mask_codes,
+    peak_memory_bytes,
+    top2_codes,
+)
+
+META_FILE = "proxsparse_distributed.json"
+META_FORMAT = 1
+MIXED_PRECISION = ("none", "bfloat16")
+
+
+def check_shard_layout(name: str, param: torch.Tensor) -> None:
+    """A sharded target weight must keep every group of 4 whole: shards along dim 0 (rows) only."""
+    if not isinstance(param, DTensor):
+        return
+    for placement in param.placements:
+        if isinstance(placement, Shard) and placement.dim % param.dim() != 0:
+            raise ProxSparseError(
+                f"{name}: the shard layout {param.placements} splits the input dimension, so groups of 4 "
+                "would be cut across ranks; shard target weights along dim 0 (FSDP2's default)"
+            )
+        if not isinstance(placement, (Shard, Replicate)):
+            raise ProxSparseError(f"{name}: unsupported placement {placement} for a target weight")
+    local = param.to_local()
+    if local.dim() != 2 or local.shape[-1] != param.shape[-1] or param.shape[-1] % 4:
+        raise ProxSparseError(
+            f"{name}: local shard {tuple(local.shape)} of {tuple(param.shape)} does not hold whole groups of 4"
+        )
+
+
+def check_resume(meta: dict[str, Any], fingerprint: str, world_size: int, directory: str | Path) -> None:
+    """A saved distributed state must come from this run and this world size."""
+    if meta.get("format") != META_FORMAT or meta.get("fingerprint") != fingerprint:
+        raise ProxSparseError(
+            f"{directory} belongs to another run (different model, calibration or settings); "
+            "use another checkpoint directory or delete it to start over"
+        )
+    if int(meta.get("world_size", -1)) != world_size:
+        raise ProxSparseError(
+            f"{directory} was saved by {meta.get('world_size')} processes and this run has {world_size}: "
+            f"resume with --nproc-per-node {meta.get('world_size')} (or delete it to start over)"
+        )
+
+
+def _row_chunk(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank's rows of a tensor as FSDP2 lays them out (torch.chunk along dim 0; may be empty)."""
+    chunks = torch.chunk(tensor, world, dim=0)
+    if rank < len(chunks):
+        return chunks[rank].clone()
+    return tensor.new_empty((0, *tensor.shape[1:]))
+
+
+def _shard_units(model: nn.Module) -> list[nn.Module]:
+    """Modules to shard one by one: the model's no-split blocks (decoder layers) when it names them."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def learn_masks_distributed(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    config: ProxSparseConfig,
+    layers: dict[str, nn.Linear],
+    *,
+    mixed_precision: str = "none",
+    callback: Callback | None = None,
+    stats_every: int = 1,
+) -> LearnResult:
+    """Learn 2:4 masks with every rank of the initialised process group; call it on every rank.
+
+    The model is sharded in place (it does not come back unsharded). The masks (bool, CPU)
+    are returned on rank 0 only; `callback` runs on every rank with the global statistics."""
+    if not dist.is_initialized():
+        raise ProxSparseError("learn_masks_distributed needs an initialised process group (run it under torchrun)")
+    if mixed_precision not in MIXED_PRECISION:
+        raise ProxSparseError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {mixed_precision!r}")
+    validate(config)
+    calibration = check_calibration(calibration)
+    if not layers:
+        raise ProxSparseError("learn_masks_distributed: no target layers")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    started = time.perf_counter()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = next(iter(layers.values())).weight.device
+    mesh = init_device_mesh(device.type, (world,))
+    total_steps = math.ceil(calibration.shape[0] / config.batch_size)
+
+    full = {name: layer.weight.detach() for name, layer in layers.items()}
+    if config.strength == "relative":
+        strengths = relative_strengths(full, config.lambda1, config.lr)
+    else:
+        strengths = absolute_strengths(full, config.lambda1)
+    fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, full) if config.checkpoint_dir else ""
+    store = device if config.w0_device == "model" else torch.device("cpu")
+    originals = {name: _row_chunk(w, rank, world).to(store) for name, w in full.items()}
+    magnitude_codes = {name: top2_codes(w0).to(device) for name, w0 in originals.items()}
+    total_groups = sum(w.numel() // 4 for w in full.values())
+    del full
+
+    if config.precision != "auto":
+        model.to(getattr(torch, config.precision))
+    for param in model.parameters():
+        param.requires_grad_(config.train == "all")
+    for layer in layers.values():
+        layer.weight.requires_grad_(True)
+    if config.gradient_checkpointing and not _checkpointing(model):
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            raise ProxSparseError(f"gradient checkpointing needs a Hugging Face model; {type(model).__name__} has none")
+    policy = MixedPrecisionPolicy()
+    if mixed_precision == "bfloat16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for unit in _shard_units(model):
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+    params = {name: layer.weight for name, layer in layers.items()}
+    for name, param in params.items():
+        check_shard_layout(name, param)
+    with torch.no_grad():
+        weights = {name: param.to_local() for name, param in params.items()}
+    for name, weight in weights.items():
+        if weight.shape != originals[name].shape:
+            raise ProxSparseError(f"{name}: local shard {tuple(weight.shape)} is not rows {tuple(originals[name].shape)} of W0")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(warmup, total_steps))
+    order = torch.randperm(calibration.shape[0], generator=torch.Generator().manual_seed(config.seed))
+
+    history: list[dict[str, Any]] = []
+    start_step, resumed_from = 0, None
+    if config.checkpoint_dir:
+        meta = _load_meta(config.checkpoint_dir)
+        if meta is not None:
+            check_resume(meta, fingerprint, world, config.checkpoint_dir)
+            _load(config.checkpoint_dir, meta, model, optimizer, trainable_names)
+            scheduler.load_state_dict(meta["scheduler"])
+            history, start_step = list(meta["history"]), int(meta["step"])
+            resumed_from = start_step
+    ProxStep(weights, strengths).attach(optimizer)
+
+    stopped = None
+    step = start_step
+    for step in range(start_step, total_steps):
+        tick = time.perf_counter()
+        rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+        mine = torch.tensor_split(rows, world)[rank]
+        share = mine.numel() / rows.numel()
+        batch = calibration[mine if mine.numel() else rows[:1]].to(device)
+        ce_local = _causal_lm_loss(model, batch)
+        penalty_local = 0.0
+        if config.lambda2 > 0:
+            with torch.no_grad():
+                penalty_local = float(FrozenWeightTerm(weights, originals, config.lambda2, config.epsilon)())
+        ce, penalty = _all_sum([float(ce_local.detach()) * share, penalty_local], device)
+        loss = ce + penalty
+        if not math.isfinite(loss):
+            stopped = f"non-finite loss ({loss}) at step {step + 1}; kept the state after step {step}"
+            break
+        (ce_local * (share * world)).backward()
+        if config.lambda2 > 0:
+            _add_frozen_grad(params, weights, originals, config)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
+        if not torch.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            stopped = f"non-finite gradient at step {step + 1}; kept the state after step {step}"
+            break
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()  # the ProxStep hook applies the prox to the local shards here
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        fraction, changed = None, None
+        if (step + 1) % stats_every == 0 or step + 1 == total_steps:
+            fraction, changed = _all_sum(list(_pattern_stats(weights, magnitude_codes, total_groups)), device)
+        stats = StepStats(
+            step=step + 1,
+            total_steps=total_steps,
+            loss=loss,
+            ce=ce,
+            frozen=penalty,
+            lr=lr,
+            grad_norm=float(grad_norm),
+            fraction_24=fraction,
+            changed_vs_magnitude=changed,
+            seconds=time.perf_counter() - tick,
+        )
+        history.append(asdict(stats))
+        if callback is not None:
+            callback(stats)
+        if config.checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps):
+            _save(config.checkpoint_dir, fingerprint, step + 1, model, optimizer, scheduler, history, trainable_names)
+    else:
+        step = total_steps
+    if stopped:
+        warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=2)
+
+    masks, changed_groups = _gather_masks(params, weights, magnitude_codes, mesh, rank)
+    (changed_total,) = _all_sum([float(changed_groups)], device)
+    return LearnResult(
+        masks=masks,
+        strengths=strengths,
+        history=history,
+        steps_done=step,
+        total_steps=total_steps,
+        resumed_from=resumed_from,
+        stopped=stopped,
+        changed_vs_magnitude=changed_total / max(1, total_groups),
+        seconds=time.perf_counter() - started,
+        peak_memory_bytes=peak_memory_bytes(device),
+        extra={"world_size": world, "mixed_precision": mixed_precision},
+    )
+
+
+def _add_frozen_grad(
+    params: dict[str, DTensor], weights: dict[str, torch.Tensor], originals: dict[str, torch.Tensor], config: ProxSparseConfig
+) -> None:
+    """Add the frozen-weight term's gradient shard by shard (it is separable, so local = exact)."""
+    leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
+    penalty = FrozenWeightTerm(leaves, originals, config.lambda2, config.epsilon)()
+    grads = torch.autograd.grad(penalty, list(leaves.values()))
+    with torch.no_grad():
+        for (name, param), grad in zip(params.items(), grads):
+            if param.grad is None:
+                zeros = torch.zeros_like(weights[name])
+                param.grad = DTensor.from_local(zeros, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
+            param.grad.to_local().add_(grad.to(param.grad.dtype))
+
+
+@torch.no_grad()
+def _gather_masks(
+    params: dict[str, DTensor], weights: dict[str, torch.Tensor], magnitude_codes: dict[str, torch.Tensor], mesh, rank: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Top-2 masks of the local shards, gathered layer by layer to rank 0; (masks on rank 0, local changed groups)."""
+    masks: dict[str, torch.Tensor] = {}
+    changed = 0
+    for name, param in params.items():
+        weight = weights[name].detach()
+        local = nm_mask(weight.abs()) if weight.numel() else torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+        if local.numel():
+            changed += int((mask_codes(local) != magnitude_codes[name]).sum())
+        whole = DTensor.from_local(local.to(torch.uint8), mesh, param.placements, shape=param.shape, stride=param.stride())
+        gathered = whole.full_tensor()
+        if rank == 0:
+            masks[name] = gathered.bool().cpu()
+    return masks, changed
+
+
+def _load_meta(directory: str | Path) -> dict[str, Any] | None:
+    directory = Path(directory)
+    if (directory / checkpoint.STATE_FILE).exists():
+        raise ProxSparseError(
+            f"{directory} holds a single-process training state (world size 1); resume it without torchrun "
+            "or use another checkpoint directory"
+        )
+    path = directory / META_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ProxSparseError(f"cannot read {path}: {err}; delete the folder to start over") from err
+
+
+def _state_dicts(model: nn.Module, optimizer, trainable_names: set[str]) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": {k: v for k, v in model_sd.items() if k in trainable_names}, "optim": optim_sd}
+
+
+def _save(directory: str, fingerprint: str, step: int, model, optimizer, scheduler, history, trainable_names) -> None:
+    """DCP save into a fresh folder; rank 0 then points the metadata at it (atomic rename) and drops the old one."""
+    import torch.distributed.checkpoint as dcp
+
+    root = Path(directory)
+    folder = root / f"step-{step:08d}"
+    partial = root / f".step-{step:08d}.partial"
+    if dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    dcp.save(_state_dicts(model, optimizer, trainable_names), checkpoint_id=str(partial))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        previous = _load_meta(root)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+        meta = {
+            "format": META_FORMAT,
+            "fingerprint": fingerprint,
+            "world_size": dist.get_world_size(),
+            "step": step,
+            "folder": folder.name,
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+        }
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{META_FILE}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(meta, handle)
+        os.replace(tmp, root / META_FILE)
+        if previous is not None and previous.get("folder") not in (None, folder.name):
+            shutil.rmtree(root / previous["folder"], ignore_errors=True)
+    dist.barrier()
+
+
+def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_names: set[str]) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    folder = Path(directory) / str(meta["folder"])
+    if not folder.is_dir():
+        raise ProxSparseError(f"{folder} is missing: the checkpoint in {directory} is incomplete; delete it to start over")
+    state = _state_dicts(model, optimizer, trainable_names)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=StateDictOptions(strict=False))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchrun --nproc-per-node N -m proxsparse_ao.distributed",
+        description="Learn ProxSparse 2:4 masks with FSDP2 on every rank; rank 0 saves the pruned model.",
+    )
+    parser.add_argument("model", nargs="?", default=None, help="model folder or hub id (default: embedded)")
+    parser.add_argument("--output", required=True, help="folder to write the pruned model to")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="load dtype")
+    parser.add_argument("--backend", default=None, help="process group backend (default nccl on GPUs, else gloo)")
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="none",
+                        help="FSDP2 compute dtype (bfloat16: bf16 compute, fp32 gradient reduction)")
+    hints = typing.get_type_hints(ProxSparseConfig)
+    for f in dataclasses.fields(ProxSparseConfig):
+        kind = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", default=None)
+        else:
+            base = next((t for t in (float, int, str) if t is kind or t in typing.get_args(kind)), str)
+            parser.add_argument(flag, dest=f"cfg_{f.name}", type=base, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun entry: learn on every rank, then rank 0 reloads the original weights, applies the masks and saves."""
+    args = _parser().parse_args(argv)
+    config = ProxSparseConfig(**{k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from .api import apply_masks, calibration_tokens
+    from .export import save_pruned
+    from .models import DEFAULT_MODEL_LABEL, is_default, load_model
+    from .targets import select_targets
+
+    output = Path(args.output).expanduser()
+    if output.exists() and not args.overwrite:
+        raise ProxSparseError(f"{output} already exists: pass --overwrite to replace it")
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(args.backend or ("nccl" if cuda else "gloo"))
+    try:
+        dtype = getattr(torch, args.dtype)
+        model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
+        layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
+        tokens = calibration_tokens(config, tokenizer)
+        result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision)
+        del model
+        if dist.get_rank() == 0:
+            original, _ = load_model(args.model, dtype=dtype, device="cpu")
+            apply_masks(original, result.masks, config)
+            label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
+            metadata = {
+                "method": "proxsparse",
+                "source_model": label,
+                "dtype": args.dtype,
+                "config": config.to_dict(),
+                "data": {"calibration": config.calibration, "shape": list(tokens.shape), "seed": config.seed},
+                "statistics": {
+                    "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
+                    "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
+                    "learn_seconds": round(result.seconds, 2), "world_size": dist.get_world_size(),
+                    "mixed_precision": args.mixed_precision, "final": result.history[-1] if result.history else None,
+                },
+            }
+            log = json.dumps({"method": "proxsparse", "steps": result.history}, indent=1).encode()
+            save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
+                        extra_files={"learning_log.json": log})
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 1 if result.stopped else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""FSDP2 mask learning (gloo, 2 CPU processes) gives the single-process mask; resume and bad input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from proxsparse_ao import ProxSparseConfig, learn_masks
+from proxsparse_ao.distributed import check_resume
+from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.targets import select_targets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import make_tiny_llama  # noqa: E402
+
+SETTINGS = dict(samples=8, seqlen=16, lr=1e-2, batch_size=2, lambda2=0.01)
+WORLD = 2
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _layers(model, config):
+    return select_targets(model, config.targets, config.ignore).layers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out: str, checkpoint_dir: str) -> None:
+    import torch.distributed as dist
+
+    from proxsparse_ao.distributed import check_shard_layout, learn_masks_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        config = ProxSparseConfig(**SETTINGS)
+        model = make_tiny_llama()
+        result = learn_masks_distributed(model, _tokens(), config, _layers(model, config))
+
+        resumable = ProxSparseConfig(**SETTINGS, checkpoint_dir=checkpoint_dir, checkpoint_every=1)
+        model = make_tiny_llama()
+
+        def die(stats):
+            if stats.step == 2:
+                raise KeyboardInterrupt
+
+        try:
+            learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable), callback=die)
+        except KeyboardInterrupt:
+            pass
+        model = make_tiny_llama()
+        resumed = learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable))
+
+        from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+
+        split = distribute_tensor(torch.zeros(8, 8), DeviceMesh("cpu", list(range(WORLD))), [Shard(1)])
+        try:
+            check_shard_layout("columns", split)
+            layout_error = ""
+        except ProxSparseError as err:
+            layout_error = str(err)
+        if rank == 0:
+            torch.save({"result": result, "resumed": resumed, "layout_error": layout_error}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_learn_the_single_process_mask(tmp_path):
+    config = ProxSparseConfig(**SETTINGS)
+    model = make_tiny_llama()
+    single = learn_masks(model, _tokens(), config, _layers(model, config))
+
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_worker, args=(_free_port(), str(out), str(tmp_path / "ckpt")), nprocs=WORLD, start_method="spawn")
+    saved = torch.load(out, weights_only=False)
+    for key in ("result", "resumed"):
+        result = saved[key]
+        assert result.masks.keys() == single.masks.keys() and result.steps_done == single.steps_done == 4
+        assert all(torch.equal(result.masks[n], single.masks[n]) for n in single.masks)
+        for mine, theirs in zip(result.history, single.history):
+            assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+            assert mine["frozen"] == pytest.approx(theirs["frozen"], rel=1e-3)
+            assert mine["fraction_24"] == pytest.approx(theirs["fraction_24"], abs=1e-9)
+        assert result.changed_vs_magnitude == pytest.approx(single.changed_vs_magnitude)
+    assert single.changed_vs_magnitude > 0.1  # the masks moved away from magnitude's: the comparison means something
+    assert saved["resumed"].resumed_from == 1  # killed inside step 2, before its checkpoint
+    assert "splits the input dimension" in saved["layout_error"]
+
+
+def test_resume_refuses_another_world_size_or_run(tmp_path):
+    meta = {"format": 1, "fingerprint": "abc", "world_size": 8}
+    check_resume(meta, "abc", 8, tmp_path)
+    with pytest.raises(ProxSparseError, match="saved by 8 processes and this run has 4"):
+        check_resume(meta, "abc", 4, tmp_path)
+    with pytest.raises(ProxSparseError, match="belongs to another run"):
+        check_resume(meta, "other", 8, tmp_path)
+
+
+def test_torchrun_entry_writes_the_pruned_model_once(tiny_model_dir, tmp_path):
+    from proxsparse_ao.export import load_pruned
+    from proxsparse_ao.masks import is_nm
+
+    output = tmp_path / "pruned"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "-m", "proxsparse_ao.distributed",
+        str(tiny_model_dir), "--output", str(output), "--samples", "4", "--seqlen", "16", "--batch-size", "2",
+        "--mixed-precision", "bfloat16", "--gradient-checkpointing",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, _, masks, metadata = load_pruned(output)
+    assert len(masks) == 14 and all(is_nm(m.float()) for m in masks.values())
+    assert metadata["statistics"]["world_size"] == WORLD and metadata["statistics"]["steps"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
