@@ -14,7 +14,7 @@ from typing import Literal
 
 from .cache import atomic_write_bytes, cache_dir
 from .errors import ProxSparseError
-from .registry import read_member
+from .wheels import read_member
 from .wikimarkup import articles
 
 Part = Literal["calibration", "evaluation"]

@@ -20,7 +20,7 @@ import torch
 
 from .cache import atomic_write_bytes, cache_dir
 from .errors import ProxSparseError
-from .registry import extract_member
+from .wheels import extract_member
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -9,7 +9,7 @@ import pytest
 
 from proxsparse_ao.data import load_documents, load_text, prepare_wikipedia
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.registry import downloads_dir, fetch_wheel
+from proxsparse_ao.wheels import downloads_dir, fetch_wheel
 
 
 @pytest.fixture
