@@ -4,7 +4,8 @@
 
 solved independently for every group of 4 consecutive entries along the last dimension
 (EnumALM: the best of the 2-sparse point and coordinate minimisation on supports of 3 and
-4, ALGORITHM.md). The CPU path runs a compiled per-group solver (`_prox24.c`) split across
+4, ALGORITHM.md; where the 3-support search stalls on the boundary of a tied group, the
+interior stationary point is solved for directly, which EnumALM misses). The CPU path runs a compiled per-group solver (`_prox24.c`) split across
 torch's intra-op threads; elsewhere, or without a C compiler, a vectorised torch solver
 that iterates only on the groups that have not converged yet.
 """
