@@ -109,6 +109,30 @@ def _no_progress_bars() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+def check_tasks(tasks: Sequence[str], data_dir: str | Path | None = None) -> None:
+    """Fail fast, before any model work: unknown task names, and local tasks whose data is missing.
+
+    lm-eval's index of its own tasks takes seconds to build, so it is consulted only for names
+    that are not local tasks."""
+    local = [name for name in tasks if name in LOCAL_TASKS]
+    folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    with tempfile.TemporaryDirectory(prefix="proxsparse-check-") as tmp:
+        _render(local, folder, Path(tmp))
+    standard = [name for name in tasks if name not in LOCAL_TASKS]
+    if standard:
+        from lm_eval.tasks import TaskManager
+
+        _raise_unknown([name for name in standard if name not in TaskManager().all_tasks])
+
+
+def _raise_unknown(unknown: Sequence[str]) -> None:
+    if unknown:
+        raise ProxSparseError(
+            f"unknown zero-shot task {', '.join(unknown)}: use a local task "
+            f"({', '.join(LOCAL_TASKS)}) or an lm-eval task name"
+        )
+
+
 def zero_shot(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -139,12 +163,7 @@ def zero_shot(
         standard = [name for name in tasks if name not in LOCAL_TASKS]
         # lm-eval's own index of thousands of YAMLs takes seconds to build: only when needed.
         manager = TaskManager(include_path=tmp, include_defaults=bool(standard))
-        unknown = [name for name in tasks if name not in manager.all_tasks]
-        if unknown:
-            raise ProxSparseError(
-                f"unknown zero-shot task {', '.join(unknown)}: use a local task "
-                f"({', '.join(LOCAL_TASKS)}) or an lm-eval task name"
-            )
+        _raise_unknown([name for name in tasks if name not in manager.all_tasks])
         if standard:
             try:
                 manager.load(standard)

@@ -5,30 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
+from tiny_models import make_byte_tokenizer, make_tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-def make_tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, layers: int = 2):
-    """A randomly initialised Llama with hidden 64, intermediate 128, vocab 256."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(dtype)
-    model.eval()
-    return model
 
 
 @pytest.fixture
@@ -40,18 +20,6 @@ def tiny_llama():
 def tiny_llama_factory():
     """make_tiny_llama itself, for tests that need several models or another dtype."""
     return make_tiny_llama
-
-
-def make_byte_tokenizer():
-    """A byte-level tokenizer with exactly 256 tokens (one per byte), matching the tiny Llama's vocab; no hub."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {char: index for index, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="Ċ")
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.zeroshot import check_tasks
+
+from .options import require_at_least
 
 METHODS = {
     "dense": "the unpruned model",
@@ -100,15 +103,9 @@ def parse_methods(spec: str) -> list[str]:
 
 
 def _check(args: argparse.Namespace, methods: list[str]) -> None:
-    for flag, value, low in (("--eval-seqlen", args.eval_seqlen, 2), ("--samples", args.samples, 1), ("--seqlen", args.seqlen, 2)):
-        if value < low:
-            raise ProxSparseError(f"{flag} must be at least {low}, got {value}")
+    require_at_least(args, {"eval_seqlen": 2, "samples": 1, "seqlen": 2, "limit": 1, "threads": 1})
     if args.eval_tokens < 0 or (args.eval_tokens and args.eval_tokens < args.eval_seqlen):
         raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
-    if args.limit is not None and args.limit < 1:
-        raise ProxSparseError(f"--limit must be at least 1, got {args.limit}")
-    if args.threads is not None and args.threads < 1:
-        raise ProxSparseError(f"--threads must be at least 1, got {args.threads}")
     if args.calibration.lower() == "none":
         needy = [m for m in methods if m in CALIBRATED]
         if needy:
@@ -116,24 +113,6 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
         if value and not Path(value).expanduser().resolve().parent.is_dir():
             raise ProxSparseError(f"{flag}: the folder of {value} does not exist")
-
-
-def _check_tasks(tasks: list[str], data_dir: str | None) -> None:
-    import tempfile
-
-    from proxsparse_ao import zeroshot
-
-    local = [name for name in tasks if name in zeroshot.LOCAL_TASKS]
-    folder = Path(data_dir).expanduser() if data_dir else zeroshot.default_data_dir()
-    with tempfile.TemporaryDirectory(prefix="proxsparse-check-") as tmp:
-        zeroshot._render(local, folder, Path(tmp))
-    standard = [name for name in tasks if name not in zeroshot.LOCAL_TASKS]
-    if standard:
-        from lm_eval.tasks import TaskManager
-
-        unknown = [name for name in standard if name not in TaskManager().all_tasks]
-        if unknown:
-            raise ProxSparseError(f"unknown zero-shot task {', '.join(unknown)}: use {', '.join(zeroshot.LOCAL_TASKS)} or an lm-eval task")
 
 
 class PeakMemory:
@@ -270,7 +249,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                       calibration=args.calibration, calibration_mode=args.calibration_mode)
             tokens = calibration_tokens(config, tokenizer)
         if args.tasks:
-            _check_tasks(args.tasks, args.zeroshot_data)
+            check_tasks(args.tasks, args.zeroshot_data)
 
     settings = {
         "model": label, "dtype": args.dtype, "device": str(device), "threads": torch.get_num_threads(),

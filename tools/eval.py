@@ -15,6 +15,8 @@ from rich.table import Table
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
 
+from .options import require_at_least
+
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -58,14 +60,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.seqlen < 2:
-        raise ProxSparseError(f"--seqlen must be at least 2, got {args.seqlen}")
+    require_at_least(args, {"seqlen": 2, "batch_size": 1, "limit": 1})
     if args.max_tokens < 0:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
-    if args.batch_size < 1:
-        raise ProxSparseError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise ProxSparseError(f"--limit must be at least 1, got {args.limit}")
     if args.no_ppl and not args.tasks:
         raise ProxSparseError("nothing to do: --no-ppl without --tasks")
 

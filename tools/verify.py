@@ -15,6 +15,9 @@ from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.zeroshot import check_tasks
+
+from .options import require_at_least
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,14 +81,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.seqlen < 2:
-        raise ProxSparseError(f"--seqlen must be at least 2, got {args.seqlen}")
+    require_at_least(args, {"seqlen": 2, "limit": 1, "deploy_tokens": 1})
     if args.max_tokens < 0:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
-    if args.limit is not None and args.limit < 1:
-        raise ProxSparseError(f"--limit must be at least 1, got {args.limit}")
-    if args.deploy_tokens is not None and args.deploy_tokens < 1:
-        raise ProxSparseError(f"--deploy-tokens must be at least 1, got {args.deploy_tokens}")
     if args.min_speedup is not None and not args.min_speedup > 0:
         raise ProxSparseError(f"--min-speedup must be positive, got {args.min_speedup}")
     folder = Path(args.dir).expanduser()
@@ -93,22 +91,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ProxSparseError(f"model folder not found: {args.dir}")
     if not folder.is_dir():
         raise ProxSparseError(f"{args.dir} is not a folder (verify takes a model folder)")
-
-
-def _check_tasks(tasks: list[str]) -> None:
-    """Unknown task names fail before any model is loaded (lm-eval's index is built only for non-local names)."""
-    from proxsparse_ao.zeroshot import LOCAL_TASKS
-
-    other = [name for name in tasks if name not in LOCAL_TASKS]
-    if not other:
-        return
-    from lm_eval.tasks import TaskManager
-
-    unknown = [name for name in other if name not in TaskManager().all_tasks]
-    if unknown:
-        raise ProxSparseError(
-            f"unknown zero-shot task {', '.join(unknown)}: use a local task ({', '.join(LOCAL_TASKS)}) or an lm-eval task name"
-        )
 
 
 def _progress() -> Progress:
@@ -152,7 +134,7 @@ def _status(verdict: str) -> str:
 def run(args: argparse.Namespace, console: Console) -> int:
     _check_args(args)
     if args.tasks:
-        _check_tasks(args.tasks)
+        check_tasks(args.tasks, args.zeroshot_data)
     import torch
 
     from proxsparse_ao.models import load_model

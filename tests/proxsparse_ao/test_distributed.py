@@ -17,8 +17,7 @@ from proxsparse_ao.distributed import check_resume
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_tiny_llama  # noqa: E402
+from tiny_models import make_tiny_llama
 
 SETTINGS = dict(samples=8, seqlen=16, lr=1e-2, batch_size=2, lambda2=0.01)
 WORLD = 2

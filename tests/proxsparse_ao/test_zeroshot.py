@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.zeroshot import DATA_ENV, LOCAL_TASKS, default_data_dir, zero_shot
+from proxsparse_ao.zeroshot import DATA_ENV, LOCAL_TASKS, check_tasks, default_data_dir, zero_shot
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "zeroshot"
 
@@ -67,3 +67,11 @@ def test_bad_arguments_are_clear_errors(tiny_llama, byte_tokenizer, small_data):
         zero_shot(tiny_llama, byte_tokenizer, [], data_dir=small_data)
     with pytest.raises(ProxSparseError, match="limit must be at least 1"):
         zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande"], limit=0, data_dir=small_data)
+
+
+def test_check_tasks_refuses_bad_names_and_missing_data_before_any_model_work(small_data, tmp_path):
+    check_tasks(["local_winogrande"], small_data)
+    with pytest.raises(ProxSparseError, match="unknown zero-shot task no_such_task: use a local task"):
+        check_tasks(["local_winogrande", "no_such_task"], small_data)
+    with pytest.raises(ProxSparseError, match="--zeroshot-data"):
+        check_tasks(["local_winogrande"], tmp_path)

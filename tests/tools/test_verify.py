@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_byte_tokenizer, make_tiny_llama
+from tiny_models import make_byte_tokenizer, make_tiny_llama
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog does not mind at all. " * 60
 
