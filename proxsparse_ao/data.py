@@ -1,8 +1,11 @@
-"""Text sources: the embedded Wikipedia text, C4 and WikiText-2 from the hub, local .txt/.jsonl files.
+"""Text sources: the embedded Wikipedia and news texts, C4 and WikiText-2 from the hub, local .txt/.jsonl files.
 
 Every source yields documents for a part, "calibration" or "evaluation". The embedded
 default is the Wikipedia excerpt in the gensim wheel, cleaned (wikimarkup.py) and split by
 article, every 4th article to evaluation, so the two parts never share an article.
+"news" is a second domain from the same wheel: the Lee background corpus (300 Australian
+Broadcasting Corporation news stories, one per line), split the same way. It exists to check
+that a method tuned on Wikipedia text holds on text it never saw.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from .wikimarkup import articles
 Part = Literal["calibration", "evaluation"]
 PARTS = ("calibration", "evaluation")
 DEFAULT_TEXT = "wikipedia"
+NEWS_TEXT = "news"
 HUB_TEXTS = ("wikitext2", "c4")
-TEXT_NAMES = (DEFAULT_TEXT, *HUB_TEXTS)
+TEXT_NAMES = (DEFAULT_TEXT, NEWS_TEXT, *HUB_TEXTS)
 SEPARATOR = "\n\n"
 
 _WHEEL = ("gensim", "4.4.0")
 _DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_NEWS = "gensim/test/test_data/lee_background.cor"
 _FOLDER = "wikipedia-gensim-4.4.0-v1"
 _C4_FILES = {"calibration": "en/c4-train.00000-of-01024.json.gz", "evaluation": "en/c4-validation.00000-of-00008.json.gz"}
 _C4_EVAL_DOCS = 1100
@@ -75,6 +80,13 @@ def prepare_wikipedia(rebuild: bool = False) -> Path:
 def _wikipedia(part: str) -> list[str]:
     path = _wikipedia_files(prepare_wikipedia())[part]
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _news(part: str) -> list[str]:
+    """The news stories of one part: every 4th story (in file order) to evaluation."""
+    lines = read_member(*_WHEEL, _NEWS).decode("utf-8").splitlines()
+    stories = [line.strip() for line in lines if line.strip()]
+    return [story for index, story in enumerate(stories) if (index % 4 == 3) == (part == "evaluation")]
 
 
 def _hub(name: str, part: str) -> list[str]:
@@ -128,13 +140,16 @@ def _local(path: Path) -> list[str]:
 def load_documents(source: str | Path | None = None, part: Part = "evaluation") -> list[str]:
     """The documents of a text source for one part.
 
-    `source`: None, "default" or "wikipedia" (embedded, offline), "wikitext2" or "c4" (Hugging Face hub),
+    `source`: None, "default" or "wikipedia" (embedded, offline), "news" (embedded second domain),
+    "wikitext2" or "c4" (Hugging Face hub),
     or a path to a .txt/.jsonl file (the part is then ignored: the file is what you chose).
     """
     _check_part(part)
     name = DEFAULT_TEXT if source is None else str(source)
     if name.lower() in (DEFAULT_TEXT, "default"):
         return _wikipedia(part)
+    if name.lower() == NEWS_TEXT:
+        return _news(part)
     if name.lower() in HUB_TEXTS:
         return _hub(name.lower(), part)
     path = Path(name).expanduser()

@@ -2,18 +2,22 @@
 
     torchrun --nproc-per-node 8 -m proxsparse_ao.distributed MODEL --output OUT [--samples 400 ...]
 
-Every rank loads the whole model, computes what needs the whole weights (per-layer prox
-strengths, the run fingerprint), keeps its own rows of W0, and shards the model with
-`torch.distributed.fsdp.fully_shard` (one unit per decoder layer, then the root): parameters,
-gradients and AdamW state live as dim-0 shards. Dim 0 of a Linear weight is its output rows,
-so every group of 4 (along the input dim) lies whole inside one shard; `check_shard_layout`
-asserts it, and the prox runs on the local shards. Each step takes the same global batch as
-the single-process run (same seeded order), each rank reading its own contiguous slice of
-it; the loss is weighted so that FSDP's gradient average equals the gradient of the global
-mean. The frozen-weight term is computed on local shards and its gradient added locally.
-Checkpoints use `torch.distributed.checkpoint`; the final masks are gathered to rank 0,
-which alone writes the pruned model (the original weights reloaded from disk x masks),
-atomically through `export.save_pruned`.
+Every rank loads the whole model. Before sharding, when activation-aware, each rank runs the
+activation pass on its own share of the calibration rows and the input norms are summed over
+the ranks, so every rank holds the global per-column scales s (a shard holds whole rows, so
+it uses the whole s). Each rank then computes what needs the whole weights (per-layer prox
+strengths from W0 * s, the run fingerprint), keeps its own rows of W0, and shards the model
+with `torch.distributed.fsdp.fully_shard` (one unit per decoder layer, then the root):
+parameters, gradients and AdamW state live as dim-0 shards. Dim 0 of a Linear weight is its
+output rows, so every group of 4 (along the input dim) lies whole inside one shard;
+`check_shard_layout` asserts it, and the prox W <- prox(W * s) / s runs on the local shards.
+Each step takes the same global batch as the single-process run (same seeded order), each
+rank reading its own contiguous slice of it; the loss is weighted so that FSDP's gradient
+average equals the gradient of the global mean. The frozen-weight term is computed on local
+shards and its gradient added locally. Checkpoints use `torch.distributed.checkpoint`; the
+final masks (top-2 of |W * s| per local shard) are gathered to rank 0, which alone writes the
+pruned model (the original weights reloaded from disk x masks) atomically through
+`export.save_pruned`.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from . import checkpoint
+from .activations import activation_scales
 from .config import ProxSparseConfig, validate
 from .errors import ProxSparseError
-from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, relative_strengths
+from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import nm_mask
 from .training import (
     Callback,
@@ -49,10 +54,9 @@ from .training import (
     StepStats,
     _causal_lm_loss,
     _checkpointing,
+    _Codes,
     _lr_factor,
-    _pattern_stats,
     check_calibration,
-    mask_codes,
     peak_memory_bytes,
     top2_codes,
 )
@@ -109,6 +113,13 @@ def _shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names and m is not model]
 
 
+def _strength(name: str, space: torch.Tensor, config: ProxSparseConfig) -> float:
+    """One layer's prox strength from its W0 in the prox space (the single-process rule, a layer at a time)."""
+    if config.strength == "relative":
+        return relative_strengths({name: space}, config.lambda1, config.lr)[name]
+    return absolute_strengths({name: space}, config.lambda1)[name]
+
+
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -147,19 +158,28 @@ def learn_masks_distributed(
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
 
     full = {name: layer.weight.detach() for name, layer in layers.items()}
-    if config.strength == "relative":
-        strengths = relative_strengths(full, config.lambda1, config.lr)
-    else:
-        strengths = absolute_strengths(full, config.lambda1)
+    if config.precision != "auto":
+        model.to(getattr(torch, config.precision))
+    tick = time.perf_counter()
+    scales: dict[str, torch.Tensor] | None = None
+    if config.activation_aware:
+        share = torch.tensor_split(calibration, world)[rank]
+        scales = activation_scales(model, layers, share, all_reduce=dist.all_reduce)
+    scales_seconds = time.perf_counter() - tick
     fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, full) if config.checkpoint_dir else ""
     store = device if config.w0_device == "model" else torch.device("cpu")
     originals = {name: _row_chunk(w, rank, world).to(store) for name, w in full.items()}
     magnitude_codes = {name: top2_codes(w0).to(device) for name, w0 in originals.items()}
+    strengths: dict[str, float] = {}
+    start_codes: dict[str, torch.Tensor] = {}
+    for name, w0 in full.items():
+        space = prox_space(w0, None if scales is None else scales[name].to(w0.device))
+        strengths[name] = _strength(name, space, config)
+        start_codes[name] = top2_codes(_row_chunk(space, rank, world)).to(device)
+        del space
     total_groups = sum(w.numel() // 4 for w in full.values())
     del full
 
-    if config.precision != "auto":
-        model.to(getattr(torch, config.precision))
     for param in model.parameters():
         param.requires_grad_(config.train == "all")
     for layer in layers.values():
@@ -186,6 +206,8 @@ def learn_masks_distributed(
     for name, weight in weights.items():
         if weight.shape != originals[name].shape:
             raise ProxSparseError(f"{name}: local shard {tuple(weight.shape)} is not rows {tuple(originals[name].shape)} of W0")
+    held = {name: weight for name, weight in weights.items() if weight.numel()}  # a rank may hold no rows of a layer
+    codes = _Codes(held, scales or {}, magnitude_codes, start_codes, total_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     model.train()
@@ -205,7 +227,7 @@ def learn_masks_distributed(
             scheduler.load_state_dict(meta["scheduler"])
             history, start_step = list(meta["history"]), int(meta["step"])
             resumed_from = start_step
-    ProxStep(weights, strengths).attach(optimizer)
+    ProxStep(held, strengths, scales, follow_lr=config.strength_schedule == "lr").attach(optimizer)
 
     stopped = None
     step = start_step
@@ -239,9 +261,9 @@ def learn_masks_distributed(
         optimizer.step()  # the ProxStep hook applies the prox to the local shards here
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        fraction, changed = None, None
+        fraction, changed, moved = None, None, None
         if (step + 1) % stats_every == 0 or step + 1 == total_steps:
-            fraction, changed = _all_sum(list(_pattern_stats(weights, magnitude_codes, total_groups)), device)
+            fraction, changed, moved = _all_sum(list(codes.pattern_stats()), device)
         stats = StepStats(
             step=step + 1,
             total_steps=total_steps,
@@ -252,6 +274,7 @@ def learn_masks_distributed(
             grad_norm=float(grad_norm),
             fraction_24=fraction,
             changed_vs_magnitude=changed,
+            changed_vs_start=moved,
             seconds=time.perf_counter() - tick,
         )
         history.append(asdict(stats))
@@ -264,8 +287,11 @@ def learn_masks_distributed(
     if stopped:
         warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=2)
 
-    masks, changed_groups = _gather_masks(params, weights, magnitude_codes, mesh, rank)
-    (changed_total,) = _all_sum([float(changed_groups)], device)
+    masks, local_masks = _gather_masks(params, codes.scales, mesh, rank)
+    changed, moved = _all_sum(list(codes.final_changes(local_masks)), device)
+    extra: dict[str, Any] = {"world_size": world, "mixed_precision": mixed_precision}
+    if scales is not None:
+        extra["activation_pass_seconds"] = round(scales_seconds, 2)
     return LearnResult(
         masks=masks,
         strengths=strengths,
@@ -274,10 +300,11 @@ def learn_masks_distributed(
         total_steps=total_steps,
         resumed_from=resumed_from,
         stopped=stopped,
-        changed_vs_magnitude=changed_total / max(1, total_groups),
+        changed_vs_magnitude=changed,
+        changed_vs_start=moved,
         seconds=time.perf_counter() - started,
         peak_memory_bytes=peak_memory_bytes(device),
-        extra={"world_size": world, "mixed_precision": mixed_precision},
+        extra=extra,
     )
 
 
@@ -298,21 +325,25 @@ def _add_frozen_grad(
 
 @torch.no_grad()
 def _gather_masks(
-    params: dict[str, DTensor], weights: dict[str, torch.Tensor], magnitude_codes: dict[str, torch.Tensor], mesh, rank: int
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Top-2 masks of the local shards, gathered layer by layer to rank 0; (masks on rank 0, local changed groups)."""
+    params: dict[str, DTensor], scales: dict[str, torch.Tensor], mesh, rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Top-2 of |W * s| per local shard, gathered layer by layer to rank 0.
+
+    Returns (the whole masks on rank 0, empty elsewhere; this rank's non-empty local masks, on CPU)."""
     masks: dict[str, torch.Tensor] = {}
-    changed = 0
+    local_masks: dict[str, torch.Tensor] = {}
     for name, param in params.items():
-        weight = weights[name].detach()
-        local = nm_mask(weight.abs()) if weight.numel() else torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
-        if local.numel():
-            changed += int((mask_codes(local) != magnitude_codes[name]).sum())
+        shard = param.to_local()
+        if shard.numel():
+            local = nm_mask(prox_space(shard, scales.get(name)).abs())
+            local_masks[name] = local.cpu()
+        else:
+            local = torch.zeros(shard.shape, dtype=torch.bool, device=shard.device)
         whole = DTensor.from_local(local.to(torch.uint8), mesh, param.placements, shape=param.shape, stride=param.stride())
         gathered = whole.full_tensor()
         if rank == 0:
             masks[name] = gathered.bool().cpu()
-    return masks, changed
+    return masks, local_masks
 
 
 def _load_meta(directory: str | Path) -> dict[str, Any] | None:
@@ -451,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                 "statistics": {
                     "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
                     "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
-                    "learn_seconds": round(result.seconds, 2), "world_size": dist.get_world_size(),
+                    "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2),
+                    "world_size": dist.get_world_size(),
                     "mixed_precision": args.mixed_precision, "final": result.history[-1] if result.history else None,
                 },
             }

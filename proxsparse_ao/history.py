@@ -12,7 +12,8 @@ from .cache import atomic_write_bytes
 from .errors import ProxSparseError
 
 CURVES = (("loss", "loss (CE + lambda2 F)"), ("ce", "cross-entropy"), ("frozen", "lambda2 F"),
-          ("fraction_24", "fraction of groups already 2:4"), ("changed_vs_magnitude", "groups whose mask differs from magnitude's"))
+          ("fraction_24", "fraction of groups already 2:4"), ("changed_vs_magnitude", "groups whose mask differs from magnitude's"),
+          ("changed_vs_start", "groups whose mask moved from its start"))
 
 
 def write_history(path: str | Path, history: Sequence[dict[str, Any]], **summary: Any) -> Path:

@@ -2,6 +2,8 @@
 
 * `ProxStep`: the 2:4 prox on every target weight, registered as an optimizer post-step
   hook (`Optimizer.register_step_post_hook`), so `optimizer.step()` becomes a proximal step.
+  With per-column `scales` s it is activation-aware: W <- prox(W * diag(s)) / s, so the
+  regulariser compares Wanda-style scores |W_ij| s_j instead of bare magnitudes.
 * `FrozenWeightTerm`: lambda2 * sum F(W; W0), a differentiable term to add to the loss.
 
     prox = ProxStep(weights, strengths); prox.attach(optimizer)
@@ -40,23 +42,54 @@ def absolute_strengths(weights: Mapping[str, torch.Tensor], lambda1: float) -> d
     return {name: float(lambda1) for name in weights}
 
 
-class ProxStep:
-    """W <- prox_{lam R}(W) in place for every registered weight; call it or attach it to an optimizer."""
+def prox_space(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The tensor the prox and the final top-2 act on: W * diag(s), or W itself without scales."""
+    return weight.detach() if scale is None else weight.detach() * scale
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], strengths: Mapping[str, float]) -> None:
+
+class ProxStep:
+    """W <- prox_{lam R}(W * s) / s in place for every registered weight (s = 1 without `scales`).
+
+    Call it or attach it to an optimizer. With `follow_lr` each threshold is multiplied by the
+    optimizer's current lr / initial lr, so the shrink-to-step ratio holds through warmup and
+    decay; otherwise the threshold is constant (the paper)."""
+
+    def __init__(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        strengths: Mapping[str, float],
+        scales: Mapping[str, torch.Tensor] | None = None,
+        follow_lr: bool = False,
+    ) -> None:
         missing = sorted(set(weights) - set(strengths))
         if missing:
             raise ValueError(f"ProxStep: no strength for {', '.join(missing)}")
         for name, weight in weights.items():
             if weight.dim() != 2 or weight.shape[-1] % 4 or not weight.is_contiguous():
                 raise ValueError(f"ProxStep: {name} must be a contiguous 2-D weight with in_features % 4 == 0")
+            scale = (scales or {}).get(name)
+            if scales is not None and (scale is None or scale.shape != weight.shape[-1:] or not bool((scale > 0).all())):
+                raise ValueError(f"ProxStep: {name} needs {weight.shape[-1]} positive column scales")
         self.weights = dict(weights)
         self.strengths = {name: float(strengths[name]) for name in weights}
+        self.scales = {name: scales[name].to(weight.device, weight.dtype) for name, weight in weights.items()} if scales else {}
+        self.follow_lr = follow_lr
 
     @torch.no_grad()
     def __call__(self, optimizer: torch.optim.Optimizer | None = None, args: Any = (), kwargs: Any = None) -> None:
+        factor = 1.0
+        if self.follow_lr and optimizer is not None:
+            group = optimizer.param_groups[0]
+            factor = float(group["lr"]) / float(group.get("initial_lr", group["lr"]) or 1.0)
         for name, weight in self.weights.items():
-            prox_2to4_(weight.data, self.strengths[name])
+            lam = self.strengths[name] * factor
+            scale = self.scales.get(name)
+            if scale is None:
+                prox_2to4_(weight.data, lam)
+            else:
+                scaled = weight.data * scale
+                prox_2to4_(scaled, lam)
+                torch.div(scaled, scale, out=weight.data)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Run after every `optimizer.step()`; remove with the returned handle."""

@@ -126,8 +126,9 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
         for lo, hi in spans
         if hi > lo
     ]
-    if len(calls) == 1:
-        kernel(*calls[0][1:])
+    if len(calls) <= 1:
+        for call in calls:
+            kernel(*call[1:])
         return
     if _pool is None or _pool._max_workers < len(calls):
         _pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="prox24")

@@ -1,10 +1,11 @@
 """ProxSparse mask learning: proximal gradient descent end to end, then top-2 of the learned weights.
 
+    s = per-channel input norms of each target (one dense pass), or 1 without activation_aware
     for each batch of calibration tokens (one pass, seeded order):
         loss = CE + lambda2 * F(W; W0)                # FrozenWeightTerm
         loss.backward(); clip_grad_norm(max_grad_norm)
-        AdamW step (linear warmup, then linear decay)  # + ProxStep hook: W <- prox(W) per target
-    mask = top-2 |W_learned| per group of 4 (lower index wins ties)
+        AdamW step (linear warmup, then linear decay)  # + ProxStep hook: W <- prox(W*s) / s per target
+    mask = top-2 |W_learned * s| per group of 4 (lower index wins ties)
     the model is given back exactly as it came in; `apply_masks` then sets W0 * mask.
 
 Library code reports through `callback(StepStats)`; it never prints.
@@ -27,7 +28,8 @@ from torch import nn
 from . import checkpoint
 from .config import ProxSparseConfig
 from .errors import ProxSparseError
-from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, relative_strengths
+from .activations import activation_scales
+from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import nm_mask
 
 _CODE_WEIGHTS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
@@ -39,7 +41,10 @@ class NonFiniteLossWarning(RuntimeWarning):
 
 @dataclass
 class StepStats:
-    """One step's statistics (fraction_24 / changed are None on steps without a stats pass)."""
+    """One step's statistics (fraction_24 / changed_* are None on steps without a stats pass).
+
+    changed_vs_start: fraction of groups whose top-2 (in the prox's space) differs from the
+    starting mask (Wanda's when activation-aware, else magnitude's)."""
 
     step: int
     total_steps: int
@@ -50,6 +55,7 @@ class StepStats:
     grad_norm: float
     fraction_24: float | None
     changed_vs_magnitude: float | None
+    changed_vs_start: float | None
     seconds: float
 
 
@@ -65,6 +71,7 @@ class LearnResult:
     resumed_from: int | None = None
     stopped: str | None = None
     changed_vs_magnitude: float = 0.0
+    changed_vs_start: float = 0.0
     seconds: float = 0.0
     peak_memory_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -209,12 +216,20 @@ def _learn(
 ) -> LearnResult:
     weights = {name: layer.weight for name, layer in layers.items()}
     originals = state.originals
+    tick = time.perf_counter()
+    scales = activation_scales(model, layers, calibration) if config.activation_aware else None
+    scales_seconds = time.perf_counter() - tick
+    scale_of = (lambda name: None) if scales is None else (lambda name: scales[name].to(originals[name].device))
+    start_spaces = {name: prox_space(w0, scale_of(name)) for name, w0 in originals.items()}
     if config.strength == "relative":
-        strengths = relative_strengths(originals, config.lambda1, config.lr)
+        strengths = relative_strengths(start_spaces, config.lambda1, config.lr)
     else:
-        strengths = absolute_strengths(originals, config.lambda1)
+        strengths = absolute_strengths(start_spaces, config.lambda1)
     magnitude_codes = {name: top2_codes(w0).to(state.device) for name, w0 in originals.items()}
+    start_codes = {name: top2_codes(space).to(state.device) for name, space in start_spaces.items()}
+    del start_spaces
     total_groups = sum(c.numel() for c in magnitude_codes.values())
+    codes = _Codes(weights, scales or {}, magnitude_codes, start_codes, total_groups)
 
     for param in model.parameters():
         param.requires_grad_(config.train == "all")
@@ -233,7 +248,7 @@ def _learn(
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     warmup = math.ceil(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(warmup, total_steps))
-    ProxStep(weights, strengths).attach(optimizer)
+    ProxStep(weights, strengths, scales, follow_lr=config.strength_schedule == "lr").attach(optimizer)
     frozen = FrozenWeightTerm(weights, originals, config.lambda2, config.epsilon) if config.lambda2 > 0 else None
     order = torch.randperm(calibration.shape[0], generator=torch.Generator().manual_seed(config.seed))
 
@@ -268,9 +283,9 @@ def _learn(
         optimizer.step()  # the ProxStep hook applies the prox here
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        fraction, changed = None, None
+        fraction, changed, moved = None, None, None
         if (step + 1) % stats_every == 0 or step + 1 == total_steps:
-            fraction, changed = _pattern_stats(weights, magnitude_codes, total_groups)
+            fraction, changed, moved = codes.pattern_stats()
         stats = StepStats(
             step=step + 1,
             total_steps=total_steps,
@@ -281,6 +296,7 @@ def _learn(
             grad_norm=float(grad_norm),
             fraction_24=fraction,
             changed_vs_magnitude=changed,
+            changed_vs_start=moved,
             seconds=time.perf_counter() - tick,
         )
         history.append(asdict(stats))
@@ -294,10 +310,8 @@ def _learn(
         warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=3)
 
     with torch.no_grad():
-        masks = {name: nm_mask(weight.detach().abs()).cpu() for name, weight in weights.items()}
-    changed = sum(
-        int((mask_codes(masks[name]) != magnitude_codes[name].cpu()).sum()) for name in masks
-    ) / max(1, total_groups)
+        masks = {name: nm_mask(prox_space(weight, codes.scales.get(name)).abs()).cpu() for name, weight in weights.items()}
+    changed, moved = codes.final_changes(masks)
     return LearnResult(
         masks=masks,
         strengths=strengths,
@@ -307,8 +321,10 @@ def _learn(
         resumed_from=resumed_from,
         stopped=stopped,
         changed_vs_magnitude=changed,
+        changed_vs_start=moved,
         seconds=time.perf_counter() - started,
         peak_memory_bytes=peak_memory_bytes(state.device),
+        extra={"activation_pass_seconds": round(scales_seconds, 2)} if scales is not None else {},
     )
 
 
@@ -357,14 +373,30 @@ def top2_codes(weight: torch.Tensor) -> torch.Tensor:
     return code
 
 
-@torch.no_grad()
-def _pattern_stats(
-    weights: dict[str, torch.Tensor], magnitude_codes: dict[str, torch.Tensor], total_groups: int
-) -> tuple[float, float]:
-    """(fraction of groups with <= 2 non-zeros, fraction whose top-2 differs from magnitude's)."""
-    sparse = changed = 0
-    for name, weight in weights.items():
-        groups = weight.detach().reshape(-1, 4)
-        sparse += int(((groups != 0).sum(1) <= 2).sum())
-        changed += int((top2_codes(weight) != magnitude_codes[name]).sum())
-    return sparse / total_groups, changed / total_groups
+class _Codes:
+    """Per-group top-2 codes of the starting and magnitude masks, to count how far masks moved."""
+
+    def __init__(self, weights, scales, magnitude_codes, start_codes, total_groups: int) -> None:
+        self.weights, self.scales = weights, scales
+        self.magnitude, self.start, self.total = magnitude_codes, start_codes, max(1, total_groups)
+
+    @torch.no_grad()
+    def pattern_stats(self) -> tuple[float, float, float]:
+        """(fraction of groups with <= 2 non-zeros; fraction of the mask picked now, the top-2 in the
+        prox's space, that differs from magnitude's; and from the starting mask)."""
+        sparse = changed = moved = 0
+        for name, weight in self.weights.items():
+            sparse += int(((weight.detach().reshape(-1, 4) != 0).sum(1) <= 2).sum())
+            current = top2_codes(prox_space(weight, self.scales.get(name)))
+            changed += int((current != self.magnitude[name]).sum())
+            moved += int((current != self.start[name]).sum())
+        return sparse / self.total, changed / self.total, moved / self.total
+
+    def final_changes(self, masks: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """(fraction of groups of the final masks that differ from magnitude's, from the starting mask)."""
+        changed = moved = 0
+        for name, mask in masks.items():
+            code = mask_codes(mask)
+            changed += int((code != self.magnitude[name].cpu()).sum())
+            moved += int((code != self.start[name].cpu()).sum())
+        return changed / self.total, moved / self.total

@@ -38,13 +38,12 @@ METHODS = {
 }
 MASK_ONLY = {"dense": None, "magnitude": True, "wanda": True, "sparsegpt": False, "sparsegpt-mask": True, "proxsparse": True}
 CALIBRATED = ("wanda", "sparsegpt", "sparsegpt-mask", "proxsparse")
-DEFAULT_METHODS = "dense,magnitude,wanda,sparsegpt,proxsparse"
+DEFAULT_METHODS = "dense,magnitude,wanda,sparsegpt-mask,sparsegpt,proxsparse"
 DTYPES = ("float32", "bfloat16", "float16")
 
 EXAMPLES = f"""examples:
   proxsparse-tool compare                                          # {DEFAULT_METHODS}
-  proxsparse-tool compare --methods dense,magnitude,wanda,sparsegpt,sparsegpt-mask,proxsparse \\
-      --samples 64 --seqlen 512 --json benchmarks/compare.json --markdown benchmarks/compare.md
+  proxsparse-tool compare --text wikipedia news --json benchmarks/compare.json --markdown benchmarks/compare.md
   proxsparse-tool compare --methods magnitude,wanda --tasks local_winogrande --limit 200
   proxsparse-tool compare ./my-model --text wikipedia wiki.txt --samples 128 --seqlen 2048
 
@@ -64,7 +63,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model folder or hub id (default: embedded)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="M1,M2", help=f"comma-separated (default {DEFAULT_METHODS})")
-    parser.add_argument("--text", nargs="+", default=None, metavar="NAME|PATH", help="evaluation text(s) (default: wikipedia)")
+    parser.add_argument("--text", nargs="+", default=None, metavar="NAME|PATH", help="evaluation text(s): wikipedia, news, wikitext2, c4 or a file (default: wikipedia)")
     parser.add_argument("--eval-tokens", type=int, default=16384, metavar="N", help="first N tokens of each text, 0 = all (default 16384)")
     parser.add_argument("--eval-seqlen", type=int, default=1024, metavar="L", help="perplexity window (default 1024)")
     parser.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="zero-shot tasks (local_* offline)")

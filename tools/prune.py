@@ -16,7 +16,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from proxsparse_ao.config import CALIBRATION_MODES, PRECISIONS, STRENGTH_MODES, TRAIN_MODES, W0_DEVICES, ProxSparseConfig
+from proxsparse_ao.config import (
+    CALIBRATION_MODES,
+    PRECISIONS,
+    PRESETS,
+    STRENGTH_MODES,
+    STRENGTH_SCHEDULES,
+    TRAIN_MODES,
+    W0_DEVICES,
+    ProxSparseConfig,
+)
 from proxsparse_ao.errors import ProxSparseError
 
 METHODS = ("proxsparse", "magnitude")
@@ -29,15 +38,17 @@ EXAMPLES = """examples:
   proxsparse-tool prune ./my-model --output out/ --lr 3e-3 --lambda1 3 --plot curves.png
   proxsparse-tool prune --method magnitude --output mag/ --eval
   proxsparse-tool prune --output out/ --checkpoint-dir ckpt/     # rerun the same command to resume
+  proxsparse-tool prune --output paper/ --preset paper --samples 64 --calibration default  # the published recipe
 
 The output folder holds the HF model (dense weights, pruned entries +0.0), masks.safetensors,
 proxsparse.json (settings, source, statistics) and learning_log.json (per-step statistics).
 --lambda1 is the shrink-to-step ratio (strength "relative", default) or the paper's threshold
-(--strength absolute).
+(--strength absolute). --preset sets every field first; the other flags then override it.
 """
 
 _FIELD_CHOICES = {
     "strength": STRENGTH_MODES,
+    "strength_schedule": STRENGTH_SCHEDULES,
     "train": TRAIN_MODES,
     "precision": PRECISIONS,
     "w0_device": W0_DEVICES,
@@ -46,6 +57,8 @@ _FIELD_CHOICES = {
 _FIELD_HELP = {
     "lambda1": "prox strength: shrink-to-step ratio (relative) or threshold (absolute)",
     "strength": "relative (scale-aware, default) or absolute (the paper's lambda1)",
+    "strength_schedule": "constant (the paper) or lr (the threshold follows the lr schedule)",
+    "activation_aware": "prox and final top-2 on W * input-channel norms (Wanda's space) instead of W",
     "lambda2": "frozen-weight term weight (0 = off)",
     "epsilon": "frozen-weight term epsilon",
     "lr": "AdamW learning rate",
@@ -56,7 +69,7 @@ _FIELD_HELP = {
     "seqlen": "tokens per calibration sample",
     "batch_size": "samples per step",
     "seed": "seed of the calibration sample and its order",
-    "calibration": "calibration text: default, wikipedia, c4, wikitext2 or a .txt/.jsonl path",
+    "calibration": "calibration text: default, wikipedia, news, c4, wikitext2 or a .txt/.jsonl path",
     "calibration_mode": "windows (packed random windows) or documents (truncated documents)",
     "targets": "module patterns to prune (class name, name suffix or re:REGEX)",
     "ignore": "module patterns never pruned",
@@ -91,6 +104,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--log", default=None, metavar="FILE", help="also write the per-step JSON log here")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot the per-step curves (needs matplotlib)")
     group = parser.add_argument_group("ProxSparse settings (ProxSparseConfig fields)")
+    group.add_argument("--preset", choices=tuple(PRESETS), default="default", help="named setting the flags below override (default: default)")
     hints = typing.get_type_hints(ProxSparseConfig)
     defaults = ProxSparseConfig()
     for f in dataclasses.fields(ProxSparseConfig):
@@ -116,7 +130,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> ProxSparseConfig:
     """The ProxSparseConfig the flags describe (unset flags keep the defaults)."""
     values = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
-    return ProxSparseConfig(**values)
+    return ProxSparseConfig.preset(getattr(args, "preset", "default"), **values)
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -176,7 +190,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 def show(stats) -> None:
                     fields = {"loss": f"{stats.loss:.3f}"}
                     if stats.fraction_24 is not None:
-                        fields.update(frac=f"{stats.fraction_24:.1%}", moved=f"{stats.changed_vs_magnitude:.1%}")
+                        fields.update(frac=f"{stats.fraction_24:.1%}", moved=f"{stats.changed_vs_start:.1%}")
                     bar.update(task, completed=stats.step, total=stats.total_steps, **fields)
 
                 result = learn(model, config, tokenizer=tokenizer, calibration=tokens, callback=show)
@@ -184,7 +198,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             stats = {
                 "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
                 "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
-                "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
+                "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
                 "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
             }
             data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
@@ -232,6 +246,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             table.add_row("final loss / CE", f"{last['loss']:.4f} / {last['ce']:.4f}")
             table.add_row("learned weights already 2:4", f"{last['fraction_24']:.2%}" if last["fraction_24"] is not None else "-")
         table.add_row("groups whose mask differs from magnitude's", f"{result.changed_vs_magnitude:.2%}")
+        table.add_row("groups whose mask moved from its start", f"{result.changed_vs_start:.2%}")
         table.add_row("peak memory", f"{result.peak_memory_bytes / 2**30:.2f} GiB")
     table.add_row("time", f"{seconds:.1f} s")
     for name, value in ppl.items():

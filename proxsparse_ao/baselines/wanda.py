@@ -8,25 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..activations import InputNorms
 from ..masks import nm_mask
 
-
-class InputNorms:
-    """Running sum over tokens of x_j^2 for each input column j (float64: many tokens are summed)."""
-
-    def __init__(self, columns: int, device: torch.device | str = "cpu") -> None:
-        self.sum_squares = torch.zeros(columns, dtype=torch.float64, device=device)
-        self.tokens = 0
-
-    def add(self, inputs: torch.Tensor) -> None:
-        """Add a batch of layer inputs [..., columns]."""
-        x = inputs.detach().reshape(-1, inputs.shape[-1])
-        self.sum_squares += x.double().square().sum(0)
-        self.tokens += x.shape[0]
-
-    def norms(self) -> torch.Tensor:
-        """||X_j||_2 over all tokens seen, per column."""
-        return self.sum_squares.sqrt()
+__all__ = ["InputNorms", "wanda_mask", "wanda_scores"]
 
 
 def wanda_scores(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,7 @@ def test_defaults_are_json_friendly_and_round_trip():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"lambda1": 0.0}, "lambda1 must be > 0"),
-        ({"lambda1": -1}, "lambda1 must be > 0"),
+        ({"lambda1": -1}, "lambda1 must be >= 0"),
         ({"lr": "1e-3"}, "lr must be float"),
         ({"samples": 2.5}, "samples must be int"),
         ({"samples": True}, "samples must be int"),
@@ -50,3 +49,18 @@ def test_unknown_field_in_dict_is_an_error():
 def test_ints_accepted_for_floats_and_tuples_become_lists():
     config = ProxSparseConfig(lr=1, targets=("q_proj",))
     assert config.targets == ["q_proj"]
+
+
+def test_paper_preset_is_the_published_recipe_and_fields_override_it():
+    paper = ProxSparseConfig.preset("paper")
+    assert (paper.strength, paper.lambda1, paper.lr, paper.activation_aware, paper.train) == ("absolute", 0.25, 1e-4, False, "all")
+    assert (paper.samples, paper.seqlen, paper.calibration, paper.calibration_mode) == (400, 4096, "c4", "documents")
+    assert ProxSparseConfig.preset("paper", samples=64).samples == 64
+    assert ProxSparseConfig.preset("default") == ProxSparseConfig()
+
+
+def test_unknown_preset_or_schedule_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown ProxSparseConfig preset 'papr': use one of default, paper"):
+        ProxSparseConfig.preset("papr")
+    with pytest.raises(ConfigError, match="strength_schedule must be one of constant, lr"):
+        ProxSparseConfig(strength_schedule="cosine")

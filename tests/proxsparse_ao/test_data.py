@@ -35,6 +35,16 @@ def test_embedded_text_parts_never_share_an_article():
     assert all(title.startswith(" = ") and title.endswith(" = ") for title in titles(evaluation))
 
 
+def test_news_text_is_another_domain_split_by_story():
+    calibration = load_documents("news", "calibration")
+    evaluation = load_documents("news", "evaluation")
+    assert (len(calibration), len(evaluation)) == (225, 75)  # 300 stories, every 4th to evaluation
+    assert not set(calibration) & set(evaluation)
+    assert not set(evaluation) & set(load_documents("wikipedia", "evaluation"))
+    assert evaluation[0].startswith("Argentina's political and economic crisis")  # the 4th story of the file
+    assert sum(len(doc) for doc in evaluation) > 80_000 and " = " not in load_text("news")
+
+
 def test_embedded_evaluation_text_is_real_prose_without_markup():
     text = load_text()
     assert len(text) > 500_000
@@ -93,7 +103,7 @@ def test_bad_local_files_are_clear_errors(tmp_path, name, content, message):
 
 
 def test_unknown_text_name_lists_the_known_ones():
-    with pytest.raises(ProxSparseError, match="unknown text 'wikitext103': use one of wikipedia, wikitext2, c4"):
+    with pytest.raises(ProxSparseError, match="unknown text 'wikitext103': use one of wikipedia, news, wikitext2, c4"):
         load_documents("wikitext103")
 
 

@@ -21,6 +21,8 @@ from tiny_models import make_tiny_llama
 
 SETTINGS = dict(samples=8, seqlen=16, lr=1e-2, batch_size=2, lambda2=0.01)
 WORLD = 2
+# the defaults (activation-aware, constant strength), then magnitude space with the lr-following strength
+VARIANTS = {"default": {}, "magnitude-lr": dict(activation_aware=False, strength_schedule="lr")}
 
 
 def _tokens() -> torch.Tensor:
@@ -37,7 +39,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out: str, checkpoint_dir: str) -> None:
+def _worker(rank: int, port: int, out: str, checkpoint_dir: str, overrides: dict[str, object], resume: bool) -> None:
     import torch.distributed as dist
 
     from proxsparse_ao.distributed import check_shard_layout, learn_masks_distributed
@@ -46,11 +48,15 @@ def _worker(rank: int, port: int, out: str, checkpoint_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        config = ProxSparseConfig(**SETTINGS)
+        config = ProxSparseConfig(**SETTINGS, **overrides)
         model = make_tiny_llama()
         result = learn_masks_distributed(model, _tokens(), config, _layers(model, config))
+        if not resume:
+            if rank == 0:
+                torch.save({"result": result}, out)
+            return
 
-        resumable = ProxSparseConfig(**SETTINGS, checkpoint_dir=checkpoint_dir, checkpoint_every=1)
+        resumable = ProxSparseConfig(**SETTINGS, **overrides, checkpoint_dir=checkpoint_dir, checkpoint_every=1)
         model = make_tiny_llama()
 
         def die(stats):
@@ -78,26 +84,34 @@ def _worker(rank: int, port: int, out: str, checkpoint_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_learn_the_single_process_mask(tmp_path):
-    config = ProxSparseConfig(**SETTINGS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_gloo_ranks_learn_the_single_process_mask(tmp_path, variant):
+    overrides = VARIANTS[variant]
+    resume = variant == "default"  # resume and the layout check once; the variant only checks the learning
+    config = ProxSparseConfig(**SETTINGS, **overrides)
     model = make_tiny_llama()
     single = learn_masks(model, _tokens(), config, _layers(model, config))
 
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_worker, args=(_free_port(), str(out), str(tmp_path / "ckpt")), nprocs=WORLD, start_method="spawn")
+    args = (_free_port(), str(out), str(tmp_path / "ckpt"), overrides, resume)
+    mp.start_processes(_worker, args=args, nprocs=WORLD, start_method="spawn")
     saved = torch.load(out, weights_only=False)
-    for key in ("result", "resumed"):
+    for key in ("result", "resumed") if resume else ("result",):
         result = saved[key]
         assert result.masks.keys() == single.masks.keys() and result.steps_done == single.steps_done == 4
         assert all(torch.equal(result.masks[n], single.masks[n]) for n in single.masks)
+        assert result.strengths == pytest.approx(single.strengths, rel=1e-6)
         for mine, theirs in zip(result.history, single.history):
             assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
             assert mine["frozen"] == pytest.approx(theirs["frozen"], rel=1e-3)
-            assert mine["fraction_24"] == pytest.approx(theirs["fraction_24"], abs=1e-9)
+            for stat in ("fraction_24", "changed_vs_magnitude", "changed_vs_start"):
+                assert mine[stat] == pytest.approx(theirs[stat], abs=1e-9)
         assert result.changed_vs_magnitude == pytest.approx(single.changed_vs_magnitude)
-    assert single.changed_vs_magnitude > 0.1  # the masks moved away from magnitude's: the comparison means something
-    assert saved["resumed"].resumed_from == 1  # killed inside step 2, before its checkpoint
-    assert "splits the input dimension" in saved["layout_error"]
+        assert result.changed_vs_start == pytest.approx(single.changed_vs_start)
+    assert single.changed_vs_start > 0.1  # the masks moved away from their start: the comparison means something
+    if resume:
+        assert saved["resumed"].resumed_from == 1  # killed inside step 2, before its checkpoint
+        assert "splits the input dimension" in saved["layout_error"]
 
 
 def test_resume_refuses_another_world_size_or_run(tmp_path):

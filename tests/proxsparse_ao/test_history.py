@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -19,8 +20,8 @@ def test_json_log(tmp_path):
     assert data["method"] == "proxsparse" and data["steps"] == ROWS
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None, reason="matplotlib is installed")
-def test_plot_without_matplotlib_says_what_to_install(tmp_path):
+def test_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(ProxSparseError, match="pip install matplotlib"):
         plot_history(ROWS, tmp_path / "plot.png")
     assert not (tmp_path / "plot.png").exists()

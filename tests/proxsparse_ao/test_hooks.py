@@ -76,3 +76,36 @@ def test_prox_step_rejects_bad_weights():
         ProxStep({"w": torch.zeros(4, 6)}, {"w": 1.0})
     with pytest.raises(ValueError, match="no strength"):
         ProxStep({"w": torch.zeros(4, 8)}, {})
+
+
+def test_activation_aware_prox_works_on_the_scaled_weight():
+    torch.manual_seed(1)
+    weight = torch.randn(8, 16)
+    scale = torch.rand(16) + 0.1
+    prox = ProxStep({"w": weight}, {"w": 0.7}, scales={"w": scale})
+    expected = prox_2to4(weight * scale, 0.7) / scale
+    prox()
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_prox_threshold_can_follow_the_learning_rate_schedule():
+    torch.manual_seed(2)
+    start = torch.randn(8, 16)
+    layer = nn.Linear(16, 8, bias=False)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.25)  # lr is 1/4 of initial_lr
+    assert scheduler.get_last_lr() == [0.025]
+    with torch.no_grad():
+        layer.weight.copy_(start)
+    ProxStep({"w": layer.weight}, {"w": 4.0}, follow_lr=True)(optimizer)
+    torch.testing.assert_close(layer.weight.detach(), prox_2to4(start, 1.0), rtol=0, atol=1e-7)
+    with torch.no_grad():
+        layer.weight.copy_(start)
+    ProxStep({"w": layer.weight}, {"w": 4.0})(optimizer)  # constant: the threshold itself
+    torch.testing.assert_close(layer.weight.detach(), prox_2to4(start, 4.0), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("scales", [{"w": torch.ones(8)}, {"w": torch.zeros(16)}, {"other": torch.ones(16)}])
+def test_scales_must_be_positive_and_one_per_column(scales):
+    with pytest.raises(ValueError, match="16 positive column scales"):
+        ProxStep({"w": torch.randn(4, 16)}, {"w": 1.0}, scales=scales)

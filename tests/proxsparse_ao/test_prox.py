@@ -243,3 +243,10 @@ class TestBadInput:
     def test_mismatched_out_is_rejected(self):
         with pytest.raises(ValueError, match="out has shape"):
             prox_2to4(torch.randn(4, 8), 1.0, out=torch.empty(4, 4))
+
+
+def test_an_empty_weight_is_returned_empty():
+    """A rank of a sharded run may hold no rows of a layer."""
+    empty = torch.empty(0, 16)
+    assert prox_2to4(empty, 1.0).shape == (0, 16)
+    assert prox_2to4_(empty, 1.0) is empty

@@ -66,7 +66,7 @@ def test_magnitude_method(model_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--lambda1", "0"], "lambda1 must be > 0"),
+        (["--lambda1", "-1"], "lambda1 must be >= 0"),
         (["--targets", "re:.*nothing"], "no prunable linear layer"),
         (["--samples", "0"], "samples must be > 0"),
     ],
@@ -88,3 +88,14 @@ def test_existing_output_needs_overwrite(model_dir, tmp_path, capsys):
     out.mkdir()
     assert _prune(model_dir, out) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_preset_sets_the_fields_and_flags_override_it(model_dir, tmp_path):
+    out = tmp_path / "paper"
+    assert _prune(model_dir, out, "--preset", "paper", "--seqlen", "16", "--samples", "2",
+                  "--calibration-mode", "windows", "--no-activation-aware") == 0
+    _, _, masks, metadata = load_pruned(out)
+    config = metadata["config"]
+    assert (config["strength"], config["lambda1"], config["train"], config["activation_aware"]) == ("absolute", 0.25, "all", False)
+    assert (config["samples"], config["lr"]) == (2, 0.01)  # given on the command line
+    assert metadata["statistics"]["changed_vs_start"] == metadata["statistics"]["changed_vs_magnitude"]  # magnitude space

@@ -1,0 +1,84 @@
+"""Mean and spread over seeds of benchmark JSON files (`learn_eval.py` runs and `compare` runs).
+
+    .venv/bin/python benchmarks/summarize.py benchmarks/results/issue9/*.json
+
+Runs are grouped by label with its seed suffix removed (`default_s1` -> `default`; a compare
+row by its method, `compare:sparsegpt-mask`). For every evaluation text it prints the mean
+perplexity, the sample standard deviation and the min..max over the seeds, with the learning
+or pruning time and peak memory, as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def runs(paths: list[Path]) -> list[dict]:
+    """One record per method run: group, seed, ppl by text, seconds, peak memory (GiB), moved."""
+    found = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        if "settings" in data:  # proxsparse-tool compare
+            seed = data["settings"]["calibration"]["seed"]
+            for row in data["rows"]:
+                memory = row.get("peak_memory_bytes")
+                found.append({"group": f"compare:{row['method']}", "seed": seed, "ppl": row["ppl_by_text"],
+                              "seconds": row.get("prune_seconds"), "memory": memory / 2**30 if memory else None,
+                              "moved": None, "file": path.name})
+            continue
+        label = data.get("label") or path.stem
+        for row in data["rows"]:
+            if "error" in row:
+                found.append({"group": re.sub(r"_s\d+$", "", label), "seed": data["config"]["seed"], "error": row["error"], "file": path.name})
+                continue
+            group = re.sub(r"_s\d+$", "", label) if row["method"] == "proxsparse" else row["method"]
+            found.append({"group": group, "seed": data["config"]["seed"], "ppl": row["ppl"], "seconds": row.get("seconds"),
+                          "memory": row.get("peak_rss_gib"), "moved": row.get("changed_vs_start"), "file": path.name})
+    return found
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}..{max(values):.2f})"
+
+
+def table(records: list[dict]) -> str:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        groups[record["group"]].append(record)
+    texts = sorted({t for r in records if "ppl" in r for t in r["ppl"]}, key=lambda t: (t != "wikipedia", t))
+    lines = ["| run | seeds | " + " | ".join(f"PPL {t} (mean ± sd, min..max)" for t in texts) + " | time (s) | peak GiB | moved |",
+             "|---" * (len(texts) + 5) + "|"]
+    for group, members in groups.items():
+        good = [m for m in members if "ppl" in m]
+        failed = [m for m in members if "error" in m]
+        cells = [_spread([m["ppl"][t] for m in good if t in m["ppl"]]) if good else "-" for t in texts]
+        seconds = [m["seconds"] for m in good if m["seconds"] is not None]
+        memory = [m["memory"] for m in good if m["memory"] is not None]
+        moved = [m["moved"] for m in good if m["moved"] is not None]
+        seeds = ",".join(str(m["seed"]) for m in sorted(good, key=lambda m: m["seed"]))
+        tail = [f"{statistics.mean(seconds):.0f}" if seconds else "-", f"{max(memory):.2f}" if memory else "-",
+                f"{statistics.mean(moved):.1%}" if moved else "-"]
+        lines.append(f"| {group} | {seeds or '-'} | " + " | ".join(cells + tail) + " |")
+        for m in failed:
+            lines.append(f"| {group} (seed {m['seed']}) FAILED | | {m['error']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    paths = [Path(p) for p in sys.argv[1:]]
+    if not paths:
+        print("usage: summarize.py RESULT.json [...]", file=sys.stderr)
+        return 2
+    print(table(runs(paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Per-input-channel activation scales of the target layers, for the activation-aware prox.
+
+s_j = ||X_j||_2, the L2 norm of input feature j of a layer over every calibration token
+(Wanda's statistic), gathered in one no-grad dense pass over the same calibration tokens.
+Memory: one running sum of squares per input column of each target layer, never the
+activations themselves. The scales are normalised to RMS 1 per layer, so the prox's strength
+keeps the units of the weight; zero-input columns get a small floor instead of 0 (the prox
+divides by s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+_FLOOR = 1e-6  # smallest scale, relative to the layer's largest
+
+
+class InputNorms:
+    """Running sum over tokens of x_j^2 for each input column j (float64: many tokens are summed)."""
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu") -> None:
+        self.sum_squares = torch.zeros(columns, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, inputs: torch.Tensor) -> None:
+        """Add a batch of layer inputs [..., columns]."""
+        x = inputs.detach().reshape(-1, inputs.shape[-1])
+        self.sum_squares += x.double().square().sum(0)
+        self.tokens += x.shape[0]
+
+    def norms(self) -> torch.Tensor:
+        """||X_j||_2 over all tokens seen, per column."""
+        return self.sum_squares.sqrt()
+
+
+def unit_rms_scales(norms: torch.Tensor) -> torch.Tensor:
+    """Column norms rescaled to RMS 1 (float32), floored at 1e-6 of the largest; all-zero norms give ones."""
+    norms = norms.double()
+    peak = float(norms.max()) if norms.numel() else 0.0
+    if peak <= 0:
+        return torch.ones_like(norms, dtype=torch.float32)
+    floored = norms.clamp_min(_FLOOR * peak)
+    return (floored / floored.square().mean().sqrt()).float()
+
+
+@torch.no_grad()
+def activation_scales(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    tokens: torch.Tensor,
+    batch_size: int = 8,
+    all_reduce: Callable[[torch.Tensor], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Unit-RMS input-channel scales s (float32, on each layer's device) of every layer, from one
+    dense no-grad pass of the model over `tokens` [N, L] in batches of `batch_size` samples.
+
+    `all_reduce` (in place, summing) combines the sums of squares of several processes that
+    each saw a part of the tokens, e.g. `torch.distributed.all_reduce`."""
+    stats = {name: InputNorms(layer.in_features, layer.weight.device) for name, layer in layers.items()}
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args, stat=stats[name]: stat.add(args[0]))
+        for name, layer in layers.items()
+    ]
+    training = model.training
+    device = next(iter(layers.values())).weight.device
+    kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
+    try:
+        model.eval()
+        for start in range(0, tokens.shape[0], batch_size):
+            model(input_ids=tokens[start : start + batch_size].to(device), **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    if all_reduce is not None:
+        for stat in stats.values():
+            all_reduce(stat.sum_squares)
+    return {name: unit_rms_scales(stat.norms()).to(layers[name].weight.device) for name, stat in stats.items()}

@@ -1,0 +1,81 @@
+"""Activation scales: per-channel input norms of every target from one dense pass, unit RMS, mergeable across processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from proxsparse_ao.activations import InputNorms, activation_scales, unit_rms_scales
+from proxsparse_ao.targets import select_targets
+
+
+def _tokens(n=4, length=16, seed=0):
+    return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _layers(model):
+    return select_targets(model, ["Linear"], ["re:.*lm_head"]).layers
+
+
+def test_unit_rms_scales_have_rms_one_and_keep_ratios():
+    scales = unit_rms_scales(torch.tensor([1.0, 2.0, 2.0, 4.0], dtype=torch.float64))
+    assert scales.dtype == torch.float32
+    assert float(scales.square().mean().sqrt()) == pytest.approx(1.0)
+    assert torch.allclose(scales / scales[0], torch.tensor([1.0, 2.0, 2.0, 4.0]))
+
+
+def test_zero_input_columns_get_a_small_positive_floor_and_all_zero_gives_ones():
+    scales = unit_rms_scales(torch.tensor([0.0, 3.0, 4.0, 0.0]))
+    assert bool((scales > 0).all()) and float(scales[0] / scales[2]) == pytest.approx(1e-6)
+    assert torch.equal(unit_rms_scales(torch.zeros(8)), torch.ones(8))
+
+
+def test_scales_are_the_input_norms_each_layer_saw(tiny_llama):
+    layers = _layers(tiny_llama)
+    tokens = _tokens()
+    expected = {name: InputNorms(layer.in_features) for name, layer in layers.items()}
+    handles = [layer.register_forward_pre_hook(lambda m, a, s=expected[n]: s.add(a[0])) for n, layer in layers.items()]
+    with torch.no_grad():
+        tiny_llama(input_ids=tokens, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    tiny_llama.train()
+    scales = activation_scales(tiny_llama, layers, tokens, batch_size=3)
+    assert scales.keys() == layers.keys()
+    for name, stat in expected.items():
+        torch.testing.assert_close(scales[name], unit_rms_scales(stat.norms()), rtol=1e-5, atol=0)
+    assert tiny_llama.training  # mode restored
+    assert all(not layer._forward_pre_hooks for layer in layers.values())  # nothing left behind
+
+
+def test_processes_that_each_saw_half_the_tokens_agree_with_one_that_saw_all(tiny_llama):
+    layers = _layers(tiny_llama)
+    tokens = _tokens(6)
+    whole = activation_scales(tiny_llama, layers, tokens)
+    sums_of_other_half: dict[int, torch.Tensor] = {}
+
+    def remember(tensor: torch.Tensor) -> None:
+        sums_of_other_half[len(sums_of_other_half)] = tensor.clone()
+
+    activation_scales(tiny_llama, layers, tokens[3:], all_reduce=remember)
+    pending = iter(sums_of_other_half.values())
+    merged = activation_scales(tiny_llama, layers, tokens[:3], all_reduce=lambda t: t.add_(next(pending)))
+    for name in layers:
+        torch.testing.assert_close(merged[name], whole[name], rtol=1e-5, atol=0)
+
+
+def test_a_failing_forward_still_removes_the_hooks():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, input_ids):
+            self.proj(torch.ones(1, 8))
+            raise RuntimeError("boom")
+
+    model = Broken()
+    with pytest.raises(RuntimeError, match="boom"):
+        activation_scales(model, {"proj": model.proj}, _tokens(1))
+    assert not model.proj._forward_pre_hooks
