@@ -33,6 +33,7 @@ import time
 import typing
 import warnings
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ from .training import (
 META_FILE = "proxsparse_distributed.json"
 META_FORMAT = 1
 MIXED_PRECISION = ("none", "bfloat16")
+TIMEOUT_MINUTES = 30.0  # how long a collective waits for a rank that hangs (torchrun stops the run when one dies)
 
 
 def check_shard_layout(name: str, param: torch.Tensor) -> None:
@@ -370,7 +372,10 @@ def _state_dicts(model: nn.Module, optimizer, trainable_names: set[str]) -> dict
 
 
 def _save(directory: str, fingerprint: str, step: int, model, optimizer, scheduler, history, trainable_names) -> None:
-    """DCP save into a fresh folder; rank 0 then points the metadata at it (atomic rename) and drops the old one."""
+    """DCP save into a fresh folder; rank 0 then points the metadata at it (atomic rename) and drops the rest.
+
+    A run killed at any moment leaves the metadata pointing at a complete folder; what else it left
+    (a partial folder, the previous save, a metadata temporary) is removed by the next save."""
     import torch.distributed.checkpoint as dcp
 
     root = Path(directory)
@@ -383,7 +388,6 @@ def _save(directory: str, fingerprint: str, step: int, model, optimizer, schedul
     dcp.save(_state_dicts(model, optimizer, trainable_names), checkpoint_id=str(partial))
     dist.barrier()
     if dist.get_rank() == 0:
-        previous = _load_meta(root)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
         meta = {
@@ -399,8 +403,11 @@ def _save(directory: str, fingerprint: str, step: int, model, optimizer, schedul
         with os.fdopen(fd, "w") as handle:
             json.dump(meta, handle)
         os.replace(tmp, root / META_FILE)
-        if previous is not None and previous.get("folder") not in (None, folder.name):
-            shutil.rmtree(root / previous["folder"], ignore_errors=True)
+        for stale in (*root.glob("step-*"), *root.glob(".step-*.partial")):
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in root.glob(f".{META_FILE}.*.tmp"):
+            stale.unlink(missing_ok=True)
     dist.barrier()
 
 
@@ -427,6 +434,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="load dtype")
     parser.add_argument("--backend", default=None, help="process group backend (default nccl on GPUs, else gloo)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_MINUTES, metavar="MINUTES",
+                        help="fail the run when a rank waits longer than this for the others (a hung rank); "
+                        f"it must cover rank 0 saving the output (default {TIMEOUT_MINUTES:g})")
     parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="none",
                         help="FSDP2 compute dtype (bfloat16: bf16 compute, fp32 gradient reduction)")
     hints = typing.get_type_hints(ProxSparseConfig)
@@ -445,7 +455,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """torchrun entry: learn on every rank, then rank 0 reloads the original weights, applies the masks and saves."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.timeout > 0:
+        parser.error(f"--timeout must be a positive number of minutes; got {args.timeout:g}")
     config = ProxSparseConfig(**{k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
     os.environ.setdefault("TQDM_DISABLE", "1")
     from .api import apply_masks, calibration_tokens
@@ -461,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group(args.backend or ("nccl" if cuda else "gloo"))
+    dist.init_process_group(args.backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=args.timeout))
     try:
         dtype = getattr(torch, args.dtype)
         model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
