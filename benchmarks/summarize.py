@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/summarize.py benchmarks/results/issue9/*.json
 
 Runs are grouped by label with its seed suffix removed (`default_s1` -> `default`; a compare
-row by its method, `compare:sparsegpt-mask`). For every evaluation text it prints the mean
+row by its method, `compare:sparsegpt-mask`, except a ProxSparse row with the default
+settings, which joins `default`). For every evaluation text it prints the mean
 perplexity, the sample standard deviation and the min..max over the seeds, with the learning
 or pruning time and peak memory, as a Markdown table.
 """
@@ -17,6 +18,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxsparse_ao.config import ProxSparseConfig  # noqa: E402
+
+
+def _without_seed(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key != "seed"}
+
 
 def runs(paths: list[Path]) -> list[dict]:
     """One record per method run: group, seed, ppl by text, seconds, peak memory (GiB), moved."""
@@ -27,7 +36,8 @@ def runs(paths: list[Path]) -> list[dict]:
             seed = data["settings"]["calibration"]["seed"]
             for row in data["rows"]:
                 memory = row.get("peak_memory_bytes")
-                found.append({"group": f"compare:{row['method']}", "seed": seed, "ppl": row["ppl_by_text"],
+                default = row["method"] == "proxsparse" and _without_seed(row["config"]) == _without_seed(ProxSparseConfig().to_dict())
+                found.append({"group": "default" if default else f"compare:{row['method']}", "seed": seed, "ppl": row["ppl_by_text"],
                               "seconds": row.get("prune_seconds"), "memory": memory / 2**30 if memory else None,
                               "moved": None, "file": path.name})
             continue

@@ -46,7 +46,7 @@ from . import checkpoint
 from .activations import activation_scales
 from .config import ProxSparseConfig, validate
 from .errors import ProxSparseError
-from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
+from .hooks import FrozenWeightTerm, ProxStep, prox_space
 from .masks import nm_mask
 from .training import (
     Callback,
@@ -59,6 +59,7 @@ from .training import (
     _lr_factor,
     check_calibration,
     peak_memory_bytes,
+    prox_strength,
     top2_codes,
 )
 
@@ -115,13 +116,6 @@ def _shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names and m is not model]
 
 
-def _strength(name: str, space: torch.Tensor, config: ProxSparseConfig) -> float:
-    """One layer's prox strength from its W0 in the prox space (the single-process rule, a layer at a time)."""
-    if config.strength == "relative":
-        return relative_strengths({name: space}, config.lambda1, config.lr)[name]
-    return absolute_strengths({name: space}, config.lambda1)[name]
-
-
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -176,7 +170,7 @@ def learn_masks_distributed(
     start_codes: dict[str, torch.Tensor] = {}
     for name, w0 in full.items():
         space = prox_space(w0, None if scales is None else scales[name].to(w0.device))
-        strengths[name] = _strength(name, space, config)
+        strengths[name] = prox_strength(name, space, config)
         start_codes[name] = top2_codes(_row_chunk(space, rank, world)).to(device)
         del space
     total_groups = sum(w.numel() // 4 for w in full.values())

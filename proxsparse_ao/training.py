@@ -219,15 +219,14 @@ def _learn(
     tick = time.perf_counter()
     scales = activation_scales(model, layers, calibration) if config.activation_aware else None
     scales_seconds = time.perf_counter() - tick
-    scale_of = (lambda name: None) if scales is None else (lambda name: scales[name].to(originals[name].device))
-    start_spaces = {name: prox_space(w0, scale_of(name)) for name, w0 in originals.items()}
-    if config.strength == "relative":
-        strengths = relative_strengths(start_spaces, config.lambda1, config.lr)
-    else:
-        strengths = absolute_strengths(start_spaces, config.lambda1)
-    magnitude_codes = {name: top2_codes(w0).to(state.device) for name, w0 in originals.items()}
-    start_codes = {name: top2_codes(space).to(state.device) for name, space in start_spaces.items()}
-    del start_spaces
+    strengths: dict[str, float] = {}
+    magnitude_codes: dict[str, torch.Tensor] = {}
+    start_codes: dict[str, torch.Tensor] = {}
+    for name, w0 in originals.items():  # one layer in the prox's space at a time
+        space = prox_space(w0, None if scales is None else scales[name].to(w0.device))
+        strengths[name] = prox_strength(name, space, config)
+        magnitude_codes[name] = top2_codes(w0).to(state.device)
+        start_codes[name] = top2_codes(space).to(state.device)
     total_groups = sum(c.numel() for c in magnitude_codes.values())
     codes = _Codes(weights, scales or {}, magnitude_codes, start_codes, total_groups)
 
@@ -326,6 +325,13 @@ def _learn(
         peak_memory_bytes=peak_memory_bytes(state.device),
         extra={"activation_pass_seconds": round(scales_seconds, 2)} if scales is not None else {},
     )
+
+
+def prox_strength(name: str, space: torch.Tensor, config: ProxSparseConfig) -> float:
+    """The prox threshold of one layer from its original weight in the prox's space."""
+    if config.strength == "relative":
+        return relative_strengths({name: space}, config.lambda1, config.lr)[name]
+    return absolute_strengths({name: space}, config.lambda1)[name]
 
 
 def _resume(model: nn.Module, optimizer, scheduler, saved: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
