@@ -51,11 +51,12 @@ def activation_scales(
     model: nn.Module,
     layers: dict[str, nn.Linear],
     tokens: torch.Tensor,
-    batch_size: int = 8,
+    max_batch_tokens: int = 4096,
     all_reduce: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unit-RMS input-channel scales s (float32, on each layer's device) of every layer, from one
-    dense no-grad pass of the model over `tokens` [N, L] in batches of `batch_size` samples.
+    dense no-grad pass of the model over `tokens` [N, L], in batches of at most
+    `max_batch_tokens` tokens (at least one sample), which bounds the pass's activation memory.
 
     `all_reduce` (in place, summing) combines the sums of squares of several processes that
     each saw a part of the tokens, e.g. `torch.distributed.all_reduce`."""
@@ -69,6 +70,7 @@ def activation_scales(
     kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
     try:
         model.eval()
+        batch_size = max(1, max_batch_tokens // tokens.shape[1])
         for start in range(0, tokens.shape[0], batch_size):
             model(input_ids=tokens[start : start + batch_size].to(device), **kwargs)
     finally:

@@ -41,7 +41,7 @@ def test_scales_are_the_input_norms_each_layer_saw(tiny_llama):
     for handle in handles:
         handle.remove()
     tiny_llama.train()
-    scales = activation_scales(tiny_llama, layers, tokens, batch_size=3)
+    scales = activation_scales(tiny_llama, layers, tokens, max_batch_tokens=48)  # 3 samples a batch
     assert scales.keys() == layers.keys()
     for name, stat in expected.items():
         torch.testing.assert_close(scales[name], unit_rms_scales(stat.norms()), rtol=1e-5, atol=0)
