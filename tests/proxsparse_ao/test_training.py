@@ -128,21 +128,16 @@ def test_top2_codes_match_magnitude_mask_with_ties():
 @pytest.mark.parametrize("activation_aware", [True, False])
 def test_without_prox_and_with_a_negligible_step_the_mask_is_the_starting_one(tiny_llama, activation_aware):
     """Activation-aware learning starts from Wanda's mask (one dense pass), plain learning from magnitude's."""
-    from proxsparse_ao.activations import InputNorms
     from proxsparse_ao.baselines import wanda_mask
+    from reference_norms import input_norms_by_hand
 
     config = ProxSparseConfig(samples=4, seqlen=16, lr=1e-12, lambda1=0.0, activation_aware=activation_aware)
     layers = _layers(tiny_llama, config)
     tokens = _tokens(4)
-    norms = {name: InputNorms(layer.in_features) for name, layer in layers.items()}
-    handles = [layer.register_forward_pre_hook(lambda m, a, s=norms[n]: s.add(a[0])) for n, layer in layers.items()]
-    with torch.no_grad():
-        tiny_llama(input_ids=tokens, use_cache=False)
-    for handle in handles:
-        handle.remove()
+    norms = input_norms_by_hand(tiny_llama, layers, tokens)
     result = learn_masks(tiny_llama, tokens, config, layers)
     for name, layer in layers.items():
-        start = wanda_mask(layer.weight, norms[name].norms()) if activation_aware else magnitude_mask(layer.weight)
+        start = wanda_mask(layer.weight, norms[name]) if activation_aware else magnitude_mask(layer.weight)
         assert torch.equal(result.masks[name], start), name
     assert result.changed_vs_start == 0.0
     assert (result.changed_vs_magnitude > 0.1) == activation_aware  # Wanda's mask is not magnitude's
