@@ -1,9 +1,11 @@
-"""GPU check for the 2:4 deployment path: kernel correctness, per-shape speed, end-to-end tokens/s.
+"""GPU check for the 2:4 deployment path: kernel correctness, per-shape speed, the prox step, end-to-end tokens/s.
 
 Runs with torch and transformers only (no torchao, lm_eval, datasets, network) from a plain
 checkout. Every stage writes its result (or its error) into OUT/gpu_check.json as soon as it
 ends, and stages are skipped once the time budget would be exceeded, so a slow or failing
-stage never loses the others. `--smoke` runs the same code on CPU with tiny shapes.
+stage never loses the others. The prox step runs last, in time kept for it: a crash inside its
+Triton kernel can poison the CUDA context, which would fail every later stage of the run.
+`--smoke` runs the same code on CPU with tiny shapes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib.util
 import inspect
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,6 +34,10 @@ LLAMA3_8B_SHAPES = {  # (out_features N, in_features K) of Llama-3-8B's linears
     "down_proj": (4096, 14336),
 }
 MLP_SHAPES = ("gate_proj/up_proj", "down_proj")
+PROX_LAMS = (0.1, 1.0, 10.0)
+PROX_BLOCKS = (32, 64, 128)  # groups per program of the Triton kernel, timed alone
+PROX_ESTIMATE_S = 60.0  # four kernel compiles and six CPU solves of a 4096x4096 matrix, with room
+PROX_MAX_EXCESS = 1e-6  # objective of the GPU result above the CPU one, relative to 1/2 ||z||^2 per group
 MS = (1, 16, 128, 2048, 8192)
 TARGET_MLP_SPEEDUP = 1.3
 NOISE = 0.02  # end to end counts as "not slower" within 2% timing noise
@@ -81,6 +88,12 @@ class Budget:
 
     def allows(self, estimate_s: float) -> bool:
         return self.elapsed() + estimate_s <= self.seconds
+
+    def keeping(self, seconds: float) -> Budget:
+        """The same clock with `seconds` kept back at the end, for a step that runs after."""
+        kept = Budget(self.seconds - seconds)
+        kept.start = self.start
+        return kept
 
 
 def sync(device: torch.device) -> None:
@@ -172,6 +185,78 @@ def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> di
         "rows": rows,
         "target": f"speedup >= {TARGET_MLP_SPEEDUP} on MLP shapes at M >= 2048",
         "target_met": bool(mlp) and all(r["speedup"] >= TARGET_MLP_SPEEDUP for r in mlp),
+    }
+
+
+def best_ms(fn, device: torch.device, reps: int = 5) -> float:
+    """Best of `reps` synchronised calls, in milliseconds."""
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def prox_objective(w: torch.Tensor, z: torch.Tensor, lam: float) -> torch.Tensor:
+    """1/2 ||w - z||^2 + lam R(w) per group of 4, in float64 on the CPU."""
+    w, z = w.double().reshape(-1, 4), z.double().reshape(-1, 4)
+    a = w.abs()
+    r = a[:, 0] * a[:, 1] * (a[:, 2] + a[:, 3]) + a[:, 2] * a[:, 3] * (a[:, 0] + a[:, 1])
+    return 0.5 * ((w - z) ** 2).sum(1) + lam * r
+
+
+def prox_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """prox_2to4 on the device (the fused Triton kernel on CUDA) against a device copy, and its
+    result against the CPU operator (the C kernel) on the same fp32 matrix; bf16 timing too."""
+    from proxsparse_ao._prox24_triton import prox24_triton
+    from proxsparse_ao.prox import backend, prox_2to4
+
+    if not budget.allows(PROX_ESTIMATE_S):
+        return {"skipped": f"time budget ({budget.elapsed():.0f} s used, the step needs ~{PROX_ESTIMATE_S:.0f} s)"}
+    size = 256 if smoke else 4096
+    weight_cpu = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    weight, half = weight_cpu.to(device), weight_cpu.to(device, torch.bfloat16)
+    out, out_half = torch.empty_like(weight), torch.empty_like(half)
+    half_norm = (0.5 * (weight_cpu.double().reshape(-1, 4) ** 2).sum(1)).clamp_min(1e-12)
+    rows, ok = [], True
+    for lam in PROX_LAMS:
+        if not budget.allows(10.0):
+            rows.append({"lam": lam, "skipped": f"time budget ({budget.elapsed():.0f} s used)"})
+            continue
+        start = time.perf_counter()
+        prox_2to4(weight, lam, out=out)
+        sync(device)
+        first_call_s = time.perf_counter() - start
+        op_ms = best_ms(lambda: prox_2to4(weight, lam, out=out), device)
+        copy_ms = best_ms(lambda: out.copy_(weight), device)
+        found = prox_2to4(weight, lam).cpu()
+        expected = prox_2to4(weight_cpu, lam)
+        excess = float(((prox_objective(found, weight_cpu, lam) - prox_objective(expected, weight_cpu, lam)) / half_norm).max())
+        prox_2to4(half, lam, out=out_half)
+        half_ms = best_ms(lambda: prox_2to4(half, lam, out=out_half), device)
+        half_copy_ms = best_ms(lambda: out_half.copy_(half), device)
+        half_diff = (prox_2to4(half, lam).cpu().float() - prox_2to4(weight_cpu.bfloat16(), lam).float()).abs().max()
+        passed = bool(torch.isfinite(found).all()) and excess <= PROX_MAX_EXCESS
+        ok &= passed
+        kernel_ms = {}  # the kernel alone (no input check) per groups-per-program
+        if backend(device) == "triton":
+            for block in PROX_BLOCKS:
+                kernel_ms[block] = best_ms(lambda: prox24_triton(weight.view(-1, 4), out.view(-1, 4), lam, block=block), device)
+        rows.append({
+            "lam": lam, "first_call_s": first_call_s, "op_ms": op_ms, "copy_ms": copy_ms, "op_over_copy": op_ms / copy_ms,
+            "kernel_ms_by_block": kernel_ms,
+            "two_of_four_fraction": float(((found != 0).reshape(-1, 4).sum(1) <= 2).double().mean()),
+            "max_abs_diff_vs_cpu": float((found - expected).abs().max()), "max_rel_objective_excess_vs_cpu": excess,
+            "bf16_op_ms": half_ms, "bf16_copy_ms": half_copy_ms, "bf16_max_abs_diff_vs_cpu": float(half_diff),
+            "passed": passed,
+        })
+    return {
+        "solver": backend(device), "cpu_solver": backend("cpu"), "shape": [size, size], "rows": rows,
+        "criterion": f"objective(gpu) - objective(cpu) <= {PROX_MAX_EXCESS:g} * 1/2 ||z||^2 in every group of 4",
+        "all_passed": ok and all("passed" in row for row in rows),
     }
 
 
@@ -317,29 +402,41 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": args.smoke}
     path = args.out / "gpu_check.json"
 
+    def write() -> None:
+        """Replace the JSON in one step: a run killed while writing leaves the previous file."""
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(results, indent=1))
+        os.replace(partial, path)
+
     def stage(name: str, fn) -> None:
+        # Marked before it runs: a stage that kills the process (a hard crash, the shell's
+        # timeout) still shows up in the JSON, next to the results written before it.
+        results[name] = {"error": "unfinished: the process ended during this stage"}
+        write()
         start = time.perf_counter()
         try:
             results[name] = fn()
         except Exception as err:  # a failed stage is a result; the next stages still run
             results[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         results[name]["seconds"] = time.perf_counter() - start
-        path.write_text(json.dumps(results, indent=1))
+        write()
         print(f"[{budget.elapsed():6.1f} s] {name}: {'error' if 'error' in results[name] else 'done'}", flush=True)
 
     stage("environment", lambda: environment(device))
     if device.type == "cuda" and not torch.cuda.is_available():
         results["environment"]["error"] = "CUDA is not available"
-        path.write_text(json.dumps(results, indent=1))
+        write()
         return 1
     stage("kernel_correctness", lambda: kernel_correctness(device, args.smoke))
     stage("per_shape_speed", lambda: per_shape_speed(device, args.smoke, args.out / "linear24_timings.json"))
     estimates: dict[str, float] = {}
     models = ["tiny_random"] if args.smoke else ["llama_1b_random", "smollm2_135m_shapes_random"]
+    before_prox = budget.keeping(PROX_ESTIMATE_S)
     for name in models:
-        stage(f"end_to_end_{name}", lambda name=name: end_to_end(name, device, args, budget, estimates))
+        stage(f"end_to_end_{name}", lambda name=name: end_to_end(name, device, args, before_prox, estimates))
+    stage("prox_step", lambda: prox_step(device, args.smoke, budget))  # last: see the module docstring
     results["total_seconds"] = budget.elapsed()
-    path.write_text(json.dumps(results, indent=1))
+    write()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Build and load the plain-C prox kernel (`_prox24.c`) on first use.
+"""Build and load the plain-C prox kernel (`_prox24.c` with `_prox24_solve.h`) on first use.
 
 The kernel has no dependency beyond libm, so any C compiler builds it in about a second.
 The library is cached per source hash; when no compiler is available, callers fall back to
@@ -20,7 +20,10 @@ from pathlib import Path
 from .cache import cache_dir
 
 _SOURCE = Path(__file__).with_name("_prox24.c")
-_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-fno-math-errno"]
+_HEADERS = [Path(__file__).with_name("_prox24_solve.h")]
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+# This CPU's own vector units where the compiler can target them, else its baseline.
+_TUNINGS = [["-march=native"], []]
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
@@ -33,13 +36,15 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> list[str]:
-    """-mavx2 -mfma where this CPU has them (the cache key includes the flags)."""
+def _cpu_identity() -> str:
+    """What a -march=native build depends on: the CPU model and feature flags (the cache key
+    includes them, so a cache shared between different machines never loads a foreign build)."""
     try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if platform.machine() == "x86_64" and {"avx2", "fma"} <= words else []
+        return f"{platform.machine()} {platform.processor()}"
+    keys = ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    return "\n".join(dict.fromkeys(line for line in lines if line.split(":")[0].strip() in keys))
 
 
 def _build(target: Path, flags: list[str]) -> None:
@@ -69,20 +74,28 @@ def load() -> ctypes.CDLL | None:
         if os.environ.get("PROXSPARSE_PROX_BACKEND", "").lower() == "torch":
             _failure = "disabled by PROXSPARSE_PROX_BACKEND=torch"
             return None
-        flags = _FLAGS + _cpu_flags()
-        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
-        target = cache_dir() / "kernels" / f"prox24-{platform.machine()}-{digest}.so"
-        try:
-            if not target.exists():
-                _build(target, flags)
-            library = ctypes.CDLL(str(target))
-        except (OSError, RuntimeError) as err:
-            _failure = str(err)
+        sources = b"".join(path.read_bytes() for path in [_SOURCE, *_HEADERS])
+        errors = []
+        for tuning in _TUNINGS:
+            flags = _FLAGS + tuning
+            digest = hashlib.sha256(sources + " ".join(flags).encode() + _cpu_identity().encode()).hexdigest()[:16]
+            target = cache_dir() / "kernels" / f"prox24-{platform.machine()}-{digest}.so"
+            try:
+                if not target.exists():
+                    _build(target, flags)
+                library = ctypes.CDLL(str(target))
+                break
+            except (OSError, RuntimeError) as err:
+                errors.append(str(err))
+        else:
+            _failure = "; ".join(dict.fromkeys(errors))
             return None
         i64, dbl = ctypes.c_int64, ctypes.c_double
         for suffix in ("float", "double"):
             prox = getattr(library, f"prox24_{suffix}")
-            prox.argtypes, prox.restype = [ctypes.c_void_p, ctypes.c_void_p, i64, dbl], None
+            prox.argtypes, prox.restype = [ctypes.c_void_p, ctypes.c_void_p, i64, dbl, ctypes.c_void_p], None
+            workspace = getattr(library, f"prox24_workspace_{suffix}")
+            workspace.argtypes, workspace.restype = [], i64
             check = getattr(library, f"first_nonfinite_{suffix}")
             check.argtypes, check.restype = [ctypes.c_void_p, i64], i64
         _library = library

@@ -2,50 +2,68 @@
  *
  * R(w) = sum over the 4 triples i<j<k of |wi wj wk|. On the sorted magnitudes
  * a0 >= a1 >= a2 >= a3 the candidates are (a0, a1, 0, 0), and coordinate minimisation on
- * the supports {0,1,2} and {0,1,2,3} from w = 0, sweeping from the smallest entry up; each
+ * the supports {0,1,2} and {0,1,2,3}, sweeping from the smallest entry up; each
  * update is exact: w_k <- max(a_k - lam * S_k, 0), S_k = sum of pairwise products of the
  * other entries. The candidate with the smallest 1/2||w - a||^2 + lam R(w) wins.
  *
- * Groups are solved LANES at a time in plain loops the compiler vectorises; a block stops
- * as soon as all its groups have converged, and the rare groups still moving after
- * VECTOR_SWEEPS continue alone. Cheap certificates, from bounds on the stationary points
- * that follow from the sorted input, skip a support search that cannot win.
- * Plain C, no dependency: built once at first use and loaded through ctypes; the caller
- * splits the groups between threads (ctypes releases the GIL).
+ * Most groups need no search: bounds on every local minimum of a support (below) prove that
+ * it cannot beat the best candidate so far, and the bounds give the searches that remain a
+ * start close to their end (the middle of the bounds, where EnumALM starts from w = 0; the
+ * point found is never worse, and sometimes a better local minimum). Groups are taken CHUNK
+ * at a time (_prox24_solve.h): one pass sorts them and proves what it can in the input's own
+ * precision, then the groups left sweep LANES side by side in double, in loops the compiler
+ * vectorises; the rare search still moving after POLISH_AFTER sweeps (near a fold, where
+ * sweeps crawl) finishes with Newton steps. Plain C, no dependency: built once per CPU at first
+ * use and loaded through ctypes; the caller splits the groups between threads (ctypes releases
+ * the GIL) and allocates the workspaces.
+ *
+ * The bounds. A local minimum w of a support S is stationary, w_i = a_i - lam e2(w without i)
+ * for i in S, and its Hessian I + lam H (H_ij = sum of w_k, k in S, k != i, j) is PSD, so its
+ * 2x2 minors give lam (w_k + w_l) <= 1 for every pair outside a pair of S (on S = {0,1,2}:
+ * lam w_k <= 1). Starting from w <= min(a, 1/lam), the stationarity map, which reverses
+ * order, turns upper bounds into lower bounds and back: a few rounds give [lo, hi] around
+ * every local minimum, or an empty interval when there is none. Stationarity and Euler's
+ * identity for the cubic R give the objective at such a point in closed form,
+ *     f(w) = 1/2 ||a||^2 + sum_i (w_i^2 / 6 - 2/3 a_i w_i),
+ * decreasing in each w_i below 2 a_i, so f(hi) bounds it from below. On {0,1,2} also
+ *     f(w) = f2 - w2^2 (1 - lam^2 (w0^2 + w1^2)) / 2,   f2 = (a2^2 + a3^2) / 2,
+ * and a 3-support global minimum must not gain from raising w3: a3 <= lam e2(w0, w1, w2).
  */
 #include <math.h>
 #include <stdint.h>
 
-#define LANES 16
-#define VECTOR_SWEEPS 12
+#define LANES 32
+#define CHUNK 2048 /* groups; the caller splits threads on multiples of it */
 #define MAX_SWEEPS 1000
+#define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
 
 static inline double pos(double x) { return x > 0.0 ? x : 0.0; }
 
-/* One Gauss-Seidel sweep on {0,1,2,3} (sweep 3,2,1,0) of lane l; returns its L1 change. */
-static inline double sweep4(double (*a)[LANES], double (*w)[LANES], int l, double lam) {
-    double w0 = w[0][l], w1 = w[1][l], w2 = w[2][l], w3 = w[3][l];
-    double n3 = pos(a[3][l] - lam * (w0 * w1 + w0 * w2 + w1 * w2));
-    double n2 = pos(a[2][l] - lam * (w0 * w1 + (w0 + w1) * n3));
-    double n1 = pos(a[1][l] - lam * (w0 * (n2 + n3) + n2 * n3));
-    double n0 = pos(a[0][l] - lam * (n1 * (n2 + n3) + n2 * n3));
-    w[0][l] = n0; w[1][l] = n1; w[2][l] = n2; w[3][l] = n3;
+/* One Gauss-Seidel sweep on {0,1,2,3} (3, 2, 1, 0) of the point whose entries are `stride`
+ * apart (LANES in a block of lanes, 1 for a lone point); returns its L1 change. */
+static inline double sweep4(const double *a, double *w, int stride, double lam) {
+    double w0 = w[0], w1 = w[stride], w2 = w[2 * stride], w3 = w[3 * stride];
+    double n3 = pos(a[3 * stride] - lam * (w0 * w1 + w0 * w2 + w1 * w2));
+    double n2 = pos(a[2 * stride] - lam * (w0 * w1 + (w0 + w1) * n3));
+    double n1 = pos(a[stride] - lam * (w0 * (n2 + n3) + n2 * n3));
+    double n0 = pos(a[0] - lam * (n1 * (n2 + n3) + n2 * n3));
+    w[0] = n0; w[stride] = n1; w[2 * stride] = n2; w[3 * stride] = n3;
     return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2) + fabs(n3 - w3);
 }
 
-/* One sweep on {0,1,2} (sweep 2,1,0) of lane l with w3 = 0; returns its L1 change. */
-static inline double sweep3(double (*a)[LANES], double (*w)[LANES], int l, double lam) {
-    double w0 = w[0][l], w1 = w[1][l], w2 = w[2][l];
-    double n2 = pos(a[2][l] - lam * w0 * w1);
-    double n1 = pos(a[1][l] - lam * w0 * n2);
-    double n0 = pos(a[0][l] - lam * n1 * n2);
-    w[0][l] = n0; w[1][l] = n1; w[2][l] = n2;
+/* One sweep on {0,1,2} (2, 1, 0) with w3 = 0; returns its L1 change. */
+static inline double sweep3(const double *a, double *w, int stride, double lam) {
+    double w0 = w[0], w1 = w[stride], w2 = w[2 * stride];
+    double n2 = pos(a[2 * stride] - lam * w0 * w1);
+    double n1 = pos(a[stride] - lam * w0 * n2);
+    double n0 = pos(a[0] - lam * n1 * n2);
+    w[0] = n0; w[stride] = n1; w[2 * stride] = n2;
     return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2);
 }
 
-static inline double objective(double (*a)[LANES], double (*w)[LANES], int l, double lam) {
-    double d0 = w[0][l] - a[0][l], d1 = w[1][l] - a[1][l], d2 = w[2][l] - a[2][l], d3 = w[3][l] - a[3][l];
-    double r = w[0][l] * w[1][l] * (w[2][l] + w[3][l]) + w[2][l] * w[3][l] * (w[0][l] + w[1][l]);
+static inline double objective(const double *a, const double *w, double lam) {
+    double d0 = w[0] - a[0], d1 = w[1] - a[1], d2 = w[2] - a[2], d3 = w[3] - a[3];
+    double r = w[0] * w[1] * (w[2] + w[3]) + w[2] * w[3] * (w[0] + w[1]);
     return 0.5 * (d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3) + lam * r;
 }
 
@@ -68,108 +86,58 @@ static int plus_branch3(const double *a, double lam, double *w) {
     return 1;
 }
 
-/* Coordinate minimisation of LANES groups (a, w as [entry][lane]) from w = 0 until each
- * group's sweep changes it by at most tol[lane]; `support` is 3 or 4. */
-static void minimise(double (*a)[LANES], double (*w)[LANES], const double *tol, double lam, int support) {
-    double change[LANES];
-    for (int i = 0; i < 4; ++i)
-        for (int l = 0; l < LANES; ++l) w[i][l] = 0.0;
-    int sweeps = 0, moving = 1;
-    while (moving && sweeps < VECTOR_SWEEPS) {
-        if (support == 4) {
-            for (int l = 0; l < LANES; ++l) change[l] = sweep4(a, w, l, lam);
-        } else {
-            for (int l = 0; l < LANES; ++l) change[l] = sweep3(a, w, l, lam);
+/* A Newton step on the stationarity equations w_i = a_i - lam e2(w without i) of the positive
+ * entries among the first `support`, kept only when it stays positive and lowers f. */
+static void newton_step(const double *a, double *w, double lam, int support) {
+    double m[4][5], total = 0.0, trial[4] = {w[0], w[1], w[2], w[3]};
+    int at[4], n = 0;
+    for (int i = 0; i < support; ++i) {
+        total += w[i];
+        if (w[i] > 0.0) at[n++] = i;
+    }
+    for (int r = 0; r < n; ++r) {
+        int i = at[r];
+        double pairs = 0.0;  /* e2 of the other entries */
+        for (int j = 0; j < support; ++j)
+            for (int k = j + 1; k < support; ++k) pairs += j != i && k != i ? w[j] * w[k] : 0.0;
+        for (int col = 0; col < n; ++col) m[r][col] = col == r ? 1.0 : lam * (total - w[i] - w[at[col]]);
+        m[r][n] = -(w[i] - a[i] + lam * pairs);
+    }
+    for (int col = 0; col < n; ++col) {  /* Gaussian elimination with partial pivoting */
+        int pivot = col;
+        for (int r = col + 1; r < n; ++r)
+            if (fabs(m[r][col]) > fabs(m[pivot][col])) pivot = r;
+        if (fabs(m[pivot][col]) < 1e-12) return;
+        for (int k = 0; k <= n; ++k) {
+            double t = m[col][k]; m[col][k] = m[pivot][k]; m[pivot][k] = t;
         }
-        moving = 0;
-        for (int l = 0; l < LANES; ++l) moving |= change[l] > tol[l];
-        ++sweeps;
+        for (int r = col + 1; r < n; ++r) {
+            double f = m[r][col] / m[col][col];
+            for (int k = col; k <= n; ++k) m[r][k] -= f * m[col][k];
+        }
     }
-    if (!moving) return;
-    for (int l = 0; l < LANES; ++l) {
-        for (int s = sweeps; s < MAX_SWEEPS && change[l] > tol[l]; ++s)
-            change[l] = support == 4 ? sweep4(a, w, l, lam) : sweep3(a, w, l, lam);
+    for (int r = n - 1; r >= 0; --r) {
+        double x = m[r][n];
+        for (int k = r + 1; k < n; ++k) x -= m[r][k] * trial[at[k]];
+        x = x / m[r][r];
+        trial[at[r]] = x;  /* the step, for now */
     }
+    for (int r = 0; r < n; ++r) {
+        trial[at[r]] += w[at[r]];
+        if (!(trial[at[r]] > 0.0)) return;
+    }
+    if (objective(a, trial, lam) <= objective(a, w, lam))
+        for (int i = 0; i < support; ++i) w[i] = trial[i];
 }
 
-/* Compare-exchange in (magnitude descending, position ascending) order. */
-#define ORDER(i, j)                                                              \
-    do {                                                                         \
-        int swap = v[j] > v[i] || (v[j] == v[i] && p[j] < p[i]);                 \
-        double tv = swap ? v[j] : v[i]; v[j] = swap ? v[i] : v[j]; v[i] = tv;    \
-        int tp = swap ? p[j] : p[i]; p[j] = swap ? p[i] : p[j]; p[i] = tp;       \
-    } while (0)
-
-static void solve_block(const double (*z)[4], double (*result)[4], double lam, double rel_tol) {
-    double a[4][LANES], best[4][LANES], w[4][LANES], best_obj[LANES], tol[LANES];
-    int pos_of[4][LANES], try4[LANES], try3[LANES];
-    int need4 = 0, need3 = 0;
-    const double cap = 1.0 / lam;   /* lam > 0 here: the caller handles lam == 0 */
-    for (int l = 0; l < LANES; ++l) {
-        double v[4] = {fabs(z[l][0]), fabs(z[l][1]), fabs(z[l][2]), fabs(z[l][3])};
-        int p[4] = {0, 1, 2, 3};
-        ORDER(0, 1); ORDER(2, 3); ORDER(0, 2); ORDER(1, 3); ORDER(1, 2);
-        for (int i = 0; i < 4; ++i) { a[i][l] = v[i]; pos_of[i][l] = p[i]; }
+/* Finish a slow search from w after `sweeps` sweeps: Newton steps, each followed by the sweep
+ * that decides convergence as before, so the end is the sweeps' own kind of point, reached in
+ * a few steps where the sweeps alone contract slowly. */
+static void polish(const double *a, double *w, double lam, double tol, int support, int sweeps) {
+    for (; sweeps < MAX_SWEEPS; ++sweeps) {
+        newton_step(a, w, lam, support);
+        if ((support == 4 ? sweep4(a, w, 1, lam) : sweep3(a, w, 1, lam)) <= tol) return;
     }
-    for (int l = 0; l < LANES; ++l) {
-        best[0][l] = a[0][l]; best[1][l] = a[1][l]; best[2][l] = best[3][l] = 0.0;
-        best_obj[l] = 0.5 * (a[2][l] * a[2][l] + a[3][l] * a[3][l]);
-        tol[l] = rel_tol * a[0][l];
-        /* A local minimum has a PSD Hessian; its 2x2 minors give lam (w_i + w_j) <= 1 on the
-         * 4-support (so w <= c = min(a, 1/lam)), and w_i = a_i - lam e2(w without i) >= lb_i. */
-        double c0 = fmin(a[0][l], cap), c1 = fmin(a[1][l], cap), c2 = fmin(a[2][l], cap), c3 = fmin(a[3][l], cap);
-        double lb0 = pos(a[0][l] - lam * (c1 * c2 + c1 * c3 + c2 * c3));
-        double lb1 = pos(a[1][l] - lam * (c0 * c2 + c0 * c3 + c2 * c3));
-        try4[l] = a[3][l] > 0.0 && lam * (lb0 + lb1) <= 1.0;
-        need4 |= try4[l];
-    }
-    if (need4) {
-        minimise(a, w, tol, lam, 4);
-        for (int l = 0; l < LANES; ++l) {
-            double obj = objective(a, w, l, lam);
-            if (try4[l] && obj < best_obj[l]) {
-                best_obj[l] = obj;
-                for (int i = 0; i < 4; ++i) best[i][l] = w[i][l];
-            }
-        }
-    }
-    for (int l = 0; l < LANES; ++l) {
-        /* At a 3-support stationary point f3 = f2 - w2^2 (1 - lam^2 (w0^2 + w1^2)) / 2; at a local
-         * minimum also lam w_k <= 1 (2x2 minors), so w0 >= lb0, w1 >= lb1, w2 <= ub2 bound f3 below. */
-        double c0 = fmin(a[0][l], cap), c1 = fmin(a[1][l], cap), c2 = fmin(a[2][l], cap);
-        double lb0 = pos(a[0][l] - lam * c1 * c2);
-        double lb1 = pos(a[1][l] - lam * c0 * c2);
-        double ub2 = fmin(pos(a[2][l] - lam * lb0 * lb1), cap);
-        double gain = 1.0 - lam * lam * (lb0 * lb0 + lb1 * lb1);
-        double f2 = 0.5 * (a[2][l] * a[2][l] + a[3][l] * a[3][l]);
-        try3[l] = a[2][l] > 0.0 && gain > 0.0 && best_obj[l] > f2 - 0.5 * ub2 * ub2 * gain;
-        need3 |= try3[l];
-    }
-    if (need3) {
-        minimise(a, w, tol, lam, 3);
-        for (int l = 0; l < LANES; ++l) {
-            w[3][l] = 0.0;
-            double obj = objective(a, w, l, lam);
-            if (try3[l] && obj < best_obj[l]) {
-                best_obj[l] = obj;
-                for (int i = 0; i < 4; ++i) best[i][l] = w[i][l];
-            }
-            double ai[4] = {a[0][l], a[1][l], a[2][l], a[3][l]}, wi[4];
-            if (try3[l] && (w[0][l] == 0.0 || w[1][l] == 0.0 || w[2][l] == 0.0) && plus_branch3(ai, lam, wi)) {
-                double d0 = wi[0] - ai[0], d1 = wi[1] - ai[1], d2 = wi[2] - ai[2];
-                obj = 0.5 * (d0 * d0 + d1 * d1 + d2 * d2 + ai[3] * ai[3]) + lam * wi[0] * wi[1] * wi[2];
-                if (obj < best_obj[l]) {
-                    best_obj[l] = obj;
-                    for (int i = 0; i < 4; ++i) best[i][l] = wi[i];
-                }
-            }
-        }
-    }
-    for (int l = 0; l < LANES; ++l)
-        for (int i = 0; i < 4; ++i) {
-            int p = pos_of[i][l];
-            result[l][p] = best[i][l] == 0.0 ? 0.0 : copysign(best[i][l], z[l][p]);
-        }
 }
 
 /* Index of the first non-finite entry of x[0..n), or -1. */
@@ -180,27 +148,21 @@ static void solve_block(const double (*z)[4], double (*result)[4], double lam, d
         return -1;                                               \
     }
 
-/* out[g] = prox(x[g]) for groups g in [0, groups); x may equal out (in place). Groups that
- * already have at most two non-zeros are their own prox and are left as they are. */
-#define PROX(T, REL_TOL)                                                             \
-    void prox24_##T(const T *x, T *out, int64_t groups, double lam) {               \
-        double z[LANES][4], result[LANES][4];                                        \
-        for (int64_t g0 = 0; g0 < groups; g0 += LANES) {                             \
-            int n = groups - g0 < LANES ? (int)(groups - g0) : LANES;                \
-            const T *src = x + 4 * g0;                                               \
-            T *dst = out + 4 * g0;                                                   \
-            for (int l = 0; l < LANES; ++l)                                          \
-                for (int i = 0; i < 4; ++i) z[l][i] = l < n ? (double)src[4 * l + i] : 0.0; \
-            solve_block((const double (*)[4])z, result, lam, REL_TOL);                \
-            for (int l = 0; l < n; ++l) {                                            \
-                int nonzero = (z[l][0] != 0) + (z[l][1] != 0) + (z[l][2] != 0) + (z[l][3] != 0); \
-                for (int i = 0; i < 4; ++i)                                          \
-                    dst[4 * l + i] = nonzero <= 2 ? src[4 * l + i] : (T)result[l][i]; \
-            }                                                                        \
-        }                                                                            \
-    }
-
 FIRST_NONFINITE(float)
 FIRST_NONFINITE(double)
-PROX(float, 1e-8)
-PROX(double, 1e-13)
+
+#define T float
+#define SLACK 1e-5
+#define REL_TOL 1e-8
+#include "_prox24_solve.h"
+#undef T
+#undef SLACK
+#undef REL_TOL
+
+#define T double
+#define SLACK 1e-12
+#define REL_TOL 1e-13
+#include "_prox24_solve.h"
+#undef T
+#undef SLACK
+#undef REL_TOL

@@ -4,10 +4,13 @@
 
 solved independently for every group of 4 consecutive entries along the last dimension
 (EnumALM: the best of the 2-sparse point and coordinate minimisation on supports of 3 and
-4, ALGORITHM.md; where the 3-support search stalls on the boundary of a tied group, the
-interior stationary point is solved for directly, which EnumALM misses). The CPU path runs a compiled per-group solver (`_prox24.c`) split across
-torch's intra-op threads; elsewhere, or without a C compiler, a vectorised torch solver
-that iterates only on the groups that have not converged yet.
+4, ALGORITHM.md). Bounds on every local minimum of a support skip the searches that cannot
+win and start the others near their end (`_prox24.c` states the math); where the 3-support
+search stalls on the boundary of a tied group, the interior stationary point is solved for
+directly, which EnumALM misses. The CPU path runs a compiled per-group solver (`_prox24.c`)
+split across torch's intra-op threads; CUDA tensors go to the same algorithm as one fused
+Triton kernel (`_prox24_triton.py`) when Triton is installed; elsewhere, or without a C
+compiler, a vectorised torch solver that iterates only on the groups that have not converged.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import _native
+from . import _native, _prox24_triton
 
 _NATIVE_DTYPES = {torch.float32: "float", torch.float64: "double"}
 _CHUNK_GROUPS = 1 << 18  # groups converted at a time for bf16/fp16: bounds the fp32 scratch
-_THREAD_GRAIN = 4096  # groups per thread at least; a multiple of the C kernel's block of 16
+_THREAD_GRAIN = 4096  # groups per thread at least; a multiple of the C kernel's chunk (2048)
 _MAX_SWEEPS = 1000
 _REL_TOL = 1e-12
+_BOUND_ROUNDS = 2
+_SLACK = {torch.float64: 1e-12, torch.float32: 1e-5}  # a bound must win by this (x ||a||^2) to skip a search
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -51,7 +56,9 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
         if groups_out.data_ptr() != groups_in.data_ptr():
             groups_out.copy_(groups_in)
         return out
-    if source.device.type == "cpu" and source.dtype in _NATIVE_DTYPES and _native.load() is not None:
+    if _triton_solves(source.device, source.dtype):
+        _prox24_triton.prox24_triton(groups_in, groups_out, float(lam))
+    elif source.device.type == "cpu" and source.dtype in _NATIVE_DTYPES and _native.load() is not None:
         _prox_native(groups_in, groups_out, float(lam))
     elif source.dtype in (torch.float32, torch.float64):
         groups_out.copy_(_prox_groups_torch(groups_in, float(lam)))
@@ -75,10 +82,17 @@ def prox_2to4_(weight: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 def backend(device: torch.device | str = "cpu") -> str:
-    """Which solver `prox_2to4` uses for fp32 tensors on `device`: 'native' or 'torch'."""
+    """Which solver `prox_2to4` uses for fp32 tensors on `device`: 'native', 'triton' or 'torch'."""
+    if _triton_solves(torch.device(device)):
+        return "triton"
     if torch.device(device).type == "cpu" and _native.load() is not None:
         return "native"
     return "torch"
+
+
+def _triton_solves(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """CUDA tensors in fp16/bf16/fp32/fp64 go to the fused Triton kernel when Triton is installed."""
+    return device.type == "cuda" and dtype in _prox24_triton.DTYPES and _prox24_triton.available()
 
 
 def _check_input(weight: torch.Tensor, lam: float) -> None:
@@ -113,53 +127,62 @@ def _first_nonfinite(weight: torch.Tensor) -> int | None:
 def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) -> None:
     """Run the C solver over [G, 4] contiguous CPU groups, one contiguous slice per thread."""
     global _pool
-    kernel = getattr(_native.load(), f"prox24_{_NATIVE_DTYPES[groups_in.dtype]}")
+    library, suffix = _native.load(), _NATIVE_DTYPES[groups_in.dtype]
+    kernel = getattr(library, f"prox24_{suffix}")
     count = groups_in.shape[0]
     threads = max(1, min(torch.get_num_threads(), count // _THREAD_GRAIN))
     size = groups_in.element_size() * 4
-    # The kernel sweeps groups in blocks; splitting on block boundaries keeps every block, and
+    # The kernel solves groups in chunks; splitting on chunk boundaries keeps every chunk, and
     # so every result bit, the same whatever the thread count.
     bounds = [count * t // threads // _THREAD_GRAIN * _THREAD_GRAIN for t in range(threads)] + [count]
-    spans = list(zip(bounds[:-1], bounds[1:]))
+    spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    # Every workspace is allocated before any group is written: no half-done in-place update.
+    workspaces = torch.empty(len(spans), getattr(library, f"prox24_workspace_{suffix}")(), dtype=torch.uint8)
     calls = [
-        (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size), hi - lo, lam)
-        for lo, hi in spans
-        if hi > lo
+        (ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size), hi - lo, lam,
+         ctypes.c_void_p(workspace.data_ptr()))
+        for (lo, hi), workspace in zip(spans, workspaces)
     ]
     if len(calls) <= 1:
         for call in calls:
-            kernel(*call[1:])
+            kernel(*call)
         return
     if _pool is None or _pool._max_workers < len(calls):
         _pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="prox24")
-    for future in [_pool.submit(*call) for call in calls]:
+    for future in [_pool.submit(kernel, *call) for call in calls]:
         future.result()
 
 
 def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
     """Vectorised EnumALM over [G, 4] fp32/fp64 groups (any device), the C solver's logic step for step."""
     work = z.double() if z.device.type == "cpu" else z.float()
+    slack = _SLACK[work.dtype]
     magnitude = work.abs()
     order = _descending_order(magnitude)
     a = magnitude.gather(1, order)
-    a0, a1, a2, a3 = a.unbind(1)
+    a0, a2, a3 = a[:, 0], a[:, 2], a[:, 3]
+    half_norm = 0.5 * (a**2).sum(1)
 
     best = torch.zeros_like(a)
     best[:, :2] = a[:, :2]
     best_obj = 0.5 * (a2**2 + a3**2)
 
-    c0, c1, c2, c3 = (a.clamp_max(1 / lam)).unbind(1)  # a local minimum has lam * w_k <= 1
-    lb0 = (a0 - lam * (c1 * c2 + c1 * c3 + c2 * c3)).clamp_min(0)
-    lb1 = (a1 - lam * (c0 * c2 + c0 * c3 + c2 * c3)).clamp_min(0)
-    try4 = ((a3 > 0) & (lam * (lb0 + lb1) <= 1)).nonzero().squeeze(1)
-    _keep_better(best, best_obj, try4, _coordinate_minimise(a[try4], lam, 4), a[try4], lam)
+    lo, hi = _bounds(a, lam, 4)
+    room = (hi - lo).amin(1) + slack * a0
+    margin = torch.minimum(room, best_obj + slack * half_norm - _euler_objective(a, hi))
+    try4 = ((hi.amin(1) > 0) & (margin > 0)).nonzero().squeeze(1)
+    start = 0.5 * (hi + lo)
+    _keep_better(best, best_obj, try4, _coordinate_minimise(a[try4], start[try4], lam, 4), a[try4], lam)
 
-    lb0 = (a0 - lam * c1 * c2).clamp_min(0)
-    lb1 = (a1 - lam * c0 * c2).clamp_min(0)
-    ub2 = (a2 - lam * lb0 * lb1).clamp(0, 1 / lam)
-    gain = 1 - lam**2 * (lb0**2 + lb1**2)
-    try3 = ((a2 > 0) & (gain > 0) & (best_obj > 0.5 * (a2**2 + a3**2) - 0.5 * ub2**2 * gain)).nonzero().squeeze(1)
-    w3 = _coordinate_minimise(a[try3], lam, 3)
+    lo, hi = _bounds(a, lam, 3)
+    gain = 1 - lam**2 * (lo[:, 0] ** 2 + lo[:, 1] ** 2)
+    bound = torch.maximum(0.5 * (a2**2 + a3**2) - 0.5 * hi[:, 2] ** 2 * gain.clamp_min(0), _euler_objective(a, hi))
+    room = (hi - lo).amin(1) + slack * a0
+    w3_pays = a3 - lam * _pair_sums(hi, 3).sum(1) * (1 + slack)  # > 0: raising w3 lowers f (columns: each pair once)
+    margin = torch.minimum(torch.minimum(room, -w3_pays), best_obj + slack * half_norm - bound)
+    try3 = ((hi.amin(1) > 0) & (margin > 0)).nonzero().squeeze(1)
+    start = torch.cat([0.5 * (hi + lo), torch.zeros_like(a3).unsqueeze(1)], 1)
+    w3 = _coordinate_minimise(a[try3], start[try3], lam, 3)
     _keep_better(best, best_obj, try3, w3, a[try3], lam)
     stalled = try3[(w3[:, :3] == 0).any(1)]
     found, branch = _plus_branch3(a[stalled], lam)
@@ -169,6 +192,36 @@ def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
     signed = torch.where(best == 0, torch.zeros_like(best), best.copysign(work.gather(1, order)))
     result = torch.empty_like(work).scatter_(1, order, signed)
     return torch.where(untouched.unsqueeze(1), work, result).to(z.dtype)
+
+
+def _bounds(a: torch.Tensor, lam: float, support: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[lo, hi] around every local minimum on the first `support` sorted entries (`_prox24.c`):
+    stationarity turns upper bounds into lower ones and back, with lam (w_i + w_j) <= 1 on 4."""
+    a = a[:, :support]
+    hi = a.clamp_max(1 / lam)
+    for _ in range(_BOUND_ROUNDS):
+        lo = (a - lam * _pair_sums(hi, support)).clamp_min(0)
+        hi = torch.minimum(hi, a - lam * _pair_sums(lo, support))
+        if support == 4:
+            others = torch.stack([lo[:, [j for j in range(4) if j != i]].amax(1) for i in range(4)], 1)
+            hi = torch.minimum(hi, 1 / lam - others)
+    return lo, hi
+
+
+def _pair_sums(w: torch.Tensor, support: int) -> torch.Tensor:
+    """Column i: the sum of pairwise products of the other entries among the first `support`."""
+    columns = []
+    for i in range(support):
+        others = [j for j in range(support) if j != i]
+        columns.append(sum(w[:, j] * w[:, k] for n, j in enumerate(others) for k in others[n + 1 :]))
+    return torch.stack(columns, 1)
+
+
+def _euler_objective(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """1/2 ||a||^2 + sum_i (w_i^2 / 6 - 2/3 a_i w_i): the objective at a stationary point w
+    (Euler's identity for the cubic R), a lower bound when w bounds that point from above."""
+    support = w.shape[1]
+    return 0.5 * (a**2).sum(1) + (w * (w / 6 - 2 / 3 * a[:, :support])).sum(1)
 
 
 def _keep_better(best: torch.Tensor, best_obj: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, a: torch.Tensor, lam: float) -> None:
@@ -215,11 +268,12 @@ def _rank_in_group(values: torch.Tensor) -> torch.Tensor:
     return ((later > here) | ((later == here) & lower_index)).sum(2)
 
 
-def _coordinate_minimise(a: torch.Tensor, lam: float, support: int) -> torch.Tensor:
-    """Exact coordinate minimisation on the first `support` sorted entries from w = 0,
+def _coordinate_minimise(a: torch.Tensor, start: torch.Tensor, lam: float, support: int) -> torch.Tensor:
+    """Exact coordinate minimisation on the first `support` sorted entries from `start`,
     sweeping from the smallest entry up; each group stops when its sweep changes it by
     less than a relative 1e-12, and only unconverged groups are carried to the next sweep."""
-    w = torch.zeros_like(a)
+    w = start.clone()
+    w[:, support:] = 0
     active = torch.arange(a.shape[0], device=a.device)
     tol = _REL_TOL * a[:, 0]
     for _ in range(_MAX_SWEEPS):
