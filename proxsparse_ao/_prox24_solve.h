@@ -18,7 +18,7 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
  * position among them, where each search starts, and the best candidate so far (in double once
  * a search has improved on (a0, a1, 0, 0)). */
 struct NAME(chunk) {
-    T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], half_norm[CHUNK], flag[CHUNK];
+    T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
     int todo[CHUNK];
 };
@@ -45,7 +45,6 @@ static void NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n) {
         T v0 = m0, v1 = m1, v2 = m2, v3 = m3;
         ORDER(0, 1); ORDER(2, 3); ORDER(0, 2); ORDER(1, 3); ORDER(1, 2);
         c->a[0][g] = v0; c->a[1][g] = v1; c->a[2][g] = v2; c->a[3][g] = v3;
-        c->half_norm[g] = (T)0.5 * (v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3);
     }
     for (int g = 0; g < n; ++g) {
         double a2 = c->a[2][g], a3 = c->a[3][g];
@@ -67,23 +66,30 @@ static void NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n) {
     h2 = LESSER(h2, LESSER(a2 - lam * (l0 * l1 + l0 * l3 + l1 * l3), cap - GREATER(l3, m01)));  \
     h3 = LESSER(h3, LESSER(a3 - lam * (l0 * l1 + l0 * l2 + l1 * l2), cap - GREATER(l2, m01)));
 
+/* The bounds work on group g scaled to a0 = 1 (prox(c z, lam) = c prox(z, c lam)), so that
+ * squares neither underflow nor overflow in T; best is the best objective on that scale. */
+#define SCALED_GROUP                                                                            \
+    T top = c->a[0][g], scale = top > 0 ? 1 / top : 0, lam = lam_all * top, cap = 1 / lam;      \
+    T a0 = c->a[0][g] * scale, a1 = c->a[1][g] * scale, a2 = c->a[2][g] * scale, a3 = c->a[3][g] * scale; \
+    T half_norm = (a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3) / 2;                                  \
+    T best = (T)(c->best_obj[g] * ((double)scale * scale));
+
 /* flag[g] = 1 where a local minimum on {0,1,2,3} may beat the best candidate; its search
  * starts at the middle of the bounds. */
-static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam) {
-    const T cap = 1 / lam;
+static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam_all) {
     for (int g = 0; g < n; ++g) {
-        T a0 = c->a[0][g], a1 = c->a[1][g], a2 = c->a[2][g], a3 = c->a[3][g];
+        SCALED_GROUP
         T h0 = LESSER(a0, cap), h1 = LESSER(a1, cap), h2 = LESSER(a2, cap), h3 = LESSER(a3, cap);
         T l0, l1, l2, l3, m01, m23;
         BOUND4_ROUND BOUND4_ROUND
-        T bound = c->half_norm[g] + h0 * (h0 / 6 - a0 * 2 / 3) + h1 * (h1 / 6 - a1 * 2 / 3)
+        T bound = half_norm + h0 * (h0 / 6 - a0 * 2 / 3) + h1 * (h1 / 6 - a1 * 2 / 3)
                 + h2 * (h2 / 6 - a2 * 2 / 3) + h3 * (h3 / 6 - a3 * 2 / 3);
-        T room = LESSER(LESSER(h0 - l0, h1 - l1), LESSER(h2 - l2, h3 - l3)) + (T)SLACK * a0;
+        T room = LESSER(LESSER(h0 - l0, h1 - l1), LESSER(h2 - l2, h3 - l3)) + (T)SLACK;
         T lowest = LESSER(LESSER(h0, h1), LESSER(h2, h3));  /* > 0 needs a3 > 0 */
-        T margin = LESSER(room, (T)c->best_obj[g] + (T)SLACK * c->half_norm[g] - bound);
+        T margin = LESSER(room, best + (T)SLACK * half_norm - bound);
         c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
-        c->start[0][g] = (h0 + l0) / 2; c->start[1][g] = (h1 + l1) / 2;
-        c->start[2][g] = (h2 + l2) / 2; c->start[3][g] = (h3 + l3) / 2;
+        c->start[0][g] = (h0 + l0) / 2 * top; c->start[1][g] = (h1 + l1) / 2 * top;
+        c->start[2][g] = (h2 + l2) / 2 * top; c->start[3][g] = (h3 + l3) / 2 * top;
     }
 }
 
@@ -97,24 +103,23 @@ static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam) {
 
 /* flag[g] = 1 where a local minimum on {0,1,2} may be the global minimum and beat the best
  * candidate; its search starts at the middle of the bounds. */
-static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam) {
-    const T cap = 1 / lam;
+static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
     for (int g = 0; g < n; ++g) {
-        T a0 = c->a[0][g], a1 = c->a[1][g], a2 = c->a[2][g], a3 = c->a[3][g];
+        SCALED_GROUP
         T h0 = LESSER(a0, cap), h1 = LESSER(a1, cap), h2 = LESSER(a2, cap);
         T l0, l1, l2;
         BOUND3_ROUND BOUND3_ROUND
         T f2 = (a2 * a2 + a3 * a3) / 2;
         T gain = 1 - lam * lam * (l0 * l0 + l1 * l1);
         T bound = GREATER(f2 - h2 * h2 * GREATER(gain, 0) / 2,
-                          c->half_norm[g] + h0 * (h0 / 6 - a0 * 2 / 3) + h1 * (h1 / 6 - a1 * 2 / 3) + h2 * (h2 / 6 - a2 * 2 / 3));
-        T room = LESSER(LESSER(h0 - l0, h1 - l1), h2 - l2) + (T)SLACK * a0;
+                          half_norm + h0 * (h0 / 6 - a0 * 2 / 3) + h1 * (h1 / 6 - a1 * 2 / 3) + h2 * (h2 / 6 - a2 * 2 / 3));
+        T room = LESSER(LESSER(h0 - l0, h1 - l1), h2 - l2) + (T)SLACK;
         T lowest = LESSER(LESSER(h0, h1), h2);  /* > 0 needs a2 > 0 */
         T w3_pays = a3 - lam * (h0 * h1 + h0 * h2 + h1 * h2) * (1 + (T)SLACK);  /* > 0: raising w3 lowers f */
-        T margin = LESSER(LESSER(room, -w3_pays), (T)c->best_obj[g] + (T)SLACK * c->half_norm[g] - bound);
+        T margin = LESSER(LESSER(room, -w3_pays), best + (T)SLACK * half_norm - bound);
         c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
-        c->start[0][g] = (h0 + l0) / 2; c->start[1][g] = (h1 + l1) / 2;
-        c->start[2][g] = (h2 + l2) / 2; c->start[3][g] = 0;
+        c->start[0][g] = (h0 + l0) / 2 * top; c->start[1][g] = (h1 + l1) / 2 * top;
+        c->start[2][g] = (h2 + l2) / 2 * top; c->start[3][g] = 0;
     }
 }
 
@@ -253,6 +258,7 @@ void NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspac
 #undef FIRST
 #undef BOUND4_ROUND
 #undef BOUND3_ROUND
+#undef SCALED_GROUP
 #undef NAME
 #undef JOIN
 #undef JOIN_

@@ -84,7 +84,6 @@ def prox24_triton(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float,
         groups_out,
         count,
         float(lam),
-        1.0 / float(lam),
         BLOCK=block,
         COMPUTE=tl.float64 if compute == torch.float64 else tl.float32,
         REL_TOL=_REL_TOL[compute],
@@ -112,7 +111,6 @@ def _prox24_groups(
     dst,
     groups,
     lam_arg: tl.float64,
-    cap_arg: tl.float64,
     BLOCK: tl.constexpr,
     COMPUTE: tl.constexpr,
     REL_TOL: tl.constexpr,
@@ -130,8 +128,6 @@ def _prox24_groups(
     z3 = tl.load(src + 4 * lane + 3, mask=valid, other=0.0)
     x0, x1, x2, x3 = z0.to(COMPUTE), z1.to(COMPUTE), z2.to(COMPUTE), z3.to(COMPUTE)
     v0, v1, v2, v3 = tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3)
-    lam = tl.full([BLOCK], lam_arg, COMPUTE)
-    cap = tl.full([BLOCK], cap_arg, COMPUTE)  # 1 / lam: a local minimum has lam * w_k <= 1
     zero = tl.full([BLOCK], 0.0, COMPUTE)
 
     # rank_i = #{j: v_j > v_i} + #{j < i: v_j == v_i}: descending, the lower position first on ties
@@ -143,6 +139,13 @@ def _prox24_groups(
     a1 = tl.where(r0 == 1, v0, tl.where(r1 == 1, v1, tl.where(r2 == 1, v2, v3)))
     a2 = tl.where(r0 == 2, v0, tl.where(r1 == 2, v1, tl.where(r2 == 2, v2, v3)))
     a3 = tl.where(r0 == 3, v0, tl.where(r1 == 3, v1, tl.where(r2 == 3, v2, v3)))
+    # Solve the group scaled to a0 = 1 (prox(c z, lam) = c prox(z, c lam)), so that squares of
+    # tiny or huge weights neither underflow nor overflow; the result is scaled back at the end.
+    top = a0
+    divisor = tl.where(top > 0, top, 1.0)  # an all-zero group stays zero
+    a0, a1, a2, a3 = a0 / divisor, a1 / divisor, a2 / divisor, a3 / divisor
+    lam = tl.full([BLOCK], lam_arg, COMPUTE) * top
+    cap = 1.0 / tl.where(lam > 0, lam, 1.0)  # a local minimum has lam * w_k <= 1 (lam 0: no cap below a0 = 1)
     tol = REL_TOL * a0
     half_norm = 0.5 * (a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3)
     obj_slack = SLACK * half_norm  # how much a bound must win by to skip a search
@@ -263,7 +266,8 @@ def _prox24_groups(
         better = branch & (obj < best_obj)
         b0, b1, b2, b3 = tl.where(better, p0, b0), tl.where(better, p1, b1), tl.where(better, p2, b2), tl.where(better, 0.0, b3)
 
-    # back to the input positions and signs; +0.0 for zeros; at most two non-zeros: unchanged
+    # back to the input's scale, positions and signs; +0.0 for zeros; at most two non-zeros: unchanged
+    b0, b1, b2, b3 = b0 * top, b1 * top, b2 * top, b3 * top
     untouched = (x0 != 0).to(tl.int32) + (x1 != 0).to(tl.int32) + (x2 != 0).to(tl.int32) + (x3 != 0).to(tl.int32) <= 2
     s0 = tl.where(r0 == 0, b0, tl.where(r0 == 1, b1, tl.where(r0 == 2, b2, b3)))
     s1 = tl.where(r1 == 0, b0, tl.where(r1 == 1, b1, tl.where(r1 == 2, b2, b3)))

@@ -76,6 +76,14 @@ class TestExactness:
             others = [j for j in support if j != i]
             assert abs(float(w[i] - a[i] + w[others[0]] * w[others[1]])) <= 1e-15
 
+    @pytest.mark.parametrize("scale", [1e-30, 1e-15, 1e15])
+    def test_tiny_and_huge_weights_are_solved_like_unit_ones(self, solver, scale):
+        """prox(c z, lam / c) = c prox(z, lam): in fp32 too, where squares of 1e-30 underflow."""
+        z = torch.randn(32, 64, generator=torch.Generator().manual_seed(13))
+        for lam in (0.1, 1.0):
+            scaled = solver(z * scale, lam / scale) / scale
+            assert torch.allclose(scaled, solver(z, lam), rtol=1e-4, atol=1e-6), lam
+
     def test_native_and_torch_solvers_agree(self, monkeypatch):
         if prox.backend() != "native":
             pytest.skip("no C compiler")

@@ -65,6 +65,13 @@ def objective_gap(result: torch.Tensor, expected: torch.Tensor, z: torch.Tensor,
 
 
 class TestExactness:
+    @pytest.mark.parametrize("scale", [1e-30, 1e15])
+    def test_tiny_and_huge_weights_are_solved_like_unit_ones(self, scale):
+        """prox(c z, lam / c) = c prox(z, lam): the kernel solves every group scaled to a0 = 1."""
+        z = torch.randn(8, 64, generator=torch.Generator().manual_seed(13))
+        scaled = solve(z * scale, 1.0 / scale) / scale
+        assert torch.allclose(scaled, prox_2to4(z, 1.0), rtol=1e-4, atol=1e-6)
+
     @settings(max_examples=20, deadline=None)
     @given(groups=st.lists(adversarial_groups(), min_size=1, max_size=8), lam=lams)
     def test_objective_reaches_the_brute_force_global_minimum(self, groups, lam):
@@ -220,7 +227,7 @@ class TestCompiled:
         monkeypatch.delenv("TRITON_INTERPRET")
         monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
         kernel = triton.jit(_prox24_triton._prox24_groups)
-        signature = {"src": pointer, "dst": pointer, "groups": "i32", "lam_arg": "fp64", "cap_arg": "fp64"}
+        signature = {"src": pointer, "dst": pointer, "groups": "i32", "lam_arg": "fp64"}
         constants = {
             "BLOCK": 64, "COMPUTE": getattr(tl, compute), "REL_TOL": 1e-7, "SLACK": 1e-5, "BOUND_ROUNDS": 2, "MAX_SWEEPS": 1000,
             "BISECTIONS": 200,
