@@ -1,5 +1,5 @@
 /* The per-chunk solver for one input type, included by _prox24.c once per type with
- *   T      the input type (float or double): sorting and the bounds run in it, 8 or 4 to a vector;
+ *   T      the input type (float or double): sorting and the bounds run in it, a vector at a time;
  *   SLACK  how much a bound must win by, relative to the group's scale, to skip a search
  *          (covers rounding in T);
  *   REL_TOL the coordinate sweeps' stopping tolerance, relative to a0.
@@ -160,9 +160,10 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
 }
 
 /* Coordinate minimisation on support 3 or 4 of the flagged groups, each from its start point
- * until a sweep changes it by at most REL_TOL * a0. LANES groups sweep side by side; a lane
- * whose group has converged takes the next one, so the vector stays full and every result is
- * independent of its lane mates. */
+ * until a sweep changes it by at most REL_TOL * a0, or polished after POLISH_AFTER sweeps.
+ * LANES groups sweep side by side; a lane whose group has ended takes the next one, so the
+ * vector stays full, and the last few of the chunk sweep alone the same way: every result is
+ * independent of the group's neighbours. */
 static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0};
     int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0;
@@ -199,8 +200,16 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
             ended |= (unsigned long long)((group[l] >= 0) & ((change[l] <= tol[l]) | (sweeps[l] >= POLISH_AFTER))) << l;
         }
     }
-    for (int l = 0; l < LANES; ++l)
-        if (group[l] >= 0) NAME(finish)(c, group[l], a, w, l, sweeps[l], lam, support);
+    for (int l = 0; l < LANES; ++l) {   /* the same sweeps, alone: results do not depend on the lane */
+        if (group[l] < 0) continue;
+        int moving = 1;
+        while (moving && sweeps[l] < POLISH_AFTER) {
+            change[l] = support == 4 ? sweep4(&a[0][l], &w[0][l], LANES, lam) : sweep3(&a[0][l], &w[0][l], LANES, lam);
+            moving = change[l] > tol[l];
+            ++sweeps[l];
+        }
+        NAME(finish)(c, group[l], a, w, l, moving ? sweeps[l] : -1, lam, support);
+    }
     if (count > 0) NAME(keep_better)(c, n, lam);
 }
 

@@ -143,6 +143,7 @@ def _prox24_groups(
     # tiny or huge weights neither underflow nor overflow; the result is scaled back at the end.
     top = a0
     divisor = tl.where(top > 0, top, 1.0)  # an all-zero group stays zero
+    m0, m1, m2, m3 = a0, a1, a2, a3  # the magnitudes, which no result entry exceeds
     a0, a1, a2, a3 = a0 / divisor, a1 / divisor, a2 / divisor, a3 / divisor
     lam = tl.full([BLOCK], lam_arg, COMPUTE) * top
     cap = 1.0 / tl.where(lam > 0, lam, 1.0)  # a local minimum has lam * w_k <= 1 (lam 0: no cap below a0 = 1)
@@ -267,7 +268,8 @@ def _prox24_groups(
         b0, b1, b2, b3 = tl.where(better, p0, b0), tl.where(better, p1, b1), tl.where(better, p2, b2), tl.where(better, 0.0, b3)
 
     # back to the input's scale, positions and signs; +0.0 for zeros; at most two non-zeros: unchanged
-    b0, b1, b2, b3 = b0 * top, b1 * top, b2 * top, b3 * top
+    b0, b1 = tl.minimum(b0 * top, m0), tl.minimum(b1 * top, m1)  # rounding of the scale never
+    b2, b3 = tl.minimum(b2 * top, m2), tl.minimum(b3 * top, m3)  # lifts an entry above its input
     untouched = (x0 != 0).to(tl.int32) + (x1 != 0).to(tl.int32) + (x2 != 0).to(tl.int32) + (x3 != 0).to(tl.int32) <= 2
     s0 = tl.where(r0 == 0, b0, tl.where(r0 == 1, b1, tl.where(r0 == 2, b2, b3)))
     s1 = tl.where(r1 == 0, b0, tl.where(r1 == 1, b1, tl.where(r1 == 2, b2, b3)))

@@ -173,6 +173,15 @@ class TestForms:
         z = torch.randn(32, 16, generator=torch.Generator().manual_seed(11)).t()
         assert torch.equal(prox_2to4(z, 0.4), prox_2to4(z.contiguous(), 0.4))
 
+    def test_a_row_is_solved_the_same_whatever_rows_come_with_it(self):
+        """A rank of a sharded run holds some rows of a layer: its prox is the single-process
+        one, bit for bit in fp32 and to an ulp in fp64 (at lam = 1 many searches are slow)."""
+        z = torch.randn(2048, 256, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+        full = prox_2to4(z.float(), 1.0)
+        assert torch.equal(prox_2to4(z[37:1301].float(), 1.0), full[37:1301])
+        assert torch.equal(prox_2to4(z[1400:].float(), 1.0), full[1400:])
+        assert torch.allclose(prox_2to4(z[37:1301], 1.0), prox_2to4(z, 1.0)[37:1301], rtol=1e-15, atol=1e-15)
+
     def test_result_is_the_same_for_any_thread_count(self):
         z = torch.randn(256, 512, generator=torch.Generator().manual_seed(12))
         threads = torch.get_num_threads()
