@@ -202,16 +202,16 @@ def best_ms(fn, device: torch.device, reps: int = 5) -> float:
 
 def prox_objective(w: torch.Tensor, z: torch.Tensor, lam: float) -> torch.Tensor:
     """1/2 ||w - z||^2 + lam R(w) per group of 4, in float64 on the CPU."""
-    w, z = w.double().reshape(-1, 4), z.double().reshape(-1, 4)
-    a = w.abs()
-    r = a[:, 0] * a[:, 1] * (a[:, 2] + a[:, 3]) + a[:, 2] * a[:, 3] * (a[:, 0] + a[:, 1])
-    return 0.5 * ((w - z) ** 2).sum(1) + lam * r
+    from proxsparse_ao.regularizers import r_2to4_groups
+
+    return 0.5 * ((w.double() - z.double()).reshape(-1, 4) ** 2).sum(1) + lam * r_2to4_groups(w)
 
 
 def prox_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
     """prox_2to4 on the device (the fused Triton kernel on CUDA) against a device copy, and its
     result against the CPU operator (the C kernel) on the same fp32 matrix; bf16 timing too."""
     from proxsparse_ao._prox24_triton import prox24_triton
+    from proxsparse_ao.masks import fraction_nm
     from proxsparse_ao.prox import backend, prox_2to4
 
     if not budget.allows(PROX_ESTIMATE_S):
@@ -248,7 +248,7 @@ def prox_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
         rows.append({
             "lam": lam, "first_call_s": first_call_s, "op_ms": op_ms, "copy_ms": copy_ms, "op_over_copy": op_ms / copy_ms,
             "kernel_ms_by_block": kernel_ms,
-            "two_of_four_fraction": float(((found != 0).reshape(-1, 4).sum(1) <= 2).double().mean()),
+            "two_of_four_fraction": fraction_nm(found),
             "max_abs_diff_vs_cpu": float((found - expected).abs().max()), "max_rel_objective_excess_vs_cpu": excess,
             "bf16_op_ms": half_ms, "bf16_copy_ms": half_copy_ms, "bf16_max_abs_diff_vs_cpu": float(half_diff),
             "passed": passed,

@@ -1,7 +1,7 @@
 """Build and load the plain-C prox kernel (`_prox24.c` with `_prox24_solve.h`) on first use.
 
 The kernel has no dependency beyond libm, so any C compiler builds it in about a second.
-The library is cached per source hash; when no compiler is available, callers fall back to
+The library is cached per source, flags and CPU; when no compiler is available, callers fall back to
 the vectorised torch implementation.
 """
 
@@ -75,10 +75,11 @@ def load() -> ctypes.CDLL | None:
             _failure = "disabled by PROXSPARSE_PROX_BACKEND=torch"
             return None
         sources = b"".join(path.read_bytes() for path in [_SOURCE, *_HEADERS])
+        cpu = _cpu_identity().encode()
         errors = []
         for tuning in _TUNINGS:
             flags = _FLAGS + tuning
-            digest = hashlib.sha256(sources + " ".join(flags).encode() + _cpu_identity().encode()).hexdigest()[:16]
+            digest = hashlib.sha256(sources + " ".join(flags).encode() + cpu).hexdigest()[:16]
             target = cache_dir() / "kernels" / f"prox24-{platform.machine()}-{digest}.so"
             try:
                 if not target.exists():

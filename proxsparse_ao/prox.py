@@ -169,14 +169,14 @@ def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
 
     lo, hi = _bounds(a, lam, 4)
     room = (hi - lo).amin(1) + slack * a0
-    margin = torch.minimum(room, best_obj + slack * half_norm - _euler_objective(a, hi))
+    margin = torch.minimum(room, best_obj + slack * half_norm - _euler_objective(half_norm, a, hi))
     try4 = ((hi.amin(1) > 0) & (margin > 0)).nonzero().squeeze(1)
     start = 0.5 * (hi + lo)
     _keep_better(best, best_obj, try4, _coordinate_minimise(a[try4], start[try4], lam, 4), a[try4], lam)
 
     lo, hi = _bounds(a, lam, 3)
     gain = 1 - lam**2 * (lo[:, 0] ** 2 + lo[:, 1] ** 2)
-    bound = torch.maximum(0.5 * (a2**2 + a3**2) - 0.5 * hi[:, 2] ** 2 * gain.clamp_min(0), _euler_objective(a, hi))
+    bound = torch.maximum(0.5 * (a2**2 + a3**2) - 0.5 * hi[:, 2] ** 2 * gain.clamp_min(0), _euler_objective(half_norm, a, hi))
     room = (hi - lo).amin(1) + slack * a0
     w3_pays = a3 - lam * _pair_sums(hi, 3).sum(1) * (1 + slack)  # > 0: raising w3 lowers f (columns: each pair once)
     margin = torch.minimum(torch.minimum(room, -w3_pays), best_obj + slack * half_norm - bound)
@@ -217,11 +217,10 @@ def _pair_sums(w: torch.Tensor, support: int) -> torch.Tensor:
     return torch.stack(columns, 1)
 
 
-def _euler_objective(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _euler_objective(half_norm: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """1/2 ||a||^2 + sum_i (w_i^2 / 6 - 2/3 a_i w_i): the objective at a stationary point w
     (Euler's identity for the cubic R), a lower bound when w bounds that point from above."""
-    support = w.shape[1]
-    return 0.5 * (a**2).sum(1) + (w * (w / 6 - 2 / 3 * a[:, :support])).sum(1)
+    return half_norm + (w * (w / 6 - 2 / 3 * a[:, : w.shape[1]])).sum(1)
 
 
 def _keep_better(best: torch.Tensor, best_obj: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, a: torch.Tensor, lam: float) -> None:

@@ -7,10 +7,15 @@ import torch
 
 def r_2to4(weight: torch.Tensor) -> torch.Tensor:
     """sum over groups of 4 of R(w) = sum_{i<j<k} |wi wj wk|; zero exactly when the tensor is 2:4."""
+    return r_2to4_groups(weight).sum()
+
+
+def r_2to4_groups(weight: torch.Tensor) -> torch.Tensor:
+    """R(w) of every group of 4 along the last dimension, flattened to [groups], in float64."""
     if weight.shape[-1] % 4:
         raise ValueError(f"r_2to4: the last dimension of shape {tuple(weight.shape)} is not a multiple of 4")
     a = weight.abs().reshape(-1, 4).double()
-    return (a[:, 0] * a[:, 1] * (a[:, 2] + a[:, 3]) + a[:, 2] * a[:, 3] * (a[:, 0] + a[:, 1])).sum()
+    return a[:, 0] * a[:, 1] * (a[:, 2] + a[:, 3]) + a[:, 2] * a[:, 3] * (a[:, 0] + a[:, 1])
 
 
 def frozen_weight_penalty(weight: torch.Tensor, original: torch.Tensor, eps: float) -> torch.Tensor:

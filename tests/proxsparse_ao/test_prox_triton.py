@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prox_oracle import adversarial_groups, brute_force_minimum, lams, objective, tolerance
+from prox_oracle import adversarial_groups, assert_rows_reach_the_minimum, brute_force_minimum, lams, objective, tolerance
 from reference_enumalm import reference_prox_2to4
 
 from proxsparse_ao import _prox24_triton, prox
@@ -76,18 +76,13 @@ class TestExactness:
     @given(groups=st.lists(adversarial_groups(), min_size=1, max_size=8), lam=lams)
     def test_objective_reaches_the_brute_force_global_minimum(self, groups, lam):
         z = torch.tensor(groups, dtype=torch.float64)
-        result = solve(z, lam)
-        for row in range(z.shape[0]):
-            assert float(objective(result[row], z[row], lam)) <= brute_force_minimum(z[row], lam) + tolerance(z[row]), row
+        assert_rows_reach_the_minimum(solve(z, lam), z, lam)
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_random_groups_match_brute_force_over_the_interesting_range_of_lam(self, dtype):
         z = torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
         for lam in (0.05, 0.3, 1.0, 3.0):
-            result = solve(z, lam)
-            for row in range(z.shape[0]):
-                found = float(objective(result[row], z[row], lam))
-                assert found <= brute_force_minimum(z[row], lam) + tolerance(z[row]), (row, lam)
+            assert_rows_reach_the_minimum(solve(z, lam), z, lam)
 
     @pytest.mark.parametrize(
         "group, lam",

@@ -42,6 +42,13 @@ def tolerance(z: torch.Tensor) -> float:
     return 1e-6 * max(0.5 * float((z.double() ** 2).sum()), 1e-12)
 
 
+def assert_rows_reach_the_minimum(result: torch.Tensor, z: torch.Tensor, lam: float) -> None:
+    """Every row (one group of 4) of `result` is within tolerance of its brute-force minimum."""
+    for row in range(z.shape[0]):
+        found = float(objective(result[row], z[row], lam))
+        assert found <= brute_force_minimum(z[row], lam) + tolerance(z[row]), (row, lam)
+
+
 magnitudes = st.floats(min_value=1e-8, max_value=1e3, allow_nan=False, allow_infinity=False)
 signed = st.builds(lambda m, s, zero: 0.0 if zero else m * s, magnitudes, st.sampled_from([-1.0, 1.0]), st.booleans())
 lams = st.floats(min_value=1e-4, max_value=1e3)
