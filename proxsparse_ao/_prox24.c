@@ -31,11 +31,27 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define LANES 32
 #define CHUNK 2048 /* groups; the caller splits threads on multiples of it */
 #define MAX_SWEEPS 1000
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
+
+/* Bit l set where flags[l] (0 or 1) is set, for l < LANES. */
+static inline unsigned long long lane_bits(const unsigned char *flags) {
+    unsigned long long bits = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (int l = 0; l < LANES; l += 8) {  /* eight flags at a time: a multiply gathers them */
+        unsigned long long eight;
+        memcpy(&eight, flags + l, 8);
+        bits |= ((eight * 0x0102040810204080ull) >> 56) << l;
+    }
+#else
+    for (int l = 0; l < LANES; ++l) bits |= (unsigned long long)flags[l] << l;
+#endif
+    return bits;
+}
 
 static inline double pos(double x) { return x > 0.0 ? x : 0.0; }
 

@@ -167,6 +167,7 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
 static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0};
     int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0;
+    unsigned char done[LANES];
     for (int g = 0; g < n; ++g) {
         c->todo[count] = g;
         count += c->flag[g] != 0;
@@ -197,8 +198,9 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
         }
         for (int l = 0; l < LANES; ++l) {
             ++sweeps[l];
-            ended |= (unsigned long long)((group[l] >= 0) & ((change[l] <= tol[l]) | (sweeps[l] >= POLISH_AFTER))) << l;
+            done[l] = (group[l] >= 0) & ((change[l] <= tol[l]) | (sweeps[l] >= POLISH_AFTER));
         }
+        ended = lane_bits(done);
     }
     for (int l = 0; l < LANES; ++l) {   /* the same sweeps, alone: results do not depend on the lane */
         if (group[l] < 0) continue;
@@ -215,30 +217,21 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
 
 /* dst = the best candidate of every group, at its positions with its signs; (a0, a1, 0, 0)
  * keeps the two largest entries as they are, and a group with at most two non-zeros is copied
- * as it is. Where few groups improved on (a0, a1, 0, 0), only those take the slower path. */
+ * as it is. One pass without branches, which the compiler vectorises; a zero is +0.0. */
 static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
-    int solved = 0;
-    for (int g = 0; g < n; ++g) solved += c->improved[g] != 0.0;
-    if (solved * 8 >= n) {
-        for (int g = 0; g < n; ++g)
-            for (int j = 0; j < 4; ++j) {
-                T z = c->z[4 * g + j], r = c->rank[j][g], top2 = r < 2 || c->a[2][g] == 0 ? z : (T)0;
-                double best = r == 0 ? c->best[0][g] : r == 1 ? c->best[1][g] : r == 2 ? c->best[2][g] : c->best[3][g];
-                T value = best == 0.0 ? (T)0 : (T)copysign(best, (double)z);
-                dst[4 * g + j] = c->improved[g] != 0.0 ? value : top2;
-            }
-        return;
+    for (int g = 0; g < n; ++g) {
+        T b0 = (T)c->best[0][g], b1 = (T)c->best[1][g], b2 = (T)c->best[2][g], b3 = (T)c->best[3][g];
+        int improved = c->improved[g] != 0.0, dense = c->a[2][g] == 0;
+#define OUTPUT(j) /* entry j of group g */                                                     \
+        {                                                                                      \
+            T z = c->z[4 * g + j], r = c->rank[j][g], top2 = r < 2 || dense ? z : (T)0;        \
+            T best = r == 0 ? b0 : r == 1 ? b1 : r == 2 ? b2 : b3;                             \
+            T value = best == 0 ? (T)0 : signbit(z) ? -best : best;                            \
+            dst[4 * g + j] = improved ? value : top2;                                          \
+        }
+        OUTPUT(0) OUTPUT(1) OUTPUT(2) OUTPUT(3)
+#undef OUTPUT
     }
-    for (int g = 0; g < n; ++g)
-        for (int j = 0; j < 4; ++j) {
-            T z = c->z[4 * g + j];
-            dst[4 * g + j] = c->rank[j][g] < 2 || c->a[2][g] == 0 ? z : (T)0;
-        }
-    for (int g = 0; g < n; ++g)
-        for (int j = 0; j < 4 && c->improved[g] != 0.0; ++j) {
-            double best = c->best[(int)c->rank[j][g]][g];
-            dst[4 * g + j] = best == 0.0 ? (T)0 : (T)copysign(best, (double)c->z[4 * g + j]);
-        }
 }
 
 /* Bytes of the workspace prox24 needs (the caller allocates it: ~0.3 MB, too big for a stack). */
