@@ -221,10 +221,10 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
 static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
     for (int g = 0; g < n; ++g) {
         T b0 = (T)c->best[0][g], b1 = (T)c->best[1][g], b2 = (T)c->best[2][g], b3 = (T)c->best[3][g];
-        int improved = c->improved[g] != 0.0, dense = c->a[2][g] == 0;
+        int improved = c->improved[g] != 0.0, two_or_fewer = c->a[2][g] == 0;
 #define OUTPUT(j) /* entry j of group g */                                                     \
         {                                                                                      \
-            T z = c->z[4 * g + j], r = c->rank[j][g], top2 = r < 2 || dense ? z : (T)0;        \
+            T z = c->z[4 * g + j], r = c->rank[j][g], top2 = r < 2 || two_or_fewer ? z : (T)0; \
             T best = r == 0 ? b0 : r == 1 ? b1 : r == 2 ? b2 : b3;                             \
             T value = best == 0 ? (T)0 : signbit(z) ? -best : best;                            \
             dst[4 * g + j] = improved ? value : top2;                                          \
