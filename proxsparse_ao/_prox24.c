@@ -9,7 +9,9 @@
  * Most groups need no search: bounds on every local minimum of a support (below) prove that
  * it cannot beat the best candidate so far, and the bounds give the searches that remain a
  * start close to their end (the middle of the bounds, where EnumALM starts from w = 0; the
- * point found is never worse, and sometimes a better local minimum). Groups are taken CHUNK
+ * point found is never worse, and sometimes a better local minimum). Most searches on
+ * {0,1,2,3} that stop do so on the face w3 = 0, at a stationary point of {0,1,2}: the search
+ * on {0,1,2} starts there when it lies inside that support's bounds. Groups are taken CHUNK
  * at a time (_prox24_solve.h): one pass sorts them and proves what it can in the input's own
  * precision, then the groups left sweep LANES side by side in double, in loops the compiler
  * vectorises; the rare search still moving after POLISH_AFTER sweeps (near a fold, where

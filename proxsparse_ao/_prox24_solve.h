@@ -102,7 +102,8 @@ static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam_all) {
     h2 = LESSER(h2, a2 - lam * l0 * l1);
 
 /* flag[g] = 1 where a local minimum on {0,1,2} may be the global minimum and beat the best
- * candidate; its search starts at the middle of the bounds. */
+ * candidate; its search starts at the middle of the bounds, or where the search on {0,1,2,3}
+ * ended on the face w3 = 0 (flag and found still hold that search's). */
 static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
     for (int g = 0; g < n; ++g) {
         SCALED_GROUP
@@ -117,9 +118,15 @@ static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
         T lowest = LESSER(LESSER(h0, h1), h2);  /* > 0 needs a2 > 0 */
         T w3_pays = a3 - lam * (h0 * h1 + h0 * h2 + h1 * h2) * (1 + (T)SLACK);  /* > 0: raising w3 lowers f */
         T margin = LESSER(LESSER(room, -w3_pays), best + (T)SLACK * half_norm - bound);
+        /* where the search on {0,1,2,3} ended on the face w3 = 0, it ended at a stationary point
+         * of {0,1,2}: inside the bounds, this search starts there and ends in a sweep or two */
+        T e0 = (T)c->found[0][g], e1 = (T)c->found[1][g], e2 = (T)c->found[2][g];
+        int face = (c->flag[g] != 0) & (c->found[3][g] == 0.0) & (e0 > 0) & (e1 > 0) & (e2 > 0)
+                 & (e0 * scale >= l0) & (e0 * scale <= h0) & (e1 * scale >= l1) & (e1 * scale <= h1)
+                 & (e2 * scale >= l2) & (e2 * scale <= h2);
         c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
-        c->start[0][g] = (h0 + l0) / 2 * top; c->start[1][g] = (h1 + l1) / 2 * top;
-        c->start[2][g] = (h2 + l2) / 2 * top; c->start[3][g] = 0;
+        c->start[0][g] = face ? e0 : (h0 + l0) / 2 * top; c->start[1][g] = face ? e1 : (h1 + l1) / 2 * top;
+        c->start[2][g] = face ? e2 : (h2 + l2) / 2 * top; c->start[3][g] = 0;
     }
 }
 
@@ -234,7 +241,8 @@ static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
     }
 }
 
-/* Bytes of the workspace prox24 needs (the caller allocates it: ~0.3 MB, too big for a stack). */
+/* Bytes of the workspace prox24 needs (the caller allocates it zeroed, as may_win3 reads found of
+ * every group: ~0.3 MB, too big for a stack). */
 int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)); }
 
 /* out[g] = prox(x[g]) for groups g in [0, groups); x may equal out (in place). Groups with at
