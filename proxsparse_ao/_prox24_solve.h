@@ -90,6 +90,7 @@ static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam_all) {
         c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
         c->start[0][g] = (h0 + l0) / 2 * top; c->start[1][g] = (h1 + l1) / 2 * top;
         c->start[2][g] = (h2 + l2) / 2 * top; c->start[3][g] = (h3 + l3) / 2 * top;
+        for (int i = 0; i < 4; ++i) c->found[i][g] = 0.0;  /* may_win3 reads it for every group */
     }
 }
 
@@ -241,8 +242,7 @@ static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
     }
 }
 
-/* Bytes of the workspace prox24 needs (the caller allocates it zeroed, as may_win3 reads found of
- * every group: ~0.3 MB, too big for a stack). */
+/* Bytes of the workspace prox24 needs (the caller allocates it: ~0.3 MB, too big for a stack). */
 int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)); }
 
 /* out[g] = prox(x[g]) for groups g in [0, groups); x may equal out (in place). Groups with at

@@ -136,9 +136,8 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
     # so every result bit, the same whatever the thread count.
     bounds = [count * t // threads // _THREAD_GRAIN * _THREAD_GRAIN for t in range(threads)] + [count]
     spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    # Every workspace is allocated (zeroed, as the kernel expects) before any group is written:
-    # no half-done in-place update.
-    workspaces = torch.zeros(len(spans), getattr(library, f"prox24_workspace_{suffix}")(), dtype=torch.uint8)
+    # Every workspace is allocated before any group is written: no half-done in-place update.
+    workspaces = torch.empty(len(spans), getattr(library, f"prox24_workspace_{suffix}")(), dtype=torch.uint8)
     calls = [
         (ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size), hi - lo, lam,
          ctypes.c_void_p(workspace.data_ptr()))
