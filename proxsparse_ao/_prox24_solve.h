@@ -121,13 +121,13 @@ static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
         T margin = LESSER(LESSER(room, -w3_pays), best + (T)SLACK * half_norm - bound);
         /* where the search on {0,1,2,3} ended on the face w3 = 0, it ended at a stationary point
          * of {0,1,2}: inside the bounds, this search starts there and ends in a sweep or two */
-        T e0 = (T)c->found[0][g], e1 = (T)c->found[1][g], e2 = (T)c->found[2][g];
-        int face = (c->flag[g] != 0) & (c->found[3][g] == 0.0) & (e0 > 0) & (e1 > 0) & (e2 > 0)
-                 & (e0 * scale >= l0) & (e0 * scale <= h0) & (e1 * scale >= l1) & (e1 * scale <= h1)
-                 & (e2 * scale >= l2) & (e2 * scale <= h2);
+        T end0 = (T)c->found[0][g], end1 = (T)c->found[1][g], end2 = (T)c->found[2][g];
+        int face = (c->flag[g] != 0) & (c->found[3][g] == 0.0) & (end0 > 0) & (end1 > 0) & (end2 > 0)
+                 & (end0 * scale >= l0) & (end0 * scale <= h0) & (end1 * scale >= l1) & (end1 * scale <= h1)
+                 & (end2 * scale >= l2) & (end2 * scale <= h2);
         c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
-        c->start[0][g] = face ? e0 : (h0 + l0) / 2 * top; c->start[1][g] = face ? e1 : (h1 + l1) / 2 * top;
-        c->start[2][g] = face ? e2 : (h2 + l2) / 2 * top; c->start[3][g] = 0;
+        c->start[0][g] = face ? end0 : (h0 + l0) / 2 * top; c->start[1][g] = face ? end1 : (h1 + l1) / 2 * top;
+        c->start[2][g] = face ? end2 : (h2 + l2) / 2 * top; c->start[3][g] = 0;
     }
 }
 
