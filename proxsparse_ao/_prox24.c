@@ -14,8 +14,8 @@
  * on {0,1,2} starts there when it lies inside that support's bounds. Groups are taken CHUNK
  * at a time (_prox24_solve.h): one pass sorts them and proves what it can in the input's own
  * precision, then the groups left sweep LANES side by side in double, in loops the compiler
- * vectorises; the rare search still moving after POLISH_AFTER sweeps (near a fold, where
- * sweeps crawl) finishes with Newton steps. Plain C, no dependency: built once per CPU at first
+ * vectorises, a lane taking the next group as soon as its own has ended; the rare search still
+ * moving after POLISH_AFTER sweeps (near a fold, where sweeps crawl) finishes with Newton steps. Plain C, no dependency: built once per CPU at first
  * use and loaded through ctypes; the caller splits the groups between threads (ctypes releases
  * the GIL) and allocates the workspaces.
  *
@@ -31,11 +31,12 @@
  *     f(w) = f2 - w2^2 (1 - lam^2 (w0^2 + w1^2)) / 2,   f2 = (a2^2 + a3^2) / 2,
  * and a 3-support global minimum must not gain from raising w3: a3 <= lam e2(w0, w1, w2).
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define LANES 32
+#define LANES 64 /* one bit each in a 64-bit word */
 #define CHUNK 2048 /* groups; the caller splits threads on multiples of it */
 #define MAX_SWEEPS 1000
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
@@ -57,14 +58,22 @@ static inline unsigned long long lane_bits(const unsigned char *flags) {
 
 static inline double pos(double x) { return x > 0.0 ? x : 0.0; }
 
+/* x * y + z, rounded once where the CPU has a fused multiply-add. Written out, not left to the
+ * compiler's contraction, which may fuse the vector loop and a lone sweep differently. */
+#ifdef FP_FAST_FMA
+#define MADD(x, y, z) fma(x, y, z)
+#else
+#define MADD(x, y, z) ((x) * (y) + (z))
+#endif
+
 /* One Gauss-Seidel sweep on {0,1,2,3} (3, 2, 1, 0) of the point whose entries are `stride`
  * apart (LANES in a block of lanes, 1 for a lone point); returns its L1 change. */
 static inline double sweep4(const double *a, double *w, int stride, double lam) {
     double w0 = w[0], w1 = w[stride], w2 = w[2 * stride], w3 = w[3 * stride];
-    double n3 = pos(a[3 * stride] - lam * (w0 * w1 + w0 * w2 + w1 * w2));
-    double n2 = pos(a[2 * stride] - lam * (w0 * w1 + (w0 + w1) * n3));
-    double n1 = pos(a[stride] - lam * (w0 * (n2 + n3) + n2 * n3));
-    double n0 = pos(a[0] - lam * (n1 * (n2 + n3) + n2 * n3));
+    double n3 = pos(MADD(-lam, MADD(w0, w1, MADD(w0, w2, w1 * w2)), a[3 * stride]));
+    double n2 = pos(MADD(-lam, MADD(w0 + w1, n3, w0 * w1), a[2 * stride]));
+    double n1 = pos(MADD(-lam, MADD(w0, n2 + n3, n2 * n3), a[stride]));
+    double n0 = pos(MADD(-lam, MADD(n1, n2 + n3, n2 * n3), a[0]));
     w[0] = n0; w[stride] = n1; w[2 * stride] = n2; w[3 * stride] = n3;
     return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2) + fabs(n3 - w3);
 }
@@ -72,9 +81,9 @@ static inline double sweep4(const double *a, double *w, int stride, double lam) 
 /* One sweep on {0,1,2} (2, 1, 0) with w3 = 0; returns its L1 change. */
 static inline double sweep3(const double *a, double *w, int stride, double lam) {
     double w0 = w[0], w1 = w[stride], w2 = w[2 * stride];
-    double n2 = pos(a[2 * stride] - lam * w0 * w1);
-    double n1 = pos(a[stride] - lam * w0 * n2);
-    double n0 = pos(a[0] - lam * n1 * n2);
+    double n2 = pos(MADD(-lam, w0 * w1, a[2 * stride]));
+    double n1 = pos(MADD(-lam * w0, n2, a[stride]));
+    double n0 = pos(MADD(-lam * n1, n2, a[0]));
     w[0] = n0; w[stride] = n1; w[2 * stride] = n2;
     return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2);
 }
@@ -158,16 +167,22 @@ static void polish(const double *a, double *w, double lam, double tol, int suppo
     }
 }
 
-/* Index of the first non-finite entry of x[0..n), or -1. */
-#define FIRST_NONFINITE(T)                                       \
-    int64_t first_nonfinite_##T(const T *x, int64_t n) {        \
-        for (int64_t i = 0; i < n; ++i)                          \
-            if (!isfinite(x[i])) return i;                       \
-        return -1;                                               \
+/* Index of the first non-finite entry of x[0..n), or -1: a block at a time, without a branch per
+ * entry (the compiler vectorises it), then entry by entry in the one block that has it. */
+#define FIRST_NONFINITE(T, ABS, LARGEST)                                   \
+    int64_t first_nonfinite_##T(const T *x, int64_t n) {                  \
+        for (int64_t start = 0; start < n; start += 4096) {                \
+            int64_t end = n - start < 4096 ? n : start + 4096;             \
+            int bad = 0;                                                   \
+            for (int64_t i = start; i < end; ++i) bad |= !(ABS(x[i]) <= LARGEST); \
+            for (int64_t i = start; bad && i < end; ++i)                   \
+                if (!(ABS(x[i]) <= LARGEST)) return i;                     \
+        }                                                                  \
+        return -1;                                                         \
     }
 
-FIRST_NONFINITE(float)
-FIRST_NONFINITE(double)
+FIRST_NONFINITE(float, fabsf, FLT_MAX)
+FIRST_NONFINITE(double, fabs, DBL_MAX)
 
 #define T float
 #define SLACK 1e-5

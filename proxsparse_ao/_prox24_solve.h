@@ -16,11 +16,12 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
 
 /* CHUNK groups: a copy of the input, then [entry][group]: sorted magnitudes, the rank of each
  * position among them, where each search starts, and the best candidate so far (in double once
- * a search has improved on (a0, a1, 0, 0)). */
+ * a search has improved on (a0, a1, 0, 0)); the groups a search takes, and those it ended
+ * still moving or on an edge, to look at again. */
 struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
-    int todo[CHUNK];
+    int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
 };
 
 /* Compare-exchange: the larger value first. */
@@ -142,18 +143,6 @@ static void NAME(found)(struct NAME(chunk) *c, int g, const double *w, double la
     for (int i = 0; i < 4; ++i) c->found[i][g] = found[i];
 }
 
-/* Record where lane l's search of group g ends: converged (sweeps < 0), or polished alone
- * from its `sweeps` sweeps so far. */
-static void NAME(finish)(struct NAME(chunk) *c, int g, double (*a)[LANES], double (*w)[LANES], int l,
-                         int sweeps, double lam, int support) {
-    double point[4] = {w[0][l], w[1][l], w[2][l], w[3][l]};
-    if (sweeps >= 0) {
-        double target[4] = {a[0][l], a[1][l], a[2][l], a[3][l]};
-        polish(target, point, lam, REL_TOL * target[0], support, sweeps);
-    }
-    NAME(found)(c, g, point, lam, support);
-}
-
 /* best <- found for the flagged groups where found is strictly better. */
 static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
     for (int g = 0; g < n; ++g) {
@@ -169,36 +158,46 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
 
 /* Coordinate minimisation on support 3 or 4 of the flagged groups, each from its start point
  * until a sweep changes it by at most REL_TOL * a0, or polished after POLISH_AFTER sweeps.
- * LANES groups sweep side by side; a lane whose group has ended takes the next one, so the
- * vector stays full, and the last few of the chunk sweep alone the same way: every result is
- * independent of the group's neighbours. */
+ * LANES groups sweep side by side, and a lane whose group has ended takes the next one, so the
+ * vector stays full; a lane's sweeps never see another lane's, so every result is independent of
+ * the group's neighbours. Where a search ends is written as it ends; the few still moving (to
+ * polish) or on an edge of {0,1,2} (see found) are listed and finished after the sweeps. */
 static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0};
-    int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0;
+    int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0, rare = 0;
     unsigned char done[LANES];
     for (int g = 0; g < n; ++g) {
         c->todo[count] = g;
         count += c->flag[g] != 0;
     }
     for (int l = 0; l < LANES; ++l) group[l] = -1;
-    for (unsigned long long ended = LANES == 64 ? ~0ull : (1ull << LANES) - 1;;) {   /* at first every lane is free */
+    for (unsigned long long ended = ~0ull;;) {   /* at first every lane is free */
         while (ended) {                            /* only the lanes that ended: no branch per lane */
             int l = __builtin_ctzll(ended);
             ended &= ended - 1;
-            if (group[l] >= 0) {
-                NAME(finish)(c, group[l], a, w, l, change[l] > tol[l] ? sweeps[l] : -1, lam, support);
+            int g = group[l];
+            if (g >= 0) {
+                int moving = change[l] > tol[l], edge = (support == 3) & ((w[0][l] == 0.0) | (w[1][l] == 0.0) | (w[2][l] == 0.0));
+                for (int i = 0; i < 4; ++i) c->found[i][g] = w[i][l];
+                c->rare[rare] = g;
+                c->rare_sweeps[rare] = moving ? sweeps[l] : -1;
+                rare += moving | edge;
                 --busy;
             }
-            int g = group[l] = next < count ? c->todo[next++] : -1;
-            for (int i = 0; i < 4; ++i) {
-                a[i][l] = g >= 0 && i < support ? c->a[i][g] : 0.0;
-                w[i][l] = g >= 0 && i < support ? c->start[i][g] : 0.0;
+            g = group[l] = next < count ? c->todo[next++] : -1;
+            if (g >= 0) {
+                a[0][l] = c->a[0][g]; a[1][l] = c->a[1][g]; a[2][l] = c->a[2][g];
+                a[3][l] = support == 4 ? c->a[3][g] : 0.0;
+                w[0][l] = c->start[0][g]; w[1][l] = c->start[1][g]; w[2][l] = c->start[2][g];
+                w[3][l] = support == 4 ? c->start[3][g] : 0.0;
+                ++busy;
+            } else {
+                for (int i = 0; i < 4; ++i) a[i][l] = w[i][l] = 0.0;
             }
             tol[l] = REL_TOL * a[0][l];
             sweeps[l] = 0;
-            busy += g >= 0;
         }
-        if (next == count && busy * 4 <= LANES) break;   /* the last few finish alone, not a whole vector */
+        if (busy == 0) break;
         if (support == 4) {
             for (int l = 0; l < LANES; ++l) change[l] = sweep4(&a[0][l], &w[0][l], LANES, lam);
         } else {
@@ -210,15 +209,12 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
         }
         ended = lane_bits(done);
     }
-    for (int l = 0; l < LANES; ++l) {   /* the same sweeps, alone: results do not depend on the lane */
-        if (group[l] < 0) continue;
-        int moving = 1;
-        while (moving && sweeps[l] < POLISH_AFTER) {
-            change[l] = support == 4 ? sweep4(&a[0][l], &w[0][l], LANES, lam) : sweep3(&a[0][l], &w[0][l], LANES, lam);
-            moving = change[l] > tol[l];
-            ++sweeps[l];
-        }
-        NAME(finish)(c, group[l], a, w, l, moving ? sweeps[l] : -1, lam, support);
+    for (int r = 0; r < rare; ++r) {
+        int g = c->rare[r];
+        double target[4] = {c->a[0][g], c->a[1][g], c->a[2][g], support == 4 ? c->a[3][g] : 0.0};
+        double point[4] = {c->found[0][g], c->found[1][g], c->found[2][g], c->found[3][g]};
+        if (c->rare_sweeps[r] >= 0) polish(target, point, lam, REL_TOL * target[0], support, c->rare_sweeps[r]);
+        NAME(found)(c, g, point, lam, support);
     }
     if (count > 0) NAME(keep_better)(c, n, lam);
 }

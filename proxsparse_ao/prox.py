@@ -116,41 +116,51 @@ def _first_nonfinite(weight: torch.Tensor) -> int | None:
     """Flat index of the first NaN/Inf, without materialising a mask on the native path."""
     library = _native.load()
     if weight.device.type == "cpu" and weight.dtype in _NATIVE_DTYPES and weight.is_contiguous() and library:
-        index = getattr(library, f"first_nonfinite_{_NATIVE_DTYPES[weight.dtype]}")(weight.data_ptr(), weight.numel())
-        return None if index < 0 else int(index)
+        check = getattr(library, f"first_nonfinite_{_NATIVE_DTYPES[weight.dtype]}")
+        spans = _spans(weight.numel(), 4 * _THREAD_GRAIN)
+        size = weight.element_size()
+        found = _in_threads([(check, weight.data_ptr() + lo * size, hi - lo) for lo, hi in spans])
+        hits = [lo + index for (lo, _), index in zip(spans, found) if index >= 0]
+        return min(hits) if hits else None
     finite = torch.isfinite(weight)
     if bool(finite.all()):
         return None
     return int((~finite).flatten().nonzero()[0].item())
 
 
+def _spans(count: int, grain: int) -> list[tuple[int, int]]:
+    """[lo, hi) slices of range(count), one per intra-op thread, each at least `grain` long and
+    starting on a multiple of it."""
+    threads = max(1, min(torch.get_num_threads(), count // grain))
+    bounds = [count * t // threads // grain * grain for t in range(threads)] + [count]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+def _in_threads(calls: list[tuple]) -> list:
+    """The results of fn(*args) for each (fn, *args), run side by side (ctypes releases the GIL)."""
+    global _pool
+    if len(calls) <= 1:
+        return [fn(*args) for fn, *args in calls]
+    if _pool is None or _pool._max_workers < len(calls):
+        _pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="prox24")
+    return [future.result() for future in [_pool.submit(*call) for call in calls]]
+
+
 def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) -> None:
     """Run the C solver over [G, 4] contiguous CPU groups, one contiguous slice per thread."""
-    global _pool
     library, suffix = _native.load(), _NATIVE_DTYPES[groups_in.dtype]
     kernel = getattr(library, f"prox24_{suffix}")
-    count = groups_in.shape[0]
-    threads = max(1, min(torch.get_num_threads(), count // _THREAD_GRAIN))
     size = groups_in.element_size() * 4
     # The kernel solves groups in chunks; splitting on chunk boundaries keeps every chunk, and
     # so every result bit, the same whatever the thread count.
-    bounds = [count * t // threads // _THREAD_GRAIN * _THREAD_GRAIN for t in range(threads)] + [count]
-    spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    spans = _spans(groups_in.shape[0], _THREAD_GRAIN)
     # Every workspace is allocated before any group is written: no half-done in-place update.
     workspaces = torch.empty(len(spans), getattr(library, f"prox24_workspace_{suffix}")(), dtype=torch.uint8)
-    calls = [
-        (ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size), hi - lo, lam,
-         ctypes.c_void_p(workspace.data_ptr()))
+    _in_threads([
+        (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size),
+         hi - lo, lam, ctypes.c_void_p(workspace.data_ptr()))
         for (lo, hi), workspace in zip(spans, workspaces)
-    ]
-    if len(calls) <= 1:
-        for call in calls:
-            kernel(*call)
-        return
-    if _pool is None or _pool._max_workers < len(calls):
-        _pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="prox24")
-    for future in [_pool.submit(kernel, *call) for call in calls]:
-        future.result()
+    ])
 
 
 def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:

@@ -172,12 +172,15 @@ class TestForms:
 
     def test_a_row_is_solved_the_same_whatever_rows_come_with_it(self):
         """A rank of a sharded run holds some rows of a layer: its prox is the single-process
-        one, bit for bit in fp32 and to an ulp in fp64 (at lam = 1 many searches are slow)."""
+        one, bit for bit in fp32 and fp64 (at lam = 1 many searches are slow), and so is the
+        prox of the rows in another order."""
         z = torch.randn(2048, 256, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
-        full = prox_2to4(z.float(), 1.0)
-        assert torch.equal(prox_2to4(z[37:1301].float(), 1.0), full[37:1301])
-        assert torch.equal(prox_2to4(z[1400:].float(), 1.0), full[1400:])
-        assert torch.allclose(prox_2to4(z[37:1301], 1.0), prox_2to4(z, 1.0)[37:1301], rtol=1e-15, atol=1e-15)
+        order = torch.randperm(2048, generator=torch.Generator().manual_seed(15))
+        for dtype in (torch.float32, torch.float64):
+            full = prox_2to4(z.to(dtype), 1.0)
+            assert torch.equal(prox_2to4(z[37:1301].to(dtype), 1.0), full[37:1301])
+            assert torch.equal(prox_2to4(z[1400:].to(dtype), 1.0), full[1400:])
+            assert torch.equal(prox_2to4(z[order].to(dtype), 1.0), full[order])
 
     def test_result_is_the_same_for_any_thread_count(self):
         z = torch.randn(256, 512, generator=torch.Generator().manual_seed(12))
@@ -217,6 +220,20 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"at \[2, 5\]"):
             prox_2to4_(z, 1.0)
         assert torch.equal(z.nan_to_num(), before.nan_to_num())
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("bad_rows, first", [((400, 300), "300, 999"), ((400, 300, 200), "200, 999")])
+    def test_the_first_non_finite_entry_is_named_when_threads_share_the_check(self, dtype, bad_rows, first):
+        z = torch.randn(512, 1024, dtype=dtype)  # two threads: rows 0-255 and 256-511
+        for row in bad_rows:
+            z[row, 999], z[row, 1000] = float("nan"), float("inf")
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(max(2, threads))
+            with pytest.raises(ValueError, match=rf"at \[{first}\]"):
+                prox_2to4_(z, 1.0)
+        finally:
+            torch.set_num_threads(threads)
 
     def test_mismatched_out_is_rejected(self):
         with pytest.raises(ValueError, match="out has shape"):
