@@ -21,6 +21,7 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
 struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
+    double rare_a[3][CHUNK], rare_done[CHUNK];
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
 };
 
@@ -156,6 +157,29 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
     }
 }
 
+/* Of the listed searches (search), those that need the second look: still moving, or ended on an
+ * edge of {0,1,2} where the plus branch has a stationary point. That is plus_branch3's first test,
+ * which most edge points fail, run here side by side; returns how many are left, listed first. */
+static int NAME(needs_a_look)(struct NAME(chunk) *c, int rare, double lam) {
+    double (*a)[CHUNK] = c->rare_a, *done = c->rare_done;
+    for (int r = 0; r < rare; ++r) {
+        int g = c->rare[r];
+        a[0][r] = c->a[0][g]; a[1][r] = c->a[1][g]; a[2][r] = c->a[2][g];
+    }
+    for (int r = 0; r < rare; ++r) {
+        double hi = 0.25 * a[2][r] * a[2][r];
+        int no_branch = lam * plus_root(a[0][r], hi) * plus_root(a[1][r], hi) * plus_root(a[2][r], hi) - hi > 0.0;
+        done[r] = (c->rare_sweeps[r] < 0) & no_branch;
+    }
+    int kept = 0;
+    for (int r = 0; r < rare; ++r) {
+        c->rare[kept] = c->rare[r];
+        c->rare_sweeps[kept] = c->rare_sweeps[r];
+        kept += done[r] == 0.0;
+    }
+    return kept;
+}
+
 /* Coordinate minimisation on support 3 or 4 of the flagged groups, each from its start point
  * until a sweep changes it by at most REL_TOL * a0, or polished after POLISH_AFTER sweeps.
  * LANES groups sweep side by side, and a lane whose group has ended takes the next one, so the
@@ -209,6 +233,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
         }
         ended = lane_bits(done);
     }
+    if (support == 3) rare = NAME(needs_a_look)(c, rare, lam);
     for (int r = 0; r < rare; ++r) {
         int g = c->rare[r];
         double target[4] = {c->a[0][g], c->a[1][g], c->a[2][g], support == 4 ? c->a[3][g] : 0.0};
