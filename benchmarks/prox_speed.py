@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"
 
 from reference_enumalm import reference_prox_2to4  # noqa: E402
 
+from proxsparse_ao.masks import fraction_nm  # noqa: E402
 from proxsparse_ao.prox import backend, prox_2to4  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main() -> int:
         t_op = best_time(lambda: prox_2to4(weight, lam, out=out), args.repeats, device)
         t_copy = best_time(lambda: out.copy_(weight), args.repeats, device)
         result = prox_2to4(weight, lam)
-        fraction = float(((result != 0).reshape(-1, 4).sum(1) <= 2).double().mean())
+        fraction = fraction_nm(result)
         if run_reference:
             start = time.perf_counter()
             expected = reference_prox_2to4(weight, lam)
