@@ -163,13 +163,19 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
     ])
 
 
-def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
-    """Vectorised EnumALM over [G, 4] fp32/fp64 groups (any device), the C solver's logic step for step."""
-    work = z.double() if z.device.type == "cpu" else z.float()
+def _prox_groups_torch(z: torch.Tensor, lam: float, precision: torch.dtype | None = None) -> torch.Tensor:
+    """Vectorised EnumALM over [G, 4] fp32/fp64 groups (any device), the C solver's logic step for
+    step, each group scaled to a0 = 1 as there (prox(c z, lam) = c prox(z, c lam)), so that fp32
+    squares of tiny or huge weights neither underflow nor overflow. Solved in `precision`:
+    by default fp64 on CPU, fp32 elsewhere."""
+    work = z.to(precision or (torch.float64 if z.device.type == "cpu" else torch.float32))
     slack = _SLACK[work.dtype]
     magnitude = work.abs()
     order = _descending_order(magnitude)
-    a = magnitude.gather(1, order)
+    top = magnitude.amax(1)
+    sorted_magnitude = magnitude.gather(1, order)
+    a = sorted_magnitude / torch.where(top > 0, top, torch.ones_like(top)).unsqueeze(1)
+    lam_g = lam * top  # [G]: each group's lam on its own scale
     a0, a2, a3 = a[:, 0], a[:, 2], a[:, 3]
     half_norm = 0.5 * (a**2).sum(1)
 
@@ -177,44 +183,48 @@ def _prox_groups_torch(z: torch.Tensor, lam: float) -> torch.Tensor:
     best[:, :2] = a[:, :2]
     best_obj = 0.5 * (a2**2 + a3**2)
 
-    lo, hi = _bounds(a, lam, 4)
+    lo, hi = _bounds(a, lam_g, 4)
     room = (hi - lo).amin(1) + slack * a0
     margin = torch.minimum(room, best_obj + slack * half_norm - _euler_objective(half_norm, a, hi))
     try4 = ((hi.amin(1) > 0) & (margin > 0)).nonzero().squeeze(1)
     start = 0.5 * (hi + lo)
-    _keep_better(best, best_obj, try4, _coordinate_minimise(a[try4], start[try4], lam, 4), a[try4], lam)
+    found4 = _coordinate_minimise(a[try4], start[try4], lam_g[try4], 4)
+    _keep_better(best, best_obj, try4, found4, a[try4], lam_g[try4])
 
-    lo, hi = _bounds(a, lam, 3)
-    gain = 1 - lam**2 * (lo[:, 0] ** 2 + lo[:, 1] ** 2)
+    lo, hi = _bounds(a, lam_g, 3)
+    gain = 1 - lam_g**2 * (lo[:, 0] ** 2 + lo[:, 1] ** 2)
     bound = torch.maximum(0.5 * (a2**2 + a3**2) - 0.5 * hi[:, 2] ** 2 * gain.clamp_min(0), _euler_objective(half_norm, a, hi))
     room = (hi - lo).amin(1) + slack * a0
-    w3_pays = a3 - lam * _pair_sums(hi, 3).sum(1) * (1 + slack)  # > 0: raising w3 lowers f (columns: each pair once)
+    w3_pays = a3 - lam_g * _pair_sums(hi, 3).sum(1) * (1 + slack)  # > 0: raising w3 lowers f (columns: each pair once)
     margin = torch.minimum(torch.minimum(room, -w3_pays), best_obj + slack * half_norm - bound)
     try3 = ((hi.amin(1) > 0) & (margin > 0)).nonzero().squeeze(1)
     start = torch.cat([0.5 * (hi + lo), torch.zeros_like(a3).unsqueeze(1)], 1)
-    w3 = _coordinate_minimise(a[try3], start[try3], lam, 3)
-    _keep_better(best, best_obj, try3, w3, a[try3], lam)
+    w3 = _coordinate_minimise(a[try3], start[try3], lam_g[try3], 3)
+    _keep_better(best, best_obj, try3, w3, a[try3], lam_g[try3])
     stalled = try3[(w3[:, :3] == 0).any(1)]
-    found, branch = _plus_branch3(a[stalled], lam)
-    _keep_better(best, best_obj, stalled[found], branch[found], a[stalled[found]], lam)
+    found, branch = _plus_branch3(a[stalled], lam_g[stalled])
+    _keep_better(best, best_obj, stalled[found], branch[found], a[stalled[found]], lam_g[stalled[found]])
 
     untouched = (work != 0).sum(1) <= 2  # at most two non-zeros: the group is its own prox
+    # back on the group's own scale; an entry kept as it is stays exactly the input's
+    best = torch.where(best == a, sorted_magnitude, torch.minimum(best * top.unsqueeze(1), sorted_magnitude))
     signed = torch.where(best == 0, torch.zeros_like(best), best.copysign(work.gather(1, order)))
     result = torch.empty_like(work).scatter_(1, order, signed)
     return torch.where(untouched.unsqueeze(1), work, result).to(z.dtype)
 
 
-def _bounds(a: torch.Tensor, lam: float, support: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _bounds(a: torch.Tensor, lam: torch.Tensor, support: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[lo, hi] around every local minimum on the first `support` sorted entries (`_prox24.c`):
-    stationarity turns upper bounds into lower ones and back, with lam (w_i + w_j) <= 1 on 4."""
-    a = a[:, :support]
-    hi = a.clamp_max(1 / lam)
+    stationarity turns upper bounds into lower ones and back, with lam (w_i + w_j) <= 1 on 4.
+    lam: [G], one per group."""
+    a, lam, cap = a[:, :support], lam.unsqueeze(1), (1 / lam).unsqueeze(1)
+    hi = torch.minimum(a, cap)
     for _ in range(_BOUND_ROUNDS):
         lo = (a - lam * _pair_sums(hi, support)).clamp_min(0)
         hi = torch.minimum(hi, a - lam * _pair_sums(lo, support))
         if support == 4:
             others = torch.stack([lo[:, [j for j in range(4) if j != i]].amax(1) for i in range(4)], 1)
-            hi = torch.minimum(hi, 1 / lam - others)
+            hi = torch.minimum(hi, cap - others)
     return lo, hi
 
 
@@ -233,17 +243,18 @@ def _euler_objective(half_norm: torch.Tensor, a: torch.Tensor, w: torch.Tensor) 
     return half_norm + (w * (w / 6 - 2 / 3 * a[:, : w.shape[1]])).sum(1)
 
 
-def _keep_better(best: torch.Tensor, best_obj: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, a: torch.Tensor, lam: float) -> None:
-    """Replace best[rows] by the candidate w where its objective is strictly lower."""
+def _keep_better(best: torch.Tensor, best_obj: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, a: torch.Tensor, lam: torch.Tensor) -> None:
+    """Replace best[rows] by the candidate w where its objective is strictly lower (lam: one per row)."""
     obj = 0.5 * ((w - a) ** 2).sum(1) + lam * _triple_products(w)
     better = obj < best_obj[rows]
     best[rows[better]] = w[better]
     best_obj[rows[better]] = obj[better]
 
 
-def _plus_branch3(a: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _plus_branch3(a: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The 3-support stationary point on the branch w_i = (a_i + sqrt(a_i^2 - 4t)) / 2, t = lam w0 w1 w2,
-    by bisection on t; coordinate minimisation stalls on the boundary when lam a1 a2 == a0 (ties)."""
+    by bisection on t; coordinate minimisation stalls on the boundary when lam a1 a2 == a0 (ties).
+    lam: one per group."""
 
     def branch(t: torch.Tensor) -> torch.Tensor:
         return 0.5 * (a[:, :3] + (a[:, :3] ** 2 - 4 * t.unsqueeze(1)).clamp_min(0).sqrt())
@@ -277,10 +288,11 @@ def _rank_in_group(values: torch.Tensor) -> torch.Tensor:
     return ((later > here) | ((later == here) & lower_index)).sum(2)
 
 
-def _coordinate_minimise(a: torch.Tensor, start: torch.Tensor, lam: float, support: int) -> torch.Tensor:
+def _coordinate_minimise(a: torch.Tensor, start: torch.Tensor, lam: torch.Tensor, support: int) -> torch.Tensor:
     """Exact coordinate minimisation on the first `support` sorted entries from `start`,
     sweeping from the smallest entry up; each group stops when its sweep changes it by
-    less than a relative 1e-12, and only unconverged groups are carried to the next sweep."""
+    less than a relative 1e-12, and only unconverged groups are carried to the next sweep.
+    lam: one per group."""
     w = start.clone()
     w[:, support:] = 0
     active = torch.arange(a.shape[0], device=a.device)
@@ -293,7 +305,7 @@ def _coordinate_minimise(a: torch.Tensor, start: torch.Tensor, lam: float, suppo
         for k in reversed(range(support)):
             others = [i for i in range(support) if i != k]
             pair_sum = sum(wa[:, i] * wa[:, j] for n, i in enumerate(others) for j in others[n + 1 :])
-            wa[:, k] = (aa[:, k] - lam * pair_sum).clamp_min(0)
+            wa[:, k] = (aa[:, k] - lam[active] * pair_sum).clamp_min(0)
         w[active] = wa
         moving = (wa - before).abs().sum(1) > tol[active]
         active = active[moving]

@@ -81,6 +81,17 @@ class TestExactness:
             scaled = solver(z * scale, lam / scale) / scale
             assert torch.allclose(scaled, solver(z, lam), rtol=1e-4, atol=1e-6), lam
 
+    @pytest.mark.parametrize("scale", [1e-30, 1e15])
+    def test_the_torch_solver_in_fp32_solves_tiny_and_huge_weights_like_unit_ones(self, scale):
+        """What runs on CUDA without Triton: in fp32 the squares of 1e-30 underflow, so every group
+        is solved on its own scale."""
+        z = torch.randn(32, 64, generator=torch.Generator().manual_seed(13)).view(-1, 4)
+        for lam in (0.1, 1.0):
+            unit = prox._prox_groups_torch(z, lam, torch.float32)
+            scaled = prox._prox_groups_torch(z * scale, lam / scale, torch.float32) / scale
+            assert torch.allclose(scaled, unit, rtol=1e-4, atol=1e-6), lam
+            assert torch.allclose(unit.double(), prox._prox_groups_torch(z, lam).double(), rtol=1e-4, atol=1e-5), lam
+
     def test_native_and_torch_solvers_agree(self, monkeypatch):
         if prox.backend() != "native":
             pytest.skip("no C compiler")
