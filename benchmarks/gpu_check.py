@@ -127,7 +127,11 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         info["transformers"] = None
     if device.type == "cuda":
+        from proxsparse_ao.ops import cuda_backend
+
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["cusparselt_available"] = torch.backends.cusparselt.is_available()
+        info["linear24_backend"] = cuda_backend(torch.cuda.get_device_capability(device))
         info["capability"] = "sm%d%d" % torch.cuda.get_device_capability(device)
     return info
 

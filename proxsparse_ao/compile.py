@@ -28,7 +28,7 @@ from proxsparse_ao.passes import DEFAULT_EXCLUDE, LinearWeights, PassRecord, Spa
 from proxsparse_ao.passes.sparse24 import Decide
 
 from .errors import ProxSparseError
-from .ops import cuda_kernel_available
+from .ops import cuda_backend, cuda_kernel_available
 from .speed import SpeedTable
 
 SPARSE_MODES = ("auto", "always", "never")
@@ -48,10 +48,12 @@ def kernel_missing(device: torch.device) -> str | None:
     if device.type != "cuda":
         return None
     if not cuda_kernel_available():
-        return "this torch build has no CUTLASS 2:4 matmul"
+        return "this torch build has no 2:4 matmul (CUTLASS or cuSPARSELt)"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return f"GPU sm{major}{minor} has no 2:4 sparse tensor cores (needs sm80 or newer)"
+    if cuda_backend((major, minor)) is None:
+        return f"this torch build has no 2:4 matmul for sm{major}{minor} (torch's CUTLASS one runs on sm8x only; newer GPUs need cuSPARSELt)"
     return None
 
 

@@ -1,15 +1,17 @@
 """`proxsparse::linear24(x, values, meta, bias)`: y = x @ W.T + bias for a CUTLASS-compressed 2:4 W.
 
 Owning the op keeps compiled graphs, exports and tests independent of torch-private op names.
-CUDA runs torch's CUTLASS semi-structured matmul. Every other device runs a reference
-kernel (decompress, then dense `F.linear`): exact, but slower than dense, so it exists for
-correctness, tests and export, not for speed.
+CUDA runs torch's CUTLASS semi-structured matmul on sm8x and cuSPARSELt on newer GPUs, where
+torch's CUTLASS kernel refuses to run (sm90: "Supported only on GPUs with compute capability
+8.x"). Every other device runs a reference kernel (decompress, then dense `F.linear`): exact,
+but slower than dense, so it exists for correctness, tests and export, not for speed.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .sparse_format import decompress_24
 
@@ -33,8 +35,50 @@ def _check_args(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
 
 
 def cuda_kernel_available() -> bool:
-    """True when this torch build has a CUTLASS 2:4 matmul the CUDA kernel can call."""
+    """True when this torch build has a 2:4 matmul the CUDA kernel can call (CUTLASS or cuSPARSELt)."""
+    return _has_cutlass() or _has_cusparselt()
+
+
+def _has_cutlass() -> bool:
     return hasattr(torch, "_sparse_semi_structured_mm") or hasattr(torch, "_sparse_semi_structured_linear")
+
+
+def _has_cusparselt() -> bool:
+    return hasattr(torch, "_cslt_sparse_mm") and torch.backends.cusparselt.is_available()
+
+
+def cuda_backend(capability: tuple[int, int]) -> str | None:
+    """The 2:4 matmul the CUDA kernel runs on a GPU of this compute capability: "cutlass" on sm8x,
+    "cusparselt" on sm90 and newer (torch's CUTLASS kernel runs on sm8x only), or None."""
+    major = capability[0]
+    if major == 8 and _has_cutlass():
+        return "cutlass"
+    if major >= 8 and _has_cusparselt():
+        return "cusparselt"
+    return None
+
+
+_CUSPARSELT_WEIGHTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place write counter (-1 for an inference tensor, which keeps none)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
+def cusparselt_weight(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """W in cuSPARSELt's packed layout, made from the CUTLASS pair on first use and kept while
+    `values` lives (a deployed weight is the same tensor at every call); made again if either
+    tensor was written in place since."""
+    stamp = (_version(values), _version(meta))
+    entry = _CUSPARSELT_WEIGHTS.get(values)
+    if entry is None or entry[0] is not meta or entry[1] != stamp:
+        entry = (meta, stamp, torch._cslt_compress(decompress_24(values, meta)))
+        _CUSPARSELT_WEIGHTS[values] = entry
+    return entry[2]
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
@@ -46,7 +90,8 @@ def linear24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: to
 
 @linear24.register_kernel("cuda")
 def _linear24_cuda(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """CUTLASS kernel: out^T = W @ x^T with W the sparse operand; rows of x padded to a multiple of 8."""
+    """out^T = W @ x^T with W the sparse operand (CUTLASS or cuSPARSELt, see `cuda_backend`);
+    rows of x padded to a multiple of 8."""
     _check_args(x, values, meta, bias)
     out_features, in_features = values.shape[0], 2 * values.shape[1]
     x2 = x.reshape(-1, in_features).contiguous()
@@ -54,7 +99,13 @@ def _linear24_cuda(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bi
     pad = (-rows) % CUTLASS_M_MULTIPLE
     if pad:
         x2 = F.pad(x2, (0, 0, 0, pad))
-    if hasattr(torch, "_sparse_semi_structured_mm"):
+    backend = cuda_backend(torch.cuda.get_device_capability(x.device))
+    if backend is None:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        raise RuntimeError(f"linear24: no 2:4 matmul for sm{major}{minor} in this torch build")
+    if backend == "cusparselt":
+        out = torch._cslt_sparse_mm(cusparselt_weight(values, meta), x2.t(), bias=bias, transpose_result=True)[:rows]
+    elif hasattr(torch, "_sparse_semi_structured_mm"):
         if bias is None:
             out_t = torch._sparse_semi_structured_mm(values, meta, x2.t())
         else:

@@ -137,7 +137,10 @@ class SpeedTable:
         self, device: torch.device, dtype: torch.dtype, n: int, k: int, m_range: tuple[int, int | None]
     ) -> tuple[bool, str]:
         """(use sparse, why) for a weight [n, k] multiplied by inputs whose M lies in m_range."""
-        timings = [self.timing(device, dtype, m, n, k) for m in probes_for(m_range)]
+        try:
+            timings = [self.timing(device, dtype, m, n, k) for m in probes_for(m_range)]
+        except RuntimeError as err:  # a kernel that cannot run here keeps the layer dense
+            return False, f"the 2:4 kernel failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
         if not timings:
             return False, f"no M bucket for range {m_range}"
         worst = min(timings, key=lambda t: t.speedup)

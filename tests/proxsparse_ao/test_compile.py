@@ -191,3 +191,18 @@ def test_compiling_the_same_model_again_is_a_fresh_compile():
     sparse, sparse_report = proxsparse_ao.compile(model, sparse="always")
     sparse(x)
     assert dense_report.rewritten == [] and sparse_report.rewritten == ["up"]
+
+
+def test_a_gpu_without_a_2to4_matmul_in_this_torch_build_is_named(monkeypatch):
+    """sm90 runs cuSPARSELt; without it in the build, compile says so instead of timing a kernel that fails."""
+    import importlib
+
+    compile_module = importlib.import_module("proxsparse_ao.compile")
+
+    monkeypatch.setattr(torch, "_sparse_semi_structured_mm", lambda *args: None, raising=False)
+    monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    reason = compile_module.kernel_missing(torch.device("cuda"))
+    assert "sm90" in reason and "cuSPARSELt" in reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert compile_module.kernel_missing(torch.device("cuda")) is None

@@ -84,15 +84,69 @@ def _emulated_cutlass(monkeypatch, use_linear: bool):
         monkeypatch.setattr(torch, "_sparse_semi_structured_addmm", addmm, raising=False)
 
 
-@pytest.mark.parametrize("use_linear", [False, True], ids=["mm-addmm", "linear-fallback"])
+def _emulated_cusparselt(monkeypatch) -> list:
+    """CPU stand-ins for cuSPARSELt's compress and matmul; returns the list of compressed weights."""
+    packed_weights = []
+
+    def compress(dense):
+        assert dense.shape[0] % 16 == 0 and dense.shape[1] % 16 == 0
+        packed_weights.append(dense)
+        return dense.clone()
+
+    def sparse_mm(packed, dense, bias=None, transpose_result=False):
+        assert dense.shape[1] % 8 == 0, "rows of x must be padded to a multiple of 8"
+        out = packed @ dense if bias is None else bias[:, None] + packed @ dense
+        return out.t().contiguous() if transpose_result else out
+
+    monkeypatch.setattr(torch, "_cslt_compress", compress, raising=False)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", sparse_mm, raising=False)
+    monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: True)
+    return packed_weights
+
+
+@pytest.mark.parametrize(
+    "kernel, capability", [("mm-addmm", (8, 0)), ("linear-fallback", (8, 6)), ("cusparselt", (9, 0))]
+)
 @pytest.mark.parametrize("shape", [(1, 128), (3, 5, 128), (16, 128)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_cuda_kernel_glue_pads_transposes_and_reshapes(monkeypatch, weight, packed, use_linear, shape, with_bias):
+def test_cuda_kernel_glue_pads_transposes_and_reshapes(monkeypatch, weight, packed, kernel, capability, shape, with_bias):
     from proxsparse_ao.ops import _linear24_cuda
 
-    _emulated_cutlass(monkeypatch, use_linear)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    if kernel == "cusparselt":
+        _emulated_cusparselt(monkeypatch)
+    else:
+        _emulated_cutlass(monkeypatch, use_linear=kernel == "linear-fallback")
     x = torch.randn(*shape).to(torch.bfloat16)
     bias = torch.randn(64).to(torch.bfloat16) if with_bias else None
     out = _linear24_cuda(x, packed.values, packed.meta, bias)
     assert out.shape == (*shape[:-1], 64) and out.is_contiguous()
     torch.testing.assert_close(out, F.linear(x, weight, bias), atol=2e-2, rtol=2e-2)  # bias rounds separately
+
+
+def test_each_gpu_generation_gets_the_2to4_matmul_that_runs_on_it(monkeypatch):
+    """torch's CUTLASS 2:4 kernel refuses anything but sm8x ("Supported only on GPUs with compute
+    capability 8.x", seen on an H200), so sm90 and newer run cuSPARSELt."""
+    from proxsparse_ao.ops import cuda_backend
+
+    monkeypatch.setattr(torch, "_sparse_semi_structured_mm", lambda *args: None, raising=False)
+    _emulated_cusparselt(monkeypatch)
+    assert cuda_backend((8, 0)) == "cutlass" and cuda_backend((8, 9)) == "cutlass"
+    assert cuda_backend((9, 0)) == "cusparselt" and cuda_backend((10, 0)) == "cusparselt"
+    assert cuda_backend((7, 5)) is None
+    monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: False)
+    assert cuda_backend((9, 0)) is None
+
+
+def test_a_weight_is_packed_for_cusparselt_once_and_again_after_an_in_place_write(monkeypatch, packed):
+    from proxsparse_ao.ops import cusparselt_weight
+
+    packed_weights = _emulated_cusparselt(monkeypatch)
+    values, meta = packed.values.clone(), packed.meta.clone()
+    first = cusparselt_weight(values, meta)
+    assert cusparselt_weight(values, meta) is first and len(packed_weights) == 1
+    torch.testing.assert_close(first, decompress_24(values, meta), rtol=0, atol=0)
+    values.mul_(2)
+    assert cusparselt_weight(values, meta) is not first and len(packed_weights) == 2
+    cusparselt_weight(values, meta.clone())  # another meta: packed again
+    assert len(packed_weights) == 3

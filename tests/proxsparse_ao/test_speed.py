@@ -48,6 +48,14 @@ def test_sparse_only_where_every_probe_is_faster():
     assert table.choose(CPU, torch.bfloat16, 4096, 4096, (129, None))[0]
 
 
+def test_a_shape_whose_sparse_kernel_fails_stays_dense_with_the_reason():
+    def failing_timer(device, dtype, m, n, k):
+        raise RuntimeError("sparse_semi_structured_mad_op : Supported only on GPUs with compute capability 8.x")
+
+    chosen, why = SpeedTable(failing_timer).choose(CPU, torch.bfloat16, 4096, 4096, (2048, 2048))
+    assert not chosen and why == "the 2:4 kernel failed: sparse_semi_structured_mad_op : Supported only on GPUs with compute capability 8.x"
+
+
 def test_each_shape_is_timed_once_and_persisted(tmp_path):
     timer = ScriptedTimer(from_m=1)
     path = tmp_path / "timings.json"
