@@ -182,6 +182,7 @@ def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> di
             rows.append({
                 "layer": label, "m": m, "n": n, "k": k, "dense_ms": timing.dense_ms, "sparse_ms": timing.sparse_ms,
                 "speedup": timing.speedup, "pass_picks_sparse": chosen, "decision": why,
+                "bare_cusparselt_ms": bare_cusparselt_ms(device, m, n, k),
             })
     mlp = [r for r in rows if r["layer"] in MLP_SHAPES and r["m"] >= 2048]
     return {
@@ -190,6 +191,18 @@ def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> di
         "target": f"speedup >= {TARGET_MLP_SPEEDUP} on MLP shapes at M >= 2048",
         "target_met": bool(mlp) and all(r["speedup"] >= TARGET_MLP_SPEEDUP for r in mlp),
     }
+
+
+def bare_cusparselt_ms(device: torch.device, m: int, n: int, k: int) -> float | None:
+    """torch._cslt_sparse_mm alone on a weight packed beforehand, where linear24 runs cuSPARSELt:
+    what the op's own work (padding, the packed-weight lookup) adds on top of it."""
+    from proxsparse_ao.ops import cuda_backend
+
+    if device.type != "cuda" or cuda_backend(torch.cuda.get_device_capability(device)) != "cusparselt":
+        return None
+    packed = torch._cslt_compress(pruned(n, k, device, torch.bfloat16))
+    x = torch.randn(m + (-m) % 8, k, device=device, dtype=torch.bfloat16)
+    return best_ms(lambda: torch._cslt_sparse_mm(packed, x.t(), transpose_result=True), device, reps=20)
 
 
 def best_ms(fn, device: torch.device, reps: int = 5) -> float:
