@@ -140,7 +140,8 @@ class SpeedTable:
         try:
             timings = [self.timing(device, dtype, m, n, k) for m in probes_for(m_range)]
         except RuntimeError as err:  # a kernel that cannot run here keeps the layer dense
-            return False, f"the 2:4 kernel failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            message = str(err).strip()
+            return False, f"the 2:4 kernel failed: {message.splitlines()[0] if message else type(err).__name__}"
         if not timings:
             return False, f"no M bucket for range {m_range}"
         worst = min(timings, key=lambda t: t.speedup)
