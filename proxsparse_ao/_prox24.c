@@ -15,9 +15,9 @@
  * at a time (_prox24_solve.h): one pass sorts them and proves what it can in the input's own
  * precision, then the groups left sweep LANES side by side in double, in loops the compiler
  * vectorises, a lane taking the next group as soon as its own has ended; the rare search still
- * moving after POLISH_AFTER sweeps (near a fold, where sweeps crawl) finishes with Newton steps. Plain C, no dependency: built once per CPU at first
- * use and loaded through ctypes; the caller splits the groups between threads (ctypes releases
- * the GIL) and allocates the workspaces.
+ * moving after POLISH_AFTER sweeps (near a fold, where sweeps crawl) finishes with Newton steps.
+ * Plain C, no dependency: built once per CPU at first use and loaded through ctypes; the caller
+ * splits the groups between threads (ctypes releases the GIL) and allocates the workspaces.
  *
  * The bounds. A local minimum w of a support S is stationary, w_i = a_i - lam e2(w without i)
  * for i in S, and its Hessian I + lam H (H_ij = sum of w_k, k in S, k != i, j) is PSD, so its
