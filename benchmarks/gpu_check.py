@@ -133,6 +133,11 @@ def environment(device: torch.device) -> dict:
         info["cusparselt_available"] = torch.backends.cusparselt.is_available()
         info["linear24_backend"] = cuda_backend(torch.cuda.get_device_capability(device))
         info["capability"] = "sm%d%d" % torch.cuda.get_device_capability(device)
+        from proxsparse_ao.cusparselt import ENV_VAR, library_path, direct
+
+        info["cusparselt_library"] = library_path()
+        info["cusparselt_cached_plans"] = direct() is not None
+        info[ENV_VAR] = os.environ.get(ENV_VAR)
     return info
 
 
@@ -183,6 +188,7 @@ def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> di
                 "layer": label, "m": m, "n": n, "k": k, "dense_ms": timing.dense_ms, "sparse_ms": timing.sparse_ms,
                 "speedup": timing.speedup, "pass_picks_sparse": chosen, "decision": why,
                 "bare_cusparselt_ms": bare_cusparselt_ms(device, m, n, k),
+                "cached_plan_search": cached_plan_search(device, m, n, k),
             })
     mlp = [r for r in rows if r["layer"] in MLP_SHAPES and r["m"] >= 2048]
     return {
@@ -191,6 +197,89 @@ def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> di
         "target": f"speedup >= {TARGET_MLP_SPEEDUP} on MLP shapes at M >= 2048",
         "target_met": bool(mlp) and all(r["speedup"] >= TARGET_MLP_SPEEDUP for r in mlp),
     }
+
+
+def cusparselt_paths(device: torch.device) -> dict:
+    """Where a cuSPARSELt 2:4 call spends its time: torch's per-call wrapper (descriptors and plan
+    built each call), the cached-plan caller (`proxsparse_ao.cusparselt`) with the default
+    algorithm and with the searched one (what linear24 uses), and CUDA-graph replays (kernel time
+    without host work), beside dense."""
+    from proxsparse_ao.cusparselt import CusparseLt, direct
+
+    if device.type != "cuda" or not hasattr(torch, "_cslt_sparse_mm"):
+        return {"skipped": "needs CUDA and torch._cslt_sparse_mm"}
+    library = direct()
+    info: dict = {"direct_loaded": library is not None}
+    if library is None:
+        info["why"] = "library not loaded or PROXSPARSE_CUSPARSELT=torch"
+        return info
+    info["cusparselt_version"] = library.version(device)
+    default, searched = CusparseLt(library.lib), CusparseLt(library.lib, search=True)
+    shapes = [(16, 14336, 4096), (2048, 14336, 4096), (8192, 14336, 4096), (2048, 4096, 14336), (8192, 4096, 14336), (1, 4096, 4096)]
+    rows = []
+    for m, n, k in shapes:
+        weight = pruned(n, k, device, torch.bfloat16)
+        packed = torch._cslt_compress(weight)
+        x = torch.randn(m + (-m) % 8, k, device=device, dtype=torch.bfloat16)
+        calls = {
+            "dense": lambda: F.linear(x, weight),
+            "torch_cslt": lambda: torch._cslt_sparse_mm(packed, x.t(), transpose_result=True),
+            "direct": lambda: default.mm(packed, x, n),
+            "direct_searched": lambda: searched.mm(packed, x, n),
+        }
+        row: dict = {"m": m, "n": n, "k": k}
+        expected = F.linear(x.float(), weight.float())
+        for name, call in calls.items():
+            try:
+                result = call().float()
+                row[f"{name}_max_abs_err"] = float((result - expected).abs().max())
+                row[f"{name}_ms"] = pipelined_ms(call, device)
+            except Exception as err:  # record and go on: the other paths still say something
+                row[f"{name}_error"] = f"{type(err).__name__}: {err}"
+        plan = searched.plan(device, torch.bfloat16, x.shape[0], n, k)
+        row["direct_searched_plan"] = {"search": plan.search, "algorithm_id": plan.algorithm_id()}
+        for name in ("dense", "direct", "direct_searched"):  # torch's wrapper builds a plan inside the capture: not tried
+            try:
+                row[f"{name}_graph_ms"] = graph_ms(calls[name], device)
+            except Exception as err:
+                row[f"{name}_graph_error"] = f"{type(err).__name__}: {err}"
+        rows.append(row)
+    info["rows"] = rows
+    return info
+
+
+def pipelined_ms(fn, device: torch.device, reps: int = 20) -> float:
+    """Milliseconds per call of `reps` calls issued back to back (host work overlaps the GPU), best of 3."""
+    best = float("inf")
+    for _ in range(3):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) * 1e3 / reps)
+    return best
+
+
+def graph_ms(fn, device: torch.device, reps: int = 20) -> float:
+    """Milliseconds per call of `fn` captured once in a CUDA graph and replayed: the GPU's time alone."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return pipelined_ms(graph.replay, device, reps)
+
+
+def cached_plan_search(device: torch.device, m: int, n: int, k: int) -> str | None:
+    """How linear24's cached cuSPARSELt plan for this shape chose its algorithm, or None if it has none."""
+    from proxsparse_ao.cusparselt import direct
+
+    library = direct() if device.type == "cuda" else None
+    return None if library is None else library.plan_search(device, torch.bfloat16, m + (-m) % 8, n, k)
 
 
 def bare_cusparselt_ms(device: torch.device, m: int, n: int, k: int) -> float | None:
@@ -310,98 +399,159 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def timed(fn, device: torch.device, warmup: int, reps: int) -> tuple[float, float, float]:
-    """(seconds of the first call, which compiles; median and fastest seconds per call after
-    `warmup` more calls). The fastest shows what the median loses to a busy host."""
+def first_call_s(fn, device: torch.device) -> float:
+    """Seconds of the first call (the compile)."""
     start = time.perf_counter()
     fn()
     sync(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        fn()
+    return time.perf_counter() - start
+
+
+def interleaved(steps: dict, device: torch.device, warmup: int, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, timed in alternating blocks (A B, then B A, ...) so that
+    a slow spell of a shared host or a clock change falls on both variants alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     sync(device)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times), min(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for index in range(rounds):
+        for name in order if index % 2 == 0 else order[::-1]:
+            for _ in range(per_round):
+                start = time.perf_counter()
+                steps[name]()
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def end_to_end(name: str, device: torch.device, args, budget: Budget, estimates: dict) -> dict:
-    """Prefill and decode tokens/s under proxsparse_ao.compile, dense (sparse='never') vs 2:4."""
+    """Prefill and decode tokens/s under proxsparse_ao.compile, dense (sparse='never') vs 2:4,
+    each variant on its own copy of the model, timed in alternating blocks."""
+    import copy
+
     import proxsparse_ao
     from proxsparse_ao.speed import SpeedTable
     from transformers import StaticCache
 
     dtype = torch.bfloat16
-    model, weights = build_model(name, device, dtype, args.model if name != "llama_1b_random" else None)
-    result = {"weights": weights, "pruned_linears": prune_model(model), "sparse_mode": args.sparse}
+    base, weights = build_model(name, device, dtype, args.model if name != "llama_1b_random" else None)
+    result = {"weights": weights, "pruned_linears": prune_model(base), "sparse_mode": args.sparse}
     batch, seq = (1, 32) if args.smoke else (1, args.prefill_tokens)
     context, steps = (8, 4) if args.smoke else (128, args.decode_steps)
     result.update(prefill={"batch": batch, "tokens": seq}, decode={"batch": batch, "context": context, "steps": steps})
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=generator).to(device)
+    ids = torch.randint(0, base.config.vocab_size, (batch, seq), generator=generator).to(device)
     prompt = ids[:, :context]
-    cache_name = cache_kwarg(model)
+    cache_name = cache_kwarg(base)
     timings = SpeedTable(path=args.out / "linear24_timings.json")
     logits = {}
 
-    def run(variant: str, phase: str) -> dict:
+    def prepare(variant: str, phase: str, calls: int):
+        """A fresh copy of the model compiled for this variant, and its step function (`calls` decode steps at most)."""
+        model = copy.deepcopy(base)
         compiled, report = proxsparse_ao.compile(model, sparse="never" if variant == "dense" else args.sparse, timings=timings)
         if phase == "prefill":
             def step():
                 return compiled(ids, use_cache=False, logits_to_keep=1)
 
-            first, per_call, fastest = timed(step, device, warmup=3, reps=5 if args.smoke else 10)
-            logits[variant] = step().logits.float().cpu()
-            tokens_per_s = batch * seq / per_call
-        else:
-            cache = StaticCache(config=model.config, max_cache_len=context + steps + 8)
-            with torch.no_grad():
-                model(prompt, **{cache_name: cache}, use_cache=True)
-            position = [context]
-            token = ids[:, context : context + 1]
+            return step, report, batch * seq
+        cache = StaticCache(config=model.config, max_cache_len=context + calls + 8)
+        with torch.no_grad():
+            model(prompt, **{cache_name: cache}, use_cache=True)
+        position = [context]
+        token = ids[:, context : context + 1]
 
-            def step():
-                pos = torch.full((batch, 1), position[0], device=device, dtype=torch.long)
-                position[0] += 1
-                return compiled(token, position_ids=pos, **{cache_name: cache}, use_cache=True, logits_to_keep=1)
+        def step():
+            pos = torch.full((batch, 1), position[0], device=device, dtype=torch.long)
+            position[0] += 1
+            return compiled(token, position_ids=pos, **{cache_name: cache}, use_cache=True, logits_to_keep=1)
 
-            first, per_call, fastest = timed(step, device, warmup=5, reps=steps)
-            tokens_per_s = batch / per_call
-        estimates[name] = max(estimates.get(name, 0.0), first)
-        return {
-            "first_call_s_with_compile": first, "median_ms_per_call": per_call * 1e3, "fastest_ms_per_call": fastest * 1e3,
-            "tokens_per_s": tokens_per_s,
-            "rewritten": len(report.rewritten), "eligible": len(report.eligible), "report": report.summary(),
-        }
+        return step, report, batch
 
     for phase in ("prefill", "decode"):
-        for variant in ("dense", "sparse"):
-            estimate = estimates.get(name, 90.0)
-            if not budget.allows(estimate + 15):
-                result[phase][variant] = {"skipped": f"time budget ({budget.elapsed():.0f} s used, next compile ~{estimate:.0f} s)"}
-                continue
-            try:
-                result[phase][variant] = run(variant, phase)
-            except Exception as err:  # one failed phase must not lose the others
-                result[phase][variant] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        estimate = estimates.get(name, 90.0)
+        if not budget.allows(2 * estimate + 20):
+            result[phase]["skipped"] = f"time budget ({budget.elapsed():.0f} s used, two compiles ~{estimate:.0f} s each)"
+            continue
+        try:
+            # The last phase's compiles are done with. Dropping them keeps Dynamo's per-function
+            # cache (8 entries) from filling up with two copies per phase and model.
+            torch._dynamo.reset()
+            warmup = 3 if phase == "prefill" else 5
+            rounds, per_round = (2, 2) if args.smoke else (8, 4 if phase == "prefill" else max(1, steps // 4))
+            calls = 2 + warmup + rounds * per_round  # the first call, the logits call, warmup, timed
+            prepared = {variant: prepare(variant, phase, calls) for variant in ("dense", "sparse")}
+            step_fns = {variant: fn for variant, (fn, _, _) in prepared.items()}
+            for variant, (fn, report, _) in prepared.items():
+                seconds = first_call_s(fn, device)
+                estimates[name] = max(estimates.get(name, 0.0), seconds)
+                result[phase][variant] = {"first_call_s_with_compile": seconds}
+                if not report.graphs:
+                    raise RuntimeError(f"the {variant} variant reused another compile (its 2:4 pass never ran)")
+            if phase == "prefill":
+                for variant, fn in step_fns.items():
+                    logits[variant] = fn().logits.float().cpu()
+            times = interleaved(step_fns, device, warmup, rounds, per_round)
+            for variant, (_, report, tokens) in prepared.items():
+                per_call = statistics.median(times[variant])
+                result[phase][variant].update({
+                    "median_ms_per_call": per_call * 1e3, "fastest_ms_per_call": min(times[variant]) * 1e3,
+                    "calls_timed": len(times[variant]), "tokens_per_s": tokens / per_call,
+                    "rewritten": len(report.rewritten), "eligible": len(report.eligible), "report": report.summary(),
+                })
+            del prepared, step_fns
+        except Exception as err:  # one failed phase must not lose the others
+            result[phase]["error"] = f"{type(err).__name__}: {err}"
+            result[phase]["traceback"] = traceback.format_exc()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     for phase in ("prefill", "decode"):
         dense, sparse = result[phase].get("dense", {}), result[phase].get("sparse", {})
         if "tokens_per_s" in dense and "tokens_per_s" in sparse:
             ratio = sparse["tokens_per_s"] / dense["tokens_per_s"]
             result[phase]["sparse_over_dense"] = ratio
             result[phase]["not_slower_within_noise"] = ratio >= 1 - NOISE
+            result[phase]["sparse_over_dense_fastest_call"] = dense["fastest_ms_per_call"] / sparse["fastest_ms_per_call"]
     if len(logits) == 2:
         diff = (logits["sparse"] - logits["dense"]).abs().max()
         result["prefill"]["last_logits_max_abs_diff_sparse_vs_dense"] = float(diff)
         result["prefill"]["last_logits_max_abs"] = float(logits["dense"].abs().max())
-    del model
+    del base
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def probe_cusparselt() -> int:
+    """Exit status for gpu_check.sh, run in its own process (a bad foreign call can kill it):
+    0 when the cached-plan cuSPARSELt caller matches torch's wrapper on small products or is not
+    used here, 1 otherwise (the script then sets PROXSPARSE_CUSPARSELT=torch)."""
+    bootstrap()
+    from proxsparse_ao.cusparselt import direct
+
+    library = direct() if torch.cuda.is_available() else None
+    if library is None:
+        print("probe: the cached-plan cuSPARSELt caller is not used here")
+        return 0
+    device = torch.device("cuda")
+    for dtype in (torch.bfloat16, torch.float16):
+        for m, n, k in ((8, 64, 128), (24, 256, 512), (2048, 1024, 4096)):
+            weight = pruned(n, k, device, dtype)
+            packed = torch._cslt_compress(weight)
+            x = torch.randn(m, k, device=device, dtype=dtype)
+            ours = library.mm(packed, x, n)
+            torch_result = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True)
+            torch.cuda.synchronize()
+            diff = float((ours.float() - torch_result.float()).abs().max())
+            scale = float(torch_result.float().abs().max())
+            print(f"probe: {dtype} {m}x{n}x{k}: algorithm search {library.plan_search(device, dtype, m, n, k)}")
+            if not diff <= 1e-2 * scale:
+                print(f"probe: {dtype} {m}x{n}x{k}: max |ours - torch| = {diff:g} (max |torch| {scale:g})")
+                return 1
+    print(f"probe: cached-plan cuSPARSELt caller matches torch._cslt_sparse_mm (cuSPARSELt {library.version(device)})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         write()
         return 1
     stage("kernel_correctness", lambda: kernel_correctness(device, args.smoke))
+    stage("cusparselt_paths", lambda: cusparselt_paths(device))
     stage("per_shape_speed", lambda: per_shape_speed(device, args.smoke, args.out / "linear24_timings.json"))
     estimates: dict[str, float] = {}
     models = ["tiny_random"] if args.smoke else ["llama_1b_random", "smollm2_135m_shapes_random"]
@@ -460,4 +611,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_cusparselt() if sys.argv[1:] == ["--probe-cusparselt"] else main())

@@ -3,7 +3,7 @@
 Owning the op keeps compiled graphs, exports and tests independent of torch-private op names.
 CUDA runs torch's CUTLASS semi-structured matmul on sm8x and cuSPARSELt on newer GPUs, where
 torch's CUTLASS kernel refuses to run (sm90: "Supported only on GPUs with compute capability
-8.x"). Every other device runs a reference kernel (decompress, then dense `F.linear`): exact,
+8.x"); cuSPARSELt is called with plans kept per shape (`cusparselt.py`) where the library loads. Every other device runs a reference kernel (decompress, then dense `F.linear`): exact,
 but slower than dense, so it exists for correctness, tests and export, not for speed.
 """
 
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from .cusparselt import direct as direct_cusparselt
 from .sparse_format import decompress_24
 
 OP_NAME = "proxsparse::linear24"
@@ -104,7 +105,13 @@ def _linear24_cuda(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bi
         major, minor = torch.cuda.get_device_capability(x.device)
         raise RuntimeError(f"linear24: no 2:4 matmul for sm{major}{minor} in this torch build")
     if backend == "cusparselt":
-        out = torch._cslt_sparse_mm(cusparselt_weight(values, meta), x2.t(), bias=bias, transpose_result=True)[:rows]
+        library = direct_cusparselt()
+        if library is None:
+            out = torch._cslt_sparse_mm(cusparselt_weight(values, meta), x2.t(), bias=bias, transpose_result=True)[:rows]
+        else:
+            out = library.mm(cusparselt_weight(values, meta), x2, out_features)[:rows]
+            if bias is not None:
+                out = out + bias
     elif hasattr(torch, "_sparse_semi_structured_mm"):
         if bias is None:
             out_t = torch._sparse_semi_structured_mm(values, meta, x2.t())
