@@ -173,6 +173,10 @@ def on_device(device: torch.device):
     return torch.cuda.device(device)
 
 
+def _key(device: torch.device, dtype: torch.dtype, m: int, n: int, k: int) -> tuple:
+    return (device.index, dtype, m, n, k)
+
+
 class CusparseLt:
     """The loaded library, a handle per device, and the plans kept per (device, dtype, M, N, K).
 
@@ -203,7 +207,7 @@ class CusparseLt:
 
     def plan(self, device: torch.device, dtype: torch.dtype, m: int, n: int, k: int) -> _Plan:
         """The plan for this shape, built on first use (the oldest is dropped past MAX_PLANS)."""
-        key = (device.index, dtype, m, n, k)
+        key = _key(device, dtype, m, n, k)
         plan = self._plans.get(key)
         if plan is None:
             with on_device(device):
@@ -216,7 +220,7 @@ class CusparseLt:
     def plan_search(self, device: torch.device, dtype: torch.dtype, m: int, n: int, k: int) -> str | None:
         """How the kept plan for this shape chose its algorithm: "searched", why the search failed,
         or None (no plan yet, or not searched)."""
-        plan = self._plans.get((device.index, dtype, m, n, k))
+        plan = self._plans.get(_key(device, dtype, m, n, k))
         return None if plan is None else plan.search
 
     def mm(self, packed: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -228,7 +232,6 @@ class CusparseLt:
             x = x.clone()
         m, k = x.shape
         out = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
-        key = (x.device.index, x.dtype, m, out_features, k)
         with self._lock, on_device(x.device):
             plan = self.plan(x.device, x.dtype, m, out_features, k)
             if self.search and plan.search is None and not capturing():
@@ -236,7 +239,7 @@ class CusparseLt:
                     plan.run_search(packed, x, out)
                 except CusparseLtError as err:  # some shapes fail it: rebuild the plan, keep the default algorithm
                     plan.destroy()
-                    del self._plans[key]
+                    del self._plans[_key(x.device, x.dtype, m, out_features, k)]
                     plan = self.plan(x.device, x.dtype, m, out_features, k)
                     plan.search = f"failed ({err}); default algorithm"
             plan.run(packed, x, out)

@@ -3,8 +3,9 @@
 Owning the op keeps compiled graphs, exports and tests independent of torch-private op names.
 CUDA runs torch's CUTLASS semi-structured matmul on sm8x and cuSPARSELt on newer GPUs, where
 torch's CUTLASS kernel refuses to run (sm90: "Supported only on GPUs with compute capability
-8.x"); cuSPARSELt is called with plans kept per shape (`cusparselt.py`) where the library loads. Every other device runs a reference kernel (decompress, then dense `F.linear`): exact,
-but slower than dense, so it exists for correctness, tests and export, not for speed.
+8.x"); cuSPARSELt is called with plans kept per shape (`cusparselt.py`) where that loads, else
+through torch's wrapper. Every other device runs a reference kernel (decompress, then dense
+`F.linear`): exact, but slower than dense, so it exists for correctness, tests and export.
 """
 
 from __future__ import annotations
