@@ -1,7 +1,7 @@
 """cuSPARSELt 2:4 matmul with the plan kept per shape: out[M, N] = x[M, K] @ W[N, K].T.
 
 torch's `_cslt_sparse_mm` (torch 2.11) builds and destroys every cuSPARSELt descriptor and the
-matmul plan on each call, with the library's default algorithm: 0.5-1.5 ms per call on an H200
+matmul plan on each call, with the library's default algorithm: 0.5-2.3 ms per call on an H200
 whatever the shape, slower than dense bf16 everywhere (benchmarks/RESULTS.md). This module calls
 the library torch loaded through ctypes, keeps one plan per (device, dtype, M, N, K), searches
 its fastest algorithm once, and reads the weight `torch._cslt_compress` packed: the packed layout
