@@ -25,6 +25,10 @@ import torch
 
 ENV_VAR = "PROXSPARSE_CUSPARSELT"
 MAX_PLANS = 512
+SEARCH_MIN_FEATURES = 1024
+"""Weights with fewer rows or columns keep the default algorithm, without a search. On an H200
+the search succeeded at every shape tried from 4096 x 4096 up, and failed (INTERNAL_ERROR) on
+64 x 128. Small products are bound by host time, where the algorithm hardly matters."""
 
 _CUDA_R_16F, _CUDA_R_16BF = 2, 14  # cudaDataType
 _ORDER_ROW, _ORDER_COL = 2, 1  # cusparseOrder_t
@@ -182,7 +186,8 @@ class CusparseLt:
 
     With `search`, a plan's first call (outside CUDA graph capture) times every algorithm
     cuSPARSELt has for the shape and keeps the fastest: up to 2x faster than the default one on
-    an H200 (benchmarks/RESULTS.md). Where the search fails the plan keeps the default algorithm.
+    an H200 (benchmarks/RESULTS.md). Only weights of at least SEARCH_MIN_FEATURES rows and
+    columns are searched; where the search fails the plan keeps the default algorithm.
     """
 
     def __init__(self, lib: ctypes.CDLL, search: bool = False) -> None:
@@ -234,7 +239,8 @@ class CusparseLt:
         out = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
         with self._lock, on_device(x.device):
             plan = self.plan(x.device, x.dtype, m, out_features, k)
-            if self.search and plan.search is None and not capturing():
+            wanted = self.search and min(out_features, k) >= SEARCH_MIN_FEATURES
+            if wanted and plan.search is None and not capturing():
                 try:
                     plan.run_search(packed, x, out)
                 except CusparseLtError as err:  # some shapes fail it: rebuild the plan, keep the default algorithm

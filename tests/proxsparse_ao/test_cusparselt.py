@@ -87,7 +87,8 @@ def test_the_oldest_plan_is_destroyed_past_the_limit(fake, monkeypatch):
     assert count(fake, "plan_inits") == 4
 
 
-def test_with_search_each_plan_is_searched_once_then_run(fake):
+def test_with_search_each_plan_is_searched_once_then_run(fake, monkeypatch):
+    monkeypatch.setattr(cusparselt, "SEARCH_MIN_FEATURES", 64)
     library = CusparseLt(fake, search=True)
     weight, x = weight_24(64, 128, torch.bfloat16), torch.randn(8, 128).to(torch.bfloat16)
     first, second = library.mm(weight, x, 64), library.mm(weight, x, 64)
@@ -96,7 +97,18 @@ def test_with_search_each_plan_is_searched_once_then_run(fake):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
-def test_a_failed_search_leaves_a_fresh_plan_with_the_default_algorithm(fake):
+def test_small_weights_keep_the_default_algorithm(fake, monkeypatch):
+    monkeypatch.setattr(cusparselt, "SEARCH_MIN_FEATURES", 128)
+    library = CusparseLt(fake, search=True)
+    x = torch.randn(8, 128).to(torch.bfloat16)
+    library.mm(weight_24(64, 128, torch.bfloat16), x, 64)  # 64 rows: below the threshold
+    assert count(fake, "searches") == 0 and library.plan_search(x.device, x.dtype, 8, 64, 128) is None
+    library.mm(weight_24(128, 128, torch.bfloat16), x, 128)
+    assert count(fake, "searches") == 1 and library.plan_search(x.device, x.dtype, 8, 128, 128) == "searched"
+
+
+def test_a_failed_search_leaves_a_fresh_plan_with_the_default_algorithm(fake, monkeypatch):
+    monkeypatch.setattr(cusparselt, "SEARCH_MIN_FEATURES", 64)
     ctypes.c_int.in_dll(fake, "fake_fail_search").value = 1
     library = CusparseLt(fake, search=True)
     weight, x = weight_24(64, 128, torch.bfloat16), torch.randn(8, 128).to(torch.bfloat16)
@@ -109,6 +121,7 @@ def test_a_failed_search_leaves_a_fresh_plan_with_the_default_algorithm(fake):
 
 
 def test_no_search_while_a_cuda_graph_is_recorded(fake, monkeypatch):
+    monkeypatch.setattr(cusparselt, "SEARCH_MIN_FEATURES", 64)
     monkeypatch.setattr(cusparselt, "capturing", lambda: True)
     library = CusparseLt(fake, search=True)
     library.mm(weight_24(64, 128, torch.bfloat16), torch.randn(8, 128).to(torch.bfloat16), 64)
