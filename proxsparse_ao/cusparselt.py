@@ -75,7 +75,6 @@ def library_path() -> str | None:
         if "libcusparseLt.so" in Path(path).name:
             return path
     return None
-    return None
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
