@@ -236,8 +236,7 @@ def cusparselt_paths(device: torch.device) -> dict:
                 row[f"{name}_ms"] = pipelined_ms(call, device)
             except Exception as err:  # record and go on: the other paths still say something
                 row[f"{name}_error"] = f"{type(err).__name__}: {err}"
-        plan = searched.plan(device, torch.bfloat16, x.shape[0], n, k)
-        row["direct_searched_plan"] = {"search": plan.search, "algorithm_id": plan.algorithm_id()}
+        row["direct_searched_plan"] = searched.plan_search(device, torch.bfloat16, x.shape[0], n, k)
         for name in ("dense", "direct", "direct_searched"):  # torch's wrapper builds a plan inside the capture: not tried
             try:
                 row[f"{name}_graph_ms"] = graph_ms(calls[name], device)
@@ -250,15 +249,9 @@ def cusparselt_paths(device: torch.device) -> dict:
 
 def pipelined_ms(fn, device: torch.device, reps: int = 20) -> float:
     """Milliseconds per call of `reps` calls issued back to back (host work overlaps the GPU), best of 3."""
-    best = float("inf")
-    for _ in range(3):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync(device)
-        best = min(best, (time.perf_counter() - start) * 1e3 / reps)
-    return best
+    from proxsparse_ao.speed import _ms_per_call
+
+    return min(_ms_per_call(fn, device, reps) for _ in range(3))
 
 
 def graph_ms(fn, device: torch.device, reps: int = 20) -> float:

@@ -36,7 +36,6 @@ _OP_N, _OP_T = 0, 1  # cusparseOperation_t
 _COMPUTE_32F = 2  # cusparseComputeType (cuSPARSELt >= 0.5.2: 32I, 16F, 32F)
 _SPARSITY_50 = 0
 _ALG_DEFAULT = 0
-_ALG_CONFIG_ID = 0  # cusparseLtMatmulAlgAttribute_t
 _DTYPES = {torch.float16: _CUDA_R_16F, torch.bfloat16: _CUDA_R_16BF}
 _OPAQUE_BYTES = 1024  # handle/descriptor/plan structs are 512 bytes in cuSPARSELt 0.8-0.10: room to spare
 _STATUS = {
@@ -89,7 +88,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "cusparseLtMatmulDescriptorInit": [ptr, ptr, enum, enum, ptr, ptr, ptr, ptr, enum],
         "cusparseLtMatmulAlgSelectionInit": [ptr, ptr, ptr, enum],
         "cusparseLtMatmulAlgSelectionDestroy": [ptr],
-        "cusparseLtMatmulAlgGetAttribute": [ptr, ptr, enum, ptr, ctypes.c_size_t],
         "cusparseLtMatmulPlanInit": [ptr, ptr, ptr, ptr],
         "cusparseLtMatmulPlanDestroy": [ptr],
         "cusparseLtMatmulGetWorkspace": [ptr, ptr, ptr],
@@ -126,12 +124,6 @@ class _Plan:
         size = ctypes.c_size_t(0)
         _check(self.lib.cusparseLtMatmulGetWorkspace(self.handle.ptr, self.plan.ptr, ctypes.byref(size)), "MatmulGetWorkspace")
         return size.value
-
-    def algorithm_id(self) -> int:
-        value = ctypes.c_int(0)
-        _check(self.lib.cusparseLtMatmulAlgGetAttribute(self.handle.ptr, self.algorithm.ptr, _ALG_CONFIG_ID,
-                                                        ctypes.byref(value), ctypes.sizeof(value)), "MatmulAlgGetAttribute")
-        return value.value
 
     def _launch(self, function, packed: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> int:
         """Call cusparseLtMatmul or cusparseLtMatmulSearch on torch's current stream, with a fresh workspace."""
