@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -46,46 +47,57 @@ def _free_port() -> int:
 def _worker(rank: int, port: int, out: str, checkpoint_dir: str, overrides: dict[str, object], resume: bool) -> None:
     import torch.distributed as dist
 
-    from proxsparse_ao.distributed import check_shard_layout, learn_masks_distributed
-
+    faulthandler.enable()  # a native abort prints every thread's Python stack into the test's output
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        config = ProxSparseConfig(**SETTINGS, **overrides)
-        model = make_tiny_llama()
-        result = learn_masks_distributed(model, _tokens(), config, _layers(model, config))
-        if not resume:
-            if rank == 0:
-                torch.save({"result": result}, out)
-            return
-
-        resumable = ProxSparseConfig(**SETTINGS, **overrides, checkpoint_dir=checkpoint_dir, checkpoint_every=1)
-        model = make_tiny_llama()
-
-        def die(stats):
-            if stats.step == 2:
-                raise KeyboardInterrupt
-
-        try:
-            learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable), callback=die)
-        except KeyboardInterrupt:
-            pass
-        model = make_tiny_llama()
-        resumed = learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable))
-
-        from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
-
-        split = distribute_tensor(torch.zeros(8, 8), DeviceMesh("cpu", list(range(WORLD))), [Shard(1)])
-        try:
-            check_shard_layout("columns", split)
-            layout_error = ""
-        except ProxSparseError as err:
-            layout_error = str(err)
+        saved = _learn(checkpoint_dir, overrides, resume)
         if rank == 0:
-            torch.save({"result": result, "resumed": resumed, "layout_error": layout_error}, out)
+            torch.save(saved, out)
     finally:
         dist.destroy_process_group()
+    # The gloo group's threads still run after destroy_process_group once FSDP2 has used it (torch keeps
+    # the mesh referenced), and tearing them down inside interpreter shutdown aborted a rank once in CI
+    # ("terminate called without an active exception"). Everything is saved: skip the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _learn(checkpoint_dir: str, overrides: dict[str, object], resume: bool) -> dict[str, object]:
+    """One run; with `resume`, also a run killed in step 2 then resumed, and the column-split check."""
+    from proxsparse_ao.distributed import check_shard_layout, learn_masks_distributed
+
+    config = ProxSparseConfig(**SETTINGS, **overrides)
+    model = make_tiny_llama()
+    result = learn_masks_distributed(model, _tokens(), config, _layers(model, config))
+    if not resume:
+        return {"result": result}
+
+    resumable = ProxSparseConfig(**SETTINGS, **overrides, checkpoint_dir=checkpoint_dir, checkpoint_every=1)
+    model = make_tiny_llama()
+
+    def die(stats):
+        if stats.step == 2:
+            raise KeyboardInterrupt
+
+    try:
+        learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable), callback=die)
+    except KeyboardInterrupt:
+        pass
+    model = make_tiny_llama()
+    resumed = learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable))
+
+    from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+
+    split = distribute_tensor(torch.zeros(8, 8), DeviceMesh("cpu", list(range(WORLD))), [Shard(1)])
+    try:
+        check_shard_layout("columns", split)
+        layout_error = ""
+    except ProxSparseError as err:
+        layout_error = str(err)
+    return {"result": result, "resumed": resumed, "layout_error": layout_error}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
