@@ -174,7 +174,7 @@ def kernel_correctness(device: torch.device, smoke: bool) -> dict:
 
 
 def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> dict:
-    from proxsparse_ao.speed import SpeedTable
+    from proxsparse_ao.speed import SpeedTable, interleaved_seconds
 
     shapes = {"smoke": (256, 512)} if smoke else LLAMA3_8B_SHAPES
     ms = (1, 16) if smoke else MS
@@ -400,32 +400,13 @@ def first_call_s(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(steps: dict, device: torch.device, warmup: int, rounds: int, per_round: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, timed in alternating blocks (A B, then B A, ...) so that
-    a slow spell of a shared host or a clock change falls on both variants alike."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    sync(device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    order = list(steps)
-    for index in range(rounds):
-        for name in order if index % 2 == 0 else order[::-1]:
-            for _ in range(per_round):
-                start = time.perf_counter()
-                steps[name]()
-                sync(device)
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
 def end_to_end(name: str, device: torch.device, args, budget: Budget, estimates: dict) -> dict:
     """Prefill and decode tokens/s under proxsparse_ao.compile, dense (sparse='never') vs 2:4,
     each variant on its own copy of the model, timed in alternating blocks."""
     import copy
 
     import proxsparse_ao
-    from proxsparse_ao.speed import SpeedTable
+    from proxsparse_ao.speed import SpeedTable, interleaved_seconds
     from transformers import StaticCache
 
     dtype = torch.bfloat16
@@ -486,7 +467,7 @@ def end_to_end(name: str, device: torch.device, args, budget: Budget, estimates:
             if phase == "prefill":
                 for variant, fn in step_fns.items():
                     logits[variant] = fn().logits.float().cpu()
-            times = interleaved(step_fns, device, warmup, rounds, per_round)
+            times = interleaved_seconds(step_fns, device, warmup=warmup, rounds=rounds, per_round=per_round)
             for variant, (_, report, tokens) in prepared.items():
                 per_call = statistics.median(times[variant])
                 result[phase][variant].update({

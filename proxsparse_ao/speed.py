@@ -89,6 +89,28 @@ def _ms_per_call(fn: Callable[[], object], device: torch.device, reps: int) -> f
     return (time.perf_counter() - start) * 1e3 / reps
 
 
+def interleaved_seconds(
+    steps: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, rounds: int, per_round: int,
+) -> dict[str, list[float]]:
+    """Seconds of each timed call of every variant, timed in alternating blocks (A B, then B A, ...)
+    so that a slow spell of a shared host or a clock change falls on every variant alike (timed one
+    after the other, the same dense model drifted 1.3x between two variants on an H200)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    _synchronize(device)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for index in range(rounds):
+        for name in order if index % 2 == 0 else order[::-1]:
+            for _ in range(per_round):
+                start = time.perf_counter()
+                steps[name]()
+                _synchronize(device)
+                seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
 def time_linear(device: torch.device, dtype: torch.dtype, m: int, n: int, k: int, reps: int = 20) -> tuple[float, float]:
     """(dense ms, sparse ms) per call for x [m, k] times a random 2:4 weight [n, k], best of 2 rounds."""
     generator = torch.Generator(device=device).manual_seed(0)

@@ -314,28 +314,15 @@ def check_deployment(
     return deployment, compiled, deploy
 
 
-def _cuda_ms(fn, reps: int) -> float:
-    """Median milliseconds per call of `fn` on CUDA, after warm-up."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
-
-
 @torch.no_grad()
 def measure_speed(
     model: nn.Module, compiled_sparse: nn.Module, input_ids: torch.Tensor, layers: list[str], reps: int = 20,
 ) -> dict[str, Any]:
-    """CUDA only: per-layer (each distinct target shape at M = the input's tokens, via `speed.time_linear`)
-    and end-to-end (compiled sparse vs the same model compiled with sparse='never') milliseconds and speedups."""
+    """Per-layer (each distinct target shape at M = the input's tokens, via `speed.time_linear`) and
+    end-to-end (compiled sparse vs the same model compiled with sparse='never', `reps` calls each in
+    alternating blocks, median) milliseconds and speedups. Meaningful on CUDA (see speed_skip_reason)."""
     from .compile import compile as compile_24
-    from .speed import time_linear
+    from .speed import interleaved_seconds, time_linear
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -351,8 +338,10 @@ def measure_speed(
         dense_ms, sparse_ms = by_shape[shape]
         per_layer[name] = {"m": tokens, "n": shape[0], "k": shape[1], "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                            "speedup": dense_ms / sparse_ms}
-    sparse_ms = _cuda_ms(lambda: compiled_sparse(ids), reps)
     dense_compiled, _ = compile_24(model, sparse="never")
-    dense_ms = _cuda_ms(lambda: dense_compiled(ids), reps)
+    rounds = 4 if reps >= 4 else reps
+    seconds = interleaved_seconds({"sparse": lambda: compiled_sparse(ids), "dense": lambda: dense_compiled(ids)},
+                                  device, warmup=3, rounds=rounds, per_round=max(1, reps // rounds))
+    sparse_ms, dense_ms = (statistics.median(seconds[name]) * 1e3 for name in ("sparse", "dense"))
     return {"tokens": tokens, "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
             "per_layer": per_layer}

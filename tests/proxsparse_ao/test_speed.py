@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from proxsparse_ao.speed import OPEN_END_PROBE, SpeedTable, buckets_for, probes, probes_for, time_linear
+from proxsparse_ao.speed import (
+    OPEN_END_PROBE, SpeedTable, buckets_for, interleaved_seconds, probes, probes_for, time_linear,
+)
 
 CPU = torch.device("cpu")
 
@@ -80,3 +82,13 @@ def test_minimum_speedup_guards_against_noise():
 def test_time_linear_measures_both_kernels_on_cpu():
     dense_ms, sparse_ms = time_linear(CPU, torch.bfloat16, 8, 64, 128, reps=2)
     assert dense_ms > 0 and sparse_ms > 0
+
+
+def test_interleaved_timing_alternates_the_variants_and_times_each_alike():
+    calls: list[str] = []
+    steps = {"dense": lambda: calls.append("dense"), "sparse": lambda: calls.append("sparse")}
+    seconds = interleaved_seconds(steps, CPU, warmup=1, rounds=3, per_round=2)
+    d, s = "dense", "sparse"
+    assert calls == [d, s] + [d, d, s, s] + [s, s, d, d] + [d, d, s, s]  # warm-up, then A B, B A, A B
+    assert {name: len(times) for name, times in seconds.items()} == {d: 6, s: 6}
+    assert all(t >= 0 for times in seconds.values() for t in times)

@@ -10,7 +10,7 @@ import torch
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.masks import apply_mask, magnitude_mask
 from proxsparse_ao.verification import (
-    SPEED_SKIP, baseline_source, check_structure, read_metadata, speed_skip_reason, target_layers,
+    SPEED_SKIP, baseline_source, check_structure, measure_speed, read_metadata, speed_skip_reason, target_layers,
 )
 
 
@@ -85,6 +85,19 @@ def test_baseline_source():
 def test_speed_is_skipped_off_cuda_with_the_reason():
     reason = speed_skip_reason(torch.device("cpu"))
     assert reason.startswith(SPEED_SKIP) and "cpu" in reason
+
+
+def test_end_to_end_speed_times_sparse_and_dense_alternately(tiny_llama, monkeypatch):
+    """The compiled models are stand-ins here (no compile): what is checked is the protocol."""
+    calls: list[str] = []
+    monkeypatch.setattr("proxsparse_ao.compile.compile", lambda model, sparse: (lambda ids: calls.append("dense"), None))
+    monkeypatch.setattr("proxsparse_ao.speed.time_linear", lambda device, dtype, m, n, k, reps: (2.0, 1.0))
+    layers = list(target_layers(tiny_llama, None)[0])
+    speed = measure_speed(tiny_llama, lambda ids: calls.append("sparse"), torch.zeros(1, 8, dtype=torch.long), layers, reps=8)
+    s, d = "sparse", "dense"
+    assert calls == [s] * 3 + [d] * 3 + ([s] * 2 + [d] * 2 + [d] * 2 + [s] * 2) * 2  # warm-up, then S D, D S, ...
+    assert speed["tokens"] == 8 and speed["speedup"] == pytest.approx(speed["dense_ms"] / speed["sparse_ms"])
+    assert set(speed["per_layer"]) == set(layers) and all(row["speedup"] == 2.0 for row in speed["per_layer"].values())
 
 
 def test_deployment_check_fails_a_rewrite_that_changes_the_outputs():
