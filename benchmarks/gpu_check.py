@@ -220,7 +220,7 @@ def cusparselt_paths(device: torch.device) -> dict:
     for m, n, k in shapes:
         weight = pruned(n, k, device, torch.bfloat16)
         packed = torch._cslt_compress(weight)
-        x = torch.randn(m + (-m) % 8, k, device=device, dtype=torch.bfloat16)
+        x = torch.randn(padded_rows(m), k, device=device, dtype=torch.bfloat16)
         calls = {
             "dense": lambda: F.linear(x, weight),
             "torch_cslt": lambda: torch._cslt_sparse_mm(packed, x.t(), transpose_result=True),
@@ -245,6 +245,13 @@ def cusparselt_paths(device: torch.device) -> dict:
         rows.append(row)
     info["rows"] = rows
     return info
+
+
+def padded_rows(m: int) -> int:
+    """The rows linear24 hands the 2:4 matmul for M = m (padded to the kernels' multiple)."""
+    from proxsparse_ao.ops import CUTLASS_M_MULTIPLE
+
+    return m + (-m) % CUTLASS_M_MULTIPLE
 
 
 def pipelined_ms(fn, device: torch.device, reps: int = 20) -> float:
@@ -272,7 +279,7 @@ def cached_plan_search(device: torch.device, m: int, n: int, k: int) -> str | No
     from proxsparse_ao.cusparselt import direct
 
     library = direct() if device.type == "cuda" else None
-    return None if library is None else library.plan_search(device, torch.bfloat16, m + (-m) % 8, n, k)
+    return None if library is None else library.plan_search(device, torch.bfloat16, padded_rows(m), n, k)
 
 
 def bare_cusparselt_ms(device: torch.device, m: int, n: int, k: int) -> float | None:
@@ -283,7 +290,7 @@ def bare_cusparselt_ms(device: torch.device, m: int, n: int, k: int) -> float | 
     if device.type != "cuda" or cuda_backend(torch.cuda.get_device_capability(device)) != "cusparselt":
         return None
     packed = torch._cslt_compress(pruned(n, k, device, torch.bfloat16))
-    x = torch.randn(m + (-m) % 8, k, device=device, dtype=torch.bfloat16)
+    x = torch.randn(padded_rows(m), k, device=device, dtype=torch.bfloat16)
     return best_ms(lambda: torch._cslt_sparse_mm(packed, x.t(), transpose_result=True), device, reps=20)
 
 
