@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import typing
@@ -503,5 +504,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if result.stopped else 0
 
 
+def _entry() -> None:
+    """`python -m` / torchrun entry: a bad input is one line on stderr and exit status 2. The exit skips
+    interpreter teardown: a gloo group FSDP2 has used stays alive past destroy_process_group (torch keeps
+    it referenced), and tearing its threads down during shutdown can abort a process whose work is done."""
+    try:
+        code = main()
+    except ProxSparseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _entry()

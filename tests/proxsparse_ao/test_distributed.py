@@ -152,6 +152,16 @@ def test_torchrun_entry_writes_the_pruned_model_once(tiny_model_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
+def test_entry_reports_bad_input_in_one_line_without_a_traceback(tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    run = subprocess.run([sys.executable, "-m", "proxsparse_ao.distributed", "model", "--output", str(taken)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"error: {taken} already exists: pass --overwrite to replace it" in run.stderr.splitlines()
+    assert taken.is_dir() and not any(taken.iterdir())
+
+
 def test_torchrun_entry_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
     from proxsparse_ao.distributed import main
 

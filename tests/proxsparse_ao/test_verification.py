@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -90,8 +91,9 @@ def test_speed_is_skipped_off_cuda_with_the_reason():
 def test_end_to_end_speed_times_sparse_and_dense_alternately(tiny_llama, monkeypatch):
     """The compiled models are stand-ins here (no compile): what is checked is the protocol."""
     calls: list[str] = []
-    monkeypatch.setattr("proxsparse_ao.compile.compile", lambda model, sparse: (lambda ids: calls.append("dense"), None))
-    monkeypatch.setattr("proxsparse_ao.speed.time_linear", lambda device, dtype, m, n, k, reps: (2.0, 1.0))
+    compile_module = importlib.import_module("proxsparse_ao.compile")  # the package's `compile` is the function
+    monkeypatch.setattr(compile_module, "compile", lambda model, sparse: (lambda ids: calls.append("dense"), None))
+    monkeypatch.setattr(importlib.import_module("proxsparse_ao.speed"), "time_linear", lambda *shape, reps: (2.0, 1.0))
     layers = list(target_layers(tiny_llama, None)[0])
     speed = measure_speed(tiny_llama, lambda ids: calls.append("sparse"), torch.zeros(1, 8, dtype=torch.long), layers, reps=8)
     s, d = "sparse", "dense"
