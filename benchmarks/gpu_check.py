@@ -174,7 +174,7 @@ def kernel_correctness(device: torch.device, smoke: bool) -> dict:
 
 
 def per_shape_speed(device: torch.device, smoke: bool, timings_path: Path) -> dict:
-    from proxsparse_ao.speed import SpeedTable, interleaved_seconds
+    from proxsparse_ao.speed import SpeedTable
 
     shapes = {"smoke": (256, 512)} if smoke else LLAMA3_8B_SHAPES
     ms = (1, 16) if smoke else MS
