@@ -22,6 +22,11 @@ pruned model (the original weights reloaded from disk x masks) atomically throug
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run by torchrun: quiet the libraries before they are imported (torchao logs then)
+    from proxsparse_ao.quiet import quiet_libraries
+
+    quiet_libraries()
+
 import argparse
 import dataclasses
 import json

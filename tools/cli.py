@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from proxsparse_ao.quiet import quiet_libraries
 
-NOISY_LOGGERS = (
-    "torchao", "transformers", "datasets", "lm_eval", "accelerate", "huggingface_hub",
-    "torch._dynamo", "torch._inductor", "torch.utils._pytree",
-)
-
-
-def quiet_libraries() -> None:
-    """Silence library chatter: torchao's CUDA-extension load failures on CPU, torch's pytree
-    deprecation notes, HF warnings. Runs before any command module imports those libraries,
-    because torchao logs its failures at import time."""
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-quiet_libraries()
+quiet_libraries()  # before any command module imports torchao, which logs its failures at import time
 
 from rich.console import Console  # noqa: E402
 
