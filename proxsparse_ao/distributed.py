@@ -509,18 +509,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if result.stopped else 0
 
 
+def exit_without_teardown(code: int) -> typing.NoReturn:
+    """End a process whose distributed work is done and saved, skipping interpreter teardown: a gloo group
+    FSDP2 has used stays alive past destroy_process_group (torch keeps it referenced), and tearing its
+    threads down during shutdown can abort the process ("terminate called without an active exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _entry() -> None:
-    """`python -m` / torchrun entry: a bad input is one line on stderr and exit status 2. The exit skips
-    interpreter teardown: a gloo group FSDP2 has used stays alive past destroy_process_group (torch keeps
-    it referenced), and tearing its threads down during shutdown can abort a process whose work is done."""
+    """`python -m` / torchrun entry: a bad input is one line on stderr and exit status 2."""
     try:
         code = main()
     except ProxSparseError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_without_teardown(code)
 
 
 if __name__ == "__main__":
