@@ -1,23 +1,38 @@
-/* Exact proximal operator of lam * R for groups of 4 (EnumALM), solved per group.
+/* Exact proximal operator of lam * R for groups of 4, solved per group.
  *
  * R(w) = sum over the 4 triples i<j<k of |wi wj wk|. On the sorted magnitudes
- * a0 >= a1 >= a2 >= a3 the candidates are (a0, a1, 0, 0), and coordinate minimisation on
- * the supports {0,1,2} and {0,1,2,3}, sweeping from the smallest entry up; each
- * update is exact: w_k <- max(a_k - lam * S_k, 0), S_k = sum of pairwise products of the
- * other entries. The candidate with the smallest 1/2||w - a||^2 + lam R(w) wins.
+ * a0 >= a1 >= a2 >= a3, f(w) = 1/2||w - a||^2 + lam R(w); its minimiser is (a0, a1, 0, 0), the
+ * local minimum inside {0,1,2} (w3 = 0) or the one inside {0,1,2,3}: EnumALM's three candidates,
+ * the best of which wins.
  *
- * Most groups need no search: bounds on every local minimum of a support (below) prove that
- * it cannot beat the best candidate so far, and the bounds give the searches that remain a
- * start close to their end (the middle of the bounds, where EnumALM starts from w = 0; the
- * point found is never worse, and sometimes a better local minimum). Most searches on
- * {0,1,2,3} that stop do so on the face w3 = 0, at a stationary point of {0,1,2}: the search
- * on {0,1,2} starts there when it lies inside that support's bounds. Groups are taken CHUNK
- * at a time (_prox24_solve.h): one pass sorts them and proves what it can in the input's own
- * precision, then the groups left sweep LANES side by side in double, in loops the compiler
- * vectorises, a lane taking the next group as soon as its own has ended; the rare search still
- * moving after POLISH_AFTER sweeps (near a fold, where sweeps crawl) finishes with Newton steps.
- * Plain C, no dependency: built once per CPU at first use and loaded through ctypes; the caller
- * splits the groups between threads (ctypes releases the GIL) and allocates the workspaces.
+ * Convex groups, lam (|z0| + |z1| + |z2| + |z3|) < CONVEX_BOUND (most groups where lam times the
+ * weights' square is small, as in training): f is strictly convex on the box [0, a] that holds
+ * every minimiser, so coordinate minimisation on {0,1,2,3} from w = a reaches the global minimum,
+ * whatever its support. They are swept BLOCK consecutive groups side by side, first in float, then
+ * in double, and the few still moving go on in the lanes below.
+ *
+ * The other groups:
+ * - {0,1,2} exactly. Its stationary points are w2 = x, w_i = (a_i + sqrt(a_i^2 - 4 x (a2 - x))) / 2
+ *   (i = 0, 1) at the roots of phi(x) = (a0 + s0)(a1 + s1) - 4 (a2 - x) / lam on (0, a2]; phi is
+ *   convex, phi(a2) > 0, and its largest root is the local minimum. Newton steps from an upper
+ *   bound on w2 fall onto that root without passing it, or prove there is none.
+ * - {0,1,2,3} by coordinate minimisation from the middle of its bounds, only where {0,1,2} has a
+ *   local minimum w* (checked over 7.2M groups: a 4-support prox never occurred without one), and
+ *   stopped as soon as it reaches the face w3 = 0 where a3 <= lam e2(w*) (there it would end at
+ *   w*, already a candidate; over the comparisons in benchmarks/RESULTS.md the result was never
+ *   worse than searching on). The rare search still moving after POLISH_AFTER sweeps (near a fold,
+ *   where sweeps crawl) finishes with Newton steps.
+ * - Bounds on every local minimum of a support (below) prove most candidates cannot win, so most
+ *   groups need neither; they also give the searches their starts.
+ *
+ * Groups are taken CHUNK at a time (_prox24_solve.h): one pass sorts them and proves what it can in
+ * the input's own precision, then the searches left sweep LANES side by side in double, in loops
+ * the compiler vectorises, a lane taking the next group as soon as its own has ended. Every group of
+ * one kind takes the same steps wherever it sits: a chunk of mixed kinds solves its larger kind in
+ * place and sets the other aside (both, when neither is small), to be solved with others of its
+ * kind in a chunk of their own. Plain C, no dependency: built once per CPU at first use and loaded
+ * through ctypes; the caller splits the groups between threads (ctypes releases the GIL) and
+ * allocates the workspaces.
  *
  * The bounds. A local minimum w of a support S is stationary, w_i = a_i - lam e2(w without i)
  * for i in S, and its Hessian I + lam H (H_ij = sum of w_k, k in S, k != i, j) is PSD, so its
@@ -40,6 +55,10 @@
 #define CHUNK 2048 /* groups; the caller splits threads on multiples of it */
 #define MAX_SWEEPS 1000
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
+#define CONVEX_BOUND 0.8 /* below 1 (convexity), where sweeps from w = a still end fast */
+#define BLOCK 32 /* convex groups swept side by side */
+#define BLOCK_SWEEPS 8 /* every convex group's sweeps before it may end */
+#define FLOAT_SWEEPS 4 /* the first of them, in float */
 
 /* Bit l set where flags[l] (0 or 1) is set, for l < LANES. */
 static inline unsigned long long lane_bits(const unsigned char *flags) {
@@ -57,6 +76,7 @@ static inline unsigned long long lane_bits(const unsigned char *flags) {
 }
 
 static inline double pos(double x) { return x > 0.0 ? x : 0.0; }
+static inline float posf(float x) { return x > 0.0f ? x : 0.0f; }
 
 /* x * y + z, rounded once where the CPU has a fused multiply-add. Written out, not left to the
  * compiler's contraction, which may fuse the vector loop and a lone sweep differently. */
@@ -78,44 +98,16 @@ static inline double sweep4(const double *a, double *w, int stride, double lam) 
     return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2) + fabs(n3 - w3);
 }
 
-/* One sweep on {0,1,2} (2, 1, 0) with w3 = 0; returns its L1 change. */
-static inline double sweep3(const double *a, double *w, int stride, double lam) {
-    double w0 = w[0], w1 = w[stride], w2 = w[2 * stride];
-    double n2 = pos(MADD(-lam, w0 * w1, a[2 * stride]));
-    double n1 = pos(MADD(-lam * w0, n2, a[stride]));
-    double n0 = pos(MADD(-lam * n1, n2, a[0]));
-    w[0] = n0; w[stride] = n1; w[2 * stride] = n2;
-    return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2);
-}
-
 static inline double objective(const double *a, const double *w, double lam) {
     double d0 = w[0] - a[0], d1 = w[1] - a[1], d2 = w[2] - a[2], d3 = w[3] - a[3];
     double r = w[0] * w[1] * (w[2] + w[3]) + w[2] * w[3] * (w[0] + w[1]);
     return 0.5 * (d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3) + lam * r;
 }
 
-static inline double plus_root(double a, double t) { return 0.5 * (a + sqrt(pos(a * a - 4.0 * t))); }
-
-/* The 3-support stationary point on the branch w_i = (a_i + sqrt(a_i^2 - 4t)) / 2, t = lam w0 w1 w2,
- * found by bisection on t (the residual is decreasing). Coordinate minimisation from w = 0 stalls
- * on the boundary where lam a1 a2 == a0 exactly (tied groups); this recovers the interior point.
- * Returns 0 when the branch has no stationary point. */
-static int plus_branch3(const double *a, double lam, double *w) {
-    double lo = 0.0, hi = 0.25 * a[2] * a[2];
-    if (lam * plus_root(a[0], hi) * plus_root(a[1], hi) * plus_root(a[2], hi) - hi > 0.0) return 0;
-    for (int it = 0; it < 200 && hi - lo > 1e-17 * hi; ++it) {
-        double mid = 0.5 * (lo + hi);
-        if (lam * plus_root(a[0], mid) * plus_root(a[1], mid) * plus_root(a[2], mid) - mid > 0.0) lo = mid;
-        else hi = mid;
-    }
-    for (int i = 0; i < 3; ++i) w[i] = plus_root(a[i], lo);
-    w[3] = 0.0;
-    return 1;
-}
-
 /* A Newton step on the stationarity equations w_i = a_i - lam e2(w without i) of the positive
- * entries among the first `support`, kept only when it stays positive and lowers f. */
-static void newton_step(const double *a, double *w, double lam, int support) {
+ * entries, kept only when it stays positive and lowers f. */
+static void newton_step(const double *a, double *w, double lam) {
+    const int support = 4;
     double m[4][5], total = 0.0, trial[4] = {w[0], w[1], w[2], w[3]};
     int at[4], n = 0;
     for (int i = 0; i < support; ++i) {
@@ -160,10 +152,10 @@ static void newton_step(const double *a, double *w, double lam, int support) {
 /* Finish a slow search from w after `sweeps` sweeps: Newton steps, each followed by the sweep
  * that decides convergence as before, so the end is the sweeps' own kind of point, reached in
  * a few steps where the sweeps alone contract slowly. */
-static void polish(const double *a, double *w, double lam, double tol, int support, int sweeps) {
+static void polish(const double *a, double *w, double lam, double tol, int sweeps) {
     for (; sweeps < MAX_SWEEPS; ++sweeps) {
-        newton_step(a, w, lam, support);
-        if ((support == 4 ? sweep4(a, w, 1, lam) : sweep3(a, w, 1, lam)) <= tol) return;
+        newton_step(a, w, lam);
+        if (sweep4(a, w, 1, lam) <= tol) return;
     }
 }
 

@@ -16,13 +16,22 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
 
 /* CHUNK groups: a copy of the input, then [entry][group]: sorted magnitudes, the rank of each
  * position among them, where each search starts, and the best candidate so far (in double once
- * a search has improved on (a0, a1, 0, 0)); the groups a search takes, and those it ended
- * still moving or on an edge, to look at again. */
+ * a search has improved on (a0, a1, 0, 0)); the groups a search takes, and those it ended still
+ * moving, to polish; the groups set aside by kind; exact3's list of groups. */
 struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
-    double rare_a[3][CHUNK], rare_done[CHUNK];
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
+    T convex[CHUNK], hard_ok[CHUNK], convex_ok[CHUNK];  /* is_convex; which groups solve takes */
+    double resume[4][CHUNK];      /* where a convex group still moving after its block sweeps goes on */
+    T out[4 * CHUNK];             /* a set-aside chunk's results, before they go to their places */
+    T stream_z[2][8 * CHUNK];     /* groups set aside, by kind (0 hard, 1 convex), until CHUNK of a kind */
+    int64_t stream_at[2][2 * CHUNK];  /* where each set-aside group's result goes */
+    int stream_count[2];
+    unsigned char kind_is[CHUNK];
+    double maybe3[CHUNK], face_stop[CHUNK];  /* {0,1,2} may have a local minimum; it keeps w3 = 0 */
+    double root_a[3][CHUNK], root_x[CHUNK], root_k[CHUNK], root_step[CHUNK];  /* exact3's list */
+    int root_group[CHUNK];
 };
 
 /* Compare-exchange: the larger value first. */
@@ -35,7 +44,16 @@ struct NAME(chunk) {
 /* Entry k outranks entry j (k < j): larger magnitude, or equal and k first. */
 #define FIRST(k, j) ((T)(m##k >= m##j))
 
-static void NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n) {
+/* 1 where lam (|z0| + |z1| + |z2| + |z3|) < CONVEX_BOUND: f is then strictly convex on the box
+ * [0, a] that holds every minimiser (its Hessian is at least 1 - lam sum(w) times the identity), so
+ * coordinate minimisation on {0,1,2,3} from w = a reaches the global minimum, whatever its support.
+ * Computed one way wherever it is asked, so that a group is of one kind wherever it sits. */
+static inline int NAME(is_convex)(const T *z, T lam) {
+    return lam * ((fabs(z[0]) + fabs(z[1])) + (fabs(z[2]) + fabs(z[3]))) < (T)CONVEX_BOUND;
+}
+
+/* Returns how many of the n groups are convex. */
+static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam) {
     for (int i = 0; i < 4 * n; ++i) c->z[i] = src[i];
     for (int g = 0; g < n; ++g) {
         T m0 = fabs(c->z[4 * g]), m1 = fabs(c->z[4 * g + 1]), m2 = fabs(c->z[4 * g + 2]), m3 = fabs(c->z[4 * g + 3]);
@@ -48,12 +66,79 @@ static void NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n) {
         ORDER(0, 1); ORDER(2, 3); ORDER(0, 2); ORDER(1, 3); ORDER(1, 2);
         c->a[0][g] = v0; c->a[1][g] = v1; c->a[2][g] = v2; c->a[3][g] = v3;
     }
+    int convexes = 0;
     for (int g = 0; g < n; ++g) {
         double a2 = c->a[2][g], a3 = c->a[3][g];
         c->best_obj[g] = 0.5 * (a2 * a2 + a3 * a3);
         c->improved[g] = 0.0;
+        int convex = NAME(is_convex)(c->z + 4 * g, lam);
+        c->convex[g] = convex ? 1 : 0;
+        convexes += convex;
+    }
+    return convexes;
+}
+
+/* Every group of the chunk, BLOCK consecutive groups side by side (nothing gathered, no lane
+ * refills): BLOCK_SWEEPS coordinate sweeps on {0,1,2,3} from w = a, the first FLOAT_SWEEPS in
+ * float on the group scaled to a0 = 1 (twice the lanes of a vector, while the point is still far
+ * from its end), the rest in double. For the convex groups taken (convex_ok): where the last sweep
+ * changed the point by at most REL_TOL a0, it is the prox (best); the others go on in the lanes
+ * from there (flag, resume). Every convex group takes exactly these steps, so its result does not
+ * depend on its neighbours. */
+static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
+    for (int g0 = 0; g0 < n; g0 += BLOCK) {
+        double a[4][BLOCK], w[4][BLOCK], change[BLOCK];
+        float af[4][BLOCK], wf[4][BLOCK], lf[BLOCK];
+        int m = n - g0 < BLOCK ? n - g0 : BLOCK;
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < BLOCK; ++j) a[i][j] = j < m ? (double)c->a[i][g0 + j] : 0.0;
+        if (FLOAT_SWEEPS > 0) {
+            for (int j = 0; j < BLOCK; ++j) {
+                double scale = a[0][j] > 0.0 ? 1.0 / a[0][j] : 0.0;
+                for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * scale);
+                lf[j] = (float)(lam * a[0][j]);
+            }
+            for (int k = 0; k < FLOAT_SWEEPS; ++k) {
+                for (int j = 0; j < BLOCK; ++j) {
+                    float w0 = wf[0][j], w1 = wf[1][j], w2 = wf[2][j], l = lf[j];
+                    float n3 = posf(af[3][j] - l * (w0 * w1 + w0 * w2 + w1 * w2));
+                    float n2 = posf(af[2][j] - l * ((w0 + w1) * n3 + w0 * w1));
+                    float n1 = posf(af[1][j] - l * (w0 * (n2 + n3) + n2 * n3));
+                    float n0 = posf(af[0][j] - l * (n1 * (n2 + n3) + n2 * n3));
+                    wf[0][j] = n0; wf[1][j] = n1; wf[2][j] = n2; wf[3][j] = n3;
+                }
+            }
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * a[0][j];
+        } else {
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < BLOCK; ++j) w[i][j] = a[i][j];
+        }
+        for (int k = FLOAT_SWEEPS; k < BLOCK_SWEEPS; ++k) {
+            for (int j = 0; j < BLOCK; ++j) {
+                double w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
+                double n3 = pos(MADD(-lam, MADD(w0, w1, MADD(w0, w2, w1 * w2)), a[3][j]));
+                double n2 = pos(MADD(-lam, MADD(w0 + w1, n3, w0 * w1), a[2][j]));
+                double n1 = pos(MADD(-lam, MADD(w0, n2 + n3, n2 * n3), a[1][j]));
+                double n0 = pos(MADD(-lam, MADD(n1, n2 + n3, n2 * n3), a[0][j]));
+                change[j] = fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2) + fabs(n3 - w3);
+                w[0][j] = n0; w[1][j] = n1; w[2][j] = n2; w[3][j] = n3;
+            }
+        }
+        for (int j = 0; j < m; ++j) {
+            int g = g0 + j;
+            T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
+            int done = take * ended != 0;   /* the global minimum: no candidate beats it */
+            for (int i = 0; i < 4; ++i) {
+                c->resume[i][g] = w[i][j];
+                c->best[i][g] = done ? w[i][j] : c->best[i][g];
+            }
+            c->improved[g] = done ? 1.0 : c->improved[g];
+            c->flag[g] = take * (1 - ended);
+        }
     }
 }
+
 
 /* One round of bounds on {0,1,2,3}: lo from hi by stationarity, then hi from lo by
  * stationarity and by the pair condition lam (w_i + w_j) <= 1. */
@@ -76,8 +161,9 @@ static void NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n) {
     T half_norm = (a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3) / 2;                                  \
     T best = (T)(c->best_obj[g] * ((double)scale * scale));
 
-/* flag[g] = 1 where a local minimum on {0,1,2,3} may beat the best candidate; its search
- * starts at the middle of the bounds. */
+/* flag[g] = 1 where a local minimum on {0,1,2,3} may beat the best candidate and {0,1,2} has a
+ * local minimum (maybe3: a 4-support prox was never seen without one); its search starts at the
+ * middle of the bounds. */
 static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam_all) {
     for (int g = 0; g < n; ++g) {
         SCALED_GROUP
@@ -89,10 +175,9 @@ static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam_all) {
         T room = LESSER(LESSER(h0 - l0, h1 - l1), LESSER(h2 - l2, h3 - l3)) + (T)SLACK;
         T lowest = LESSER(LESSER(h0, h1), LESSER(h2, h3));  /* > 0 needs a3 > 0 */
         T margin = LESSER(room, best + (T)SLACK * half_norm - bound);
-        c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
+        c->flag[g] = (lowest > 0) & (margin > 0) & (c->hard_ok[g] != 0) & (c->maybe3[g] != 0.0) ? 1 : 0;
         c->start[0][g] = (h0 + l0) / 2 * top; c->start[1][g] = (h1 + l1) / 2 * top;
         c->start[2][g] = (h2 + l2) / 2 * top; c->start[3][g] = (h3 + l3) / 2 * top;
-        for (int i = 0; i < 4; ++i) c->found[i][g] = 0.0;  /* may_win3 reads it for every group */
     }
 }
 
@@ -104,9 +189,9 @@ static void NAME(may_win4)(struct NAME(chunk) *c, int n, T lam_all) {
     h1 = LESSER(h1, a1 - lam * l0 * l2);  \
     h2 = LESSER(h2, a2 - lam * l0 * l1);
 
-/* flag[g] = 1 where a local minimum on {0,1,2} may be the global minimum and beat the best
- * candidate; its search starts at the middle of the bounds, or where the search on {0,1,2,3}
- * ended on the face w3 = 0 (flag and found still hold that search's). */
+/* flag[g] = 1 where a local minimum on {0,1,2} may exist and beat the best candidate;
+ * maybe3[g] = 1 where one may exist at all (its bounds are not empty). start[2][g] is the upper
+ * bound on w2, where exact3's Newton iteration starts (scaled to a0 = 1). */
 static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
     for (int g = 0; g < n; ++g) {
         SCALED_GROUP
@@ -121,27 +206,87 @@ static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
         T lowest = LESSER(LESSER(h0, h1), h2);  /* > 0 needs a2 > 0 */
         T w3_pays = a3 - lam * (h0 * h1 + h0 * h2 + h1 * h2) * (1 + (T)SLACK);  /* > 0: raising w3 lowers f */
         T margin = LESSER(LESSER(room, -w3_pays), best + (T)SLACK * half_norm - bound);
-        /* where the search on {0,1,2,3} ended on the face w3 = 0, it ended at a stationary point
-         * of {0,1,2}: inside the bounds, this search starts there and ends in a sweep or two */
-        T end0 = (T)c->found[0][g], end1 = (T)c->found[1][g], end2 = (T)c->found[2][g];
-        int face = (c->flag[g] != 0) & (c->found[3][g] == 0.0) & (end0 > 0) & (end1 > 0) & (end2 > 0)
-                 & (end0 * scale >= l0) & (end0 * scale <= h0) & (end1 * scale >= l1) & (end1 * scale <= h1)
-                 & (end2 * scale >= l2) & (end2 * scale <= h2);
-        c->flag[g] = (lowest > 0) & (margin > 0) ? 1 : 0;
-        c->start[0][g] = face ? end0 : (h0 + l0) / 2 * top; c->start[1][g] = face ? end1 : (h1 + l1) / 2 * top;
-        c->start[2][g] = face ? end2 : (h2 + l2) / 2 * top; c->start[3][g] = 0;
+        int maybe = (lowest > 0) & (room > 0);
+        c->flag[g] = maybe & (margin > 0) & (c->hard_ok[g] != 0) ? 1 : 0;
+        c->maybe3[g] = maybe ? 1.0 : 0.0;
+        c->face_stop[g] = 0.0;
+        c->start[2][g] = LESSER(h2 + (T)SLACK, a2);
     }
 }
 
-/* The point a search of group g ends at; on {0,1,2}, where the sweeps ended on the boundary,
- * the interior stationary point instead when it is better. */
-static void NAME(found)(struct NAME(chunk) *c, int g, const double *w, double lam, int support) {
-    double a[4] = {c->a[0][g], c->a[1][g], c->a[2][g], c->a[3][g]}, branch[4];
-    const double *found = w;
-    if (support == 3 && (w[0] == 0.0 || w[1] == 0.0 || w[2] == 0.0) && plus_branch3(a, lam, branch)
-        && objective(a, branch, lam) < objective(a, w, lam))
-        found = branch;
-    for (int i = 0; i < 4; ++i) c->found[i][g] = found[i];
+/* One Newton step for every listed group on phi(x) = (a0 + s0)(a1 + s1) - 4 (a2 - x) / lam,
+ * s_i = sqrt(a_i^2 - 4 x (a2 - x)): its roots are the stationary points of {0,1,2} with w2 = x,
+ * w_i = (a_i + s_i) / 2, and the largest is the local minimum. phi is convex, so from the right
+ * of that root the steps fall to it without passing it; a point where phi > 0 and phi' <= 0, or
+ * a step below 0, shows there is none (x = -1). Never contracted, so a group gets the same bits
+ * wherever it is listed. */
+__attribute__((optimize("fp-contract=off")))
+static void NAME(newton3)(struct NAME(chunk) *c, int count) {
+    double (*a)[CHUNK] = c->root_a, *x = c->root_x, *k = c->root_k, *last = c->root_step;
+    for (int r = 0; r < count; ++r) {
+        double xr = x[r], a0 = a[0][r], a1 = a[1][r], a2 = a[2][r];
+        double q = 4.0 * xr * (a2 - xr);
+        double s0 = sqrt(pos(a0 * a0 - q)), s1 = sqrt(pos(a1 * a1 - q));
+        double p0 = a0 + s0, p1 = a1 + s1;
+        s0 = s0 > 1e-150 ? s0 : 1e-150; s1 = s1 > 1e-150 ? s1 : 1e-150;
+        double phi = p0 * p1 - (a2 - xr) * k[r];
+        double half_dq = 2.0 * (a2 - 2.0 * xr);
+        double slope = k[r] * (s0 * s1) - half_dq * (p1 * s1 + p0 * s0);   /* phi' s0 s1 */
+        double step = phi > 0.0 ? phi * (s0 * s1) / slope : 0.0;
+        int none = (xr < 0.0) | ((phi > 0.0) & !(slope > 0.0)) | (xr - step < 0.0);
+        x[r] = none ? -1.0 : xr - step;
+        last[r] = none ? 0.0 : step;
+    }
+}
+
+#define NEWTON3_MAX 200
+#define NEWTON3_TOL 1e-12
+
+/* found <- the local minimum on {0,1,2} of group g from w2 = x (scaled by top), or zeros where
+ * there is none (x < 0); maybe3[g] says which, face_stop[g] whether it holds w3 = 0 (a3 <= lam e2). */
+static void NAME(take_root)(struct NAME(chunk) *c, int g, double x, double a1, double a2, double lam) {
+    double top = c->a[0][g], q = 4.0 * x * (a2 - x);
+    int some = x > 0.0;
+    double w0 = some ? top * 0.5 * (1.0 + sqrt(pos(1.0 - q))) : 0.0;
+    double w1 = some ? top * 0.5 * (a1 + sqrt(pos(a1 * a1 - q))) : 0.0;
+    double w2 = some ? top * x : 0.0;
+    c->found[0][g] = w0; c->found[1][g] = w1; c->found[2][g] = w2; c->found[3][g] = 0.0;
+    c->maybe3[g] = some ? 1.0 : 0.0;
+    c->face_stop[g] = some & (c->a[3][g] <= lam * (w0 * w1 + w0 * w2 + w1 * w2)) ? 1.0 : 0.0;
+}
+
+/* The local minimum on {0,1,2} of every flagged group, exactly (see newton3), solved scaled to
+ * a0 = 1: two steps for every group still listed, then those that have ended leave the list. */
+static void NAME(exact3)(struct NAME(chunk) *c, int n, double lam) {
+    int count = 0;
+    for (int g = 0; g < n; ++g) {
+        c->root_group[count] = g;
+        count += c->flag[g] != 0;
+    }
+    for (int r = 0; r < count; ++r) {
+        int g = c->root_group[r];
+        double top = c->a[0][g], scale = 1.0 / top;
+        c->root_a[0][r] = 1.0; c->root_a[1][r] = c->a[1][g] * scale; c->root_a[2][r] = c->a[2][g] * scale;
+        c->root_k[r] = 4.0 / (lam * top);
+        c->root_x[r] = (double)c->start[2][g];
+    }
+    
+    for (int steps = 0; count > 0; steps += 2) {
+        NAME(newton3)(c, count);
+        NAME(newton3)(c, count);
+        int kept = 0, last = steps + 2 >= NEWTON3_MAX;
+        for (int r = 0; r < count; ++r) {
+            if (fabs(c->root_step[r]) > NEWTON3_TOL && !last) {
+                c->root_group[kept] = c->root_group[r];
+                c->root_a[1][kept] = c->root_a[1][r]; c->root_a[2][kept] = c->root_a[2][r];
+                c->root_k[kept] = c->root_k[r]; c->root_x[kept] = c->root_x[r];
+                ++kept;
+            } else {
+                NAME(take_root)(c, c->root_group[r], c->root_x[r], c->root_a[1][r], c->root_a[2][r], lam);
+            }
+        }
+        count = kept;
+    }
 }
 
 /* best <- found for the flagged groups where found is strictly better. */
@@ -157,37 +302,16 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
     }
 }
 
-/* Of the listed searches (search), those that need the second look: still moving, or ended on an
- * edge of {0,1,2} where the plus branch has a stationary point. That is plus_branch3's first test,
- * which most edge points fail, run here side by side; returns how many are left, listed first. */
-static int NAME(needs_a_look)(struct NAME(chunk) *c, int rare, double lam) {
-    double (*a)[CHUNK] = c->rare_a, *done = c->rare_done;
-    for (int r = 0; r < rare; ++r) {
-        int g = c->rare[r];
-        a[0][r] = c->a[0][g]; a[1][r] = c->a[1][g]; a[2][r] = c->a[2][g];
-    }
-    for (int r = 0; r < rare; ++r) {
-        double hi = 0.25 * a[2][r] * a[2][r];
-        int no_branch = lam * plus_root(a[0][r], hi) * plus_root(a[1][r], hi) * plus_root(a[2][r], hi) - hi > 0.0;
-        done[r] = (c->rare_sweeps[r] < 0) & no_branch;
-    }
-    int kept = 0;
-    for (int r = 0; r < rare; ++r) {
-        c->rare[kept] = c->rare[r];
-        c->rare_sweeps[kept] = c->rare_sweeps[r];
-        kept += done[r] == 0.0;
-    }
-    return kept;
-}
-
-/* Coordinate minimisation on support 3 or 4 of the flagged groups, each from its start point
- * until a sweep changes it by at most REL_TOL * a0, or polished after POLISH_AFTER sweeps.
- * LANES groups sweep side by side, and a lane whose group has ended takes the next one, so the
- * vector stays full; a lane's sweeps never see another lane's, so every result is independent of
- * the group's neighbours. Where a search ends is written as it ends; the few still moving (to
- * polish) or on an edge of {0,1,2} (see found) are listed and finished after the sweeps. */
-static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) {
-    double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0};
+/* Coordinate minimisation on {0,1,2,3} of the flagged groups, each from its start point (or, with
+ * resume, from where its block sweeps left it, counted as BLOCK_SWEEPS sweeps done) until a sweep
+ * changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where face_stop says the
+ * minimum there holds (the search would end at that minimum, already a candidate), or polished
+ * after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane whose group has ended
+ * takes the next one, so the vector stays full; a lane's sweeps never see another lane's, so every
+ * result is independent of the group's neighbours. Where a search ends is written as it ends; the
+ * few still moving are listed and polished after the sweeps. */
+static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int resume) {
+    double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0}, face[LANES] = {0};
     int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0, rare = 0;
     unsigned char done[LANES];
     for (int g = 0; g < n; ++g) {
@@ -201,45 +325,41 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int support) 
             ended &= ended - 1;
             int g = group[l];
             if (g >= 0) {
-                int moving = change[l] > tol[l], edge = (support == 3) & ((w[0][l] == 0.0) | (w[1][l] == 0.0) | (w[2][l] == 0.0));
+                int moving = (change[l] > tol[l]) & !((face[l] != 0.0) & (w[3][l] == 0.0));
                 for (int i = 0; i < 4; ++i) c->found[i][g] = w[i][l];
                 c->rare[rare] = g;
-                c->rare_sweeps[rare] = moving ? sweeps[l] : -1;
-                rare += moving | edge;
+                c->rare_sweeps[rare] = sweeps[l];
+                rare += moving;
                 --busy;
             }
             g = group[l] = next < count ? c->todo[next++] : -1;
             if (g >= 0) {
-                a[0][l] = c->a[0][g]; a[1][l] = c->a[1][g]; a[2][l] = c->a[2][g];
-                a[3][l] = support == 4 ? c->a[3][g] : 0.0;
-                w[0][l] = c->start[0][g]; w[1][l] = c->start[1][g]; w[2][l] = c->start[2][g];
-                w[3][l] = support == 4 ? c->start[3][g] : 0.0;
+                for (int i = 0; i < 4; ++i) {
+                    a[i][l] = c->a[i][g];
+                    w[i][l] = resume ? c->resume[i][g] : c->start[i][g];
+                }
                 ++busy;
             } else {
                 for (int i = 0; i < 4; ++i) a[i][l] = w[i][l] = 0.0;
             }
             tol[l] = REL_TOL * a[0][l];
-            sweeps[l] = 0;
+            face[l] = g >= 0 && !resume ? c->face_stop[g] : 0.0;
+            sweeps[l] = resume ? BLOCK_SWEEPS : 0;
         }
         if (busy == 0) break;
-        if (support == 4) {
-            for (int l = 0; l < LANES; ++l) change[l] = sweep4(&a[0][l], &w[0][l], LANES, lam);
-        } else {
-            for (int l = 0; l < LANES; ++l) change[l] = sweep3(&a[0][l], &w[0][l], LANES, lam);
-        }
+        for (int l = 0; l < LANES; ++l) change[l] = sweep4(&a[0][l], &w[0][l], LANES, lam);
         for (int l = 0; l < LANES; ++l) {
             ++sweeps[l];
-            done[l] = (group[l] >= 0) & ((change[l] <= tol[l]) | (sweeps[l] >= POLISH_AFTER));
+            done[l] = (group[l] >= 0) & ((change[l] <= tol[l]) | (sweeps[l] >= POLISH_AFTER) | ((face[l] != 0.0) & (w[3][l] == 0.0)));
         }
         ended = lane_bits(done);
     }
-    if (support == 3) rare = NAME(needs_a_look)(c, rare, lam);
     for (int r = 0; r < rare; ++r) {
         int g = c->rare[r];
-        double target[4] = {c->a[0][g], c->a[1][g], c->a[2][g], support == 4 ? c->a[3][g] : 0.0};
+        double target[4] = {c->a[0][g], c->a[1][g], c->a[2][g], c->a[3][g]};
         double point[4] = {c->found[0][g], c->found[1][g], c->found[2][g], c->found[3][g]};
-        if (c->rare_sweeps[r] >= 0) polish(target, point, lam, REL_TOL * target[0], support, c->rare_sweeps[r]);
-        NAME(found)(c, g, point, lam, support);
+        polish(target, point, lam, REL_TOL * target[0], c->rare_sweeps[r]);
+        for (int i = 0; i < 4; ++i) c->found[i][g] = point[i];
     }
     if (count > 0) NAME(keep_better)(c, n, lam);
 }
@@ -266,21 +386,85 @@ static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
 /* Bytes of the workspace prox24 needs (the caller allocates it: ~0.3 MB, too big for a stack). */
 int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)); }
 
+/* The n groups that sort_groups took, solved: kind < 0 all of them, else only those of that kind
+ * (0 hard, 1 convex; the others' results are not written). The results go to dst, or, where at
+ * is given, group g's to out + 4 at[g]. */
+static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *dst, const int64_t *at, T *out) {
+    int hard = 0, convex = 0;
+    T take_hard = kind != 1, take_convex = kind != 0;
+    for (int g = 0; g < n; ++g) {
+        T some = c->a[2][g] > 0 ? 1 : 0, is = c->convex[g];
+        c->hard_ok[g] = take_hard * (1 - is);
+        c->convex_ok[g] = take_convex * some * is;
+        hard += (int)(take_hard * some * (1 - is));
+    }
+    for (int g = 0; g < n; ++g) convex += c->convex_ok[g] != 0;
+    if (hard > 0) {
+        NAME(may_win3)(c, n, (T)lam);
+        NAME(exact3)(c, n, lam);
+        NAME(keep_better)(c, n, lam);
+        NAME(may_win4)(c, n, (T)lam);
+        NAME(search)(c, n, lam, 0);
+    }
+    if (convex > 0) {
+        NAME(convex_blocks)(c, n, lam);
+        NAME(search)(c, n, lam, 1);
+    }
+    if (at == NULL) {
+        NAME(write)(c, dst, n);
+    } else {
+        NAME(write)(c, c->out, n);
+        for (int g = 0; g < n; ++g) memcpy(out + 4 * at[g], c->out + 4 * g, 4 * sizeof(T));
+    }
+}
+
+/* Solve the first CHUNK groups set aside of one kind (all, if `all`), and keep the rest. */
+static void NAME(flush)(struct NAME(chunk) *c, int kind, double lam, T *out, int all) {
+    while (c->stream_count[kind] >= (all ? 1 : CHUNK)) {
+        int n = c->stream_count[kind] < CHUNK ? c->stream_count[kind] : CHUNK;
+        NAME(sort_groups)(c, c->stream_z[kind], n, (T)lam);
+        NAME(solve)(c, n, lam, -1, NULL, c->stream_at[kind], out);
+        int rest = c->stream_count[kind] - n;
+        memmove(c->stream_z[kind], c->stream_z[kind] + 4 * n, 4 * rest * sizeof(T));
+        memmove(c->stream_at[kind], c->stream_at[kind] + n, rest * sizeof(int64_t));
+        c->stream_count[kind] = rest;
+    }
+}
+
 /* out[g] = prox(x[g]) for groups g in [0, groups); x may equal out (in place). Groups with at
- * most two non-zeros are their own prox and are left as they are. */
+ * most two non-zeros are their own prox and are left as they are. A chunk of mixed kinds solves
+ * its larger kind in place and sets the other aside, to be solved with others of its kind. */
 void NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspace) {
     struct NAME(chunk) *c = workspace;
+    c->stream_count[0] = c->stream_count[1] = 0;
     for (int64_t g0 = 0; g0 < groups; g0 += CHUNK) {
         int n = groups - g0 < CHUNK ? (int)(groups - g0) : CHUNK;
-        const T *src = x + 4 * g0;
-        T *dst = out + 4 * g0;
-        NAME(sort_groups)(c, src, n);
-        NAME(may_win4)(c, n, (T)lam);
-        NAME(search)(c, n, lam, 4);
-        NAME(may_win3)(c, n, (T)lam);
-        NAME(search)(c, n, lam, 3);
-        NAME(write)(c, dst, n);
+        int convex = NAME(sort_groups)(c, x + 4 * g0, n, (T)lam);
+        int kind = -1;
+        if (convex > 0 && convex < n) {
+            /* the smaller kind is set aside; when it is not small, both are, so that every pass
+             * runs over groups of one kind */
+            int fewer = convex < n - convex ? convex : n - convex, both = 8 * fewer >= n;
+            kind = both ? 2 : 2 * convex >= n;
+            for (int side = 0; side < 2; ++side) {
+                if (!both && side == kind) continue;
+                int end = (n + LANES - 1) / LANES * LANES;
+                for (int g = 0; g < end; ++g) c->kind_is[g] = g < n && (c->convex[g] != 0) == side;
+                for (int b = 0; b < end; b += LANES) {
+                    for (unsigned long long bits = lane_bits(c->kind_is + b); bits; bits &= bits - 1) {
+                        int g = b + __builtin_ctzll(bits), k = c->stream_count[side]++;
+                        memcpy(c->stream_z[side] + 4 * k, c->z + 4 * g, 4 * sizeof(T));
+                        c->stream_at[side][k] = g0 + g;
+                    }
+                }
+            }
+        }
+        if (kind != 2) NAME(solve)(c, n, lam, kind, out + 4 * g0, NULL, out);
+        NAME(flush)(c, 0, lam, out, 0);
+        NAME(flush)(c, 1, lam, out, 0);
     }
+    NAME(flush)(c, 0, lam, out, 1);
+    NAME(flush)(c, 1, lam, out, 1);
 }
 
 #undef LESSER

@@ -181,17 +181,30 @@ class TestForms:
         z = torch.randn(32, 16, generator=torch.Generator().manual_seed(11)).t()
         assert torch.equal(prox_2to4(z, 0.4), prox_2to4(z.contiguous(), 0.4))
 
-    def test_a_row_is_solved_the_same_whatever_rows_come_with_it(self):
+    @pytest.mark.parametrize("lam", [0.1, 0.3, 1.0], ids=["few-nonconvex", "mixed", "few-convex"])
+    def test_a_row_is_solved_the_same_whatever_rows_come_with_it(self, lam):
         """A rank of a sharded run holds some rows of a layer: its prox is the single-process
-        one, bit for bit in fp32 and fp64 (at lam = 1 many searches are slow), and so is the
-        prox of the rows in another order."""
+        one, bit for bit in fp32 and fp64, and so is the prox of the rows in another order. The
+        lams mix groups of the two kinds the kernel solves apart (lam sum|z| below 0.8 or not) in
+        every proportion, so a group is solved in place in one run and set aside in another; at
+        lam = 1 many searches are slow."""
         z = torch.randn(2048, 256, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
         order = torch.randperm(2048, generator=torch.Generator().manual_seed(15))
         for dtype in (torch.float32, torch.float64):
-            full = prox_2to4(z.to(dtype), 1.0)
-            assert torch.equal(prox_2to4(z[37:1301].to(dtype), 1.0), full[37:1301])
-            assert torch.equal(prox_2to4(z[1400:].to(dtype), 1.0), full[1400:])
-            assert torch.equal(prox_2to4(z[order].to(dtype), 1.0), full[order])
+            full = prox_2to4(z.to(dtype), lam)
+            assert torch.equal(prox_2to4(z[37:1301].to(dtype), lam), full[37:1301])
+            assert torch.equal(prox_2to4(z[1400:].to(dtype), lam), full[1400:])
+            assert torch.equal(prox_2to4(z[order].to(dtype), lam), full[order])
+
+    def test_a_group_is_solved_the_same_alone_or_among_others(self):
+        """Groups of both kinds, one call each, against one call for all of them, in fp32 and fp64."""
+        z = torch.randn(64, 16, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+        z = z * torch.logspace(-1, 1, 64, dtype=torch.float64).unsqueeze(1)
+        for dtype in (torch.float32, torch.float64):
+            together = prox_2to4(z.to(dtype), 0.3).reshape(-1, 4)
+            groups = z.to(dtype).reshape(-1, 4)
+            alone = torch.cat([prox_2to4(group.reshape(1, 4), 0.3) for group in groups])
+            assert torch.equal(alone, together)
 
     def test_result_is_the_same_for_any_thread_count(self):
         z = torch.randn(256, 512, generator=torch.Generator().manual_seed(12))
