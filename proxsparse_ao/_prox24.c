@@ -59,6 +59,8 @@
 #define BLOCK 32 /* convex groups swept side by side */
 #define BLOCK_SWEEPS 8 /* every convex group's sweeps before it may end */
 #define FLOAT_SWEEPS 4 /* the first of them, in float */
+#define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */
+#define NEWTON3_TOL 1e-12 /* a step below this (scaled to a0 = 1) ends them */
 
 /* Bit l set where flags[l] (0 or 1) is set, for l < LANES. */
 static inline unsigned long long lane_bits(const unsigned char *flags) {

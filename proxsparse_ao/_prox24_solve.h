@@ -30,7 +30,7 @@ struct NAME(chunk) {
     int stream_count[2];
     unsigned char kind_is[CHUNK];
     double maybe3[CHUNK], face_stop[CHUNK];  /* {0,1,2} may have a local minimum; it keeps w3 = 0 */
-    double root_a[3][CHUNK], root_x[CHUNK], root_k[CHUNK], root_step[CHUNK];  /* exact3's list */
+    double root_a1[CHUNK], root_a2[CHUNK], root_x[CHUNK], root_k[CHUNK], root_step[CHUNK];  /* exact3's list (a0 = 1) */
     int root_group[CHUNK];
 };
 
@@ -92,39 +92,25 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
         int m = n - g0 < BLOCK ? n - g0 : BLOCK;
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < BLOCK; ++j) a[i][j] = j < m ? (double)c->a[i][g0 + j] : 0.0;
-        if (FLOAT_SWEEPS > 0) {
-            for (int j = 0; j < BLOCK; ++j) {
-                double scale = a[0][j] > 0.0 ? 1.0 / a[0][j] : 0.0;
-                for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * scale);
-                lf[j] = (float)(lam * a[0][j]);
-            }
-            for (int k = 0; k < FLOAT_SWEEPS; ++k) {
-                for (int j = 0; j < BLOCK; ++j) {
-                    float w0 = wf[0][j], w1 = wf[1][j], w2 = wf[2][j], l = lf[j];
-                    float n3 = posf(af[3][j] - l * (w0 * w1 + w0 * w2 + w1 * w2));
-                    float n2 = posf(af[2][j] - l * ((w0 + w1) * n3 + w0 * w1));
-                    float n1 = posf(af[1][j] - l * (w0 * (n2 + n3) + n2 * n3));
-                    float n0 = posf(af[0][j] - l * (n1 * (n2 + n3) + n2 * n3));
-                    wf[0][j] = n0; wf[1][j] = n1; wf[2][j] = n2; wf[3][j] = n3;
-                }
-            }
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * a[0][j];
-        } else {
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < BLOCK; ++j) w[i][j] = a[i][j];
+        for (int j = 0; j < BLOCK; ++j) {
+            double scale = a[0][j] > 0.0 ? 1.0 / a[0][j] : 0.0;
+            for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * scale);
+            lf[j] = (float)(lam * a[0][j]);
         }
-        for (int k = FLOAT_SWEEPS; k < BLOCK_SWEEPS; ++k) {
+        for (int k = 0; k < FLOAT_SWEEPS; ++k) {
             for (int j = 0; j < BLOCK; ++j) {
-                double w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
-                double n3 = pos(MADD(-lam, MADD(w0, w1, MADD(w0, w2, w1 * w2)), a[3][j]));
-                double n2 = pos(MADD(-lam, MADD(w0 + w1, n3, w0 * w1), a[2][j]));
-                double n1 = pos(MADD(-lam, MADD(w0, n2 + n3, n2 * n3), a[1][j]));
-                double n0 = pos(MADD(-lam, MADD(n1, n2 + n3, n2 * n3), a[0][j]));
-                change[j] = fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2) + fabs(n3 - w3);
-                w[0][j] = n0; w[1][j] = n1; w[2][j] = n2; w[3][j] = n3;
+                float w0 = wf[0][j], w1 = wf[1][j], w2 = wf[2][j], l = lf[j];
+                float n3 = posf(af[3][j] - l * (w0 * w1 + w0 * w2 + w1 * w2));
+                float n2 = posf(af[2][j] - l * ((w0 + w1) * n3 + w0 * w1));
+                float n1 = posf(af[1][j] - l * (w0 * (n2 + n3) + n2 * n3));
+                float n0 = posf(af[0][j] - l * (n1 * (n2 + n3) + n2 * n3));
+                wf[0][j] = n0; wf[1][j] = n1; wf[2][j] = n2; wf[3][j] = n3;
             }
         }
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * a[0][j];
+        for (int k = FLOAT_SWEEPS; k < BLOCK_SWEEPS; ++k)
+            for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int j = 0; j < m; ++j) {
             int g = g0 + j;
             T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
@@ -222,9 +208,9 @@ static void NAME(may_win3)(struct NAME(chunk) *c, int n, T lam_all) {
  * wherever it is listed. */
 __attribute__((optimize("fp-contract=off")))
 static void NAME(newton3)(struct NAME(chunk) *c, int count) {
-    double (*a)[CHUNK] = c->root_a, *x = c->root_x, *k = c->root_k, *last = c->root_step;
+    double *x = c->root_x, *k = c->root_k, *last = c->root_step, a0 = 1.0;
     for (int r = 0; r < count; ++r) {
-        double xr = x[r], a0 = a[0][r], a1 = a[1][r], a2 = a[2][r];
+        double xr = x[r], a1 = c->root_a1[r], a2 = c->root_a2[r];
         double q = 4.0 * xr * (a2 - xr);
         double s0 = sqrt(pos(a0 * a0 - q)), s1 = sqrt(pos(a1 * a1 - q));
         double p0 = a0 + s0, p1 = a1 + s1;
@@ -238,9 +224,6 @@ static void NAME(newton3)(struct NAME(chunk) *c, int count) {
         last[r] = none ? 0.0 : step;
     }
 }
-
-#define NEWTON3_MAX 200
-#define NEWTON3_TOL 1e-12
 
 /* found <- the local minimum on {0,1,2} of group g from w2 = x (scaled by top), or zeros where
  * there is none (x < 0); maybe3[g] says which, face_stop[g] whether it holds w3 = 0 (a3 <= lam e2). */
@@ -266,11 +249,10 @@ static void NAME(exact3)(struct NAME(chunk) *c, int n, double lam) {
     for (int r = 0; r < count; ++r) {
         int g = c->root_group[r];
         double top = c->a[0][g], scale = 1.0 / top;
-        c->root_a[0][r] = 1.0; c->root_a[1][r] = c->a[1][g] * scale; c->root_a[2][r] = c->a[2][g] * scale;
+        c->root_a1[r] = c->a[1][g] * scale; c->root_a2[r] = c->a[2][g] * scale;
         c->root_k[r] = 4.0 / (lam * top);
         c->root_x[r] = (double)c->start[2][g];
     }
-    
     for (int steps = 0; count > 0; steps += 2) {
         NAME(newton3)(c, count);
         NAME(newton3)(c, count);
@@ -278,11 +260,11 @@ static void NAME(exact3)(struct NAME(chunk) *c, int n, double lam) {
         for (int r = 0; r < count; ++r) {
             if (fabs(c->root_step[r]) > NEWTON3_TOL && !last) {
                 c->root_group[kept] = c->root_group[r];
-                c->root_a[1][kept] = c->root_a[1][r]; c->root_a[2][kept] = c->root_a[2][r];
+                c->root_a1[kept] = c->root_a1[r]; c->root_a2[kept] = c->root_a2[r];
                 c->root_k[kept] = c->root_k[r]; c->root_x[kept] = c->root_x[r];
                 ++kept;
             } else {
-                NAME(take_root)(c, c->root_group[r], c->root_x[r], c->root_a[1][r], c->root_a[2][r], lam);
+                NAME(take_root)(c, c->root_group[r], c->root_x[r], c->root_a1[r], c->root_a2[r], lam);
             }
         }
         count = kept;
@@ -397,8 +379,8 @@ static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *d
         c->hard_ok[g] = take_hard * (1 - is);
         c->convex_ok[g] = take_convex * some * is;
         hard += (int)(take_hard * some * (1 - is));
+        convex += (int)c->convex_ok[g];
     }
-    for (int g = 0; g < n; ++g) convex += c->convex_ok[g] != 0;
     if (hard > 0) {
         NAME(may_win3)(c, n, (T)lam);
         NAME(exact3)(c, n, lam);
