@@ -99,6 +99,11 @@ def load() -> ctypes.CDLL | None:
             workspace.argtypes, workspace.restype = [], i64
             check = getattr(library, f"first_nonfinite_{suffix}")
             check.argtypes, check.restype = [ctypes.c_void_p, i64], i64
+        library.prox24_prepare.argtypes, library.prox24_prepare.restype = [], ctypes.c_int
+        library.prox24_top2_settled.argtypes, library.prox24_top2_settled.restype = [ctypes.c_void_p, dbl], ctypes.c_int
+        if library.prox24_prepare() != 0:
+            _failure = "out of memory building the prox kernel's top-2 table"
+            return None
         _library = library
         return _library
 

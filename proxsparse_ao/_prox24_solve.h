@@ -22,7 +22,8 @@ struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
-    T convex[CHUNK], hard_ok[CHUNK], convex_ok[CHUNK];  /* is_convex; which groups solve takes */
+    T convex[CHUNK], top2[CHUNK];  /* is_convex; the top-2 table proves (a0, a1, 0, 0) the prox */
+    T hard_ok[CHUNK], convex_ok[CHUNK];  /* which groups solve takes */
     double resume[4][CHUNK];      /* where a convex group still moving after its block sweeps goes on */
     T out[4 * CHUNK];             /* a set-aside chunk's results, before they go to their places */
     T stream_z[2][8 * CHUNK];     /* groups set aside, by kind (0 hard, 1 convex), until CHUNK of a kind */
@@ -52,8 +53,23 @@ static inline int NAME(is_convex)(const T *z, T lam) {
     return lam * ((fabs(z[0]) + fabs(z[1])) + (fabs(z[2]) + fabs(z[3]))) < (T)CONVEX_BOUND;
 }
 
-/* Returns how many of the n groups are convex. */
-static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam) {
+/* 1 where the top-2 table proves (a0, a1, 0, 0) the prox of the sorted group a. The prox keeps the
+ * top two all the more when lam or a0 or a1 grows or a2 or a3 shrinks (each moves every other
+ * point's objective at least as far the same way), so the corner of a's cell with a0 / a1, a2 / a1
+ * and a3 / a1 rounded against it proves it for a when lam a1 reaches the corner's threshold. The
+ * ratios are rounded up with room for their own rounding; indices stay in the table whatever a. */
+static inline int NAME(top2_certified)(T a0, T a1, T a2, T a3, T lam) {
+    const T up = (T)(TOP2_GRID * (1 + 1e-6)), most = (T)TOP2_GRID + (T)0.5;
+    T per0 = a0 > 0 ? 1 / a0 : 0, per1 = a1 > 0 ? 1 / a1 : 0;
+    int i0 = (int)LESSER(a1 * per0 * up, most) + 1;
+    int i2 = (int)LESSER(a2 * per1 * up, most) + 1;
+    int i3 = (int)LESSER(a3 * per1 * up, most) + 1;
+    return lam * a1 * (T)top2_table[(i0 * TOP2_SIDE + i2) * TOP2_SIDE + i3] >= 1;
+}
+
+/* Returns how many of the n groups are convex; top2s, how many are settled as (a0, a1, 0, 0): those
+ * with at most two non-zeros and those the top-2 table proves. */
+static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, int *top2s) {
     for (int i = 0; i < 4 * n; ++i) c->z[i] = src[i];
     for (int g = 0; g < n; ++g) {
         T m0 = fabs(c->z[4 * g]), m1 = fabs(c->z[4 * g + 1]), m2 = fabs(c->z[4 * g + 2]), m3 = fabs(c->z[4 * g + 3]);
@@ -66,15 +82,19 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam) 
         ORDER(0, 1); ORDER(2, 3); ORDER(0, 2); ORDER(1, 3); ORDER(1, 2);
         c->a[0][g] = v0; c->a[1][g] = v1; c->a[2][g] = v2; c->a[3][g] = v3;
     }
-    int convexes = 0;
+    int convexes = 0, settled = 0;
     for (int g = 0; g < n; ++g) {
         double a2 = c->a[2][g], a3 = c->a[3][g];
         c->best_obj[g] = 0.5 * (a2 * a2 + a3 * a3);
         c->improved[g] = 0.0;
-        int convex = NAME(is_convex)(c->z + 4 * g, lam);
+        int top2 = (c->a[2][g] == 0) | NAME(top2_certified)(c->a[0][g], c->a[1][g], c->a[2][g], c->a[3][g], lam);
+        int convex = (1 - top2) & NAME(is_convex)(c->z + 4 * g, lam);
+        c->top2[g] = top2 ? 1 : 0;
         c->convex[g] = convex ? 1 : 0;
         convexes += convex;
+        settled += top2;
     }
+    *top2s = settled;
     return convexes;
 }
 
@@ -369,16 +389,16 @@ static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
 int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)); }
 
 /* The n groups that sort_groups took, solved: kind < 0 all of them, else only those of that kind
- * (0 hard, 1 convex; the others' results are not written). The results go to dst, or, where at
- * is given, group g's to out + 4 at[g]. */
+ * (0 hard, 1 convex, 2 none; the others are written as (a0, a1, 0, 0)). The results go to dst, or,
+ * where at is given, group g's to out + 4 at[g]. */
 static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *dst, const int64_t *at, T *out) {
     int hard = 0, convex = 0;
-    T take_hard = kind != 1, take_convex = kind != 0;
+    T take_hard = kind < 0 || kind == 0, take_convex = kind < 0 || kind == 1;
     for (int g = 0; g < n; ++g) {
-        T some = c->a[2][g] > 0 ? 1 : 0, is = c->convex[g];
-        c->hard_ok[g] = take_hard * (1 - is);
+        T some = c->a[2][g] > 0 ? 1 : 0, is = c->convex[g], open = 1 - c->top2[g];
+        c->hard_ok[g] = take_hard * open * (1 - is);
         c->convex_ok[g] = take_convex * some * is;
-        hard += (int)(take_hard * some * (1 - is));
+        hard += (int)(take_hard * some * open * (1 - is));
         convex += (int)c->convex_ok[g];
     }
     if (hard > 0) {
@@ -404,7 +424,8 @@ static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *d
 static void NAME(flush)(struct NAME(chunk) *c, int kind, double lam, T *out, int all) {
     while (c->stream_count[kind] >= (all ? 1 : CHUNK)) {
         int n = c->stream_count[kind] < CHUNK ? c->stream_count[kind] : CHUNK;
-        NAME(sort_groups)(c, c->stream_z[kind], n, (T)lam);
+        int top2s;
+        NAME(sort_groups)(c, c->stream_z[kind], n, (T)lam, &top2s);
         NAME(solve)(c, n, lam, -1, NULL, c->stream_at[kind], out);
         int rest = c->stream_count[kind] - n;
         memmove(c->stream_z[kind], c->stream_z[kind] + 4 * n, 4 * rest * sizeof(T));
@@ -414,24 +435,24 @@ static void NAME(flush)(struct NAME(chunk) *c, int kind, double lam, T *out, int
 }
 
 /* out[g] = prox(x[g]) for groups g in [0, groups); x may equal out (in place). Groups with at
- * most two non-zeros are their own prox and are left as they are. A chunk of mixed kinds solves
- * its larger kind in place and sets the other aside, to be solved with others of its kind. */
+ * most two non-zeros are their own prox and are left as they are, and those the top-2 table
+ * settles are written as such. A chunk where one kind of the others makes up at least 7/8 solves
+ * it in place; the rest are set aside, to be solved with others of their kind, so that every pass
+ * runs over groups of one kind. */
 void NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspace) {
     struct NAME(chunk) *c = workspace;
     c->stream_count[0] = c->stream_count[1] = 0;
     for (int64_t g0 = 0; g0 < groups; g0 += CHUNK) {
-        int n = groups - g0 < CHUNK ? (int)(groups - g0) : CHUNK;
-        int convex = NAME(sort_groups)(c, x + 4 * g0, n, (T)lam);
-        int kind = -1;
-        if (convex > 0 && convex < n) {
-            /* the smaller kind is set aside; when it is not small, both are, so that every pass
-             * runs over groups of one kind */
-            int fewer = convex < n - convex ? convex : n - convex, both = 8 * fewer >= n;
-            kind = both ? 2 : 2 * convex >= n;
+        int n = groups - g0 < CHUNK ? (int)(groups - g0) : CHUNK, top2s;
+        int convex = NAME(sort_groups)(c, x + 4 * g0, n, (T)lam, &top2s);
+        int count[2] = {n - top2s - convex, convex};
+        int kind = 8 * count[0] >= 7 * n ? 0 : 8 * count[1] >= 7 * n ? 1 : 2;
+        if (top2s < n) {
             for (int side = 0; side < 2; ++side) {
-                if (!both && side == kind) continue;
+                if (side == kind || count[side] == 0) continue;
                 int end = (n + LANES - 1) / LANES * LANES;
-                for (int g = 0; g < end; ++g) c->kind_is[g] = g < n && (c->convex[g] != 0) == side;
+                for (int g = 0; g < end; ++g)
+                    c->kind_is[g] = g < n && c->top2[g] == 0 && (c->convex[g] != 0) == side;
                 for (int b = 0; b < end; b += LANES) {
                     for (unsigned long long bits = lane_bits(c->kind_is + b); bits; bits &= bits - 1) {
                         int g = b + __builtin_ctzll(bits), k = c->stream_count[side]++;
@@ -441,7 +462,7 @@ void NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspac
                 }
             }
         }
-        if (kind != 2) NAME(solve)(c, n, lam, kind, out + 4 * g0, NULL, out);
+        NAME(solve)(c, n, lam, kind, out + 4 * g0, NULL, out);
         NAME(flush)(c, 0, lam, out, 0);
         NAME(flush)(c, 1, lam, out, 0);
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 
 import pytest
@@ -181,13 +182,13 @@ class TestForms:
         z = torch.randn(32, 16, generator=torch.Generator().manual_seed(11)).t()
         assert torch.equal(prox_2to4(z, 0.4), prox_2to4(z.contiguous(), 0.4))
 
-    @pytest.mark.parametrize("lam", [0.1, 0.3, 1.0], ids=["few-nonconvex", "mixed", "few-convex"])
+    @pytest.mark.parametrize("lam", [0.1, 0.3, 1.0, 3.0], ids=["few-nonconvex", "mixed", "few-convex", "mostly-settled"])
     def test_a_row_is_solved_the_same_whatever_rows_come_with_it(self, lam):
         """A rank of a sharded run holds some rows of a layer: its prox is the single-process
         one, bit for bit in fp32 and fp64, and so is the prox of the rows in another order. The
         lams mix groups of the two kinds the kernel solves apart (lam sum|z| below 0.8 or not) in
         every proportion, so a group is solved in place in one run and set aside in another; at
-        lam = 1 many searches are slow."""
+        lam = 1 many searches are slow, and from lam = 1 on most groups are settled by the top-2 table."""
         z = torch.randn(2048, 256, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
         order = torch.randperm(2048, generator=torch.Generator().manual_seed(15))
         for dtype in (torch.float32, torch.float64):
@@ -217,6 +218,61 @@ class TestForms:
         finally:
             torch.set_num_threads(threads)
         assert torch.equal(single, multi)
+
+
+def _settled(group: torch.Tensor, lam: float) -> bool:
+    """Whether the C kernel's top-2 table settles the group as (a0, a1, 0, 0) without solving it."""
+    group = group.double().contiguous()
+    return bool(prox._native.load().prox24_top2_settled(ctypes.c_void_p(group.data_ptr()), lam))
+
+
+@pytest.mark.skipif(prox.backend() != "native", reason="no C compiler: native solver unavailable")
+class TestTopTwoTable:
+    """Most groups at lam ~ 1 and above keep their two largest entries; a table of thresholds,
+    built by the solver itself at load, settles them without a solve."""
+
+    def test_a_group_settled_at_the_edge_of_its_cell_keeps_its_top_two_at_the_global_minimum(self):
+        """At the least lam the table settles a group, (a0, a1, 0, 0) is the brute-force minimum;
+        the groups include some a hair inside a corner of the table's grid (32 cells per unit of
+        a1 / a0, a2 / a1, a3 / a1), where the table's own threshold is all that separates them."""
+        generator = torch.Generator().manual_seed(21)
+        inside = 1 - 2e-6
+        corners = torch.tensor([[32 / (i0 * inside), 1.0, i2 / 32 * inside, i3 / 32 * inside]
+                                for i0, i2, i3 in [(16, 16, 8), (30, 30, 29), (8, 24, 1), (32, 32, 32), (20, 4, 4), (28, 12, 6)]],
+                               dtype=torch.float64)
+        groups = torch.cat([
+            torch.randn(40, 4, generator=generator, dtype=torch.float64),
+            torch.randn(20, 4, generator=generator, dtype=torch.float64) ** 3,
+            torch.tensor([[1.0, 0.9, 0.9, 0.9], [1.0, 1.0, 0.5, 0.5], [2.0, 0.1, 0.1, 0.05], [1.0, 0.5, 0.5, 0.0]],
+                         dtype=torch.float64),
+            corners,
+        ])
+        edges = 0
+        for group in groups:
+            low, high = 1e-6, 1e9
+            if not _settled(group, high):
+                continue
+            for _ in range(60):
+                mid = (low * high) ** 0.5
+                low, high = (low, mid) if _settled(group, mid) else (mid, high)
+            a = group.abs().sort(descending=True).values
+            top2 = 0.5 * float(a[2] ** 2 + a[3] ** 2)
+            assert top2 <= brute_force_minimum(group, high) + tolerance(group), (group, high)
+            assert float(objective(prox_2to4(group.reshape(1, 4), high), group, high)) == pytest.approx(top2, abs=0)
+            edges += 1
+        assert edges >= 50
+
+    @pytest.mark.parametrize("lam, settled", [(1.0, 0.85), (10.0, 0.99)])
+    def test_most_unit_gaussian_groups_are_settled_where_most_keep_their_top_two(self, lam, settled):
+        groups = torch.randn(2000, 4, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+        share = sum(_settled(group, lam) for group in groups) / len(groups)
+        kept = ((prox_2to4(groups, lam) != 0).sum(1) <= 2).double().mean()
+        assert settled <= share <= kept
+
+    def test_nothing_is_settled_where_the_third_entry_pays(self):
+        """lam = 0 is the identity: no group with three non-zeros may be settled."""
+        groups = torch.rand(500, 4, generator=torch.Generator().manual_seed(23), dtype=torch.float64) + 0.01
+        assert not any(_settled(group, 0.0) or _settled(group, 1e-3) for group in groups)
 
 
 class TestBadInput:
