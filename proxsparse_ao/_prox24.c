@@ -8,8 +8,9 @@
  * Convex groups, lam (|z0| + |z1| + |z2| + |z3|) < CONVEX_BOUND (most groups where lam times the
  * weights' square is small, as in training): f is strictly convex on the box [0, a] that holds
  * every minimiser, so coordinate minimisation on {0,1,2,3} from w = a reaches the global minimum,
- * whatever its support. They are swept BLOCK consecutive groups side by side, first in float, then
- * in double, and the few still moving go on in the lanes below.
+ * whatever its support. They are taken BLOCK consecutive groups side by side: sweeps and a Newton
+ * step in float, a Newton step and a sweep in double, and the few still moving go on in the lanes
+ * below.
  *
  * The other groups:
  * - {0,1,2} exactly. Its stationary points are w2 = x, w_i = (a_i + sqrt(a_i^2 - 4 x (a2 - x))) / 2
@@ -58,8 +59,8 @@
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
 #define CONVEX_BOUND 0.8 /* below 1 (convexity), where sweeps from w = a still end fast */
 #define BLOCK 32 /* convex groups swept side by side */
-#define BLOCK_SWEEPS 8 /* every convex group's sweeps before it may end */
-#define FLOAT_SWEEPS 4 /* the first of them, in float */
+#define FLOAT_SWEEPS 2 /* every convex group's first sweeps, in float, before its Newton steps */
+#define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
 #define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */
 #define NEWTON3_TOL 1e-12 /* a step below this (scaled to a0 = 1) ends them */
 #define TOP2_GRID 32 /* cells per unit of each ratio in the top-2 table */
@@ -108,6 +109,36 @@ static inline double sweep4(const double *a, double *w, int stride, double lam) 
     w[0] = n0; w[stride] = n1; w[2 * stride] = n2; w[3 * stride] = n3;
     return fabs(n0 - w0) + fabs(n1 - w1) + fabs(n2 - w2) + fabs(n3 - w3);
 }
+
+/* One Newton step on the stationarity equations w_i = a_i - lam e2(w without i) of the point's
+ * positive entries (the others stay 0), for a convex group: its Jacobian I + lam H (H_ij = the sum
+ * of the entries other than i and j) is then positive definite, so elimination needs no pivots.
+ * Without branches, for the point whose entries are `stride` apart; the result is clipped at 0.
+ * Defined for float (R = float) and double. */
+#define NEWTON4(NAME, R, POS)                                                                        \
+    static inline void NAME(const R *a, R *w, int stride, R lam) {                                   \
+        R w0 = w[0], w1 = w[stride], w2 = w[2 * stride], w3 = w[3 * stride];                         \
+        R m0 = w0 > 0, m1 = w1 > 0, m2 = w2 > 0, m3 = w3 > 0;                                       \
+        R r0 = m0 * (a[0] - w0 - lam * (w1 * w2 + w1 * w3 + w2 * w3));                              \
+        R r1 = m1 * (a[stride] - w1 - lam * (w0 * w2 + w0 * w3 + w2 * w3));                          \
+        R r2 = m2 * (a[2 * stride] - w2 - lam * (w0 * w1 + w0 * w3 + w1 * w3));                      \
+        R r3 = m3 * (a[3 * stride] - w3 - lam * (w0 * w1 + w0 * w2 + w1 * w2));                      \
+        R j01 = m0 * m1 * lam * (w2 + w3), j02 = m0 * m2 * lam * (w1 + w3), j03 = m0 * m3 * lam * (w1 + w2); \
+        R j12 = m1 * m2 * lam * (w0 + w3), j13 = m1 * m3 * lam * (w0 + w2), j23 = m2 * m3 * lam * (w0 + w1); \
+        R j11 = 1 - j01 * j01, j22 = 1 - j02 * j02, j33 = 1 - j03 * j03; /* pivot 0 is 1 */         \
+        j12 -= j01 * j02; j13 -= j01 * j03; j23 -= j02 * j03;                                        \
+        r1 -= j01 * r0; r2 -= j02 * r0; r3 -= j03 * r0;                                              \
+        R p1 = 1 / j11, f2 = j12 * p1, f3 = j13 * p1;                                                \
+        j22 -= f2 * j12; j23 -= f2 * j13; j33 -= f3 * j13;                                           \
+        r2 -= f2 * r1; r3 -= f3 * r1;                                                                \
+        R p2 = 1 / j22, g3 = j23 * p2;                                                               \
+        j33 -= g3 * j23; r3 -= g3 * r2;                                                              \
+        R d3 = r3 / j33, d2 = (r2 - j23 * d3) * p2, d1 = (r1 - j12 * d2 - j13 * d3) * p1;            \
+        R d0 = r0 - j01 * d1 - j02 * d2 - j03 * d3;                                                  \
+        w[0] = POS(w0 + d0); w[stride] = POS(w1 + d1); w[2 * stride] = POS(w2 + d2); w[3 * stride] = POS(w3 + d3); \
+    }
+NEWTON4(newton4, double, pos)
+NEWTON4(newton4f, float, posf)
 
 static inline double objective(const double *a, const double *w, double lam) {
     double d0 = w[0] - a[0], d1 = w[1] - a[1], d2 = w[2] - a[2], d3 = w[3] - a[3];

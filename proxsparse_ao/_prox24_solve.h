@@ -99,12 +99,12 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 }
 
 /* Every group of the chunk, BLOCK consecutive groups side by side (nothing gathered, no lane
- * refills): BLOCK_SWEEPS coordinate sweeps on {0,1,2,3} from w = a, the first FLOAT_SWEEPS in
- * float on the group scaled to a0 = 1 (twice the lanes of a vector, while the point is still far
- * from its end), the rest in double. For the convex groups taken (convex_ok): where the last sweep
- * changed the point by at most REL_TOL a0, it is the prox (best); the others go on in the lanes
- * from there (flag, resume). Every convex group takes exactly these steps, so its result does not
- * depend on its neighbours. */
+ * refills): from w = a, FLOAT_SWEEPS coordinate sweeps on {0,1,2,3} and a Newton step in float on
+ * the group scaled to a0 = 1 (twice the lanes of a vector, while the point is still far from its
+ * end), then a Newton step and a sweep in double. For the convex groups taken (convex_ok): where
+ * that sweep changed the point by at most REL_TOL a0, it is the prox (best); the others go on in
+ * the lanes from there (flag, resume). Every convex group takes exactly these steps, so its result
+ * does not depend on its neighbours. */
 static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
         double a[4][BLOCK], w[4][BLOCK], change[BLOCK];
@@ -127,10 +127,11 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
                 wf[0][j] = n0; wf[1][j] = n1; wf[2][j] = n2; wf[3][j] = n3;
             }
         }
+        for (int j = 0; j < BLOCK; ++j) newton4f(&af[0][j], &wf[0][j], BLOCK, lf[j]);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * a[0][j];
-        for (int k = FLOAT_SWEEPS; k < BLOCK_SWEEPS; ++k)
-            for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
+        for (int j = 0; j < BLOCK; ++j) newton4(&a[0][j], &w[0][j], BLOCK, lam);
+        for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int j = 0; j < m; ++j) {
             int g = g0 + j;
             T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
@@ -363,7 +364,12 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int resume) {
         polish(target, point, lam, REL_TOL * target[0], c->rare_sweeps[r]);
         for (int i = 0; i < 4; ++i) c->found[i][g] = point[i];
     }
-    if (count > 0) NAME(keep_better)(c, n, lam);
+    if (count > 0 && !resume) NAME(keep_better)(c, n, lam);
+    for (int r = 0; resume && r < count; ++r) {  /* a convex group's end is its global minimum */
+        int g = c->todo[r];
+        for (int i = 0; i < 4; ++i) c->best[i][g] = c->found[i][g];
+        c->improved[g] = 1.0;
+    }
 }
 
 /* dst = the best candidate of every group, at its positions with its signs; (a0, a1, 0, 0)
