@@ -58,7 +58,7 @@
 #define MAX_SWEEPS 1000
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
 #define CONVEX_BOUND 0.8 /* below 1 (convexity), where sweeps from w = a still end fast */
-#define BLOCK 32 /* convex groups swept side by side */
+#define BLOCK 64 /* convex groups swept side by side */
 #define FLOAT_SWEEPS 2 /* every convex group's first sweeps, in float, before its Newton steps */
 #define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
 #define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */
