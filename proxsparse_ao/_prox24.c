@@ -63,14 +63,16 @@
 #define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
 #define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */
 #define NEWTON3_TOL 1e-12 /* a step below this (scaled to a0 = 1) ends them */
-#define TOP2_GRID 32 /* cells per unit of each ratio in the top-2 table */
+#define TOP2_GRID 32 /* cells per unit of a1 / a0 and of a2 / a1 in the top-2 table */
 #define TOP2_SIDE (TOP2_GRID + 2)
 
 /* The top-2 table: 1 / (the least lam a1 at which (a0, a1, 0, 0) is the prox) at the corners
- * q = (GRID / i0, 1, i2 / GRID, i3 / GRID) of a grid over a1 / a0, a2 / a1 and a3 / a1, with a
- * margin of TOP2_MARGIN; 0 where it never is, and everywhere until prox24_prepare has built it. */
+ * q = (GRID / i0, 1, i2 / GRID, i2 / GRID) of a grid over a1 / a0 and a2 / a1, with a margin of
+ * TOP2_MARGIN; 0 where it never is, and everywhere until prox24_prepare has built it. The corner
+ * takes a3 = a2, the most it can be: on randn groups a third axis for a3 / a1 settled no more
+ * (benchmarks/RESULTS.md), and the table stays small enough for the L1 cache. */
 #define TOP2_MARGIN 1e-5
-static float top2_table[TOP2_SIDE * TOP2_SIDE * TOP2_SIDE];
+static float top2_table[TOP2_SIDE * TOP2_SIDE];
 
 /* Bit l set where flags[l] (0 or 1) is set, for l < LANES. */
 static inline unsigned long long lane_bits(const unsigned char *flags) {
@@ -235,12 +237,12 @@ FIRST_NONFINITE(double, fabs, DBL_MAX)
 #undef REL_TOL
 
 /* Build the top-2 table with the solver itself (the table still empty, so every group is solved):
- * at every corner the prox can ask for (i0, i2, i3 >= 1, i3 <= i2), bisection on log(lam) for the
+ * at every corner the prox can ask for (i0, i2 >= 1), bisection on log(lam) for the
  * least lam at which the prox of q keeps its two largest entries as they are and zeroes the others,
  * taken from above. Call once before any prox24 call (until then the solver certifies nothing);
  * later calls do nothing. Returns 0, or -1 where memory runs out (the table stays empty). */
 int prox24_prepare(void) {
-    enum { MOST = TOP2_SIDE * TOP2_SIDE * TOP2_SIDE, STEPS = 40 };
+    enum { MOST = TOP2_SIDE * TOP2_SIDE, STEPS = 40 };
     static int prepared = 0;
     if (prepared) return 0;
     int *cell = malloc(sizeof(int) * MOST);
@@ -250,13 +252,12 @@ int prox24_prepare(void) {
     void *workspace = malloc((size_t)prox24_workspace_double());
     int ok = cell && corner && z && out && low && high && workspace, cells = 0;
     for (int i0 = 1; ok && i0 < TOP2_SIDE; ++i0)
-        for (int i2 = 1; i2 < TOP2_SIDE; ++i2)
-            for (int i3 = 1; i3 <= i2; ++i3, ++cells) {
-                double *q = corner + 4 * cells;
-                q[0] = (double)TOP2_GRID / i0; q[1] = 1.0; q[2] = (double)i2 / TOP2_GRID; q[3] = (double)i3 / TOP2_GRID;
-                cell[cells] = (i0 * TOP2_SIDE + i2) * TOP2_SIDE + i3;
-                low[cells] = log(1e-6); high[cells] = log(1e9);
-            }
+        for (int i2 = 1; i2 < TOP2_SIDE; ++i2, ++cells) {
+            double *q = corner + 4 * cells;
+            q[0] = (double)TOP2_GRID / i0; q[1] = 1.0; q[2] = q[3] = (double)i2 / TOP2_GRID;
+            cell[cells] = i0 * TOP2_SIDE + i2;
+            low[cells] = log(1e-6); high[cells] = log(1e9);
+        }
     /* step -1 asks at the top of the range whether the corner is ever settled */
     for (int step = -1; ok && step < STEPS; ++step) {
         for (int k = 0; k < cells; ++k) {
@@ -287,5 +288,5 @@ int prox24_top2_settled(const double *z, double lam) {
         for (int j = i; j > 0 && a[j] > a[j - 1]; --j) {
             double t = a[j]; a[j] = a[j - 1]; a[j - 1] = t;
         }
-    return a[2] == 0.0 || top2_certified_double(a[0], a[1], a[2], a[3], lam);
+    return a[2] == 0.0 || top2_certified_double(a[0], a[1], a[2], lam);
 }

@@ -55,16 +55,16 @@ static inline int NAME(is_convex)(const T *z, T lam) {
 
 /* 1 where the top-2 table proves (a0, a1, 0, 0) the prox of the sorted group a. The prox keeps the
  * top two all the more when lam or a0 or a1 grows or a2 or a3 shrinks (each moves every other
- * point's objective at least as far the same way), so the corner of a's cell with a0 / a1, a2 / a1
- * and a3 / a1 rounded against it proves it for a when lam a1 reaches the corner's threshold. The
- * ratios are rounded up with room for their own rounding; indices stay in the table whatever a. */
-static inline int NAME(top2_certified)(T a0, T a1, T a2, T a3, T lam) {
+ * point's objective at least as far the same way), so the corner of a's cell with a0 / a1 and
+ * a2 / a1 rounded against it (and a3 raised to a2) proves it for a when lam a1 reaches the corner's
+ * threshold. The ratios are rounded up with room for their own rounding; indices stay in the table
+ * whatever a. */
+static inline int NAME(top2_certified)(T a0, T a1, T a2, T lam) {
     const T up = (T)(TOP2_GRID * (1 + 1e-6)), most = (T)TOP2_GRID + (T)0.5;
     T per0 = a0 > 0 ? 1 / a0 : 0, per1 = a1 > 0 ? 1 / a1 : 0;
     int i0 = (int)LESSER(a1 * per0 * up, most) + 1;
     int i2 = (int)LESSER(a2 * per1 * up, most) + 1;
-    int i3 = (int)LESSER(a3 * per1 * up, most) + 1;
-    return lam * a1 * (T)top2_table[(i0 * TOP2_SIDE + i2) * TOP2_SIDE + i3] >= 1;
+    return lam * a1 * (T)top2_table[i0 * TOP2_SIDE + i2] >= 1;
 }
 
 /* Returns how many of the n groups are convex; top2s, how many are settled as (a0, a1, 0, 0): those
@@ -87,7 +87,7 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
         double a2 = c->a[2][g], a3 = c->a[3][g];
         c->best_obj[g] = 0.5 * (a2 * a2 + a3 * a3);
         c->improved[g] = 0.0;
-        int top2 = (c->a[2][g] == 0) | NAME(top2_certified)(c->a[0][g], c->a[1][g], c->a[2][g], c->a[3][g], lam);
+        int top2 = (c->a[2][g] == 0) | NAME(top2_certified)(c->a[0][g], c->a[1][g], c->a[2][g], lam);
         int convex = (1 - top2) & NAME(is_convex)(c->z + 4 * g, lam);
         c->top2[g] = top2 ? 1 : 0;
         c->convex[g] = convex ? 1 : 0;

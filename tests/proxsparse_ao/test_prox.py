@@ -234,11 +234,11 @@ class TestTopTwoTable:
     def test_a_group_settled_at_the_edge_of_its_cell_keeps_its_top_two_at_the_global_minimum(self):
         """At the least lam the table settles a group, (a0, a1, 0, 0) is the brute-force minimum;
         the groups include some a hair inside a corner of the table's grid (32 cells per unit of
-        a1 / a0, a2 / a1, a3 / a1), where the table's own threshold is all that separates them."""
+        a1 / a0 and a2 / a1, a3 = a2), where the table's own threshold is all that separates them."""
         generator = torch.Generator().manual_seed(21)
         inside = 1 - 2e-6
-        corners = torch.tensor([[32 / (i0 * inside), 1.0, i2 / 32 * inside, i3 / 32 * inside]
-                                for i0, i2, i3 in [(16, 16, 8), (30, 30, 29), (8, 24, 1), (32, 32, 32), (20, 4, 4), (28, 12, 6)]],
+        corners = torch.tensor([[32 / (i0 * inside), 1.0, i2 / 32 * inside, i2 / 32 * inside]
+                                for i0, i2 in [(16, 16), (30, 30), (8, 24), (32, 32), (20, 4), (28, 12), (32, 1)]],
                                dtype=torch.float64)
         groups = torch.cat([
             torch.randn(40, 4, generator=generator, dtype=torch.float64),
