@@ -22,8 +22,9 @@ from .cache import cache_dir
 _SOURCE = Path(__file__).with_name("_prox24.c")
 _HEADERS = [Path(__file__).with_name("_prox24_solve.h")]
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
-# This CPU's own vector units where the compiler can target them, else its baseline.
-_TUNINGS = [["-march=native"], []]
+# This CPU's own vector units where the compiler can target them, else its baseline; OpenMP
+# where the compiler has it (the solver then runs its threads in the caller's OpenMP team).
+_TUNINGS = [["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []]
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
@@ -94,15 +95,21 @@ def load() -> ctypes.CDLL | None:
         i64, dbl = ctypes.c_int64, ctypes.c_double
         for suffix in ("float", "double"):
             prox = getattr(library, f"prox24_{suffix}")
-            prox.argtypes, prox.restype = [ctypes.c_void_p, ctypes.c_void_p, i64, dbl, ctypes.c_void_p], None
+            prox.argtypes, prox.restype = [ctypes.c_void_p, ctypes.c_void_p, i64, dbl, ctypes.c_void_p], i64
             workspace = getattr(library, f"prox24_workspace_{suffix}")
             workspace.argtypes, workspace.restype = [], i64
             check = getattr(library, f"first_nonfinite_{suffix}")
             check.argtypes, check.restype = [ctypes.c_void_p, i64], i64
+        for suffix in ("float", "double"):
+            spans = getattr(library, f"prox24_spans_{suffix}")
+            spans.argtypes = [ctypes.c_void_p, ctypes.c_void_p, dbl, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                              ctypes.c_void_p, i64, ctypes.c_void_p]
+            spans.restype = None
+        library.prox24_openmp.argtypes, library.prox24_openmp.restype = [], ctypes.c_int
         library.prox24_prepare.argtypes, library.prox24_prepare.restype = [], ctypes.c_int
         library.prox24_top2_settled.argtypes, library.prox24_top2_settled.restype = [ctypes.c_void_p, dbl], ctypes.c_int
         if library.prox24_prepare() != 0:
-            _failure = "out of memory building the prox kernel's top-2 table"
+            _failure = "the prox kernel could not build its top-2 table (out of memory?)"
             return None
         _library = library
         return _library

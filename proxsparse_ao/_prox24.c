@@ -240,7 +240,8 @@ FIRST_NONFINITE(double, fabs, DBL_MAX)
  * at every corner the prox can ask for (i0, i2 >= 1), bisection on log(lam) for the
  * least lam at which the prox of q keeps its two largest entries as they are and zeroes the others,
  * taken from above. Call once before any prox24 call (until then the solver certifies nothing);
- * later calls do nothing. Returns 0, or -1 where memory runs out (the table stays empty). */
+ * later calls do nothing. Returns 0, or -1 where memory runs out or a solve fails (the table
+ * stays empty). */
 int prox24_prepare(void) {
     enum { MOST = TOP2_SIDE * TOP2_SIDE, STEPS = 40 };
     static int prepared = 0;
@@ -260,11 +261,11 @@ int prox24_prepare(void) {
         }
     /* step -1 asks at the top of the range whether the corner is ever settled */
     for (int step = -1; ok && step < STEPS; ++step) {
-        for (int k = 0; k < cells; ++k) {
-            double lam = exp(step < 0 ? high[k] : 0.5 * (low[k] + high[k]));
+        for (int k = 0; k < cells; ++k) {  /* a corner never settled is done: any finite lam */
+            double lam = !isfinite(high[k]) ? 1.0 : exp(step < 0 ? high[k] : 0.5 * (low[k] + high[k]));
             for (int i = 0; i < 4; ++i) z[4 * k + i] = corner[4 * k + i] * lam;
         }
-        prox24_double(z, out, cells, 1.0, workspace);  /* prox(lam q, 1) = lam prox(q, lam) */
+        ok = prox24_double(z, out, cells, 1.0, workspace) < 0;  /* prox(lam q, 1) = lam prox(q, lam) */
         for (int k = 0; k < cells; ++k) {
             const double *zk = z + 4 * k, *wk = out + 4 * k;
             int top2 = wk[0] == zk[0] && wk[1] == zk[1] && wk[2] == 0.0 && wk[3] == 0.0;
@@ -290,3 +291,28 @@ int prox24_top2_settled(const double *z, double lam) {
         }
     return a[2] == 0.0 || top2_certified_double(a[0], a[1], a[2], lam);
 }
+
+/* 1 where this build runs spans side by side itself (OpenMP, in the caller's thread team: where
+ * torch's own OpenMP runtime is loaded, the same threads torch's ops use, so none of them spins
+ * against the solver). */
+int prox24_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* found[s] = prox24 over groups [lo[s], hi[s]) with workspace s (workspace_bytes apart), the spans
+ * side by side (one thread each, with OpenMP; one after another without). */
+#define PROX24_SPANS(T)                                                                            \
+    void prox24_spans_##T(const T *x, T *out, double lam, const int64_t *lo, const int64_t *hi,   \
+                          int spans, unsigned char *workspaces, int64_t workspace_bytes,           \
+                          int64_t *found) {                                                        \
+        _Pragma("omp parallel for num_threads(spans) schedule(static, 1)")                         \
+        for (int s = 0; s < spans; ++s)                                                            \
+            found[s] = prox24_##T(x + 4 * lo[s], out + 4 * lo[s], hi[s] - lo[s], lam,              \
+                                  workspaces + s * workspace_bytes);                               \
+    }
+PROX24_SPANS(float)
+PROX24_SPANS(double)

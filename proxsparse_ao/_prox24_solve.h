@@ -444,12 +444,16 @@ static void NAME(flush)(struct NAME(chunk) *c, int kind, double lam, T *out, int
  * most two non-zeros are their own prox and are left as they are, and those the top-2 table
  * settles are written as such. A chunk where one kind of the others makes up at least 7/8 solves
  * it in place; the rest are set aside, to be solved with others of their kind, so that every pass
- * runs over groups of one kind. */
-void NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspace) {
+ * runs over groups of one kind. Returns -1, or the index in x of the first entry that is not
+ * finite: each chunk is checked as it is read, and the call stops there (out is then only partly
+ * written, so an in-place caller checks first). */
+int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspace) {
     struct NAME(chunk) *c = workspace;
     c->stream_count[0] = c->stream_count[1] = 0;
     for (int64_t g0 = 0; g0 < groups; g0 += CHUNK) {
         int n = groups - g0 < CHUNK ? (int)(groups - g0) : CHUNK, top2s;
+        int64_t bad = NAME(first_nonfinite)(x + 4 * g0, 4 * n);
+        if (bad >= 0) return 4 * g0 + bad;
         int convex = NAME(sort_groups)(c, x + 4 * g0, n, (T)lam, &top2s);
         int count[2] = {n - top2s - convex, convex};
         int kind = 8 * count[0] >= 7 * n ? 0 : 8 * count[1] >= 7 * n ? 1 : 2;
@@ -474,6 +478,7 @@ void NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspac
     }
     NAME(flush)(c, 0, lam, out, 1);
     NAME(flush)(c, 1, lam, out, 1);
+    return -1;
 }
 
 #undef LESSER

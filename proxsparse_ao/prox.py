@@ -50,6 +50,11 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
         )
     if not out.is_contiguous():
         raise ValueError("prox_2to4: out must be contiguous")
+    native = weight.device.type == "cpu" and weight.dtype in _NATIVE_DTYPES and _native.load() is not None
+    # The C solver checks each chunk as it reads it; where out shares the weight's storage, a
+    # late bad entry would leave the weight half updated, so the whole weight is checked first.
+    if not native or lam == 0 or out.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr():
+        _check_finite(weight)
     source = weight.contiguous()
     groups_in, groups_out = source.view(-1, 4), out.view(-1, 4)
     if lam == 0:
@@ -58,8 +63,10 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
         return out
     if _triton_solves(source.device, source.dtype):
         _prox24_triton.prox24_triton(groups_in, groups_out, float(lam))
-    elif source.device.type == "cpu" and source.dtype in _NATIVE_DTYPES and _native.load() is not None:
-        _prox_native(groups_in, groups_out, float(lam))
+    elif native:
+        bad = _prox_native(groups_in, groups_out, float(lam))
+        if bad is not None:
+            _raise_nonfinite(weight, bad)
     elif source.dtype in (torch.float32, torch.float64):
         groups_out.copy_(_prox_groups_torch(groups_in, float(lam)))
     else:
@@ -106,10 +113,18 @@ def _check_input(weight: torch.Tensor, lam: float) -> None:
         raise ValueError(f"prox_2to4: the last dimension ({weight.shape[-1]}) is not a multiple of 4")
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"prox_2to4: lam must be a finite number >= 0, got {lam!r}")
+
+
+def _check_finite(weight: torch.Tensor) -> None:
     bad = _first_nonfinite(weight)
     if bad is not None:
-        row, col = divmod(bad, weight.shape[-1])
-        raise ValueError(f"prox_2to4: non-finite value {weight[row, col].item()} at [{row}, {col}]")
+        _raise_nonfinite(weight, bad)
+
+
+def _raise_nonfinite(weight: torch.Tensor, index: int) -> None:
+    """The error for the first NaN/Inf, at flat (row-major) `index` of `weight`."""
+    row, col = divmod(index, weight.shape[-1])
+    raise ValueError(f"prox_2to4: non-finite value {weight[row, col].item()} at [{row}, {col}]")
 
 
 def _first_nonfinite(weight: torch.Tensor) -> int | None:
@@ -146,21 +161,38 @@ def _in_threads(calls: list[tuple]) -> list:
     return [future.result() for future in [_pool.submit(*call) for call in calls]]
 
 
-def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) -> None:
-    """Run the C solver over [G, 4] contiguous CPU groups, one contiguous slice per thread."""
+def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) -> int | None:
+    """Run the C solver over [G, 4] contiguous CPU groups, one contiguous slice per thread.
+    Returns None, or the flat index of the first non-finite entry (the output is then partial)."""
     library, suffix = _native.load(), _NATIVE_DTYPES[groups_in.dtype]
     kernel = getattr(library, f"prox24_{suffix}")
     size = groups_in.element_size() * 4
     # The kernel solves groups in chunks; splitting on chunk boundaries keeps every chunk, and
     # so every result bit, the same whatever the thread count.
     spans = _spans(groups_in.shape[0], _THREAD_GRAIN)
+    if not spans:
+        return None
     # Every workspace is allocated before any group is written: no half-done in-place update.
     workspaces = torch.empty(len(spans), getattr(library, f"prox24_workspace_{suffix}")(), dtype=torch.uint8)
-    _in_threads([
-        (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size),
-         hi - lo, lam, ctypes.c_void_p(workspace.data_ptr()))
-        for (lo, hi), workspace in zip(spans, workspaces)
-    ])
+    if library.prox24_openmp():
+        # One call from this thread: its OpenMP team (torch's, when torch runs on the same
+        # runtime) takes the spans, so no thread of ours competes with torch's spinning ones.
+        bounds = torch.tensor(spans, dtype=torch.int64).t().contiguous()
+        results = torch.empty(len(spans), dtype=torch.int64)
+        getattr(library, f"prox24_spans_{suffix}")(
+            ctypes.c_void_p(groups_in.data_ptr()), ctypes.c_void_p(groups_out.data_ptr()), lam,
+            ctypes.c_void_p(bounds[0].data_ptr()), ctypes.c_void_p(bounds[1].data_ptr()), len(spans),
+            ctypes.c_void_p(workspaces.data_ptr()), workspaces.shape[1], ctypes.c_void_p(results.data_ptr()),
+        )
+        found = results.tolist()
+    else:
+        found = _in_threads([
+            (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size),
+             hi - lo, lam, ctypes.c_void_p(workspace.data_ptr()))
+            for (lo, hi), workspace in zip(spans, workspaces)
+        ])
+    hits = [4 * lo + index for (lo, _), index in zip(spans, found) if index >= 0]
+    return min(hits) if hits else None
 
 
 def _prox_groups_torch(z: torch.Tensor, lam: float, precision: torch.dtype | None = None) -> torch.Tensor:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from proxsparse_ao import _native
+from proxsparse_ao.prox import prox_2to4
 
 
 @pytest.fixture
@@ -53,3 +55,37 @@ def test_without_a_compiler_the_failure_says_why(fresh_cache, monkeypatch):
     monkeypatch.setattr(_native, "_compiler", lambda: None)
     assert _native.load() is None
     assert _native.failure() == "no C compiler found (set CC)"
+
+
+def _loaded_openmp_runtimes() -> set[str]:
+    return {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to list loaded libraries")
+def test_the_openmp_build_shares_torchs_openmp_runtime(compiler):
+    """The solver's threads are then torch's own: none of them spins against the solver."""
+    library = _native.load()
+    if not library.prox24_openmp():
+        pytest.skip("this compiler builds the kernel without OpenMP")
+    runtimes = _loaded_openmp_runtimes()
+    assert len(runtimes) == 1
+    bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if bundled.exists():
+        assert runtimes == {str(bundled)}
+
+
+def test_a_build_without_openmp_runs_its_spans_in_python_threads_to_the_same_bits(fresh_cache, compiler, monkeypatch):
+    z = torch.randn(512, 512, generator=torch.Generator().manual_seed(31))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        first = prox_2to4(z, 0.5)
+        first_has_openmp = _native.load().prox24_openmp()
+        monkeypatch.setattr(_native, "_library", None)
+        monkeypatch.setattr(_native, "_TUNINGS", [["-march=native"], []])
+        assert _native.load().prox24_openmp() == 0
+        assert torch.equal(prox_2to4(z, 0.5), first)
+    finally:
+        torch.set_num_threads(threads)
+    if not first_has_openmp:
+        pytest.skip("this compiler builds the kernel without OpenMP: both runs took Python threads")

@@ -303,17 +303,29 @@ class TestBadInput:
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     @pytest.mark.parametrize("bad_rows, first", [((400, 300), "300, 999"), ((400, 300, 200), "200, 999")])
-    def test_the_first_non_finite_entry_is_named_when_threads_share_the_check(self, dtype, bad_rows, first):
+    @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "out-of-place"])
+    def test_the_first_non_finite_entry_is_named_when_threads_share_the_check(self, dtype, bad_rows, first, in_place):
+        """In place the weight is checked before anything is written; out of place the C solver
+        checks each chunk as it reads it, and the weight is left as it was either way."""
         z = torch.randn(512, 1024, dtype=dtype)  # two threads: rows 0-255 and 256-511
         for row in bad_rows:
             z[row, 999], z[row, 1000] = float("nan"), float("inf")
+        before = z.clone()
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(max(2, threads))
-            with pytest.raises(ValueError, match=rf"at \[{first}\]"):
-                prox_2to4_(z, 1.0)
+            with pytest.raises(ValueError, match=rf"non-finite value nan at \[{first}\]"):
+                prox_2to4_(z, 1.0) if in_place else prox_2to4(z, 1.0)
         finally:
             torch.set_num_threads(threads)
+        assert torch.equal(z.nan_to_num(), before.nan_to_num())
+
+    @pytest.mark.parametrize("position", [(0, 0), (7, 3), (63, 62)])
+    def test_a_non_finite_entry_is_named_out_of_place_wherever_it_sits_in_its_group(self, position):
+        z = torch.randn(64, 64, dtype=torch.float32)
+        z[position] = -float("inf")
+        with pytest.raises(ValueError, match=rf"non-finite value -inf at \[{position[0]}, {position[1]}\]"):
+            prox_2to4(z, 0.5, out=torch.empty_like(z))
 
     def test_mismatched_out_is_rejected(self):
         with pytest.raises(ValueError, match="out has shape"):
