@@ -110,8 +110,13 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
         double a[4][BLOCK], w[4][BLOCK], change[BLOCK];
         float af[4][BLOCK], wf[4][BLOCK], lf[BLOCK];
         int m = n - g0 < BLOCK ? n - g0 : BLOCK;
-        for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < BLOCK; ++j) a[i][j] = j < m ? (double)c->a[i][g0 + j] : 0.0;
+        if (m == BLOCK) {
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < BLOCK; ++j) a[i][j] = (double)c->a[i][g0 + j];
+        } else {
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < BLOCK; ++j) a[i][j] = j < m ? (double)c->a[i][g0 + j] : 0.0;
+        }
         for (int j = 0; j < BLOCK; ++j) {
             double scale = a[0][j] > 0.0 ? 1.0 / a[0][j] : 0.0;
             for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * scale);
@@ -137,7 +142,7 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
             T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
             int done = take * ended != 0;   /* the global minimum: no candidate beats it */
             for (int i = 0; i < 4; ++i) {
-                c->resume[i][g] = w[i][j];
+                c->resume[i][g] = take * (1 - ended) ? w[i][j] : c->resume[i][g];
                 c->best[i][g] = done ? w[i][j] : c->best[i][g];
             }
             c->improved[g] = done ? 1.0 : c->improved[g];
