@@ -62,7 +62,6 @@
 #define FLOAT_SWEEPS 2 /* every convex group's first sweeps, in float, before its Newton steps */
 #define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
 #define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */
-#define NEWTON3_TOL 1e-12 /* a step below this (scaled to a0 = 1) ends them */
 #define TOP2_GRID 32 /* cells per unit of a1 / a0 and of a2 / a1 in the top-2 table */
 #define TOP2_SIDE (TOP2_GRID + 2)
 
@@ -223,18 +222,22 @@ FIRST_NONFINITE(double, fabs, DBL_MAX)
 #define T float
 #define SLACK 1e-5
 #define REL_TOL 1e-8
+#define NEWTON3_TOL 1e-9
 #include "_prox24_solve.h"
 #undef T
 #undef SLACK
 #undef REL_TOL
+#undef NEWTON3_TOL
 
 #define T double
 #define SLACK 1e-12
 #define REL_TOL 1e-13
+#define NEWTON3_TOL 1e-12
 #include "_prox24_solve.h"
 #undef T
 #undef SLACK
 #undef REL_TOL
+#undef NEWTON3_TOL
 
 /* Build the top-2 table with the solver itself (the table still empty, so every group is solved):
  * at every corner the prox can ask for (i0, i2 >= 1), bisection on log(lam) for the

@@ -2,7 +2,9 @@
  *   T      the input type (float or double): sorting and the bounds run in it, a vector at a time;
  *   SLACK  how much a bound must win by, relative to the group's scale, to skip a search
  *          (covers rounding in T);
- *   REL_TOL the coordinate sweeps' stopping tolerance, relative to a0.
+ *   REL_TOL the coordinate sweeps' stopping tolerance, relative to a0;
+ *   NEWTON3_TOL the Newton step on {0,1,2} (scaled to a0 = 1) below which exact3 ends: its
+ *          steps shrink quadratically, so the root is then far closer than T resolves.
  * The sweeps, the candidates' objectives and the choice between them run in double. */
 
 #define JOIN_(a, b) a##_##b
