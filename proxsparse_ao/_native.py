@@ -1,8 +1,10 @@
 """Build and load the plain-C prox kernel (`_prox24.c` with `_prox24_solve.h`) on first use.
 
-The kernel has no dependency beyond libm, so any C compiler builds it in about a second.
-The library is cached per source, flags and CPU; when no compiler is available, callers fall back to
-the vectorised torch implementation.
+The kernel has no dependency beyond libm, so any C compiler builds it in about a second; where the
+compiler has OpenMP it is built with it, and then needs libgomp, which torch's own wheel already
+loads (the kernel's threads are then torch's). The library is cached per source, flags and CPU; when
+no compiler is available, callers fall back to the vectorised torch implementation. Loading it also
+builds its top-2 table (a few milliseconds).
 """
 
 from __future__ import annotations

@@ -5,12 +5,17 @@
  * local minimum inside {0,1,2} (w3 = 0) or the one inside {0,1,2,3}: EnumALM's three candidates,
  * the best of which wins.
  *
+ * Settled groups: (a0, a1, 0, 0) is the prox of most groups once lam a1 is large enough, and that
+ * threshold moves monotonically with the group (see top2_certified in _prox24_solve.h). A table of
+ * thresholds over a1 / a0 and a2 / a1, built at load by the solver itself (prox24_prepare), settles
+ * them with a lookup: 90% of randn groups at lam 1, all but a few at lam 3 and above.
+ *
  * Convex groups, lam (|z0| + |z1| + |z2| + |z3|) < CONVEX_BOUND (most groups where lam times the
  * weights' square is small, as in training): f is strictly convex on the box [0, a] that holds
  * every minimiser, so coordinate minimisation on {0,1,2,3} from w = a reaches the global minimum,
  * whatever its support. They are taken BLOCK consecutive groups side by side: sweeps and a Newton
- * step in float, a Newton step and a sweep in double, and the few still moving go on in the lanes
- * below.
+ * step in float, a Newton step and a sweep in double (its Jacobian I + lam H is positive definite
+ * there), and the few still moving go on in the lanes below.
  *
  * The other groups:
  * - {0,1,2} exactly. Its stationary points are w2 = x, w_i = (a_i + sqrt(a_i^2 - 4 x (a2 - x))) / 2
@@ -29,11 +34,12 @@
  * Groups are taken CHUNK at a time (_prox24_solve.h): one pass sorts them and proves what it can in
  * the input's own precision, then the searches left sweep LANES side by side in double, in loops
  * the compiler vectorises, a lane taking the next group as soon as its own has ended. Every group of
- * one kind takes the same steps wherever it sits: a chunk of mixed kinds solves its larger kind in
- * place and sets the other aside (both, when neither is small), to be solved with others of its
- * kind in a chunk of their own. Plain C, no dependency: built once per CPU at first use and loaded
- * through ctypes; the caller splits the groups between threads (ctypes releases the GIL) and
- * allocates the workspaces.
+ * one kind (settled, convex, or neither) takes the same steps wherever it sits: a chunk where one
+ * kind to solve makes up 7/8 solves it in place and sets the others aside, to be solved with others
+ * of their kind in a chunk of their own. Plain C, no dependency but libm (and OpenMP where the
+ * compiler has it): built once per CPU at first use and loaded through ctypes; the caller splits
+ * the groups into spans, which prox24_spans runs in the caller's OpenMP team (or the caller runs in
+ * threads of its own), and allocates the workspaces.
  *
  * The bounds. A local minimum w of a support S is stationary, w_i = a_i - lam e2(w without i)
  * for i in S, and its Hessian I + lam H (H_ij = sum of w_k, k in S, k != i, j) is PSD, so its
