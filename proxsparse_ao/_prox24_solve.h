@@ -55,12 +55,16 @@ static inline int NAME(is_convex)(const T *z, T lam) {
     return lam * ((fabs(z[0]) + fabs(z[1])) + (fabs(z[2]) + fabs(z[3]))) < (T)CONVEX_BOUND;
 }
 
-/* 1 where the top-2 table proves (a0, a1, 0, 0) the prox of the sorted group a. The prox keeps the
- * top two all the more when lam or a0 or a1 grows or a2 or a3 shrinks (each moves every other
- * point's objective at least as far the same way), so the corner of a's cell with a0 / a1 and
- * a2 / a1 rounded against it (and a3 raised to a2) proves it for a when lam a1 reaches the corner's
- * threshold. The ratios are rounded up with room for their own rounding; indices stay in the table
- * whatever a. */
+/* 1 where the top-2 table proves (a0, a1, 0, 0) the prox of the sorted group a. Let
+ * D = f(a0, a1, 0, 0) - min f >= 0, zero where the top two are the prox. D never grows when
+ *   - lam grows: every f(w) grows (R >= 0) and f(a0, a1, 0, 0) does not (R = 0 there);
+ *   - a0 or a1 grows: f(w) grows where w_i <= a_i, and elsewhere it is at least f at the old a of
+ *     w with w_i lowered to a_i; f(a0, a1, 0, 0) stays (a2^2 + a3^2) / 2;
+ *   - a2 or a3 shrinks: f(a0, a1, 0, 0) falls by (a_i^2 - a_i'^2) / 2, and no f(w), w_i >= 0,
+ *     falls by more.
+ * And D(c a, lam) = c^2 D(a, c lam). So the corner of a's cell, a0 / a1 rounded down and a2 / a1
+ * rounded up (a3 raised to a2), proves it for a once lam a1 reaches the corner's threshold. The
+ * ratios are rounded with room for their own rounding; indices stay in the table whatever a. */
 static inline int NAME(top2_certified)(T a0, T a1, T a2, T lam) {
     const T up = (T)(TOP2_GRID * (1 + 1e-6)), most = (T)TOP2_GRID + (T)0.5;
     T per0 = a0 > 0 ? 1 / a0 : 0, per1 = a1 > 0 ? 1 / a1 : 0;
@@ -449,9 +453,9 @@ static void NAME(flush)(struct NAME(chunk) *c, int kind, double lam, T *out, int
 
 /* out[g] = prox(x[g]) for groups g in [0, groups); x may equal out (in place). Groups with at
  * most two non-zeros are their own prox and are left as they are, and those the top-2 table
- * settles are written as such. A chunk where one kind of the others makes up at least 7/8 solves
- * it in place; the rest are set aside, to be solved with others of their kind, so that every pass
- * runs over groups of one kind. Returns -1, or the index in x of the first entry that is not
+ * settles are written as such. Of the others, a chunk solves in place the kind (convex or not)
+ * that makes up at least 7/8 of it, if one does, and sets the rest aside, to be solved with others
+ * of their kind, so that every pass runs over groups of one kind. Returns -1, or the index in x of the first entry that is not
  * finite: each chunk is checked as it is read, and the call stops there (out is then only partly
  * written, so an in-place caller checks first). */
 int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspace) {

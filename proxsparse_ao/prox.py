@@ -38,7 +38,9 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
 
     Signs and the magnitude order inside each group are preserved; lam = 0 is the identity
     and a large lam gives exactly 2:4. Half-precision inputs are solved in fp32 and returned
-    in their own dtype. `out` may be `weight` itself (see `prox_2to4_`).
+    in their own dtype. `out` may be `weight` itself (see `prox_2to4_`). A NaN/Inf entry raises
+    ValueError naming the first one; the weight is left as it was, and a separate `out` may
+    then hold part of the result.
     """
     _check_input(weight, lam)
     if out is None:
