@@ -147,8 +147,9 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
             int g = g0 + j;
             T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
             int done = take * ended != 0;   /* the global minimum: no candidate beats it */
+            int moving = take * (1 - ended) != 0;
             for (int i = 0; i < 4; ++i) {
-                c->resume[i][g] = take * (1 - ended) ? w[i][j] : c->resume[i][g];
+                c->resume[i][g] = moving ? w[i][j] : c->resume[i][g];
                 c->best[i][g] = done ? w[i][j] : c->best[i][g];
             }
             c->improved[g] = done ? 1.0 : c->improved[g];
