@@ -63,7 +63,7 @@
 #define CHUNK 2048 /* groups; the caller splits threads on multiples of it */
 #define MAX_SWEEPS 1000
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
-#define CONVEX_BOUND 0.8 /* below 1 (convexity), where sweeps from w = a still end fast */
+#define CONVEX_BOUND 0.95 /* below 1 (convexity); with the Newton steps these groups still end fast */
 #define BLOCK 64 /* convex groups swept side by side */
 #define FLOAT_SWEEPS 2 /* every convex group's first sweeps, in float, before its Newton steps */
 #define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
