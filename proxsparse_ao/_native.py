@@ -102,7 +102,6 @@ def load() -> ctypes.CDLL | None:
             workspace.argtypes, workspace.restype = [], i64
             check = getattr(library, f"first_nonfinite_{suffix}")
             check.argtypes, check.restype = [ctypes.c_void_p, i64], i64
-        for suffix in ("float", "double"):
             spans = getattr(library, f"prox24_spans_{suffix}")
             spans.argtypes = [ctypes.c_void_p, ctypes.c_void_p, dbl, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                               ctypes.c_void_p, i64, ctypes.c_void_p]

@@ -412,11 +412,11 @@ int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)
 static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *dst, const int64_t *at, T *out) {
     int hard = 0, convex = 0;
     T take_hard = kind < 0 || kind == 0, take_convex = kind < 0 || kind == 1;
-    for (int g = 0; g < n; ++g) {
-        T some = c->a[2][g] > 0 ? 1 : 0, is = c->convex[g], open = 1 - c->top2[g];
+    for (int g = 0; g < n; ++g) {  /* settled groups (top2, which includes a2 = 0) are never convex */
+        T is = c->convex[g], open = 1 - c->top2[g];
         c->hard_ok[g] = take_hard * open * (1 - is);
-        c->convex_ok[g] = take_convex * some * is;
-        hard += (int)(take_hard * some * open * (1 - is));
+        c->convex_ok[g] = take_convex * is;
+        hard += (int)c->hard_ok[g];
         convex += (int)c->convex_ok[g];
     }
     if (hard > 0) {

@@ -167,8 +167,6 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
     """Run the C solver over [G, 4] contiguous CPU groups, one contiguous slice per thread.
     Returns None, or the flat index of the first non-finite entry (the output is then partial)."""
     library, suffix = _native.load(), _NATIVE_DTYPES[groups_in.dtype]
-    kernel = getattr(library, f"prox24_{suffix}")
-    size = groups_in.element_size() * 4
     # The kernel solves groups in chunks; splitting on chunk boundaries keeps every chunk, and
     # so every result bit, the same whatever the thread count.
     spans = _spans(groups_in.shape[0], _THREAD_GRAIN)
@@ -188,6 +186,7 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
         )
         found = results.tolist()
     else:
+        kernel, size = getattr(library, f"prox24_{suffix}"), groups_in.element_size() * 4
         found = _in_threads([
             (kernel, ctypes.c_void_p(groups_in.data_ptr() + lo * size), ctypes.c_void_p(groups_out.data_ptr() + lo * size),
              hi - lo, lam, ctypes.c_void_p(workspace.data_ptr()))
