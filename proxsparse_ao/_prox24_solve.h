@@ -17,16 +17,16 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
 #define GREATER NAME(greater)
 
 /* CHUNK groups: a copy of the input, then [entry][group]: sorted magnitudes, the rank of each
- * position among them, where each search starts, and the best candidate so far (in double once
- * a search has improved on (a0, a1, 0, 0)); the groups a search takes, and those it ended still
- * moving, to polish; the groups set aside by kind; exact3's list of groups. */
+ * position among them, where each search starts, and the best candidate so far (in double; it
+ * counts only where improved says a search has bettered (a0, a1, 0, 0), and until then holds where
+ * convex_blocks left the group); the groups a search takes, and those it ended still moving, to
+ * polish; the groups set aside by kind; exact3's list of groups. */
 struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
     T convex[CHUNK], top2[CHUNK];  /* is_convex; the top-2 table proves (a0, a1, 0, 0) the prox */
     T hard_ok[CHUNK], convex_ok[CHUNK];  /* which groups solve takes */
-    double resume[4][CHUNK];      /* where a convex group still moving after its block sweeps goes on */
     T out[4 * CHUNK];             /* a set-aside chunk's results, before they go to their places */
     T stream_z[2][8 * CHUNK];     /* groups set aside, by kind (0 hard, 1 convex), until CHUNK of a kind */
     int64_t stream_at[2][2 * CHUNK];  /* where each set-aside group's result goes */
@@ -73,6 +73,18 @@ static inline int NAME(top2_certified)(T a0, T a1, T a2, T lam) {
     return lam * a1 * (T)top2_table[i0 * TOP2_SIDE + i2] >= 1;
 }
 
+/* list <- the indices g < n where flag[g] is set, in order; returns how many. LANES flags at a
+ * time become one word of bits, so the few flagged groups cost a step each and the rest none. */
+static int NAME(flagged)(const T *flag, int n, int *list) {
+    int count = 0;
+    for (int b = 0; b < n; b += LANES) {
+        unsigned char set[LANES];
+        for (int l = 0; l < LANES; ++l) set[l] = b + l < n && flag[b + l] != 0;
+        for (unsigned long long bits = lane_bits(set); bits; bits &= bits - 1) list[count++] = b + __builtin_ctzll(bits);
+    }
+    return count;
+}
+
 /* Returns how many of the n groups are convex; top2s, how many are settled as (a0, a1, 0, 0): those
  * with at most two non-zeros and those the top-2 table proves. */
 static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, int *top2s) {
@@ -107,10 +119,11 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 /* Every group of the chunk, BLOCK consecutive groups side by side (nothing gathered, no lane
  * refills): from w = a, FLOAT_SWEEPS coordinate sweeps on {0,1,2,3} and a Newton step in float on
  * the group scaled to a0 = 1 (twice the lanes of a vector, while the point is still far from its
- * end), then a Newton step and a sweep in double. For the convex groups taken (convex_ok): where
- * that sweep changed the point by at most REL_TOL a0, it is the prox (best); the others go on in
- * the lanes from there (flag, resume). Every convex group takes exactly these steps, so its result
- * does not depend on its neighbours. */
+ * end), then a Newton step and a sweep in double. Every group's point goes to best, written whole
+ * (no group's earlier best is read back). For the convex groups taken (convex_ok): where that sweep
+ * changed the point by at most REL_TOL a0, it is the prox (improved); the others go on in the lanes
+ * from there (flag). Every convex group takes exactly these steps, so its result does not depend on
+ * its neighbours. */
 static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
         double a[4][BLOCK], w[4][BLOCK], change[BLOCK];
@@ -143,16 +156,12 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
             for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * a[0][j];
         for (int j = 0; j < BLOCK; ++j) newton4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < m; ++j) c->best[i][g0 + j] = w[i][j];
         for (int j = 0; j < m; ++j) {
             int g = g0 + j;
             T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
-            int done = take * ended != 0;   /* the global minimum: no candidate beats it */
-            int moving = take * (1 - ended) != 0;
-            for (int i = 0; i < 4; ++i) {
-                c->resume[i][g] = moving ? w[i][j] : c->resume[i][g];
-                c->best[i][g] = done ? w[i][j] : c->best[i][g];
-            }
-            c->improved[g] = done ? 1.0 : c->improved[g];
+            c->improved[g] = take * ended;   /* the global minimum: no candidate beats it */
             c->flag[g] = take * (1 - ended);
         }
     }
@@ -274,11 +283,7 @@ static void NAME(take_root)(struct NAME(chunk) *c, int g, double x, double a1, d
 /* The local minimum on {0,1,2} of every flagged group, exactly (see newton3), solved scaled to
  * a0 = 1: two steps for every group still listed, then those that have ended leave the list. */
 static void NAME(exact3)(struct NAME(chunk) *c, int n, double lam) {
-    int count = 0;
-    for (int g = 0; g < n; ++g) {
-        c->root_group[count] = g;
-        count += c->flag[g] != 0;
-    }
+    int count = NAME(flagged)(c->flag, n, c->root_group);
     for (int r = 0; r < count; ++r) {
         int g = c->root_group[r];
         double top = c->a[0][g], scale = 1.0 / top;
@@ -318,7 +323,7 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
 }
 
 /* Coordinate minimisation on {0,1,2,3} of the flagged groups, each from its start point (or, with
- * resume, from where its block sweeps left it, counted as BLOCK_SWEEPS sweeps done) until a sweep
+ * resume, from where its block sweeps left it in best, counted as BLOCK_SWEEPS sweeps done) until a sweep
  * changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where face_stop says the
  * minimum there holds (the search would end at that minimum, already a candidate), or polished
  * after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane whose group has ended
@@ -329,10 +334,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int resume) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0}, face[LANES] = {0};
     int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0, rare = 0;
     unsigned char done[LANES];
-    for (int g = 0; g < n; ++g) {
-        c->todo[count] = g;
-        count += c->flag[g] != 0;
-    }
+    count = NAME(flagged)(c->flag, n, c->todo);
     for (int l = 0; l < LANES; ++l) group[l] = -1;
     for (unsigned long long ended = ~0ull;;) {   /* at first every lane is free */
         while (ended) {                            /* only the lanes that ended: no branch per lane */
@@ -351,7 +353,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int resume) {
             if (g >= 0) {
                 for (int i = 0; i < 4; ++i) {
                     a[i][l] = c->a[i][g];
-                    w[i][l] = resume ? c->resume[i][g] : c->start[i][g];
+                    w[i][l] = resume ? c->best[i][g] : c->start[i][g];
                 }
                 ++busy;
             } else {
@@ -408,7 +410,8 @@ int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)
 
 /* The n groups that sort_groups took, solved: kind < 0 all of them, else only those of that kind
  * (0 hard, 1 convex, 2 none; the others are written as (a0, a1, 0, 0)). The results go to dst, or,
- * where at is given, group g's to out + 4 at[g]. */
+ * where at is given, group g's to out + 4 at[g]. The convex groups go first: their blocks write best
+ * for every group of the chunk, and the other searches then overwrite it only where they win. */
 static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *dst, const int64_t *at, T *out) {
     int hard = 0, convex = 0;
     T take_hard = kind < 0 || kind == 0, take_convex = kind < 0 || kind == 1;
@@ -419,16 +422,16 @@ static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *d
         hard += (int)c->hard_ok[g];
         convex += (int)c->convex_ok[g];
     }
+    if (convex > 0) {
+        NAME(convex_blocks)(c, n, lam);
+        NAME(search)(c, n, lam, 1);
+    }
     if (hard > 0) {
         NAME(may_win3)(c, n, (T)lam);
         NAME(exact3)(c, n, lam);
         NAME(keep_better)(c, n, lam);
         NAME(may_win4)(c, n, (T)lam);
         NAME(search)(c, n, lam, 0);
-    }
-    if (convex > 0) {
-        NAME(convex_blocks)(c, n, lam);
-        NAME(search)(c, n, lam, 1);
     }
     if (at == NULL) {
         NAME(write)(c, dst, n);
