@@ -35,6 +35,8 @@ struct NAME(chunk) {
     double maybe3[CHUNK], face_stop[CHUNK];  /* {0,1,2} may have a local minimum; it keeps w3 = 0 */
     double root_a1[CHUNK], root_a2[CHUNK], root_x[CHUNK], root_k[CHUNK], root_step[CHUNK];  /* exact3's list (a0 = 1) */
     int root_group[CHUNK];
+    double end_x[CHUNK], end_a1[CHUNK], end_a2[CHUNK], end_face[CHUNK];  /* exact3's ended groups, in the order they ended */
+    int end_group[CHUNK];
 };
 
 /* Compare-exchange: the larger value first. */
@@ -267,17 +269,28 @@ static void NAME(newton3)(struct NAME(chunk) *c, int count) {
     }
 }
 
-/* found <- the local minimum on {0,1,2} of group g from w2 = x (scaled by top), or zeros where
- * there is none (x < 0); maybe3[g] says which, face_stop[g] whether it holds w3 = 0 (a3 <= lam e2). */
-static void NAME(take_root)(struct NAME(chunk) *c, int g, double x, double a1, double a2, double lam) {
-    double top = c->a[0][g], q = 4.0 * x * (a2 - x);
-    int some = x > 0.0;
-    double w0 = some ? top * 0.5 * (1.0 + sqrt(pos(1.0 - q))) : 0.0;
-    double w1 = some ? top * 0.5 * (a1 + sqrt(pos(a1 * a1 - q))) : 0.0;
-    double w2 = some ? top * x : 0.0;
-    c->found[0][g] = w0; c->found[1][g] = w1; c->found[2][g] = w2; c->found[3][g] = 0.0;
-    c->maybe3[g] = some ? 1.0 : 0.0;
-    c->face_stop[g] = some & (c->a[3][g] <= lam * (w0 * w1 + w0 * w2 + w1 * w2)) ? 1.0 : 0.0;
+/* found <- the local minimum on {0,1,2} of each of exact3's `ended` groups from its w2 = x (scaled
+ * by top), or zeros where there is none (x < 0); maybe3 says which, face_stop whether it holds w3 = 0
+ * (a3 <= lam e2). */
+static void NAME(take_roots)(struct NAME(chunk) *c, int ended, double lam) {
+    double *w0 = c->end_x, *w1 = c->end_a1, *w2 = c->end_a2, *face = c->end_face;  /* in place */
+    for (int e = 0; e < ended; ++e) {  /* a vector at a time */
+        int g = c->end_group[e];
+        double x = c->end_x[e], a1 = c->end_a1[e], a2 = c->end_a2[e];
+        double top = c->a[0][g], a3 = c->a[3][g], q = 4.0 * x * (a2 - x);
+        int some = x > 0.0;
+        double v0 = some ? top * 0.5 * (1.0 + sqrt(pos(1.0 - q))) : 0.0;
+        double v1 = some ? top * 0.5 * (a1 + sqrt(pos(a1 * a1 - q))) : 0.0;
+        double v2 = some ? top * x : 0.0;
+        face[e] = some & (a3 <= lam * (v0 * v1 + v0 * v2 + v1 * v2)) ? 1.0 : 0.0;
+        w0[e] = v0; w1[e] = v1; w2[e] = v2;
+    }
+    for (int e = 0; e < ended; ++e) {
+        int g = c->end_group[e];
+        c->found[0][g] = w0[e]; c->found[1][g] = w1[e]; c->found[2][g] = w2[e]; c->found[3][g] = 0.0;
+        c->maybe3[g] = w2[e] > 0.0 ? 1.0 : 0.0;
+        c->face_stop[g] = face[e];
+    }
 }
 
 /* The local minimum on {0,1,2} of every flagged group, exactly (see newton3), solved scaled to
@@ -291,22 +304,23 @@ static void NAME(exact3)(struct NAME(chunk) *c, int n, double lam) {
         c->root_k[r] = 4.0 / (lam * top);
         c->root_x[r] = (double)c->start[2][g];
     }
+    int ended = 0;
     for (int steps = 0; count > 0; steps += 2) {
         NAME(newton3)(c, count);
         NAME(newton3)(c, count);
         int kept = 0, last = steps + 2 >= NEWTON3_MAX;
-        for (int r = 0; r < count; ++r) {
-            if (fabs(c->root_step[r]) > NEWTON3_TOL && !last) {
-                c->root_group[kept] = c->root_group[r];
-                c->root_a1[kept] = c->root_a1[r]; c->root_a2[kept] = c->root_a2[r];
-                c->root_k[kept] = c->root_k[r]; c->root_x[kept] = c->root_x[r];
-                ++kept;
-            } else {
-                NAME(take_root)(c, c->root_group[r], c->root_x[r], c->root_a1[r], c->root_a2[r], lam);
-            }
+        for (int r = 0; r < count; ++r) {  /* each group written to both lists, counted in one */
+            int keep = (fabs(c->root_step[r]) > NEWTON3_TOL) & !last, g = c->root_group[r];
+            double x = c->root_x[r], a1 = c->root_a1[r], a2 = c->root_a2[r], k = c->root_k[r];
+            c->end_group[ended] = g; c->end_x[ended] = x; c->end_a1[ended] = a1; c->end_a2[ended] = a2;
+            c->root_group[kept] = g; c->root_x[kept] = x; c->root_a1[kept] = a1; c->root_a2[kept] = a2;
+            c->root_k[kept] = k;
+            kept += keep;
+            ended += 1 - keep;
         }
         count = kept;
     }
+    NAME(take_roots)(c, ended, lam);
 }
 
 /* best <- found for the flagged groups where found is strictly better. */
