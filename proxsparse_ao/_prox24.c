@@ -65,6 +65,9 @@
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
 #define CONVEX_BOUND 0.95 /* below 1 (convexity); with the Newton steps these groups still end fast */
 #define BLOCK 64 /* convex groups swept side by side */
+#if BLOCK != LANES
+#error "convex_blocks lists a block's moving groups from one word of lane bits"
+#endif
 #define FLOAT_SWEEPS 2 /* every convex group's first sweeps, in float, before its Newton steps */
 #define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
 #define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */

@@ -123,10 +123,11 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
  * the group scaled to a0 = 1 (twice the lanes of a vector, while the point is still far from its
  * end), then a Newton step and a sweep in double. Every group's point goes to best, written whole
  * (no group's earlier best is read back). For the convex groups taken (convex_ok): where that sweep
- * changed the point by at most REL_TOL a0, it is the prox (improved); the others go on in the lanes
- * from there (flag). Every convex group takes exactly these steps, so its result does not depend on
- * its neighbours. */
-static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
+ * changed the point by at most REL_TOL a0, it is the prox (improved); the others, listed in todo,
+ * go on in the lanes from there. Returns how many it listed. Every convex group takes exactly these
+ * steps, so its result does not depend on its neighbours. */
+static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
+    int moving = 0;
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
         double a[4][BLOCK], w[4][BLOCK], change[BLOCK];
         float af[4][BLOCK], wf[4][BLOCK], lf[BLOCK];
@@ -160,13 +161,16 @@ static void NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
         for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < m; ++j) c->best[i][g0 + j] = w[i][j];
+        unsigned char on[BLOCK] = {0};
         for (int j = 0; j < m; ++j) {
             int g = g0 + j;
             T take = c->convex_ok[g], ended = change[j] <= REL_TOL * a[0][j] ? 1 : 0;
             c->improved[g] = take * ended;   /* the global minimum: no candidate beats it */
-            c->flag[g] = take * (1 - ended);
+            on[j] = take * (1 - ended) != 0;
         }
+        for (unsigned long long bits = lane_bits(on); bits; bits &= bits - 1) c->todo[moving++] = g0 + __builtin_ctzll(bits);
     }
+    return moving;
 }
 
 
@@ -336,19 +340,18 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
     }
 }
 
-/* Coordinate minimisation on {0,1,2,3} of the flagged groups, each from its start point (or, with
- * resume, from where its block sweeps left it in best, counted as BLOCK_SWEEPS sweeps done) until a sweep
- * changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where face_stop says the
- * minimum there holds (the search would end at that minimum, already a candidate), or polished
- * after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane whose group has ended
+/* Coordinate minimisation on {0,1,2,3} of the first count groups in todo, each from its start point
+ * (or, with resume, from where its block sweeps left it in best, counted as BLOCK_SWEEPS sweeps
+ * done) until a sweep changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where
+ * face_stop says the minimum there holds (the search would end at that minimum, already a
+ * candidate), or polished after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane whose group has ended
  * takes the next one, so the vector stays full; a lane's sweeps never see another lane's, so every
  * result is independent of the group's neighbours. Where a search ends is written as it ends; the
  * few still moving are listed and polished after the sweeps. */
-static void NAME(search)(struct NAME(chunk) *c, int n, double lam, int resume) {
+static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, int resume) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0}, face[LANES] = {0};
-    int group[LANES], sweeps[LANES] = {0}, count = 0, next = 0, busy = 0, rare = 0;
+    int group[LANES], sweeps[LANES] = {0}, next = 0, busy = 0, rare = 0;
     unsigned char done[LANES];
-    count = NAME(flagged)(c->flag, n, c->todo);
     for (int l = 0; l < LANES; ++l) group[l] = -1;
     for (unsigned long long ended = ~0ull;;) {   /* at first every lane is free */
         while (ended) {                            /* only the lanes that ended: no branch per lane */
@@ -437,15 +440,15 @@ static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *d
         convex += (int)c->convex_ok[g];
     }
     if (convex > 0) {
-        NAME(convex_blocks)(c, n, lam);
-        NAME(search)(c, n, lam, 1);
+        int moving = NAME(convex_blocks)(c, n, lam);
+        NAME(search)(c, n, moving, lam, 1);
     }
     if (hard > 0) {
         NAME(may_win3)(c, n, (T)lam);
         NAME(exact3)(c, n, lam);
         NAME(keep_better)(c, n, lam);
         NAME(may_win4)(c, n, (T)lam);
-        NAME(search)(c, n, lam, 0);
+        NAME(search)(c, n, NAME(flagged)(c->flag, n, c->todo), lam, 0);
     }
     if (at == NULL) {
         NAME(write)(c, dst, n);
