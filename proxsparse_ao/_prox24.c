@@ -61,6 +61,9 @@
 
 #define LANES 64 /* one bit each in a 64-bit word */
 #define CHUNK 2048 /* groups; the caller splits threads on multiples of it */
+#if CHUNK % LANES
+#error "a chunk is whole blocks of LANES groups"
+#endif
 #define MAX_SWEEPS 1000
 #define POLISH_AFTER 64 /* sweeps; slower searches switch to Newton steps */
 #define CONVEX_BOUND 0.95 /* below 1 (convexity); with the Newton steps these groups still end fast */

@@ -25,13 +25,15 @@ struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
     double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
-    T convex[CHUNK], top2[CHUNK];  /* is_convex; the top-2 table proves (a0, a1, 0, 0) the prox */
+    T convex[CHUNK], top2[CHUNK];  /* is_convex, unless top2: at most two non-zeros, or the top-2 table proves (a0, a1, 0, 0) the prox */
     T hard_ok[CHUNK], convex_ok[CHUNK];  /* which groups solve takes */
     T out[4 * CHUNK];             /* a set-aside chunk's results, before they go to their places */
     T stream_z[2][8 * CHUNK];     /* groups set aside, by kind (0 hard, 1 convex), until CHUNK of a kind */
     int64_t stream_at[2][2 * CHUNK];  /* where each set-aside group's result goes */
     int stream_count[2];
     unsigned char kind_is[CHUNK];
+    unsigned char open[CHUNK];    /* sort_groups: neither convex nor with at most two non-zeros */
+    int open_blocks[CHUNK / LANES];  /* sort_groups: the blocks of LANES groups that hold such a group */
     double maybe3[CHUNK], face_stop[CHUNK];  /* {0,1,2} may have a local minimum; it keeps w3 = 0 */
     double root_a1[CHUNK], root_a2[CHUNK], root_x[CHUNK], root_k[CHUNK], root_step[CHUNK];  /* exact3's list (a0 = 1) */
     int root_group[CHUNK];
@@ -49,12 +51,13 @@ struct NAME(chunk) {
 /* Entry k outranks entry j (k < j): larger magnitude, or equal and k first. */
 #define FIRST(k, j) ((T)(m##k >= m##j))
 
-/* 1 where lam (|z0| + |z1| + |z2| + |z3|) < CONVEX_BOUND: f is then strictly convex on the box
- * [0, a] that holds every minimiser (its Hessian is at least 1 - lam sum(w) times the identity), so
- * coordinate minimisation on {0,1,2,3} from w = a reaches the global minimum, whatever its support.
- * Computed one way wherever it is asked, so that a group is of one kind wherever it sits. */
-static inline int NAME(is_convex)(const T *z, T lam) {
-    return lam * ((fabs(z[0]) + fabs(z[1])) + (fabs(z[2]) + fabs(z[3]))) < (T)CONVEX_BOUND;
+/* 1 where lam (|z0| + |z1| + |z2| + |z3|) < CONVEX_BOUND, from the magnitudes m in the group's own
+ * order: f is then strictly convex on the box [0, a] that holds every minimiser (its Hessian is at
+ * least 1 - lam sum(w) times the identity), so coordinate minimisation on {0,1,2,3} from w = a
+ * reaches the global minimum, whatever its support. Summed one way wherever it is asked, so that a
+ * group is of one kind wherever it sits. */
+static inline T NAME(is_convex)(T m0, T m1, T m2, T m3, T lam) {
+    return lam * ((m0 + m1) + (m2 + m3)) < (T)CONVEX_BOUND ? 1 : 0;
 }
 
 /* 1 where the top-2 table proves (a0, a1, 0, 0) the prox of the sorted group a. Let
@@ -87,32 +90,60 @@ static int NAME(flagged)(const T *flag, int n, int *list) {
     return count;
 }
 
+/* top2 <- 1 for the groups in [lo, hi) that the top-2 table settles (they are then not convex). */
+static void NAME(settle_by_table)(struct NAME(chunk) *c, int lo, int hi, T lam) {
+    for (int g = lo; g < hi; ++g) {
+        int top2 = (c->top2[g] != 0) | NAME(top2_certified)(c->a[0][g], c->a[1][g], c->a[2][g], lam);
+        c->top2[g] = top2 ? 1 : 0;
+        c->convex[g] = top2 ? 0 : c->convex[g];
+    }
+}
+
 /* Returns how many of the n groups are convex; top2s, how many are settled as (a0, a1, 0, 0): those
- * with at most two non-zeros and those the top-2 table proves. */
+ * with at most two non-zeros and those the top-2 table proves. Where most blocks of LANES groups
+ * hold only convex groups and groups with at most two non-zeros (most at small lam), the table is
+ * asked only in the other blocks: a convex group is solved exactly whatever its prox. */
 static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, int *top2s) {
     for (int i = 0; i < 4 * n; ++i) c->z[i] = src[i];
-    for (int g = 0; g < n; ++g) {
-        T m0 = fabs(c->z[4 * g]), m1 = fabs(c->z[4 * g + 1]), m2 = fabs(c->z[4 * g + 2]), m3 = fabs(c->z[4 * g + 3]);
+    int end = (n + LANES - 1) / LANES * LANES;
+    for (int g = 0; g < end; ++g) {
+        T m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        if (g < n) {
+            m0 = fabs(c->z[4 * g]); m1 = fabs(c->z[4 * g + 1]); m2 = fabs(c->z[4 * g + 2]); m3 = fabs(c->z[4 * g + 3]);
+        }
         T f01 = FIRST(0, 1), f02 = FIRST(0, 2), f03 = FIRST(0, 3), f12 = FIRST(1, 2), f13 = FIRST(1, 3), f23 = FIRST(2, 3);
         c->rank[0][g] = (1 - f01) + (1 - f02) + (1 - f03);
         c->rank[1][g] = f01 + (1 - f12) + (1 - f13);
         c->rank[2][g] = f02 + f12 + (1 - f23);
         c->rank[3][g] = f03 + f13 + f23;
+        T convex = NAME(is_convex)(m0, m1, m2, m3, lam);
         T v0 = m0, v1 = m1, v2 = m2, v3 = m3;
         ORDER(0, 1); ORDER(2, 3); ORDER(0, 2); ORDER(1, 3); ORDER(1, 2);
         c->a[0][g] = v0; c->a[1][g] = v1; c->a[2][g] = v2; c->a[3][g] = v3;
+        T few = v2 == 0 ? 1 : 0;  /* at most two non-zeros: its own prox (also the padding past n) */
+        c->top2[g] = few;
+        c->convex[g] = (1 - few) * convex;
+        c->open[g] = (1 - few) * (1 - convex) != 0;  /* what the table may settle */
+        c->improved[g] = 0.0;
     }
+    int blocks = end / LANES, open = 0;
+    for (int b = 0; b < blocks; ++b) {
+        c->open_blocks[open] = b;
+        open += lane_bits(c->open + b * LANES) != 0;
+    }
+    if (2 * open <= blocks)
+        for (int k = 0; k < open; ++k) {
+            int b = c->open_blocks[k] * LANES;
+            NAME(settle_by_table)(c, b, n - b < LANES ? n : b + LANES, lam);
+        }
+    else
+        NAME(settle_by_table)(c, 0, n, lam);
     int convexes = 0, settled = 0;
     for (int g = 0; g < n; ++g) {
         double a2 = c->a[2][g], a3 = c->a[3][g];
         c->best_obj[g] = 0.5 * (a2 * a2 + a3 * a3);
-        c->improved[g] = 0.0;
-        int top2 = (c->a[2][g] == 0) | NAME(top2_certified)(c->a[0][g], c->a[1][g], c->a[2][g], lam);
-        int convex = (1 - top2) & NAME(is_convex)(c->z + 4 * g, lam);
-        c->top2[g] = top2 ? 1 : 0;
-        c->convex[g] = convex ? 1 : 0;
-        convexes += convex;
-        settled += top2;
+        convexes += c->convex[g] != 0;
+        settled += c->top2[g] != 0;
     }
     *top2s = settled;
     return convexes;
