@@ -454,6 +454,17 @@ static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
     }
 }
 
+/* write, where no group was solved: every group (a0, a1, 0, 0), or as it is with at most two
+ * non-zeros (most chunks at large lam, and every chunk that sets all its open groups aside). */
+static void NAME(write_top2)(const struct NAME(chunk) *c, T *dst, int n) {
+    for (int g = 0; g < n; ++g) {
+        T a2 = c->a[2][g];
+#define OUTPUT(j) { T z = c->z[4 * g + j], r = c->rank[j][g]; dst[4 * g + j] = r < 2 || a2 == 0 ? z : (T)0; }
+        OUTPUT(0) OUTPUT(1) OUTPUT(2) OUTPUT(3)
+#undef OUTPUT
+    }
+}
+
 /* Bytes of the workspace prox24 needs (the caller allocates it: 0.8 MB for float, 1.1 MB for
  * double, too big for a stack). */
 int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)); }
@@ -483,7 +494,9 @@ static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *d
         NAME(may_win4)(c, n, (T)lam);
         NAME(search)(c, n, NAME(flagged)(c->flag, n, c->todo), lam, 0);
     }
-    if (at == NULL) {
+    if (at == NULL && hard == 0 && convex == 0) {
+        NAME(write_top2)(c, dst, n);
+    } else if (at == NULL) {
         NAME(write)(c, dst, n);
     } else {
         NAME(write)(c, c->out, n);
