@@ -17,13 +17,15 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
 #define GREATER NAME(greater)
 
 /* CHUNK groups: a copy of the input, then [entry][group]: sorted magnitudes, the rank of each
- * position among them, where each search starts, and the best candidate so far (in double; it
- * counts only where improved says a search has bettered (a0, a1, 0, 0), and until then holds where
- * convex_blocks left the group); the groups a search takes, and those it ended still moving, to
- * polish; the groups set aside by kind; exact3's list of groups. */
+ * position among them, where each search starts, and the best candidate so far (rounded to T, as
+ * it is written; it counts only where improved says a search has bettered (a0, a1, 0, 0), and until
+ * then holds where convex_blocks left the group); the groups a search takes, and those it ended
+ * still moving, to polish; the groups set aside by kind; exact3's list of groups. */
 struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
-    double best[4][CHUNK], best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
+    T best[4][CHUNK];
+    double best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
+    double resume[4][CHUNK];      /* where a convex group still moving after its block goes on */
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
     T convex[CHUNK], top2[CHUNK];  /* is_convex, unless top2: at most two non-zeros, or the top-2 table proves (a0, a1, 0, 0) the prox */
     T hard_ok[CHUNK], convex_ok[CHUNK];  /* which groups solve takes */
@@ -155,7 +157,7 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
  * end), then a Newton step and a sweep in double. Every group's point goes to best, written whole
  * (no group's earlier best is read back). For the convex groups taken (convex_ok): where that sweep
  * changed the point by at most REL_TOL a0, it is the prox (improved); the others, listed in todo,
- * go on in the lanes from there. Returns how many it listed. Every convex group takes exactly these
+ * go on in the lanes from there (resume, in double). Returns how many it listed. Every convex group takes exactly these
  * steps, so its result does not depend on its neighbours. */
 static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     int moving = 0;
@@ -191,7 +193,7 @@ static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
         for (int j = 0; j < BLOCK; ++j) newton4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < m; ++j) c->best[i][g0 + j] = w[i][j];
+            for (int j = 0; j < m; ++j) c->best[i][g0 + j] = (T)w[i][j];
         unsigned char on[BLOCK] = {0};
         for (int j = 0; j < m; ++j) {
             int g = g0 + j;
@@ -199,7 +201,11 @@ static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
             c->improved[g] = take * ended;   /* the global minimum: no candidate beats it */
             on[j] = take * (1 - ended) != 0;
         }
-        for (unsigned long long bits = lane_bits(on); bits; bits &= bits - 1) c->todo[moving++] = g0 + __builtin_ctzll(bits);
+        for (unsigned long long bits = lane_bits(on); bits; bits &= bits - 1) {
+            int j = __builtin_ctzll(bits), g = g0 + j;
+            for (int i = 0; i < 4; ++i) c->resume[i][g] = w[i][j];
+            c->todo[moving++] = g;
+        }
     }
     return moving;
 }
@@ -368,12 +374,12 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
         int better = (c->flag[g] != 0) & (obj < c->best_obj[g]);
         c->best_obj[g] = better ? obj : c->best_obj[g];
         c->improved[g] = better ? 1.0 : c->improved[g];
-        for (int i = 0; i < 4; ++i) c->best[i][g] = better ? w[i] : c->best[i][g];
+        for (int i = 0; i < 4; ++i) c->best[i][g] = better ? (T)w[i] : c->best[i][g];
     }
 }
 
 /* Coordinate minimisation on {0,1,2,3} of the first count groups in todo, each from its start point
- * (or, with resume, from where its block sweeps left it in best, counted as BLOCK_SWEEPS sweeps
+ * (or, with resume, from where its block sweeps left it (resume), counted as BLOCK_SWEEPS sweeps
  * done) until a sweep changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where
  * face_stop says the minimum there holds (the search would end at that minimum, already a
  * candidate), or polished after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane
@@ -402,7 +408,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, in
             if (g >= 0) {
                 for (int i = 0; i < 4; ++i) {
                     a[i][l] = c->a[i][g];
-                    w[i][l] = resume ? c->best[i][g] : c->start[i][g];
+                    w[i][l] = resume ? c->resume[i][g] : c->start[i][g];
                 }
                 ++busy;
             } else {
@@ -430,7 +436,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, in
     if (count > 0 && !resume) NAME(keep_better)(c, n, lam);
     for (int r = 0; resume && r < count; ++r) {  /* a convex group's end is its global minimum */
         int g = c->todo[r];
-        for (int i = 0; i < 4; ++i) c->best[i][g] = c->found[i][g];
+        for (int i = 0; i < 4; ++i) c->best[i][g] = (T)c->found[i][g];
         c->improved[g] = 1.0;
     }
 }
@@ -440,7 +446,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, in
  * as it is. One pass without branches, which the compiler vectorises; a zero is +0.0. */
 static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
     for (int g = 0; g < n; ++g) {
-        T b0 = (T)c->best[0][g], b1 = (T)c->best[1][g], b2 = (T)c->best[2][g], b3 = (T)c->best[3][g];
+        T b0 = c->best[0][g], b1 = c->best[1][g], b2 = c->best[2][g], b3 = c->best[3][g];
         int improved = c->improved[g] != 0.0, two_or_fewer = c->a[2][g] == 0;
 #define OUTPUT(j) /* entry j of group g */                                                     \
         {                                                                                      \
