@@ -23,8 +23,8 @@ static inline T NAME(greater)(T x, T y) { return x > y ? x : y; }
  * still moving, to polish; the groups set aside by kind; exact3's list of groups. */
 struct NAME(chunk) {
     T z[4 * CHUNK], a[4][CHUNK], rank[4][CHUNK], start[4][CHUNK], flag[CHUNK];
-    T best[4][CHUNK];
-    double best_obj[CHUNK], found[4][CHUNK], improved[CHUNK];
+    T best[4][CHUNK], improved[CHUNK];
+    double best_obj[CHUNK], found[4][CHUNK];
     double resume[4][CHUNK];      /* where a convex group still moving after its block goes on */
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
     T convex[CHUNK], top2[CHUNK];  /* is_convex, unless top2: at most two non-zeros, or the top-2 table proves (a0, a1, 0, 0) the prox */
@@ -126,7 +126,7 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
         c->top2[g] = few;
         c->convex[g] = (1 - few) * convex;
         c->open[g] = (1 - few) * (1 - convex) != 0;  /* what the table may settle */
-        c->improved[g] = 0.0;
+        c->improved[g] = 0;
     }
     int blocks = end / LANES, open = 0;
     for (int b = 0; b < blocks; ++b) {
@@ -373,7 +373,7 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
         double obj = objective(a, w, lam);
         int better = (c->flag[g] != 0) & (obj < c->best_obj[g]);
         c->best_obj[g] = better ? obj : c->best_obj[g];
-        c->improved[g] = better ? 1.0 : c->improved[g];
+        c->improved[g] = better ? 1 : c->improved[g];
         for (int i = 0; i < 4; ++i) c->best[i][g] = better ? (T)w[i] : c->best[i][g];
     }
 }
@@ -437,7 +437,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, in
     for (int r = 0; resume && r < count; ++r) {  /* a convex group's end is its global minimum */
         int g = c->todo[r];
         for (int i = 0; i < 4; ++i) c->best[i][g] = (T)c->found[i][g];
-        c->improved[g] = 1.0;
+        c->improved[g] = 1;
     }
 }
 
@@ -447,7 +447,7 @@ static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, in
 static void NAME(write)(const struct NAME(chunk) *c, T *dst, int n) {
     for (int g = 0; g < n; ++g) {
         T b0 = c->best[0][g], b1 = c->best[1][g], b2 = c->best[2][g], b3 = c->best[3][g];
-        int improved = c->improved[g] != 0.0, two_or_fewer = c->a[2][g] == 0;
+        int improved = c->improved[g] != 0, two_or_fewer = c->a[2][g] == 0;
 #define OUTPUT(j) /* entry j of group g */                                                     \
         {                                                                                      \
             T z = c->z[4 * g + j], r = c->rank[j][g], top2 = r < 2 || two_or_fewer ? z : (T)0; \
