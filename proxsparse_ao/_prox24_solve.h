@@ -27,7 +27,8 @@ struct NAME(chunk) {
     double best_obj[CHUNK], found[4][CHUNK];
     double resume[4][CHUNK];      /* where a convex group still moving after its block goes on */
     int todo[CHUNK], rare[CHUNK], rare_sweeps[CHUNK];
-    T convex[CHUNK], top2[CHUNK];  /* is_convex, unless top2: at most two non-zeros, or the top-2 table proves (a0, a1, 0, 0) the prox */
+    T convex[CHUNK], top2[CHUNK];  /* is_convex, unless top2: at most two non-zeros, or the */
+                                   /* top-2 table proves (a0, a1, 0, 0) the prox */
     T hard_ok[CHUNK], convex_ok[CHUNK];  /* which groups solve takes */
     T out[4 * CHUNK];             /* a set-aside chunk's results, before they go to their places */
     T stream_z[2][8 * CHUNK];     /* groups set aside, by kind (0 hard, 1 convex), until CHUNK of a kind */
@@ -39,7 +40,8 @@ struct NAME(chunk) {
     double maybe3[CHUNK], face_stop[CHUNK];  /* {0,1,2} may have a local minimum; it keeps w3 = 0 */
     double root_a1[CHUNK], root_a2[CHUNK], root_x[CHUNK], root_k[CHUNK], root_step[CHUNK];  /* exact3's list (a0 = 1) */
     int root_group[CHUNK];
-    double end_x[CHUNK], end_a1[CHUNK], end_a2[CHUNK], end_face[CHUNK];  /* exact3's ended groups, in the order they ended */
+    /* exact3's ended groups, in the order they ended */
+    double end_x[CHUNK], end_a1[CHUNK], end_a2[CHUNK], end_face[CHUNK];
     int end_group[CHUNK];
 };
 
@@ -87,7 +89,8 @@ static int NAME(flagged)(const T *flag, int n, int *list) {
     for (int b = 0; b < n; b += LANES) {
         unsigned char set[LANES];
         for (int l = 0; l < LANES; ++l) set[l] = b + l < n && flag[b + l] != 0;
-        for (unsigned long long bits = lane_bits(set); bits; bits &= bits - 1) list[count++] = b + __builtin_ctzll(bits);
+        for (unsigned long long bits = lane_bits(set); bits; bits &= bits - 1)
+            list[count++] = b + __builtin_ctzll(bits);
     }
     return count;
 }
@@ -111,7 +114,8 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
     for (int g = 0; g < end; ++g) {
         T m0 = 0, m1 = 0, m2 = 0, m3 = 0;
         if (g < n) {
-            m0 = fabs(c->z[4 * g]); m1 = fabs(c->z[4 * g + 1]); m2 = fabs(c->z[4 * g + 2]); m3 = fabs(c->z[4 * g + 3]);
+            m0 = fabs(c->z[4 * g]); m1 = fabs(c->z[4 * g + 1]);
+            m2 = fabs(c->z[4 * g + 2]); m3 = fabs(c->z[4 * g + 3]);
         }
         T f01 = FIRST(0, 1), f02 = FIRST(0, 2), f03 = FIRST(0, 3), f12 = FIRST(1, 2), f13 = FIRST(1, 3), f23 = FIRST(2, 3);
         c->rank[0][g] = (1 - f01) + (1 - f02) + (1 - f03);
@@ -157,8 +161,8 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
  * end), then a Newton step and a sweep in double. Every group's point goes to best, written whole
  * (no group's earlier best is read back). For the convex groups taken (convex_ok): where that sweep
  * changed the point by at most REL_TOL a0, it is the prox (improved); the others, listed in todo,
- * go on in the lanes from there (resume, in double). Returns how many it listed. Every convex group takes exactly these
- * steps, so its result does not depend on its neighbours. */
+ * go on in the lanes from there (resume, in double). Returns how many it listed. Every convex
+ * group takes exactly these steps, so its result does not depend on its neighbours. */
 static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     int moving = 0;
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
