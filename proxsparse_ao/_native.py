@@ -102,6 +102,9 @@ def load() -> ctypes.CDLL | None:
             workspace.argtypes, workspace.restype = [], i64
             check = getattr(library, f"first_nonfinite_{suffix}")
             check.argtypes, check.restype = [ctypes.c_void_p, i64], i64
+            check_spans = getattr(library, f"first_nonfinite_spans_{suffix}")
+            check_spans.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+            check_spans.restype = None
             spans = getattr(library, f"prox24_spans_{suffix}")
             spans.argtypes = [ctypes.c_void_p, ctypes.c_void_p, dbl, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                               ctypes.c_void_p, i64, ctypes.c_void_p]

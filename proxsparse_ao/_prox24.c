@@ -331,3 +331,14 @@ int prox24_openmp(void) {
     }
 PROX24_SPANS(float)
 PROX24_SPANS(double)
+
+/* found[s] = first_nonfinite over entries [lo[s], hi[s]) of x, relative to lo[s], the spans side by
+ * side as in prox24_spans: the check an in-place call makes before it writes anything. */
+#define FIRST_NONFINITE_SPANS(T)                                                                   \
+    void first_nonfinite_spans_##T(const T *x, const int64_t *lo, const int64_t *hi, int spans,   \
+                                   int64_t *found) {                                               \
+        _Pragma("omp parallel for num_threads(spans) schedule(static, 1)")                         \
+        for (int s = 0; s < spans; ++s) found[s] = first_nonfinite_##T(x + lo[s], hi[s] - lo[s]);   \
+    }
+FIRST_NONFINITE_SPANS(float)
+FIRST_NONFINITE_SPANS(double)

@@ -133,10 +133,19 @@ def _first_nonfinite(weight: torch.Tensor) -> int | None:
     """Flat index of the first NaN/Inf, without materialising a mask on the native path."""
     library = _native.load()
     if weight.device.type == "cpu" and weight.dtype in _NATIVE_DTYPES and weight.is_contiguous() and library:
-        check = getattr(library, f"first_nonfinite_{_NATIVE_DTYPES[weight.dtype]}")
+        suffix = _NATIVE_DTYPES[weight.dtype]
         spans = _spans(weight.numel(), 4 * _THREAD_GRAIN)
-        size = weight.element_size()
-        found = _in_threads([(check, weight.data_ptr() + lo * size, hi - lo) for lo, hi in spans])
+        if library.prox24_openmp() and len(spans) > 1:  # in the OpenMP team, as _prox_native
+            bounds = torch.tensor(spans, dtype=torch.int64).t().contiguous()
+            results = torch.empty(len(spans), dtype=torch.int64)
+            getattr(library, f"first_nonfinite_spans_{suffix}")(
+                ctypes.c_void_p(weight.data_ptr()), ctypes.c_void_p(bounds[0].data_ptr()),
+                ctypes.c_void_p(bounds[1].data_ptr()), len(spans), ctypes.c_void_p(results.data_ptr()),
+            )
+            found = results.tolist()
+        else:
+            check, size = getattr(library, f"first_nonfinite_{suffix}"), weight.element_size()
+            found = _in_threads([(check, weight.data_ptr() + lo * size, hi - lo) for lo, hi in spans])
         hits = [lo + index for (lo, _), index in zip(spans, found) if index >= 0]
         return min(hits) if hits else None
     finite = torch.isfinite(weight)

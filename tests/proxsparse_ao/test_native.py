@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from proxsparse_ao import _native
-from proxsparse_ao.prox import prox_2to4
+from proxsparse_ao.prox import prox_2to4, prox_2to4_
 
 
 @pytest.fixture
@@ -89,3 +89,24 @@ def test_a_build_without_openmp_runs_its_spans_in_python_threads_to_the_same_bit
         torch.set_num_threads(threads)
     if not first_has_openmp:
         pytest.skip("this compiler builds the kernel without OpenMP: both runs took Python threads")
+
+
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp-build", "no-openmp-build"])
+def test_the_in_place_check_names_the_first_non_finite_entry_in_either_build(fresh_cache, compiler, monkeypatch, openmp):
+    """In place the weight is checked before anything is written: in the OpenMP team where the
+    build has OpenMP, in Python threads where it has not."""
+    if not openmp:
+        monkeypatch.setattr(_native, "_TUNINGS", [["-march=native"], []])
+    z = torch.randn(512, 1024)  # two threads: rows 0-255 and 256-511
+    z[400, 7], z[300, 999] = float("inf"), float("nan")
+    before = z.clone()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        if openmp and not _native.load().prox24_openmp():
+            pytest.skip("this compiler builds the kernel without OpenMP")
+        with pytest.raises(ValueError, match=r"non-finite value nan at \[300, 999\]"):
+            prox_2to4_(z, 1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(z.nan_to_num(), before.nan_to_num())
