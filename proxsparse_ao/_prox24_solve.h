@@ -475,7 +475,7 @@ static void NAME(write_top2)(const struct NAME(chunk) *c, T *dst, int n) {
     }
 }
 
-/* Bytes of the workspace prox24 needs (the caller allocates it: 0.8 MB for float, 1.1 MB for
+/* Bytes of the workspace prox24 needs (the caller allocates it: 0.8 MB for float, 1.2 MB for
  * double, too big for a stack). */
 int64_t NAME(prox24_workspace)(void) { return (int64_t)sizeof(struct NAME(chunk)); }
 
