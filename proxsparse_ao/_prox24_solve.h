@@ -105,9 +105,9 @@ static void NAME(settle_by_table)(struct NAME(chunk) *c, int lo, int hi, T lam) 
 }
 
 /* Returns how many of the n groups are convex; top2s, how many are settled as (a0, a1, 0, 0): those
- * with at most two non-zeros and those the top-2 table proves. Where most blocks of LANES groups
- * hold only convex groups and groups with at most two non-zeros (most at small lam), the table is
- * asked only in the other blocks: a convex group is solved exactly whatever its prox. */
+ * with at most two non-zeros and those the top-2 table proves. Where at least half the blocks of
+ * LANES groups hold only convex groups and groups with at most two non-zeros (most at small lam),
+ * the table is asked only in the other blocks: a convex group is solved exactly whatever its prox. */
 static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, int *top2s) {
     for (int i = 0; i < 4 * n; ++i) c->z[i] = src[i];
     int end = (n + LANES - 1) / LANES * LANES;
@@ -132,13 +132,13 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
         c->open[g] = (1 - few) * (1 - convex) != 0;  /* what the table may settle */
         c->improved[g] = 0;
     }
-    int blocks = end / LANES, open = 0;
+    int blocks = end / LANES, open_count = 0;
     for (int b = 0; b < blocks; ++b) {
-        c->open_blocks[open] = b;
-        open += lane_bits(c->open + b * LANES) != 0;
+        c->open_blocks[open_count] = b;
+        open_count += lane_bits(c->open + b * LANES) != 0;
     }
-    if (2 * open <= blocks)
-        for (int k = 0; k < open; ++k) {
+    if (2 * open_count <= blocks)
+        for (int k = 0; k < open_count; ++k) {
             int b = c->open_blocks[k] * LANES;
             NAME(settle_by_table)(c, b, n - b < LANES ? n : b + LANES, lam);
         }
@@ -333,7 +333,7 @@ static void NAME(take_roots)(struct NAME(chunk) *c, int ended, double lam) {
     for (int e = 0; e < ended; ++e) {
         int g = c->end_group[e];
         c->found[0][g] = w0[e]; c->found[1][g] = w1[e]; c->found[2][g] = w2[e]; c->found[3][g] = 0.0;
-        c->maybe3[g] = w2[e] > 0.0 ? 1.0 : 0.0;
+        c->maybe3[g] = w2[e] > 0.0 ? 1.0 : 0.0;  /* w2 = top x > 0 exactly where x > 0 */
         c->face_stop[g] = face[e];
     }
 }
@@ -388,8 +388,8 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
  * face_stop says the minimum there holds (the search would end at that minimum, already a
  * candidate), or polished after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane
  * whose group has ended takes the next one, so the vector stays full; a lane's sweeps never see
- * another lane's, so every result is independent of the group's neighbours. Where a search ends is written as it ends; the
- * few still moving are listed and polished after the sweeps. */
+ * another lane's, so every result is independent of the group's neighbours. Where a search ends is
+ * written as it ends; the few still moving are listed and polished after the sweeps. */
 static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, int resume) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0}, face[LANES] = {0};
     int group[LANES], sweeps[LANES] = {0}, next = 0, busy = 0, rare = 0;

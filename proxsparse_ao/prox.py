@@ -136,8 +136,7 @@ def _first_nonfinite(weight: torch.Tensor) -> int | None:
         suffix = _NATIVE_DTYPES[weight.dtype]
         spans = _spans(weight.numel(), 4 * _THREAD_GRAIN)
         if library.prox24_openmp() and len(spans) > 1:  # in the OpenMP team, as _prox_native
-            bounds = torch.tensor(spans, dtype=torch.int64).t().contiguous()
-            results = torch.empty(len(spans), dtype=torch.int64)
+            bounds, results = _span_arrays(spans)
             getattr(library, f"first_nonfinite_spans_{suffix}")(
                 ctypes.c_void_p(weight.data_ptr()), ctypes.c_void_p(bounds[0].data_ptr()),
                 ctypes.c_void_p(bounds[1].data_ptr()), len(spans), ctypes.c_void_p(results.data_ptr()),
@@ -160,6 +159,13 @@ def _spans(count: int, grain: int) -> list[tuple[int, int]]:
     threads = max(1, min(torch.get_num_threads(), count // grain))
     bounds = [count * t // threads // grain * grain for t in range(threads)] + [count]
     return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+def _span_arrays(spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spans' [lo; hi] bounds as two contiguous int64 rows, and a slot per span for what the
+    C kernel finds there, for the prox24_spans-style entry points."""
+    bounds = torch.tensor(spans, dtype=torch.int64).t().contiguous()
+    return bounds, torch.empty(len(spans), dtype=torch.int64)
 
 
 def _in_threads(calls: list[tuple]) -> list:
@@ -186,8 +192,7 @@ def _prox_native(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) 
     if library.prox24_openmp():
         # One call from this thread: its OpenMP team (torch's, when torch runs on the same
         # runtime) takes the spans, so no thread of ours competes with torch's spinning ones.
-        bounds = torch.tensor(spans, dtype=torch.int64).t().contiguous()
-        results = torch.empty(len(spans), dtype=torch.int64)
+        bounds, results = _span_arrays(spans)
         getattr(library, f"prox24_spans_{suffix}")(
             ctypes.c_void_p(groups_in.data_ptr()), ctypes.c_void_p(groups_out.data_ptr()), lam,
             ctypes.c_void_p(bounds[0].data_ptr()), ctypes.c_void_p(bounds[1].data_ptr()), len(spans),
