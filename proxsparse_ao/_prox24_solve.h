@@ -35,6 +35,9 @@ struct NAME(chunk) {
     int64_t stream_at[2][2 * CHUNK];  /* where each set-aside group's result goes */
     int stream_count[2];
     unsigned char kind_is[CHUNK];
+    /* what the pump has yet to ask for: the next chunk's input, then this chunk's output */
+    const char *pump_read, *pump_read_end;
+    char *pump_write, *pump_write_end;
     unsigned char open[CHUNK];    /* sort_groups: neither convex nor with at most two non-zeros */
     int open_blocks[CHUNK / LANES];  /* sort_groups: the blocks of LANES groups that hold such a group */
     double maybe3[CHUNK], face_stop[CHUNK];  /* {0,1,2} may have a local minimum; it keeps w3 = 0 */
@@ -44,6 +47,16 @@ struct NAME(chunk) {
     double end_x[CHUNK], end_a1[CHUNK], end_a2[CHUNK], end_face[CHUNK];
     int end_group[CHUNK];
 };
+
+/* Ask the memory for the next `lines` cache lines of the pump's ranges: the next chunk's input, then
+ * this chunk's output (for writing). The convex blocks ask a few at a time, so the loads run while
+ * they compute, and neither the next chunk's read nor this one's write waits on memory. */
+static inline void NAME(pump)(struct NAME(chunk) *c, int lines) {
+    for (; lines > 0 && c->pump_read < c->pump_read_end; --lines, c->pump_read += 64)
+        __builtin_prefetch(c->pump_read, 0, 3);
+    for (; lines > 0 && c->pump_write < c->pump_write_end; --lines, c->pump_write += 64)
+        __builtin_prefetch(c->pump_write, 1, 3);
+}
 
 /* Compare-exchange: the larger value first. */
 #define ORDER(i, j)                                        \
@@ -146,8 +159,6 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
         NAME(settle_by_table)(c, 0, n, lam);
     int convexes = 0, settled = 0;
     for (int g = 0; g < n; ++g) {
-        double a2 = c->a[2][g], a3 = c->a[3][g];
-        c->best_obj[g] = 0.5 * (a2 * a2 + a3 * a3);
         convexes += c->convex[g] != 0;
         settled += c->top2[g] != 0;
     }
@@ -166,7 +177,8 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     int moving = 0;
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
-        double a[4][BLOCK], w[4][BLOCK], change[BLOCK];
+        NAME(pump)(c, 2 * 4 * BLOCK * (int)sizeof(T) / 64);  /* a block's share of the input and output */
+        double a[4][BLOCK], w[4][BLOCK], change[BLOCK], unit[BLOCK];
         float af[4][BLOCK], wf[4][BLOCK], lf[BLOCK];
         int m = n - g0 < BLOCK ? n - g0 : BLOCK;
         if (m == BLOCK) {
@@ -176,10 +188,25 @@ static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
             for (int i = 0; i < 4; ++i)
                 for (int j = 0; j < BLOCK; ++j) a[i][j] = j < m ? (double)c->a[i][g0 + j] : 0.0;
         }
-        for (int j = 0; j < BLOCK; ++j) {
-            double scale = a[0][j] > 0.0 ? 1.0 / a[0][j] : 0.0;
-            for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * scale);
-            lf[j] = (float)(lam * a[0][j]);
+        if (sizeof(T) == sizeof(float)) {  /* unit: a0 with its mantissa dropped */
+            for (int j = 0; j < BLOCK; ++j) {
+                uint64_t unit_bits, per_bits;
+                double per;
+                memcpy(&unit_bits, &a[0][j], 8);
+                unit_bits &= 0x7ff0000000000000ull;
+                per_bits = 0x7fe0000000000000ull - unit_bits;  /* 1 / unit; 0 gives 2^1023, harmless */
+                memcpy(&unit[j], &unit_bits, 8);
+                memcpy(&per, &per_bits, 8);
+                for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * per);
+                lf[j] = (float)(lam * unit[j]);
+            }
+        } else {  /* a double a0 may be subnormal, where its exponent bits say nothing */
+            for (int j = 0; j < BLOCK; ++j) {
+                double scale = a[0][j] > 0.0 ? 1.0 / a[0][j] : 0.0;
+                for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * scale);
+                lf[j] = (float)(lam * a[0][j]);
+                unit[j] = a[0][j];
+            }
         }
         for (int k = 0; k < FLOAT_SWEEPS; ++k) {
             for (int j = 0; j < BLOCK; ++j) {
@@ -193,7 +220,7 @@ static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
         }
         for (int j = 0; j < BLOCK; ++j) newton4f(&af[0][j], &wf[0][j], BLOCK, lf[j]);
         for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * a[0][j];
+            for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * unit[j];
         for (int j = 0; j < BLOCK; ++j) newton4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int i = 0; i < 4; ++i)
@@ -498,6 +525,10 @@ static void NAME(solve)(struct NAME(chunk) *c, int n, double lam, int kind, T *d
         NAME(search)(c, n, moving, lam, 1);
     }
     if (hard > 0) {
+        for (int g = 0; g < n; ++g) {  /* f(a0, a1, 0, 0), the candidate to beat */
+            double a2 = c->a[2][g], a3 = c->a[3][g];
+            c->best_obj[g] = 0.5 * (a2 * a2 + a3 * a3);
+        }
         NAME(may_win3)(c, n, (T)lam);
         NAME(exact3)(c, n, lam);
         NAME(keep_better)(c, n, lam);
@@ -538,6 +569,8 @@ static void NAME(flush)(struct NAME(chunk) *c, int kind, double lam, T *out, int
 int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *workspace) {
     struct NAME(chunk) *c = workspace;
     c->stream_count[0] = c->stream_count[1] = 0;
+    c->pump_read = c->pump_read_end = NULL;
+    c->pump_write = c->pump_write_end = NULL;
     for (int64_t g0 = 0; g0 < groups; g0 += CHUNK) {
         int n = groups - g0 < CHUNK ? (int)(groups - g0) : CHUNK, top2s;
         int64_t bad = NAME(first_nonfinite)(x + 4 * g0, 4 * n);
@@ -560,7 +593,14 @@ int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *works
                 }
             }
         }
+        int64_t ahead = groups - g0 - n < CHUNK ? groups - g0 - n : CHUNK;  /* the next chunk */
+        c->pump_read = (const char *)(x + 4 * (g0 + n));
+        c->pump_read_end = (const char *)(x + 4 * (g0 + n + ahead));
+        c->pump_write = (char *)(out + 4 * g0);
+        c->pump_write_end = (char *)(out + 4 * (g0 + n));
         NAME(solve)(c, n, lam, kind, out + 4 * g0, NULL, out);
+        c->pump_read = c->pump_read_end;  /* what is left unasked stays so */
+        c->pump_write = c->pump_write_end;
         NAME(flush)(c, 0, lam, out, 0);
         NAME(flush)(c, 1, lam, out, 0);
     }
