@@ -168,8 +168,9 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 
 /* Every group of the chunk, BLOCK consecutive groups side by side (nothing gathered, no lane
  * refills): from w = a, FLOAT_SWEEPS coordinate sweeps on {0,1,2,3} and a Newton step in float on
- * the group scaled to a0 = 1 (twice the lanes of a vector, while the point is still far from its
- * end), then a Newton step and a sweep in double. Every group's point goes to best, written whole
+ * the group scaled to a0 near 1 (twice the lanes of a vector, while the point is still far from its
+ * end; an fp32 group is scaled by the power of two below a0, exactly and without a division, an
+ * fp64 one to a0 = 1), then a Newton step and a sweep in double. Every group's point goes to best, written whole
  * (no group's earlier best is read back). For the convex groups taken (convex_ok): where that sweep
  * changed the point by at most REL_TOL a0, it is the prox (improved); the others, listed in todo,
  * go on in the lanes from there (resume, in double). Returns how many it listed. Every convex
