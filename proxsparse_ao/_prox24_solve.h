@@ -49,8 +49,10 @@ struct NAME(chunk) {
 };
 
 /* Ask the memory for the next `lines` cache lines of the pump's ranges: the next chunk's input, then
- * this chunk's output (for writing). The convex blocks ask a few at a time, so the loads run while
- * they compute, and neither the next chunk's read nor this one's write waits on memory. */
+ * this chunk's output (for writing). The passes over a chunk's blocks of LANES groups (the convex
+ * blocks, the setting aside) ask for a block's share each, so the loads run while they compute, and
+ * neither the next chunk's read nor this one's write waits on memory as long. */
+#define PUMP_SHARE (2 * 4 * LANES * (int)sizeof(T) / 64)  /* a block's input and output, in lines */
 static inline void NAME(pump)(struct NAME(chunk) *c, int lines) {
     for (; lines > 0 && c->pump_read < c->pump_read_end; --lines, c->pump_read += 64)
         __builtin_prefetch(c->pump_read, 0, 3);
@@ -178,7 +180,7 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     int moving = 0;
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
-        NAME(pump)(c, 2 * 4 * BLOCK * (int)sizeof(T) / 64);  /* a block's share of the input and output */
+        NAME(pump)(c, PUMP_SHARE);
         double a[4][BLOCK], w[4][BLOCK], change[BLOCK], unit[BLOCK];
         float af[4][BLOCK], wf[4][BLOCK], lf[BLOCK];
         int m = n - g0 < BLOCK ? n - g0 : BLOCK;
@@ -579,6 +581,11 @@ int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *works
         int convex = NAME(sort_groups)(c, x + 4 * g0, n, (T)lam, &top2s);
         int count[2] = {n - top2s - convex, convex};
         int kind = 8 * count[0] >= 7 * n ? 0 : 8 * count[1] >= 7 * n ? 1 : 2;
+        int64_t ahead = groups - g0 - n < CHUNK ? groups - g0 - n : CHUNK;  /* the next chunk */
+        c->pump_read = (const char *)(x + 4 * (g0 + n));
+        c->pump_read_end = (const char *)(x + 4 * (g0 + n + ahead));
+        c->pump_write = (char *)(out + 4 * g0);
+        c->pump_write_end = (char *)(out + 4 * (g0 + n));
         if (top2s < n) {
             for (int side = 0; side < 2; ++side) {
                 if (side == kind || count[side] == 0) continue;
@@ -586,6 +593,7 @@ int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *works
                 for (int g = 0; g < end; ++g)
                     c->kind_is[g] = g < n && c->top2[g] == 0 && (c->convex[g] != 0) == side;
                 for (int b = 0; b < end; b += LANES) {
+                    NAME(pump)(c, kind == 1 ? 0 : PUMP_SHARE);  /* convex blocks pump as they go */
                     for (unsigned long long bits = lane_bits(c->kind_is + b); bits; bits &= bits - 1) {
                         int g = b + __builtin_ctzll(bits), k = c->stream_count[side]++;
                         memcpy(c->stream_z[side] + 4 * k, c->z + 4 * g, 4 * sizeof(T));
@@ -594,11 +602,6 @@ int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *works
                 }
             }
         }
-        int64_t ahead = groups - g0 - n < CHUNK ? groups - g0 - n : CHUNK;  /* the next chunk */
-        c->pump_read = (const char *)(x + 4 * (g0 + n));
-        c->pump_read_end = (const char *)(x + 4 * (g0 + n + ahead));
-        c->pump_write = (char *)(out + 4 * g0);
-        c->pump_write_end = (char *)(out + 4 * (g0 + n));
         NAME(solve)(c, n, lam, kind, out + 4 * g0, NULL, out);
         c->pump_read = c->pump_read_end;  /* what is left unasked stays so */
         c->pump_write = c->pump_write_end;
@@ -617,6 +620,7 @@ int64_t NAME(prox24)(const T *x, T *out, int64_t groups, double lam, void *works
 #undef BOUND4_ROUND
 #undef BOUND3_ROUND
 #undef SCALED_GROUP
+#undef PUMP_SHARE
 #undef NAME
 #undef JOIN
 #undef JOIN_
