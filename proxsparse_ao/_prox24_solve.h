@@ -180,7 +180,7 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     int moving = 0;
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
-        NAME(pump)(c, PUMP_SHARE);
+        NAME(pump)(c, PUMP_SHARE / 4);  /* a quarter of the block's share before each stage: */
         double a[4][BLOCK], w[4][BLOCK], change[BLOCK], unit[BLOCK];
         float af[4][BLOCK], wf[4][BLOCK], lf[BLOCK];
         int m = n - g0 < BLOCK ? n - g0 : BLOCK;
@@ -221,10 +221,13 @@ static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
                 wf[0][j] = n0; wf[1][j] = n1; wf[2][j] = n2; wf[3][j] = n3;
             }
         }
+        NAME(pump)(c, PUMP_SHARE / 4);  /* a few requests at a time keep the core going */
         for (int j = 0; j < BLOCK; ++j) newton4f(&af[0][j], &wf[0][j], BLOCK, lf[j]);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < BLOCK; ++j) w[i][j] = (double)wf[i][j] * unit[j];
+        NAME(pump)(c, PUMP_SHARE / 4);
         for (int j = 0; j < BLOCK; ++j) newton4(&a[0][j], &w[0][j], BLOCK, lam);
+        NAME(pump)(c, PUMP_SHARE / 4);
         for (int j = 0; j < BLOCK; ++j) change[j] = sweep4(&a[0][j], &w[0][j], BLOCK, lam);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < m; ++j) c->best[i][g0 + j] = (T)w[i][j];
