@@ -74,7 +74,7 @@
 #define FLOAT_SWEEPS 2 /* every convex group's first sweeps, in float, before its Newton steps */
 #define BLOCK_SWEEPS (FLOAT_SWEEPS + 1) /* and the sweep after them that says whether it has ended */
 #define NEWTON3_MAX 200 /* Newton steps on {0,1,2} at most */
-#define TOP2_GRID 32 /* cells per unit of a1 / a0 and of a2 / a1 in the top-2 table */
+#define TOP2_GRID 64 /* cells per unit of a1 / a0 and of a2 / a1 in the top-2 table */
 #define TOP2_SIDE (TOP2_GRID + 2)
 
 /* The top-2 table: 1 / (the least lam a1 at which (a0, a1, 0, 0) is the prox) at the corners
