@@ -419,16 +419,19 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
  * (or, with resume, from where its block sweeps left it (resume), counted as BLOCK_SWEEPS sweeps
  * done) until a sweep changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where
  * face_stop says the minimum there holds (the search would end at that minimum, already a
- * candidate), or polished after POLISH_AFTER sweeps. LANES groups sweep side by side, and a lane
+ * candidate), or polished after POLISH_AFTER sweeps. Up to LANES groups sweep side by side, and a lane
  * whose group has ended takes the next one, so the vector stays full; a lane's sweeps never see
  * another lane's, so every result is independent of the group's neighbours. Where a search ends is
  * written as it ends; the few still moving are listed and polished after the sweeps. */
 static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, int resume) {
     double a[4][LANES] = {{0}}, w[4][LANES] = {{0}}, change[LANES] = {0}, tol[LANES] = {0}, face[LANES] = {0};
     int group[LANES], sweeps[LANES] = {0}, next = 0, busy = 0, rare = 0;
-    unsigned char done[LANES];
+    unsigned char done[LANES] = {0};
     for (int l = 0; l < LANES; ++l) group[l] = -1;
-    for (unsigned long long ended = ~0ull;;) {   /* at first every lane is free */
+    /* a few groups (the convex groups still moving after their blocks) sweep in as few lanes as
+     * hold them, rounded up to 8 (a vector of doubles), not in all LANES */
+    int width = count >= LANES ? LANES : (count + 7) / 8 * 8;
+    for (unsigned long long ended = width == LANES ? ~0ull : (1ull << width) - 1;;) {  /* all free */
         while (ended) {                            /* only the lanes that ended: no branch per lane */
             int l = __builtin_ctzll(ended);
             ended &= ended - 1;
@@ -456,8 +459,8 @@ static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, in
             sweeps[l] = resume ? BLOCK_SWEEPS : 0;
         }
         if (busy == 0) break;
-        for (int l = 0; l < LANES; ++l) change[l] = sweep4(&a[0][l], &w[0][l], LANES, lam);
-        for (int l = 0; l < LANES; ++l) {
+        for (int l = 0; l < width; ++l) change[l] = sweep4(&a[0][l], &w[0][l], LANES, lam);
+        for (int l = 0; l < width; ++l) {
             ++sweeps[l];
             done[l] = (group[l] >= 0) & ((change[l] <= tol[l]) | (sweeps[l] >= POLISH_AFTER) | ((face[l] != 0.0) & (w[3][l] == 0.0)));
         }
