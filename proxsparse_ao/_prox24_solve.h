@@ -50,8 +50,9 @@ struct NAME(chunk) {
 
 /* Ask the memory for the next `lines` cache lines of the pump's ranges: the next chunk's input, then
  * this chunk's output (for writing). The passes over a chunk's blocks of LANES groups (the convex
- * blocks, the setting aside) ask for a block's share each, so the loads run while they compute, and
- * neither the next chunk's read nor this one's write waits on memory as long. */
+ * blocks, in four batches each, and the setting aside) ask for a block's share each, so the loads
+ * run while they compute, and neither the next chunk's read nor this one's write waits on memory as
+ * long. */
 #define PUMP_SHARE (2 * 4 * LANES * (int)sizeof(T) / 64)  /* a block's input and output, in lines */
 static inline void NAME(pump)(struct NAME(chunk) *c, int lines) {
     for (; lines > 0 && c->pump_read < c->pump_read_end; --lines, c->pump_read += 64)
@@ -171,12 +172,13 @@ static int NAME(sort_groups)(struct NAME(chunk) *c, const T *src, int n, T lam, 
 /* Every group of the chunk, BLOCK consecutive groups side by side (nothing gathered, no lane
  * refills): from w = a, FLOAT_SWEEPS coordinate sweeps on {0,1,2,3} and a Newton step in float on
  * the group scaled to a0 near 1 (twice the lanes of a vector, while the point is still far from its
- * end; an fp32 group is scaled by the power of two below a0, exactly and without a division, an
- * fp64 one to a0 = 1), then a Newton step and a sweep in double. Every group's point goes to best, written whole
- * (no group's earlier best is read back). For the convex groups taken (convex_ok): where that sweep
- * changed the point by at most REL_TOL a0, it is the prox (improved); the others, listed in todo,
- * go on in the lanes from there (resume, in double). Returns how many it listed. Every convex
- * group takes exactly these steps, so its result does not depend on its neighbours. */
+ * end; an fp32 group is scaled by the largest power of two not above a0, exactly and without a
+ * division, an fp64 one to a0 = 1), then a Newton step and a sweep in double. Every group's point
+ * goes to best, written whole (no group's earlier best is read back). For the convex groups taken
+ * (convex_ok): where that sweep changed the point by at most REL_TOL a0, it is the prox (improved);
+ * the others, listed in todo, go on in the lanes from there (resume, in double). Returns how many
+ * it listed. Every convex group takes exactly these steps, so its result does not depend on its
+ * neighbours. */
 static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
     int moving = 0;
     for (int g0 = 0; g0 < n; g0 += BLOCK) {
@@ -197,7 +199,7 @@ static int NAME(convex_blocks)(struct NAME(chunk) *c, int n, double lam) {
                 double per;
                 memcpy(&unit_bits, &a[0][j], 8);
                 unit_bits &= 0x7ff0000000000000ull;
-                per_bits = 0x7fe0000000000000ull - unit_bits;  /* 1 / unit; 0 gives 2^1023, harmless */
+                per_bits = 0x7fe0000000000000ull - unit_bits;  /* 1 / unit (a0 = 0: unit 0, af 0) */
                 memcpy(&unit[j], &unit_bits, 8);
                 memcpy(&per, &per_bits, 8);
                 for (int i = 0; i < 4; ++i) af[i][j] = wf[i][j] = (float)(a[i][j] * per);
@@ -419,8 +421,8 @@ static void NAME(keep_better)(struct NAME(chunk) *c, int n, double lam) {
  * (or, with resume, from where its block sweeps left it (resume), counted as BLOCK_SWEEPS sweeps
  * done) until a sweep changes it by at most REL_TOL * a0, or until it reaches the face w3 = 0 where
  * face_stop says the minimum there holds (the search would end at that minimum, already a
- * candidate), or polished after POLISH_AFTER sweeps. Up to LANES groups sweep side by side, and a lane
- * whose group has ended takes the next one, so the vector stays full; a lane's sweeps never see
+ * candidate), or polished after POLISH_AFTER sweeps. Up to LANES groups sweep side by side, and a
+ * lane whose group has ended takes the next one, so the vector stays full; a lane's sweeps never see
  * another lane's, so every result is independent of the group's neighbours. Where a search ends is
  * written as it ends; the few still moving are listed and polished after the sweeps. */
 static void NAME(search)(struct NAME(chunk) *c, int n, int count, double lam, int resume) {
