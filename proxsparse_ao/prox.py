@@ -26,6 +26,11 @@ from . import _native, _prox24_triton
 _NATIVE_DTYPES = {torch.float32: "float", torch.float64: "double"}
 _CHUNK_GROUPS = 1 << 18  # groups converted at a time for bf16/fp16: bounds the fp32 scratch
 _THREAD_GRAIN = 4096  # groups per thread at least; a multiple of the C kernel's chunk (2048)
+# Up to this lam, a group the fp32 solvers must search has a largest entry of at least about 2e-38,
+# whose reciprocal fp32 holds (they scale each group to it); beyond it, and where lam itself is inf
+# in fp32 (above 3.4e38), fp32 and half weights are solved in fp64. Such a lam leaves any weight
+# above about 1e-36 at its group's top two.
+_FP32_LAM_LIMIT = 1e37
 _MAX_SWEEPS = 1000
 _REL_TOL = 1e-12
 _BOUND_ROUNDS = 2
@@ -38,9 +43,9 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
 
     Signs and the magnitude order inside each group are preserved; lam = 0 is the identity
     and a large lam gives exactly 2:4. Half-precision inputs are solved in fp32 and returned
-    in their own dtype. `out` may be `weight` itself (see `prox_2to4_`). A NaN/Inf entry raises
-    ValueError naming the first one; the weight is left as it was, and a separate `out` may
-    then hold part of the result.
+    in their own dtype (fp32 and half inputs in fp64 where lam exceeds 1e37). `out` may be
+    `weight` itself (see `prox_2to4_`). A NaN/Inf entry raises ValueError naming the first one;
+    the weight is left as it was, and a separate `out` may then hold part of the result.
     """
     _check_input(weight, lam)
     if out is None:
@@ -52,6 +57,8 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
         )
     if not out.is_contiguous():
         raise ValueError("prox_2to4: out must be contiguous")
+    if lam > _FP32_LAM_LIMIT and weight.dtype != torch.float64:
+        return out.copy_(prox_2to4(weight.double(), lam))
     native = weight.device.type == "cpu" and weight.dtype in _NATIVE_DTYPES and _native.load() is not None
     # The C solver checks each chunk as it reads it; where out shares the weight's storage, a
     # late bad entry would leave the weight half updated, so the whole weight is checked first.

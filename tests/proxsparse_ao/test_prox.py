@@ -82,6 +82,34 @@ class TestExactness:
             scaled = solver(z * scale, lam / scale) / scale
             assert torch.allclose(scaled, solver(z, lam), rtol=1e-4, atol=1e-6), lam
 
+    @pytest.mark.parametrize("scale", [2e-38, 1e30, 2e37])
+    def test_fp32_weights_at_the_ends_of_the_float_range_are_solved_as_in_fp64(self, solver, scale):
+        """The smallest normal and near-largest fp32 groups, most of them convex at these lams (the
+        C kernel scales those by a power of two taken from their exponent bits): the fp64 solve of
+        the same values, rounded to fp32, within a few units in the last place of the group's
+        largest entry."""
+        z = (torch.randn(32, 64, generator=torch.Generator().manual_seed(14)) * scale).float()
+        groups = z.double().view(-1, 4)
+        room = 4 * (groups.abs().amax(1, keepdim=True) * 2.0**-24 + 2.0**-149)
+        for lam in (0.05 / scale, 0.15 / scale):
+            expected = solver(z.double(), lam).float().double().view(-1, 4)
+            assert bool(((solver(z, lam).double().view(-1, 4) - expected).abs() <= room).all()), lam
+
+    @pytest.mark.parametrize(
+        "dtype, scale, lam", [(torch.float32, 1e-41, 1e40), (torch.float32, 1e-39, 2e38), (torch.bfloat16, 1e-39, 2e38)]
+    )
+    def test_subnormal_weights_at_a_lam_that_moves_them_are_solved_as_in_fp64(self, solver, dtype, scale, lam):
+        """lam |w| about 0.1-0.3 leaves most of these groups with three non-zeros. In fp32 arithmetic
+        a lam of 1e40 is inf (every group would keep its top two), and the reciprocal of a
+        subnormal group's largest entry overflows: these calls solve in fp64."""
+        z = (torch.randn(16, 64, generator=torch.Generator().manual_seed(15)) * scale).to(dtype)
+        expected = solver(z.double(), lam).to(dtype)
+        assert torch.equal(solver(z, lam), expected)
+        in_place = z.clone()
+        prox_2to4_(in_place, lam)
+        assert torch.equal(in_place, expected)
+        assert (expected.view(-1, 4) != 0).sum(1).gt(2).float().mean() > 0.5
+
     @pytest.mark.parametrize("scale", [1e-30, 1e15])
     def test_the_torch_solver_in_fp32_solves_tiny_and_huge_weights_like_unit_ones(self, scale):
         """What runs on CUDA without Triton: in fp32 the squares of 1e-30 underflow, so every group
