@@ -1,5 +1,9 @@
 """The prepared GPU check runs end to end: its `--smoke` mode is the same code on CPU with tiny
-shapes, so a change that would break the one GPU run a session may get is caught here."""
+shapes, so a change that would break the one GPU run a session may get is caught here.
+
+The GPU machine has torch and transformers but none of the project's other dependencies, so the
+smoke run hides them (a `sitecustomize` that marks them absent): an import of one of them on the
+check's path fails here, not in the GPU session."""
 
 from __future__ import annotations
 
@@ -10,16 +14,34 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+ABSENT_ON_THE_GPU_MACHINE = ("torchao", "lm_eval", "datasets", "rich")
+
+
+def without_absent_packages(folder: Path) -> dict[str, str]:
+    """An environment in which the packages the GPU machine lacks cannot be imported."""
+    folder.mkdir()
+    lines = ["import sys", *(f"sys.modules[{name!r}] = None" for name in ABSENT_ON_THE_GPU_MACHINE)]
+    (folder / "sitecustomize.py").write_text("\n".join(lines) + "\n")
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHON": sys.executable}
+
+
+def test_the_absent_packages_really_cannot_be_imported(tmp_path):
+    env = without_absent_packages(tmp_path / "site")
+    probe = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(n) for n in sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", probe, *ABSENT_ON_THE_GPU_MACHINE], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_smoke_run_completes_every_stage_and_writes_its_json(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = without_absent_packages(tmp_path / "site")
+    out = tmp_path / "out"
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--smoke"],
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--smoke"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    results = json.loads((out / "gpu_check.json").read_text())
     assert "probe: the cached-plan cuSPARSELt caller is not used here" in done.stdout
     stages = ("environment", "kernel_correctness", "cusparselt_paths", "per_shape_speed", "end_to_end_tiny_random", "prox_step")
     for stage in stages:
