@@ -153,6 +153,7 @@ def test_linear24_on_cusparselt_gpus_runs_through_the_cached_plans(fake, monkeyp
 
     library = CusparseLt(fake)
     monkeypatch.setattr(ops, "direct_cusparselt", lambda: library)
+    monkeypatch.setattr(ops, "_DEVICE_BACKENDS", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch, "_cslt_compress", lambda dense: dense.clone(), raising=False)
     monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: True)

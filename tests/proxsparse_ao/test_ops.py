@@ -110,8 +110,10 @@ def _emulated_cusparselt(monkeypatch) -> list:
 @pytest.mark.parametrize("shape", [(1, 128), (3, 5, 128), (16, 128)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_cuda_kernel_glue_pads_transposes_and_reshapes(monkeypatch, weight, packed, kernel, capability, shape, with_bias):
+    from proxsparse_ao import ops
     from proxsparse_ao.ops import _linear24_cuda
 
+    monkeypatch.setattr(ops, "_DEVICE_BACKENDS", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     if kernel == "cusparselt":
         _emulated_cusparselt(monkeypatch)
@@ -122,6 +124,38 @@ def test_cuda_kernel_glue_pads_transposes_and_reshapes(monkeypatch, weight, pack
     out = _linear24_cuda(x, packed.values, packed.meta, bias)
     assert out.shape == (*shape[:-1], 64) and out.is_contiguous()
     torch.testing.assert_close(out, F.linear(x, weight, bias), atol=2e-2, rtol=2e-2)  # bias rounds separately
+
+
+def test_the_cuda_kernel_looks_up_the_gpu_generation_once_per_device(monkeypatch, packed):
+    """It runs on every call of a compiled model, so the capability is read on the first call only;
+    a GPU without a 2:4 matmul is named on every call."""
+    from proxsparse_ao import ops
+
+    reads = []
+    monkeypatch.setattr(ops, "_DEVICE_BACKENDS", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: reads.append(device) or (8, 0))
+    _emulated_cutlass(monkeypatch, use_linear=False)
+    x = torch.randn(4, 128).to(torch.bfloat16)
+    for _ in range(3):
+        ops._linear24_cuda(x, packed.values, packed.meta)
+    assert len(reads) == 1
+    monkeypatch.setattr(ops, "_DEVICE_BACKENDS", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="linear24: no 2:4 matmul for sm75 in this torch build"):
+            ops._linear24_cuda(x, packed.values, packed.meta)
+
+
+def test_the_kernels_check_their_arguments_as_the_fake_does(packed):
+    from proxsparse_ao.ops import _check_args, _require
+
+    x, bad_bias = torch.randn(2, 128).to(torch.bfloat16), torch.randn(63).to(torch.bfloat16)
+    for require in (torch._check, _require):
+        with pytest.raises(RuntimeError, match=r"linear24: bias must have shape \[64\]"):
+            _check_args(x, packed.values, packed.meta, bad_bias, require)
+        with pytest.raises(RuntimeError, match="meta and values have different row counts"):
+            _check_args(x, packed.values, packed.meta[:32], None, require)
+        _check_args(x, packed.values, packed.meta, None, require)
 
 
 def test_each_gpu_generation_gets_the_2to4_matmul_that_runs_on_it(monkeypatch):
