@@ -54,6 +54,8 @@ _LEARNING = {
     "save_pruned": "export",
     "select_targets": "targets",
     "sparsify_": "api",
+    "stored_masks": "api",
+    "target_filter": "targets",
 }
 __all__ += sorted(_LEARNING)
 

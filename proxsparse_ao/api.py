@@ -18,7 +18,7 @@ from torchao.quantization import quantize_
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
 from .errors import ProxSparseError
 from .masks import check_nm
-from .targets import FilterFn, select_targets
+from .targets import FilterFn, check_target_weights, select_targets
 from .training import Callback, LearnResult, check_calibration, learn_masks
 
 
@@ -56,7 +56,8 @@ def learn(
     """Learn the 2:4 masks of the target layers; the model itself is left unchanged."""
     config = _check_config(config if config is not None else ProxSparseConfig())
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
-    tokens = check_calibration(calibration) if calibration is not None else calibration_tokens(config, tokenizer)
+    check_target_weights(selection.layers)
+    tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer)
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)
@@ -71,6 +72,16 @@ def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             raise ProxSparseError(f"mask for {name} is {mask.dtype} {tuple(mask.shape)}, the weight is {tuple(module.weight.shape)}")
         check_nm(mask, f"mask of {name}")
         module.register_buffer(MASK_BUFFER, mask.to(module.weight.device), persistent=False)
+
+
+def stored_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks `sparsify_` (or `attach_masks`) left on the model's modules, by layer name, on CPU:
+    what `save_pruned` needs after `sparsify_`."""
+    return {
+        name: getattr(module, MASK_BUFFER).cpu()
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, MASK_BUFFER, None), torch.Tensor)
+    }
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], config: ProxSparseConfig | None = None) -> nn.Module:

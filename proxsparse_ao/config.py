@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from .masks import apply_mask_, check_nm
 STRENGTH_MODES = ("relative", "absolute")
 STRENGTH_SCHEDULES = ("constant", "lr")
 TRAIN_MODES = ("targets", "all")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 W0_DEVICES = ("cpu", "model")
 CALIBRATION_MODES = ("windows", "documents")
 DEFAULT_TARGETS = ("Linear",)
@@ -78,7 +80,8 @@ class ProxSparseConfig(AOBaseConfig):
     targets/ignore: module class names, exact or dotted-suffix names, or "re:<regex>" on the
       full module name (llm-compressor convention); lm_head and embeddings are never pruned.
     strict: fail (instead of skipping with a warning) on targets whose in_features % 4 != 0.
-    precision: dtype the learning runs in ("auto" = the model's own).
+    precision: dtype the learning runs in ("auto" = the model's own, but fp16 models learn in
+      bf16: AdamW's state underflows in fp16, see `learning_dtype`).
     train: "targets" (only target weights get gradients and AdamW state) or "all".
     w0_device: where the exact original weights are kept during learning ("cpu" or "model").
     gradient_checkpointing: recompute activations in backward (less memory, ~30% more time).
@@ -193,6 +196,15 @@ def validate(config: ProxSparseConfig) -> None:
         raise ConfigError(f"ProxSparseConfig.warmup_ratio must be in [0, 1), got {config.warmup_ratio!r}")
     if config.seqlen < 2:
         raise ConfigError(f"ProxSparseConfig.seqlen must be >= 2 (next-token loss), got {config.seqlen}")
+    if config.precision == "float16":
+        raise ConfigError(
+            "ProxSparseConfig.precision 'float16' cannot learn: AdamW's state underflows in fp16 (a squared "
+            "gradient below 6e-8 and eps 1e-8 round to 0, so the first step divides by zero); use 'bfloat16' "
+            "(the same memory) or 'float32'"
+        )
+    check_seed_and_patterns(config)
+    if config.checkpoint_dir == "":
+        raise ConfigError("ProxSparseConfig.checkpoint_dir is empty: name a folder, or None to turn checkpointing off")
     for name, choices in (
         ("strength", STRENGTH_MODES),
         ("strength_schedule", STRENGTH_SCHEDULES),
@@ -207,6 +219,31 @@ def validate(config: ProxSparseConfig) -> None:
         raise ConfigError("ProxSparseConfig.targets is empty: nothing would be pruned")
     if not config.calibration:
         raise ConfigError("ProxSparseConfig.calibration is empty: name a text source")
+
+
+def check_seed_and_patterns(config: Any) -> None:
+    """The checks every config with `seed` (if any) and `targets`/`ignore` shares: the seed fits
+    torch's generator, every "re:" pattern compiles (else they would fail only after data loading)."""
+    name = type(config).__name__
+    seed = getattr(config, "seed", 0)
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"{name}.seed must fit in 64 bits (torch's generator), got {seed}")
+    for field_name in ("targets", "ignore"):
+        for pattern in getattr(config, field_name):
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as err:
+                    raise ConfigError(f"{name}.{field_name}: {pattern!r} is not a valid regular expression ({err})") from None
+
+
+def learning_dtype(config: ProxSparseConfig, model_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype learning casts the model to, or None to leave it as it is: `precision`, and with
+    "auto" bf16 for an fp16 model, whose AdamW state would underflow (the first step divides by
+    zero; bf16 takes the same memory with fp32's range). The original weights come back either way."""
+    if config.precision != "auto":
+        return getattr(torch, config.precision)
+    return torch.bfloat16 if model_dtype == torch.float16 else None
 
 
 def _describe(annotation: Any) -> str:

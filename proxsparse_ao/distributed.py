@@ -50,10 +50,10 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from . import checkpoint
 from .activations import activation_scales
-from .config import ProxSparseConfig, validate
+from .config import ProxSparseConfig, learning_dtype, validate
 from .errors import ProxSparseError
 from .hooks import FrozenWeightTerm, ProxStep, prox_space
-from .masks import nm_mask
+from .masks import learned_mask
 from .training import (
     Callback,
     LearnResult,
@@ -147,7 +147,7 @@ def learn_masks_distributed(
     if mixed_precision not in MIXED_PRECISION:
         raise ProxSparseError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {mixed_precision!r}")
     validate(config)
-    calibration = check_calibration(calibration)
+    calibration = check_calibration(calibration, model)
     if not layers:
         raise ProxSparseError("learn_masks_distributed: no target layers")
     from torch.distributed.device_mesh import init_device_mesh
@@ -160,8 +160,9 @@ def learn_masks_distributed(
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
 
     full = {name: layer.weight.detach() for name, layer in layers.items()}
-    if config.precision != "auto":
-        model.to(getattr(torch, config.precision))
+    dtype = learning_dtype(config, next(iter(full.values())).dtype)
+    if dtype is not None:
+        model.to(dtype)
     tick = time.perf_counter()
     scales: dict[str, torch.Tensor] | None = None
     if config.activation_aware:
@@ -289,7 +290,7 @@ def learn_masks_distributed(
     if stopped:
         warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=2)
 
-    masks, local_masks = _gather_masks(params, codes.scales, mesh, rank)
+    masks, local_masks = _gather_masks(params, codes.scales, originals, mesh, rank)
     changed, moved = _all_sum(list(codes.final_changes(local_masks)), device)
     extra: dict[str, Any] = {"world_size": world, "mixed_precision": mixed_precision}
     if scales is not None:
@@ -327,9 +328,10 @@ def _add_frozen_grad(
 
 @torch.no_grad()
 def _gather_masks(
-    params: dict[str, DTensor], scales: dict[str, torch.Tensor], mesh, rank: int
+    params: dict[str, DTensor], scales: dict[str, torch.Tensor], originals: dict[str, torch.Tensor], mesh, rank: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Top-2 of |W * s| per local shard, gathered layer by layer to rank 0.
+    """Top-2 of |W * s| per local shard (among the original non-zeros, `learned_mask`), gathered
+    layer by layer to rank 0.
 
     Returns (the whole masks on rank 0, empty elsewhere; this rank's non-empty local masks, on CPU)."""
     masks: dict[str, torch.Tensor] = {}
@@ -337,7 +339,7 @@ def _gather_masks(
     for name, param in params.items():
         shard = param.to_local()
         if shard.numel():
-            local = nm_mask(prox_space(shard, scales.get(name)).abs())
+            local = learned_mask(prox_space(shard, scales.get(name)).abs(), originals[name])
             local_masks[name] = local.cpu()
         else:
             local = torch.zeros(shard.shape, dtype=torch.bool, device=shard.device)
@@ -464,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     from .api import apply_masks, calibration_tokens
     from .export import save_pruned
     from .models import DEFAULT_MODEL_LABEL, is_default, load_model
-    from .targets import select_targets
+    from .targets import check_target_weights, select_targets
 
     output = Path(args.output).expanduser()
     if output.exists() and not args.overwrite:
@@ -479,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype = getattr(torch, args.dtype)
         model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
         layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
+        check_target_weights(layers)
         tokens = calibration_tokens(config, tokenizer)
         result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision)
         del model

@@ -10,9 +10,11 @@ folder that loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,22 +56,32 @@ def save_pruned(
     model: nn.Module,
     output: str | Path,
     masks: dict[str, torch.Tensor],
-    metadata: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
     *,
     tokenizer=None,
     overwrite: bool = False,
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write the pruned model folder atomically; an existing folder is replaced only with `overwrite`.
-    `extra_files` (name -> bytes, e.g. the learning log) go into the folder too."""
+    `masks`: by layer name (after `sparsify_`, `stored_masks(model)`). `metadata` goes into
+    proxsparse.json beside the keys this format owns; `extra_files` (name -> bytes, e.g. the
+    learning log) go into the folder too. Leftovers of earlier saves to `output` whose process
+    ended (a killed save) are removed."""
     from safetensors.torch import save_file
 
+    metadata = dict(metadata or {})
+    reserved = sorted(set(metadata) & set(RESERVED_KEYS))
+    if reserved:
+        raise ProxSparseError(f"save_pruned: metadata key(s) {', '.join(reserved)} belong to the folder format; rename them")
+    if not masks:
+        raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
     output = Path(output).expanduser().absolute()
     if output.exists() and not overwrite:
         raise ProxSparseError(f"{output} already exists (pass overwrite to replace it)")
     check_pruned(model, masks)
     output.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    _remove_leftovers(output)
+    build = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-{_owner()}-"))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(build, 0o777 & ~umask)  # mkdtemp makes it private; the saved folder gets normal permissions
@@ -83,13 +95,51 @@ def save_pruned(
         document = {"format": FORMAT, "masks_file": MASKS_FILE, "targets": sorted(masks), **metadata}
         (build / METADATA_FILE).write_text(json.dumps(document, indent=1, sort_keys=False, default=str))
         if output.exists():
-            stale = output.with_name(f".{output.name}.stale-{os.getpid()}")
+            stale = output.with_name(f".{output.name}.stale-{_owner()}")
             os.replace(output, stale)
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
         os.replace(build, output)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return output
+
+
+RESERVED_KEYS = ("format", "masks_file", "targets")
+
+
+def _owner() -> str:
+    """This process, as named in temporary folders: pid and a hash of the host (folders may be shared)."""
+    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(output: Path) -> None:
+    """Temporary and replaced folders of earlier saves to `output` whose process on this host has ended."""
+    host = _owner().split("-")[1]
+    for kind in ("tmp", "stale"):
+        prefix = f".{output.name}.{kind}-"
+        for path in output.parent.iterdir():
+            if not path.name.startswith(prefix):
+                continue
+            pid, _, rest = path.name[len(prefix):].partition("-")
+            if pid.isdigit() and rest[:8] == host and int(pid) != os.getpid() and not _alive(int(pid)):
+                _remove(path)
 
 
 def load_pruned(folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):

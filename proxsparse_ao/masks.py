@@ -24,8 +24,8 @@ def _groups(tensor: torch.Tensor, m: int, what: str) -> torch.Tensor:
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Boolean mask keeping the n largest scores in every group of m (lower index wins ties)."""
-    if not 0 <= n <= m:
-        raise ValueError(f"nm_mask: need 0 <= n <= m, got n={n}, m={m}")
+    if not 0 <= n <= m or m < 1:
+        raise ValueError(f"nm_mask: need 0 <= n <= m and m >= 1, got n={n}, m={m}")
     groups = _groups(scores, m, "nm_mask")
     if groups.is_floating_point() and bool(torch.isnan(groups).any()):
         raise ValueError("nm_mask: scores contain NaN")
@@ -40,6 +40,16 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 def magnitude_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """The n:m mask of the largest |weight| per group."""
     return nm_mask(weight.detach().abs(), n, m)
+
+
+def learned_mask(scores: torch.Tensor, original: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """The n:m mask of the largest scores (>= 0) among the entries whose ORIGINAL weight is non-zero;
+    an original zero is kept only in a group with fewer than n non-zeros. Learning can grow a weight
+    that was 0 (a model pruned before, zeros a checkpoint already had), and a kept slot there would
+    keep nothing once the mask is applied to the original weights."""
+    original = original.to(scores.device)
+    below = torch.full((), -1.0, dtype=scores.dtype, device=scores.device)
+    return nm_mask(torch.where(original != 0, scores, below), n, m)
 
 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,6 +96,27 @@ def select_targets(
             + (f" ({len(skipped)} skipped)" if skipped else "")
         )
     return TargetSelection(layers, skipped)
+
+
+def target_filter(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) -> FilterFn:
+    """A `quantize_` filter_fn that selects exactly the layers `sparsify_` prunes under `config` (its
+    targets/ignore/strict; never embeddings or lm_head). torchao's own default selects every
+    nn.Linear, lm_head included, which on a tied model would prune the input embeddings too."""
+    names = set(select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict).layers)
+    return lambda module, fqn: fqn in names
+
+
+def check_target_weights(layers: dict[str, nn.Linear]) -> None:
+    """Refuse, before any work, target weights that cannot be pruned: not loaded (meta device) or
+    holding NaN/Inf; the error names the layer and the first bad entry."""
+    for name, layer in layers.items():
+        weight = layer.weight.detach()
+        if weight.is_meta:
+            raise ProxSparseError(f"{name}: the weight is on the meta device (not loaded); load the model's weights first")
+        bad = ~torch.isfinite(weight)
+        if bool(bad.any()):
+            index = [int(i) for i in bad.nonzero()[0]]
+            raise ProxSparseError(f"{name}: the weight has a non-finite value ({float(weight[tuple(index)])}) at {index}")
 
 
 def weight_rms(weight: torch.Tensor) -> float:

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import ProxSparseConfig
+from .config import ProxSparseConfig, learning_dtype
 from .errors import ProxSparseError
 from .activations import activation_scales
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
-from .masks import nm_mask
+from .masks import learned_mask
 
 _CODE_WEIGHTS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
 
@@ -80,15 +80,29 @@ class LearnResult:
 Callback = Callable[[StepStats], None]
 
 
-def check_calibration(calibration: Any) -> torch.Tensor:
-    """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2."""
+def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch.Tensor:
+    """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2; given the model,
+    every id must index its input embeddings (else the first forward fails deep inside torch)."""
     if not isinstance(calibration, torch.Tensor):
         raise ProxSparseError(f"calibration must be a tensor of token ids [N, L], got {type(calibration).__name__}")
     if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
         raise ProxSparseError(f"calibration must be an integer tensor [N, L], got {calibration.dtype} of shape {tuple(calibration.shape)}")
     if calibration.shape[0] == 0 or calibration.shape[1] < 2:
         raise ProxSparseError(f"calibration is empty: {tuple(calibration.shape)} (need at least one sample of 2+ tokens)")
+    vocabulary = _vocabulary_size(model)
+    low, high = int(calibration.min()), int(calibration.max())
+    if low < 0 or (vocabulary is not None and high >= vocabulary):
+        allowed = f"0..{vocabulary - 1}" if vocabulary is not None else "non-negative"
+        raise ProxSparseError(f"calibration has token ids {low}..{high}; the model's vocabulary is {allowed}")
     return calibration.long()
+
+
+def _vocabulary_size(model: nn.Module | None) -> int | None:
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except (NotImplementedError, AttributeError):
+        return None
+    return embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
 
 
 def mask_codes(mask: torch.Tensor) -> torch.Tensor:
@@ -139,7 +153,7 @@ class _ModelState:
         first = next(iter(layers.values())).weight
         self.device = first.device
         store = self.device if config.w0_device == "model" else torch.device("cpu")
-        dtype = None if config.precision == "auto" else getattr(torch, config.precision)
+        dtype = learning_dtype(config, first.dtype)
         self.cast = dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point())
         whole = self.cast or config.train == "all"
         # originals of every parameter and buffer only when the run changes them; else targets only
@@ -191,7 +205,7 @@ def learn_masks(
     The model comes back exactly as it was (weights, dtypes, requires_grad, train mode);
     the masks are returned. With `config.checkpoint_dir` the run saves its state every
     `checkpoint_every` steps and at the end, and resumes from it when called again."""
-    calibration = check_calibration(calibration)
+    calibration = check_calibration(calibration, model)
     if not layers:
         raise ProxSparseError("learn_masks: no target layers")
     started = time.perf_counter()
@@ -309,7 +323,10 @@ def _learn(
         warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=3)
 
     with torch.no_grad():
-        masks = {name: nm_mask(prox_space(weight, codes.scales.get(name)).abs()).cpu() for name, weight in weights.items()}
+        masks = {
+            name: learned_mask(prox_space(weight, codes.scales.get(name)).abs(), originals[name]).cpu()
+            for name, weight in weights.items()
+        }
     changed, moved = codes.final_changes(masks)
     return LearnResult(
         masks=masks,

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.history import plot_history, write_history
     from proxsparse_ao.masks import magnitude_mask
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
-    from proxsparse_ao.targets import select_targets
+    from proxsparse_ao.targets import check_target_weights, select_targets
 
     hf_logging.disable_progress_bar()
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
@@ -204,6 +204,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
         else:
             selection = select_targets(model, config.targets, config.ignore, strict=config.strict)
+            check_target_weights(selection.layers)
             masks, history = {n: magnitude_mask(layer.weight).cpu() for n, layer in selection.layers.items()}, []
             stats, data, result = {"skipped": selection.skipped}, None, None
         apply_masks(model, masks, config)

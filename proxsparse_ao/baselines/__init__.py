@@ -103,17 +103,18 @@ def prune(
     from torchao.quantization import quantize_
 
     from ..api import attach_masks, calibration_tokens
-    from ..targets import select_targets
+    from ..targets import check_target_weights, select_targets
     from ..training import check_calibration
 
     config = _check(config)
     started = time.perf_counter()
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     layers = selection.layers
+    check_target_weights(layers)
     if isinstance(config, MagnitudeConfig):
         masks = magnitude_masks(layers)
     else:
-        tokens = check_calibration(calibration) if calibration is not None else calibration_tokens(config, tokenizer)
+        tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer)
         if isinstance(config, WandaConfig):
             make, prune_layer = (lambda layer: InputNorms(layer.in_features, layer.weight.device)), _wanda
         else:

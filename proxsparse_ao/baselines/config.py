@@ -21,7 +21,7 @@ from torch import nn
 from torchao.core.config import AOBaseConfig
 from torchao.quantization.transform_module import register_quantize_module_handler
 
-from ..config import CALIBRATION_MODES, DEFAULT_IGNORE, DEFAULT_TARGETS, MASK_BUFFER, ConfigError
+from ..config import CALIBRATION_MODES, DEFAULT_IGNORE, DEFAULT_TARGETS, MASK_BUFFER, ConfigError, check_seed_and_patterns
 from ..masks import apply_mask_, check_nm, magnitude_mask
 
 
@@ -100,6 +100,7 @@ def validate(config: _BaselineConfig) -> None:
             raise ConfigError(f"{name}.{f.name} must be str, got {type(value).__name__} {value!r}")
     if not config.targets:
         raise ConfigError(f"{name}.targets is empty: nothing would be pruned")
+    check_seed_and_patterns(config)
     if isinstance(config, _CalibratedConfig):
         if config.samples < 1:
             raise ConfigError(f"{name}.samples must be >= 1, got {config.samples}")
@@ -118,11 +119,11 @@ def validate(config: _BaselineConfig) -> None:
 
 @register_quantize_module_handler(MagnitudeConfig)
 def _magnitude_handler(module: nn.Module, config: MagnitudeConfig) -> nn.Module:
-    """weight <- the 2 largest |w| per group of 4, +0.0 elsewhere (a stored mask, if any, wins)."""
+    """weight <- the 2 largest |w| per group of 4, +0.0 elsewhere. Always from the weight itself: a
+    mask another method left on the module is not magnitude's."""
     weight = module.weight
-    mask = getattr(module, MASK_BUFFER, None)
     with torch.no_grad():
-        apply_mask_(weight.data, mask if mask is not None else magnitude_mask(weight))
+        apply_mask_(weight.data, magnitude_mask(weight))
     check_nm(weight, f"{type(module).__name__} weight")
     return module
 

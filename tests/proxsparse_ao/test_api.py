@@ -6,7 +6,19 @@ import pytest
 import torch
 from torchao.quantization import quantize_
 
-from proxsparse_ao import ConfigError, ProxSparseConfig, attach_masks, is_nm, magnitude_mask, sparsify_
+from proxsparse_ao import (
+    ConfigError,
+    MagnitudeConfig,
+    ProxSparseConfig,
+    WandaConfig,
+    attach_masks,
+    is_nm,
+    magnitude_mask,
+    sparsify_,
+    stored_masks,
+    target_filter,
+)
+from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
 
 FAST = dict(samples=4, seqlen=16, lr=1e-2)
@@ -61,3 +73,52 @@ def test_wrong_config_type_is_rejected(tiny_llama):
     config.lambda1 = -1.0  # reassigned after construction: still caught
     with pytest.raises(ConfigError, match="lambda1"):
         sparsify_(tiny_llama, config, calibration=_tokens())
+
+
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), MagnitudeConfig(), WandaConfig(samples=4, seqlen=16)])
+def test_a_non_finite_target_weight_is_named_before_any_work(tiny_llama, config):
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    tiny_llama.model.layers[1].mlp.down_proj.weight.data[3, 5] = float("nan")
+    with pytest.raises(ProxSparseError, match=r"model.layers.1.mlp.down_proj: the weight has a non-finite value \(nan\) at \[3, 5\]"):
+        sparsify_(tiny_llama, config, calibration=_tokens())
+    for key, value in tiny_llama.state_dict().items():
+        assert key == "model.layers.1.mlp.down_proj.weight" or torch.equal(value, before[key]), key
+
+
+def test_a_model_whose_weights_are_not_loaded_is_refused(tiny_llama_factory):
+    model = tiny_llama_factory().to("meta")
+    with pytest.raises(ProxSparseError, match="the weight is on the meta device"):
+        sparsify_(model, MagnitudeConfig())
+
+
+def test_stored_masks_are_what_save_pruned_needs_after_sparsify(tiny_llama, tmp_path):
+    from proxsparse_ao import load_pruned, save_pruned
+
+    sparsify_(tiny_llama, ProxSparseConfig(**FAST), calibration=_tokens())
+    masks = stored_masks(tiny_llama)
+    assert sorted(masks) == sorted(select_targets(tiny_llama, ["Linear"], ["re:.*lm_head"]).layers)
+    assert all(torch.equal(tiny_llama.get_submodule(n).weight.detach() != 0, m) for n, m in masks.items())
+    _, _, loaded, _ = load_pruned(save_pruned(tiny_llama, tmp_path / "pruned", masks))
+    assert all(torch.equal(loaded[n], masks[n]) for n in masks)
+
+
+def test_plain_quantize_with_target_filter_prunes_what_sparsify_would(tiny_llama_factory):
+    """torchao's default filter is every nn.Linear, lm_head included; target_filter applies the config's rules."""
+    config = MagnitudeConfig(ignore=["re:.*lm_head", "re:.*mlp.*"])
+    model = tiny_llama_factory()
+    head = model.lm_head.weight.detach().clone()
+    quantize_(model, config, filter_fn=target_filter(model, config))
+    assert is_nm(model.model.layers[0].self_attn.q_proj.weight)
+    assert not is_nm(model.model.layers[0].mlp.up_proj.weight) and torch.equal(model.lm_head.weight, head)
+
+
+def test_magnitude_prunes_by_magnitude_even_where_another_method_left_a_mask(tiny_llama_factory):
+    model = tiny_llama_factory()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    sparsify_(model, WandaConfig(samples=4, seqlen=16), calibration=_tokens())
+    model.load_state_dict(dense)  # dense again; Wanda's masks stay on the modules (non-persistent buffers)
+    layer = model.model.layers[0].self_attn.q_proj
+    expected = magnitude_mask(layer.weight)
+    assert not torch.equal(layer.proxsparse_mask, expected)
+    sparsify_(model, MagnitudeConfig())
+    assert torch.equal(layer.weight.detach() != 0, expected)

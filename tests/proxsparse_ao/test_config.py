@@ -33,6 +33,11 @@ def test_defaults_are_json_friendly_and_round_trip():
         ({"checkpoint_dir": 3}, "checkpoint_dir must be str or None"),
         ({"lambda2": float("nan")}, "lambda2 must be finite"),
         ({"warmup_ratio": 1.0}, "warmup_ratio"),
+        ({"precision": "float16"}, "precision 'float16' cannot learn: AdamW's state underflows in fp16"),
+        ({"seed": 2**70}, "seed must fit in 64 bits"),
+        ({"targets": ["re:["]}, r"targets: 're:\[' is not a valid regular expression"),
+        ({"ignore": ["re:.*lm_head", "re:("]}, r"ignore: 're:\(' is not a valid regular expression"),
+        ({"checkpoint_dir": ""}, "checkpoint_dir is empty: name a folder, or None"),
     ],
 )
 def test_bad_fields_raise_clear_errors(fields, message):

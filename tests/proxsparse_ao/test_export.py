@@ -66,3 +66,46 @@ def test_unpruned_weights_are_refused(tiny_llama, tmp_path):
     mask = magnitude_mask(tiny_llama.get_submodule(name).weight)
     with pytest.raises(ProxSparseError, match="more than 2 non-zeros"):
         save_pruned(tiny_llama, tmp_path / "out", {name: mask}, {})
+
+
+def test_metadata_cannot_replace_the_keys_of_the_format_and_an_empty_mask_set_is_refused(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    with pytest.raises(ProxSparseError, match="metadata key[(]s[)] format, targets belong to the folder format"):
+        save_pruned(tiny_llama, tmp_path / "out", masks, {"format": "mine", "targets": ["q_proj"]})
+    with pytest.raises(ProxSparseError, match="no masks, so nothing was pruned"):
+        save_pruned(tiny_llama, tmp_path / "out", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _ended_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_leftovers_of_a_killed_save_are_removed_by_the_next_save(tiny_llama, tmp_path):
+    import os
+
+    from proxsparse_ao.export import _owner
+
+    masks = _pruned(tiny_llama)
+    host = _owner().split("-")[1]
+    dead = tmp_path / f".out.tmp-{_ended_pid()}-{host}-abc123"
+    replaced = tmp_path / f".out.stale-{_ended_pid()}-{host}"
+    live = tmp_path / f".out.tmp-{os.getppid()}-{host}-def456"  # a save still running in another process
+    other_host = tmp_path / f".out.tmp-{_ended_pid()}-0000beef-ghi789"
+    for folder in (dead, replaced, live, other_host):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    save_pruned(tiny_llama, tmp_path / "out", masks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other_host.name])
+
+
+def test_a_file_in_the_way_is_replaced_without_leftovers(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    (tmp_path / "out").write_text("not a folder")
+    save_pruned(tiny_llama, tmp_path / "out", masks, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / METADATA_FILE).is_file()

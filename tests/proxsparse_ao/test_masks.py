@@ -55,6 +55,17 @@ class TestTopN:
             nm_mask(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
         with pytest.raises(ValueError, match="0 <= n <= m"):
             nm_mask(torch.randn(4, 8), n=5)
+        with pytest.raises(ValueError, match="m >= 1"):
+            nm_mask(torch.randn(4, 8), n=0, m=0)
+
+    def test_a_learned_mask_keeps_an_original_zero_only_where_the_group_has_fewer_than_two_non_zeros(self):
+        from proxsparse_ao.masks import learned_mask
+
+        original = torch.tensor([[0.0, 0.5, 0.0, 0.25, 0.0, 0.0, 0.0, 0.125, 0.0, 0.0, 0.0, 0.0]])
+        learned = torch.tensor([[9.0, 0.1, 8.0, 0.2, 9.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]])
+        mask = learned_mask(learned, original)
+        assert mask.tolist() == [[False, True, False, True, True, False, False, True, True, True, False, False]]
+        assert torch.equal(learned_mask(learned, torch.ones(1, 12)), nm_mask(learned))
 
 
 class TestApply:

@@ -158,3 +158,35 @@ def test_activation_aware_learning_moves_masks_and_the_lr_schedule_option_runs(t
         assert result.history[-1]["changed_vs_start"] == pytest.approx(result.changed_vs_start)
     # the threshold follows the lr, which is below its peak on every step but one: less shrinkage
     assert results["lr"].history[-1]["fraction_24"] < results["constant"].history[-1]["fraction_24"]
+
+
+def test_an_fp16_model_learns_in_bf16_and_comes_back_in_fp16_untouched(tiny_llama_factory):
+    """AdamW's state underflows in fp16 (the first step would divide by zero), so "auto" learns in bf16."""
+    model = tiny_llama_factory(dtype=torch.float16)
+    config = ProxSparseConfig(**FAST)
+    before = _state(model)
+    result = learn_masks(model, _tokens(), config, _layers(model, config))
+    assert result.steps_done == result.total_steps and result.stopped is None
+    assert all(is_nm(mask.float()) for mask in result.masks.values())
+    assert _same(before, _state(model))
+
+
+def test_a_learned_mask_never_spends_a_kept_slot_on_an_original_zero(tiny_llama):
+    """On weights already 2:4 (a model pruned before), learning can grow the zeros; the final mask
+    still keeps the two original non-zeros of every group, so nothing is pruned twice."""
+    config = ProxSparseConfig(**{**FAST, "lr": 3e-2})
+    layers = _layers(tiny_llama, config)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.weight.mul_(magnitude_mask(layer.weight))
+    result = learn_masks(tiny_llama, _tokens(), config, layers)
+    for name, layer in layers.items():
+        assert torch.equal(result.masks[name], layer.weight.detach() != 0), name
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_any_work(tiny_llama):
+    config = ProxSparseConfig(**FAST)
+    with pytest.raises(ProxSparseError, match="calibration has token ids 0..256; the model's vocabulary is 0..255"):
+        learn_masks(tiny_llama, torch.tensor([[0, 256, 3]]), config, _layers(tiny_llama, config))
+    with pytest.raises(ProxSparseError, match="calibration has token ids -1..3; the model's vocabulary is 0..255"):
+        learn_masks(tiny_llama, torch.tensor([[-1, 3, 3]]), config, _layers(tiny_llama, config))

@@ -100,6 +100,10 @@ def test_bad_input(tiny_llama_factory):
         SparseGPTConfig(blocksize=6)
     with pytest.raises(ConfigError, match="targets"):
         MagnitudeConfig(targets=[])
+    with pytest.raises(ConfigError, match=r"MagnitudeConfig.targets: 're:\[' is not a valid regular expression"):
+        MagnitudeConfig(targets=["re:["])
+    with pytest.raises(ConfigError, match="WandaConfig.seed must fit in 64 bits"):
+        WandaConfig(seed=-(2**64))
     with pytest.raises(ConfigError, match="update_weights"):
         SparseGPTConfig(update_weights="no")
     with pytest.raises(ConfigError, match="expected one of"):
