@@ -94,8 +94,23 @@ def select_targets(
             f"no prunable linear layer matches targets={targets} ignore={ignore}"
             + (" and the filter_fn" if filter_fn is not None else "")
             + (f" ({len(skipped)} skipped)" if skipped else "")
+            + _not_linear(model, targets, ignore)
         )
     return TargetSelection(layers, skipped)
+
+
+def _not_linear(model: nn.Module, targets: list[str], ignore: list[str]) -> str:
+    """The modules the patterns select that are not nn.Linear (GPT-2's Conv1D, say), for the error."""
+    names = [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if name and not isinstance(module, nn.Linear) and not list(module.children())
+        and any(matches(p, name, module) for p in targets) and not any(matches(p, name, module) for p in ignore)
+    ]
+    if not names:
+        return ""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"; only nn.Linear layers are pruned, and the patterns select {', '.join(names[:3])}{more}"
 
 
 def target_filter(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) -> FilterFn:

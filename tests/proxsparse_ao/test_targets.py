@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from proxsparse_ao.errors import ProxSparseError
@@ -44,3 +45,16 @@ def test_in_features_not_multiple_of_4_warns_or_fails():
 def test_no_targets_is_a_clear_error(tiny_llama):
     with pytest.raises(NoTargetsError, match="no prunable linear layer"):
         select_targets(tiny_llama, ["re:.*does_not_exist"])
+
+
+def test_patterns_that_select_only_layers_of_another_kind_say_so():
+    """GPT-2's projections are Conv1D modules, not nn.Linear: the error names them instead of blaming the patterns."""
+
+    class Conv1D(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(8, 8))
+
+    model = nn.ModuleDict({"c_attn": Conv1D(), "c_fc": Conv1D()})
+    with pytest.raises(NoTargetsError, match=r"only nn.Linear layers are pruned, and the patterns select c_attn \(Conv1D\)$"):
+        select_targets(model, ["c_attn"])
