@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -38,16 +39,18 @@ _SLACK = {torch.float64: 1e-12, torch.float32: 1e-5}  # a bound must win by this
 _pool: ThreadPoolExecutor | None = None
 
 
-def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
+def prox_2to4(weight: torch.Tensor, lam: float | torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """prox of lam * R on every group of 4 along the last dim of a 2-D float tensor.
 
     Signs and the magnitude order inside each group are preserved; lam = 0 is the identity
     and a large lam gives exactly 2:4. Half-precision inputs are solved in fp32 and returned
-    in their own dtype (fp32 and half inputs in fp64 where lam exceeds 1e37). `out` may be
-    `weight` itself (see `prox_2to4_`). A NaN/Inf entry raises ValueError naming the first one;
-    the weight is left as it was, and a separate `out` may then hold part of the result.
+    in their own dtype (fp32 and half inputs in fp64 where lam exceeds 1e37). `lam` is any real
+    scalar: a Python or numpy number, or a one-element tensor. `out` may be `weight` itself (see
+    `prox_2to4_`) but no other memory of it. A NaN/Inf entry raises ValueError naming the first
+    one; the weight is left as it was, and a separate `out` may then hold part of the result.
+    The write is guarded as torch's in-place ops guard theirs (autograd cannot record the prox).
     """
-    _check_input(weight, lam)
+    lam = _check_input(weight, lam)
     if out is None:
         out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     elif out.shape != weight.shape or out.dtype != weight.dtype or out.device != weight.device:
@@ -57,6 +60,19 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
         )
     if not out.is_contiguous():
         raise ValueError("prox_2to4: out must be contiguous")
+    _check_writable(out)
+    in_place = out.data_ptr() == weight.data_ptr() and weight.is_contiguous()  # out is the weight's own memory
+    overlap = not in_place and _overlaps(weight, out)
+    if overlap is None:
+        raise ValueError(
+            "prox_2to4: out lies inside the memory range of the weight's sparse strides and may overlap it; "
+            "pass a separate out"
+        )
+    if overlap:
+        raise ValueError(
+            "prox_2to4: out partly overlaps the weight in memory (some elements refer to a single memory "
+            "location); pass the weight itself as out to update it in place, or a separate tensor"
+        )
     if lam > _FP32_LAM_LIMIT and weight.dtype != torch.float64:
         return out.copy_(prox_2to4(weight.double(), lam))
     native = weight.device.type == "cpu" and weight.dtype in _NATIVE_DTYPES and _native.load() is not None
@@ -71,26 +87,28 @@ def prox_2to4(weight: torch.Tensor, lam: float, *, out: torch.Tensor | None = No
             groups_out.copy_(groups_in)
         return out
     if _triton_solves(source.device, source.dtype):
-        _prox24_triton.prox24_triton(groups_in, groups_out, float(lam))
+        _prox24_triton.prox24_triton(groups_in, groups_out, lam)
+        torch.autograd.graph.increment_version(out)
     elif native:
-        bad = _prox_native(groups_in, groups_out, float(lam))
+        bad = _prox_native(groups_in, groups_out, lam)
+        torch.autograd.graph.increment_version(out)  # a write autograd cannot see otherwise
         if bad is not None:
             _raise_nonfinite(weight, bad)
     elif source.dtype in (torch.float32, torch.float64):
-        groups_out.copy_(_prox_groups_torch(groups_in, float(lam)))
+        groups_out.copy_(_prox_groups_torch(groups_in, lam))
     else:
         for start in range(0, groups_in.shape[0], _CHUNK_GROUPS):
             chunk = groups_in[start : start + _CHUNK_GROUPS].float()
             solved = torch.empty_like(chunk)
             if chunk.device.type == "cpu" and _native.load() is not None:
-                _prox_native(chunk, solved, float(lam))
+                _prox_native(chunk, solved, lam)
             else:
-                solved = _prox_groups_torch(chunk, float(lam))
+                solved = _prox_groups_torch(chunk, lam)
             groups_out[start : start + _CHUNK_GROUPS].copy_(solved)
     return out
 
 
-def prox_2to4_(weight: torch.Tensor, lam: float) -> torch.Tensor:
+def prox_2to4_(weight: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
     """In-place `prox_2to4`: no second full copy of the weight (the form a training step uses)."""
     if not weight.is_contiguous():
         raise ValueError("prox_2to4_: the weight must be contiguous to be updated in place")
@@ -111,7 +129,8 @@ def _triton_solves(device: torch.device, dtype: torch.dtype = torch.float32) -> 
     return device.type == "cuda" and dtype in _prox24_triton.DTYPES and _prox24_triton.available()
 
 
-def _check_input(weight: torch.Tensor, lam: float) -> None:
+def _check_input(weight: torch.Tensor, lam: object) -> float:
+    """Refuse a weight the solvers cannot take; return lam as a float."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"prox_2to4: expected a tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
@@ -120,8 +139,58 @@ def _check_input(weight: torch.Tensor, lam: float) -> None:
         raise TypeError(f"prox_2to4: expected a floating-point tensor, got {weight.dtype}")
     if weight.shape[-1] % 4:
         raise ValueError(f"prox_2to4: the last dimension ({weight.shape[-1]}) is not a multiple of 4")
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"prox_2to4: lam must be a finite number >= 0, got {lam!r}")
+    if isinstance(lam, torch.Tensor):
+        if lam.numel() != 1:
+            raise TypeError(f"prox_2to4: lam must be a real number, got a tensor of shape {tuple(lam.shape)}")
+        if lam.dtype.is_complex or lam.dtype == torch.bool:
+            raise TypeError(f"prox_2to4: lam must be a real number, got a tensor of dtype {lam.dtype}")
+        value = float(lam.detach())
+    elif isinstance(lam, numbers.Real) and not isinstance(lam, bool):  # numpy's real scalars register here
+        value = float(lam)
+    else:
+        raise TypeError(f"prox_2to4: lam must be a real number, got {type(lam).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"prox_2to4: lam must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _check_writable(out: torch.Tensor) -> None:
+    """Refuse the writes torch's own in-place ops refuse: the C and Triton kernels write behind
+    autograd's back, so it could neither record them nor see them in a saved tensor."""
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError("prox_2to4: inplace update to inference tensor outside InferenceMode is not allowed")
+    if out.requires_grad and torch.is_grad_enabled():
+        if out.is_leaf:
+            raise RuntimeError(
+                "prox_2to4: a leaf Variable that requires grad is being used in an in-place operation; "
+                "call it under torch.no_grad()"
+            )
+        raise RuntimeError(
+            "prox_2to4: out requires grad and autograd cannot record the prox; call it under torch.no_grad() "
+            "or on a detached tensor"
+        )
+
+
+def _overlaps(weight: torch.Tensor, out: torch.Tensor) -> bool | None:
+    """Whether an element of `weight` shares a byte with contiguous `out`, from their addresses,
+    sizes and strides alone: exact, except None where the weight's inner stride is longer than
+    `out` and `out` lies inside the weight's span (telling would take a walk over its rows)."""
+    if weight.numel() == 0:
+        return False
+    size = weight.element_size()
+    # An element at byte offset x from the weight's first one shares a byte with out iff low <= x < high.
+    low = out.data_ptr() - weight.data_ptr() - size + 1
+    high = out.data_ptr() + out.numel() * size - weight.data_ptr()
+    dims = sorted((stride * size, count) for count, stride in zip(weight.shape, weight.stride()) if count > 1 and stride)
+    if not dims:
+        return low <= 0 < high
+    step, count = dims[-1]
+    reach = sum((c - 1) * s for s, c in dims[:-1])  # the span of one outer row's elements
+    if len(dims) > 1 and dims[0][0] > high - low:
+        return None if low <= reach + (count - 1) * step and high > 0 else False
+    # The first outer row that ends at or past low; between its ends out holds one of its elements.
+    first = max(0, -((reach - low) // step))
+    return first < count and first * step < high
 
 
 def _check_finite(weight: torch.Tensor) -> None:

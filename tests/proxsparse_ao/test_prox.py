@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -206,6 +207,23 @@ class TestForms:
         assert prox_2to4(z, 0.4, out=out) is out
         assert torch.equal(out, prox_2to4(z, 0.4))
 
+    @pytest.mark.parametrize(
+        "lam", [torch.tensor(0.7), torch.tensor([0.7], dtype=torch.float64), np.float32(0.7), np.float64(0.7), 1, np.int64(1)],
+        ids=["0-d-tensor", "one-element-tensor", "numpy-float32", "numpy-float64", "int", "numpy-int64"],
+    )
+    def test_lam_may_be_any_real_scalar(self, solver, lam):
+        """A threshold computed from the weight, lr * rho / (3 * w.pow(2).mean()), is a 0-d tensor."""
+        z = torch.randn(8, 16, generator=torch.Generator().manual_seed(17))
+        assert torch.equal(solver(z, lam), solver(z, float(lam)))
+
+    def test_an_out_in_the_gaps_of_a_strided_weight_is_accepted(self, solver):
+        """The weight is the first 4 columns of a wide buffer; out lies between its rows there."""
+        base = torch.randn(4, 200, generator=torch.Generator().manual_seed(18))
+        weight, out = base[:, :4], base.view(-1)[10:26].view(4, 4)
+        expected = solver(weight.clone(), 0.4)
+        assert solver(weight, 0.4, out=out) is out
+        assert torch.equal(out, expected)
+
     def test_non_contiguous_input_is_accepted(self):
         z = torch.randn(32, 16, generator=torch.Generator().manual_seed(11)).t()
         assert torch.equal(prox_2to4(z, 0.4), prox_2to4(z.contiguous(), 0.4))
@@ -246,6 +264,82 @@ class TestForms:
         finally:
             torch.set_num_threads(threads)
         assert torch.equal(single, multi)
+
+
+class TestAutograd:
+    """The prox writes through the C kernel or Triton, which autograd cannot see: it guards the
+    written tensor as torch's own in-place ops do."""
+
+    @pytest.mark.parametrize("form", ["in-place", "out"])
+    def test_backward_refuses_a_graph_whose_saved_tensor_was_overwritten(self, solver, form):
+        a = torch.randn(4, 8, generator=torch.Generator().manual_seed(19), requires_grad=True)
+        b = a * 1.0
+        loss = (b * b).sum()
+        with torch.no_grad():
+            prox_2to4_(b, 5.0) if form == "in-place" else solver(torch.randn(4, 8), 5.0, out=b)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+    def test_overwriting_a_detached_alias_is_seen_by_backward(self, solver):
+        a = torch.randn(4, 8, generator=torch.Generator().manual_seed(20), requires_grad=True)
+        b = a * 1.0
+        loss = (b * b).sum()
+        prox_2to4_(b.detach(), 5.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+    @pytest.mark.parametrize("form", ["in-place", "out"])
+    def test_a_leaf_that_requires_grad_is_refused_while_grad_mode_is_on(self, solver, form):
+        weight = torch.randn(4, 8, generator=torch.Generator().manual_seed(21), requires_grad=True)
+        before = weight.detach().clone()
+        with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
+            prox_2to4_(weight, 1.0) if form == "in-place" else solver(torch.randn(4, 8), 1.0, out=weight)
+        assert torch.equal(weight.detach(), before)
+
+    def test_a_tensor_in_the_autograd_graph_is_refused_while_grad_mode_is_on(self, solver):
+        """Autograd cannot record the prox: the gradient through it would silently be the identity's."""
+        b = torch.randn(4, 8, generator=torch.Generator().manual_seed(22), requires_grad=True) * 1.0
+        with pytest.raises(RuntimeError, match="requires grad"):
+            prox_2to4_(b, 1.0)
+
+    def test_the_triton_path_guards_its_write_as_the_cpu_solvers_do(self, monkeypatch):
+        """A stand-in for the CUDA kernel writes through the raw pointer, as Triton does."""
+
+        def kernel(groups_in: torch.Tensor, groups_out: torch.Tensor, lam: float) -> None:
+            solved = prox._prox_groups_torch(groups_in, lam).contiguous()
+            ctypes.memmove(groups_out.data_ptr(), solved.data_ptr(), solved.numel() * solved.element_size())
+
+        monkeypatch.setattr(prox, "_triton_solves", lambda device, dtype=torch.float32: True)
+        monkeypatch.setattr(prox._prox24_triton, "prox24_triton", kernel)
+        a = torch.randn(4, 8, generator=torch.Generator().manual_seed(27), requires_grad=True)
+        b = a * 1.0
+        loss = (b * b).sum()
+        with torch.no_grad():
+            prox_2to4_(b, 5.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
+            prox_2to4_(a, 1.0)
+
+    def test_a_parameter_is_updated_in_place_under_no_grad_as_in_an_optimizer_step(self, solver):
+        weight = torch.nn.Parameter(torch.randn(4, 8, generator=torch.Generator().manual_seed(23)))
+        expected = solver(weight.detach(), 1.0)
+        version = weight._version
+        with torch.no_grad():
+            prox_2to4_(weight, 1.0)
+        assert torch.equal(weight.detach(), expected)
+        assert weight._version > version
+
+    def test_an_inference_tensor_is_updated_in_place_only_in_inference_mode(self, solver):
+        """It has no version counter to guard: outside inference mode a normal tensor may have saved it."""
+        with torch.inference_mode():
+            weight = torch.randn(4, 8, generator=torch.Generator().manual_seed(24))
+        expected = solver(weight.clone(), 1.0)
+        with pytest.raises(RuntimeError, match="(?i)inplace update to inference tensor outside InferenceMode"):
+            prox_2to4_(weight, 1.0)
+        with torch.inference_mode():
+            prox_2to4_(weight, 1.0)
+        assert torch.equal(weight, expected)
 
 
 def _settled(group: torch.Tensor, lam: float) -> bool:
@@ -354,6 +448,54 @@ class TestBadInput:
         z[position] = -float("inf")
         with pytest.raises(ValueError, match=rf"non-finite value -inf at \[{position[0]}, {position[1]}\]"):
             prox_2to4(z, 0.5, out=torch.empty_like(z))
+
+    @pytest.mark.parametrize(
+        "lam, message",
+        [
+            (torch.tensor([0.1, 0.2]), r"lam must be a real number, got a tensor of shape \(2,\)"),
+            (torch.tensor(0.5j), "lam must be a real number, got a tensor of dtype torch.complex64"),
+            (torch.tensor(True), "lam must be a real number, got a tensor of dtype torch.bool"),
+            (0.5j, "lam must be a real number, got complex"),
+            ("0.5", "lam must be a real number, got str"),
+            (True, "lam must be a real number, got bool"),
+            (None, "lam must be a real number, got NoneType"),
+        ],
+    )
+    def test_a_lam_that_is_not_a_real_scalar_is_refused_naming_its_type(self, lam, message):
+        with pytest.raises(TypeError, match=message):
+            prox_2to4(torch.randn(4, 8), lam)
+
+    @pytest.mark.parametrize("lam", [torch.tensor(-0.1), np.float32("nan"), torch.tensor([float("inf")])])
+    def test_a_real_scalar_lam_that_is_negative_or_not_finite_is_refused_as_a_float_is(self, lam):
+        with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+            prox_2to4(torch.randn(4, 8), lam)
+
+    @pytest.mark.parametrize(
+        "weight, out",
+        [
+            (lambda base: base[:64], lambda base: base[1:]),
+            (lambda base: base[1:], lambda base: base[:64]),
+            (lambda base: base[:64, :4], lambda base: base.view(-1)[3:259].view(64, 4)),
+            (lambda base: base.view(-1)[8:264].view(4, 64).t(), lambda base: base.view(-1)[:256].view(64, 4)),
+        ],
+        ids=["out-a-row-behind", "out-a-row-ahead", "strided-weight", "transposed-weight"],
+    )
+    def test_an_out_that_partly_overlaps_the_weight_is_refused(self, solver, weight, out):
+        """Only out = the weight's own memory is the in-place form; any other shared element
+        would be read after it was written."""
+        base = torch.randn(65, 8, generator=torch.Generator().manual_seed(25))
+        before = base.clone()
+        with pytest.raises(ValueError, match="out partly overlaps the weight"):
+            solver(weight(base), 1.0, out=out(base))
+        assert torch.equal(base, before)
+
+    def test_an_out_among_the_elements_of_a_very_sparsely_strided_weight_is_refused_as_possibly_overlapping(self):
+        """Rows further apart than out is long: telling would take a walk over them, so the
+        message says the overlap is possible, not certain."""
+        base = torch.randn(400, generator=torch.Generator().manual_seed(26))
+        weight = base.as_strided((2, 4), (50, 100))
+        with pytest.raises(ValueError, match="may overlap it"):
+            prox_2to4(weight, 1.0, out=base[10:18].view(2, 4))
 
     def test_mismatched_out_is_rejected(self):
         with pytest.raises(ValueError, match="out has shape"):
