@@ -10,6 +10,7 @@ Two modes, both common in the field:
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -61,6 +62,12 @@ def _from_windows(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str], 
             f"the calibration text has {len(stream)} tokens, fewer than one sample of {seqlen}: "
             "use a longer text or a shorter length"
         )
+    if len(stream) < n * seqlen:
+        warnings.warn(
+            f"the calibration text has {len(stream)} tokens, fewer than the {n} x {seqlen} asked for: the windows "
+            f"overlap, each token is seen about {n * seqlen / len(stream):.1f} times; a longer text gives more to learn from",
+            stacklevel=3,
+        )
     packed = torch.tensor(stream, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, packed.numel() - seqlen + 1, (n,), generator=generator)
@@ -79,7 +86,8 @@ def calibration_samples(
     """A LongTensor [n, seqlen] of calibration token ids; the same arguments always give the same tensor.
 
     "windows" packs at most 4 * n * seqlen tokens (documents in seeded order), so a large
-    corpus such as C4 is not tokenised whole.
+    corpus such as C4 is not tokenised whole; a text shorter than n * seqlen gives overlapping
+    windows, with a warning.
     """
     if mode not in MODES:
         raise ProxSparseError(f"unknown calibration mode '{mode}': use one of {', '.join(MODES)}")

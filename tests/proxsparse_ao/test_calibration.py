@@ -54,6 +54,13 @@ def test_window_mode_takes_contiguous_windows_of_the_packed_text(byte_tokenizer)
     assert len(set(starts)) > 1
 
 
+def test_window_mode_warns_when_the_text_is_shorter_than_the_samples_asked_for(byte_tokenizer):
+    text = "x" * 100  # and the EOS after it
+    with pytest.warns(UserWarning, match="the calibration text has 101 tokens, fewer than the 8 x 64 asked for"):
+        samples = calibration_samples(byte_tokenizer, [text], 8, 64, mode="windows")
+    assert samples.shape == (8, 64)
+
+
 def test_window_mode_needs_at_least_one_window_of_text(byte_tokenizer):
     with pytest.raises(ProxSparseError, match="fewer than one sample of 5000"):
         calibration_samples(byte_tokenizer, DOCS, 2, 5000, mode="windows")
