@@ -29,6 +29,7 @@ from .masks import check_nm
 MASKS_FILE = "masks.safetensors"
 METADATA_FILE = "proxsparse.json"
 FORMAT = "proxsparse-2:4/v1"
+RESERVED_KEYS = ("format", "masks_file", "targets")  # what proxsparse.json holds beside the caller's metadata
 _BITS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
 
 
@@ -102,9 +103,6 @@ def save_pruned(
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return output
-
-
-RESERVED_KEYS = ("format", "masks_file", "targets")
 
 
 def _owner() -> str:
