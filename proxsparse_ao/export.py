@@ -76,9 +76,7 @@ def save_pruned(
         raise ProxSparseError(f"save_pruned: metadata key(s) {', '.join(reserved)} belong to the folder format; rename them")
     if not masks:
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
-    output = Path(output).expanduser().absolute()
-    if output.exists() and not overwrite:
-        raise ProxSparseError(f"{output} already exists (pass overwrite to replace it)")
+    output = check_output(output, overwrite)
     check_pruned(model, masks)
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(output)
@@ -95,13 +93,40 @@ def save_pruned(
             (build / Path(name).name).write_bytes(content)
         document = {"format": FORMAT, "masks_file": MASKS_FILE, "targets": sorted(masks), **metadata}
         (build / METADATA_FILE).write_text(json.dumps(document, indent=1, sort_keys=False, default=str))
+        stale = output.with_name(f".{output.name}.stale-{_owner()}")
         if output.exists():
-            stale = output.with_name(f".{output.name}.stale-{_owner()}")
             os.replace(output, stale)
-            _remove(stale)
-        os.replace(build, output)
+        try:
+            os.replace(build, output)
+        except BaseException:
+            if stale.exists() and not output.exists():
+                os.replace(stale, output)  # the old folder back where it was
+            raise
+        _remove(stale)  # only once the new folder is in place
     finally:
         shutil.rmtree(build, ignore_errors=True)
+    return output
+
+
+def check_output(output: str | Path, overwrite: bool, source: str | Path | None = None) -> Path:
+    """The absolute output folder, if a save may write it: new, or with `overwrite` an earlier
+    pruned-model folder (it has proxsparse.json) or an empty one; never the current folder or one
+    above it, nor the model being pruned (`source`). Called before any work and again by `save_pruned`."""
+    output = Path(output).expanduser().absolute()
+    here = Path.cwd().resolve()
+    resolved = output.resolve()
+    if resolved == here or resolved in here.parents:
+        raise ProxSparseError(f"{output} is the current folder or holds it: choose an output folder of its own")
+    if source is not None and Path(source).expanduser().exists() and Path(source).expanduser().resolve() == resolved:
+        raise ProxSparseError(f"{output} is the model being pruned: write the pruned model to another folder")
+    if not output.exists() and not output.is_symlink():
+        return output
+    if not overwrite:
+        raise ProxSparseError(f"{output} already exists (pass overwrite to replace it)")
+    if not output.is_dir() or output.is_symlink():
+        raise ProxSparseError(f"{output} is not a folder: refusing to replace it")
+    if not (output / METADATA_FILE).is_file() and any(output.iterdir()):
+        raise ProxSparseError(f"{output} is not a pruned-model folder (no {METADATA_FILE}): refusing to replace what it holds")
     return output
 
 
@@ -128,9 +153,10 @@ def _remove(path: Path) -> None:
 
 
 def _remove_leftovers(output: Path) -> None:
-    """Temporary and replaced folders of earlier saves to `output` whose process on this host has ended."""
+    """Temporary and replaced folders of earlier saves to `output` whose process on this host has
+    ended; a replaced folder only once `output` is there (else it may be all that is left)."""
     host = _owner().split("-")[1]
-    for kind in ("tmp", "stale"):
+    for kind in ("tmp", "stale") if output.exists() else ("tmp",):
         prefix = f".{output.name}.{kind}-"
         for path in output.parent.iterdir():
             if not path.name.startswith(prefix):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from proxsparse_ao.quiet import quiet_libraries
@@ -47,10 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, a scheduler, `docker stop`), raised like Ctrl-C so that every cleanup
+    runs: a save cut short leaves no temporary folder behind."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler (main thread only, where Python delivers signals); the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
+    previous = _on_sigterm(_terminate)
     try:
         return int(args.run(args, console) or EXIT_OK)
     except ProxSparseError as err:
@@ -59,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
+    except Terminated:
+        Console(stderr=True).print("terminated")
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            _on_sigterm(previous)
 
 
 if __name__ == "__main__":

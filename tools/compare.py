@@ -26,7 +26,7 @@ from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import require_at_least
+from .options import check_result_files, parse_device, require_at_least
 
 METHODS = {
     "dense": "the unpruned model",
@@ -112,6 +112,8 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
         if value and not Path(value).expanduser().resolve().parent.is_dir():
             raise ProxSparseError(f"{flag}: the folder of {value} does not exist")
+    check_result_files({"--json": args.json, "--markdown": args.markdown}, model_folder=args.model)
+    parse_device(args.device)
 
 
 class PeakMemory:

@@ -1,8 +1,12 @@
-"""Checks on numeric command-line options shared by the commands: one-line errors before any work."""
+"""Checks on command-line options shared by the commands (numbers, devices, output files): one-line errors before any work."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
+
+import torch
 
 from proxsparse_ao.errors import ProxSparseError
 
@@ -13,3 +17,54 @@ def require_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None
         value = getattr(args, name)
         if value is not None and value < low:
             raise ProxSparseError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def parse_device(text: str | None) -> torch.device:
+    """`--device` as a torch device that this machine has (default: cuda when available, else cpu)."""
+    try:
+        device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ProxSparseError(f"--device {text!r}: {str(err).splitlines()[0]}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProxSparseError(f"--device {text}: CUDA is not available on this machine (this torch: {torch.__version__})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ProxSparseError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_result_files(options: dict[str, str | None], model_folder: str | Path | None = None) -> None:
+    """Result files (`--json`, `--log`, ...) are refused before any work when they could not be
+    written at the end: a folder in the way, an unwritable place, two options naming one file, or
+    a file of the model folder the command reads."""
+    seen: dict[Path, str] = {}
+    inside = Path(model_folder).expanduser().resolve() if model_folder is not None and Path(model_folder).expanduser().is_dir() else None
+    for option, value in options.items():
+        if not value:
+            continue
+        path = Path(value).expanduser().absolute()
+        if path.resolve() in seen:
+            raise ProxSparseError(f"{option} and {seen[path.resolve()]} name the same file {value}")
+        seen[path.resolve()] = option
+        if path.is_dir():
+            raise ProxSparseError(f"{option} {value} is a folder: name a file")
+        if inside is not None and path.resolve().parent == inside:
+            raise ProxSparseError(f"{option} {value} is inside the model folder being read: write it elsewhere")
+        _check_writable_folder(path.parent, f"{option} {value}")
+
+
+def check_writable_folder(folder: str | Path, what: str) -> None:
+    """The folder exists or can be made, and a file can be created in it (a probe, removed at once)."""
+    _check_writable_folder(Path(folder).expanduser().absolute(), what)
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ProxSparseError(f"{what}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".proxsparse-probe-"):
+            pass
+    except OSError as err:
+        raise ProxSparseError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None

@@ -28,6 +28,8 @@ from proxsparse_ao.config import (
 )
 from proxsparse_ao.errors import ProxSparseError
 
+from .options import check_result_files, check_writable_folder, parse_device, require_at_least
+
 METHODS = ("proxsparse", "magnitude")
 DTYPES = ("float32", "bfloat16", "float16")
 LOG_FILE = "learning_log.json"
@@ -142,6 +144,13 @@ def _progress_bar(console: Console) -> Progress:
     )
 
 
+def _source_label(model: str) -> str:
+    """How the metadata names the dense source: a local folder by its absolute path (verify may
+    run from elsewhere), a hub id as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     config = config_from_args(args)
     if args.eval_tokens < args.eval_seqlen and args.eval:
@@ -151,22 +160,28 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from transformers.utils import logging as hf_logging
 
     from proxsparse_ao.api import apply_masks, calibration_tokens, learn
-    from proxsparse_ao.export import check_pruned, save_pruned
+    from proxsparse_ao.export import check_output, check_pruned, save_pruned
     from proxsparse_ao.history import plot_history, write_history
     from proxsparse_ao.masks import magnitude_mask
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
     from proxsparse_ao.targets import check_target_weights, select_targets
 
     hf_logging.disable_progress_bar()
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    for noisy in ("torch.utils._pytree", "huggingface_hub"):  # the hub's retry lines, offline, before our one-line error
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    require_at_least(args, {"threads": 1})
+    device = parse_device(args.device)
+    if Path(args.output).expanduser().exists() and not args.overwrite:
+        raise ProxSparseError(f"{args.output} already exists: pass --overwrite to replace it")
+    output = check_output(args.output, args.overwrite, source=args.model)
+    check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model)
+    if config.checkpoint_dir:
+        check_writable_folder(config.checkpoint_dir, f"--checkpoint-dir {config.checkpoint_dir}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    output = Path(args.output).expanduser()
-    if output.exists() and not args.overwrite:
-        raise ProxSparseError(f"{output} already exists: pass --overwrite to replace it")
-    label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
+    label = DEFAULT_MODEL_LABEL if is_default(args.model) else _source_label(args.model)
     with console.status(f"loading {label}"):
-        model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+        model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
 
     table = Table(title=f"proxsparse-ao prune ({args.method}): {label}")
     for column in ("", "value"):

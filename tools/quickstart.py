@@ -13,9 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from proxsparse_ao import check_nm, fraction_nm, magnitude_mask, prox_2to4
+from proxsparse_ao.export import check_output
 from proxsparse_ao.prox import backend
 
+from .options import require_at_least
+
 QUICK_SAMPLES, QUICK_SEQLEN, QUICK_EVAL_TOKENS = 16, 256, 4096
+EVAL_WINDOW = 1024  # tokens per perplexity window
 
 EXAMPLES = f"""examples:
   proxsparse-tool quickstart                      # {QUICK_SAMPLES} x {QUICK_SEQLEN} calibration tokens: a few minutes on 2 CPU cores
@@ -40,12 +44,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--samples", type=int, default=QUICK_SAMPLES, help=f"calibration samples (default {QUICK_SAMPLES})")
     parser.add_argument("--seqlen", type=int, default=QUICK_SEQLEN, help=f"tokens per sample (default {QUICK_SEQLEN})")
-    parser.add_argument("--eval-tokens", type=int, default=QUICK_EVAL_TOKENS, help=f"evaluation tokens (default {QUICK_EVAL_TOKENS})")
-    parser.add_argument("--output", default=None, metavar="DIR", help="also save the pruned model here")
+    parser.add_argument("--eval-tokens", type=int, default=QUICK_EVAL_TOKENS,
+                        help=f"evaluation tokens, at least one window of {EVAL_WINDOW} (default {QUICK_EVAL_TOKENS})")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="also save the pruned model here (an earlier pruned-model folder there is replaced)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    require_at_least(args, {"samples": 1, "seqlen": 2, "eval_tokens": EVAL_WINDOW})
+    if args.output:
+        check_output(args.output, overwrite=True)  # before minutes of work: only an earlier output is replaced
     table = Table(title="proxsparse-ao quickstart")
     table.add_column("stage")
     table.add_column("status")
@@ -87,7 +96,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     with console.status(f"loading {DEFAULT_MODEL_LABEL} and the embedded text (first run: downloads and converts)"):
         model, tokenizer = load_model()
         ids = tokenize_text(tokenizer, load_text(None, "evaluation"))
-        dense = perplexity(model, ids, 1024, max_tokens=args.eval_tokens).ppl
+        dense = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
     table.add_row(
         "embedded model and text", "[green]ran[/]",
         f"{DEFAULT_MODEL_LABEL}; dense perplexity {dense:.2f} ({args.eval_tokens} tokens), {time.perf_counter() - started:.0f} s",
@@ -112,7 +121,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     magnitude = {name: magnitude_mask(layer.weight) for name, layer in layers.items()}
     originals = {name: layer.weight.detach().clone() for name, layer in layers.items()}
     apply_masks(model, magnitude, config)
-    magnitude_ppl = perplexity(model, ids, 1024, max_tokens=args.eval_tokens).ppl
+    magnitude_ppl = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
     with torch.no_grad():
         for name, layer in layers.items():
             layer.weight.copy_(originals[name])
@@ -124,7 +133,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     except ValueError as err:
         exact = False
         table.add_row("exact 2:4 check", "[red]FAILED[/]", str(err))
-    learned_ppl = perplexity(model, ids, 1024, max_tokens=args.eval_tokens).ppl
+    learned_ppl = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
     detail = (
         f"{len(result.masks)} layers exactly 2:4; {result.steps_done} steps of {args.samples} x {args.seqlen} tokens in "
         f"{learn_seconds:.0f} s; perplexity dense {dense:.2f}, magnitude {magnitude_ppl:.2f}, ProxSparse {learned_ppl:.2f}; "

@@ -100,12 +100,55 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_save(tiny_llama, tmp
     for folder in (dead, replaced, live, other_host):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"partial")
-    save_pruned(tiny_llama, tmp_path / "out", masks)
+    save_pruned(tiny_llama, tmp_path / "out", masks)  # "out" was missing: the replaced folder may be all that is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", replaced.name, live.name, other_host.name])
+    save_pruned(tiny_llama, tmp_path / "out", masks, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other_host.name])
 
 
-def test_a_file_in_the_way_is_replaced_without_leftovers(tiny_llama, tmp_path):
+def test_overwrite_replaces_only_an_earlier_pruned_model_folder_or_an_empty_one(tiny_llama, tmp_path):
     masks = _pruned(tiny_llama)
-    (tmp_path / "out").write_text("not a folder")
-    save_pruned(tiny_llama, tmp_path / "out", masks, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / METADATA_FILE).is_file()
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProxSparseError, match="file is not a folder: refusing to replace it"):
+        save_pruned(tiny_llama, tmp_path / "file", masks, overwrite=True)
+    with pytest.raises(ProxSparseError, match="notes is not a pruned-model folder"):
+        save_pruned(tiny_llama, tmp_path / "notes", masks, overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and (tmp_path / "file").is_file()
+    save_pruned(tiny_llama, tmp_path / "empty", masks, overwrite=True)
+    save_pruned(tiny_llama, tmp_path / "empty", masks, overwrite=True)  # now an earlier output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"]
+
+
+def test_the_current_folder_and_the_model_being_pruned_are_never_the_output(tiny_llama, tmp_path, monkeypatch):
+    from proxsparse_ao.export import check_output
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path / "model")
+    for output in (".", "..", str(tmp_path)):
+        with pytest.raises(ProxSparseError, match="is the current folder or holds it"):
+            check_output(output, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProxSparseError, match="is the model being pruned"):
+        check_output("model", overwrite=True, source=str(tmp_path / "model"))
+
+
+def test_a_save_that_fails_while_swapping_folders_puts_the_old_one_back(tiny_llama, tmp_path, monkeypatch):
+    import os
+
+    masks = _pruned(tiny_llama)
+    save_pruned(tiny_llama, tmp_path / "out", masks, {"first": True})
+    real_replace = os.replace
+
+    def fail_on_the_new_folder(source, target):
+        if ".tmp-" in str(source):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", fail_on_the_new_folder)
+    with pytest.raises(KeyboardInterrupt):
+        save_pruned(tiny_llama, tmp_path / "out", masks, {"first": False}, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert json.loads((tmp_path / "out" / METADATA_FILE).read_text())["first"] is True

@@ -49,3 +49,27 @@ def test_a_failing_command_prints_exactly_one_clean_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"error: model folder not found: {tmp_path / 'missing'}"]
     assert done.stdout == ""
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_with_its_cleanups_run(monkeypatch, capsys):
+    """`timeout`, schedulers and `docker stop` send SIGTERM: the command's `finally` blocks run (a
+    save removes its temporary folder), the exit status is 143, and the handler is put back."""
+    import signal
+    import time
+
+    from proxsparse_ao.tools import assets, cli
+
+    cleaned = []
+
+    def run(args, console):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(assets, "run", run)
+    assert cli.main(["assets"]) == 143
+    assert cleaned == [True] and capsys.readouterr().err.strip() == "terminated"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -45,6 +45,9 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     )
     assert_one_line_error(cli("compare", "--samples", "0"), "--samples must be at least 1")
     assert_one_line_error(cli("compare", "--json", tmp_path / "missing" / "x.json"), "does not exist")
+    assert_one_line_error(cli("compare", "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
+    assert_one_line_error(cli("compare", "--json", tmp_path), "is a folder: name a file")
+    assert_one_line_error(cli("compare", "--device", "nowhere"), "--device 'nowhere'")
 
 
 def test_compare_tiny_model(tiny_model_dir, tmp_path):

@@ -69,6 +69,9 @@ def test_magnitude_method(model_dir, tmp_path):
         (["--lambda1", "-1"], "lambda1 must be >= 0"),
         (["--targets", "re:.*nothing"], "no prunable linear layer"),
         (["--samples", "0"], "samples must be > 0"),
+        (["--threads", "-1"], "--threads must be at least 1, got -1"),
+        (["--device", "cuda:99"], "--device cuda:99: "),
+        (["--device", "nowhere"], "--device 'nowhere': Expected one of cpu"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(model_dir, tmp_path, capsys, extra, message):
@@ -99,3 +102,29 @@ def test_preset_sets_the_fields_and_flags_override_it(model_dir, tmp_path):
     assert (config["strength"], config["lambda1"], config["train"], config["activation_aware"]) == ("absolute", 0.25, "all", False)
     assert (config["samples"], config["lr"]) == (2, 0.01)  # given on the command line
     assert metadata["statistics"]["changed_vs_start"] == metadata["statistics"]["changed_vs_magnitude"]  # magnitude space
+
+
+def test_outputs_that_would_destroy_something_or_fail_at_the_end_are_refused_before_any_work(model_dir, tmp_path, capsys, monkeypatch):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        ([str(model_dir), "--output", str(model_dir), "--overwrite"], "is the model being pruned"),
+        ([str(model_dir), "--output", str(notes), "--overwrite"], "is not a pruned-model folder (no proxsparse.json)"),
+        ([str(model_dir), "--output", ".", "--overwrite"], "is the current folder or holds it"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--log", str(notes)], "--log " + str(notes) + " is a folder"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "a_file")], "is not a folder"),
+    ]
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for argv, message in cases:
+        assert cli.main(["prune", *argv, "--method", "magnitude"]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert (notes / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+def test_the_dense_source_is_recorded_by_its_absolute_path(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(model_dir.parent)
+    assert cli.main(["prune", model_dir.name, "--output", str(tmp_path / "out"), "--method", "magnitude"]) == 0
+    assert json.loads((tmp_path / "out" / "proxsparse.json").read_text())["source_model"] == str(model_dir.resolve())
