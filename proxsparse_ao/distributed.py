@@ -464,13 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     config = ProxSparseConfig(**{k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
     os.environ.setdefault("TQDM_DISABLE", "1")
     from .api import apply_masks, calibration_tokens
-    from .export import save_pruned
+    from .export import check_output, save_pruned
     from .models import DEFAULT_MODEL_LABEL, is_default, load_model
     from .targets import check_target_weights, select_targets
 
-    output = Path(args.output).expanduser()
-    if output.exists() and not args.overwrite:
-        raise ProxSparseError(f"{output} already exists: pass --overwrite to replace it")
+    if Path(args.output).expanduser().exists() and not args.overwrite:
+        raise ProxSparseError(f"{args.output} already exists: pass --overwrite to replace it")
+    output = check_output(args.output, args.overwrite, source=args.model)
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
