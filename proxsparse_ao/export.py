@@ -83,7 +83,6 @@ def save_pruned(
     build = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-{_owner()}-"))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(build, 0o777 & ~umask)  # mkdtemp makes it private; the saved folder gets normal permissions
     try:
         model.save_pretrained(build)
         if tokenizer is not None:
@@ -93,6 +92,9 @@ def save_pruned(
             (build / Path(name).name).write_bytes(content)
         document = {"format": FORMAT, "masks_file": MASKS_FILE, "targets": sorted(masks), **metadata}
         (build / METADATA_FILE).write_text(json.dumps(document, indent=1, sort_keys=False, default=str))
+        os.chmod(build, 0o777 & ~umask)  # mkdtemp and safetensors' temporary files are private;
+        for path in build.iterdir():  # the saved folder gets the permissions of any other new file
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         stale = output.with_name(f".{output.name}.stale-{_owner()}")
         if output.exists():
             os.replace(output, stale)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 import typing
 import warnings
@@ -24,6 +25,7 @@ from proxsparse_ao.config import (
     STRENGTH_SCHEDULES,
     TRAIN_MODES,
     W0_DEVICES,
+    ConfigError,
     ProxSparseConfig,
 )
 from proxsparse_ao.errors import ProxSparseError
@@ -152,7 +154,11 @@ def _source_label(model: str) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ConfigError as err:  # name the flag, not the Python field
+        raise ConfigError(re.sub(r"ProxSparseConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
+    require_at_least(args, {"eval_seqlen": 2, "eval_tokens": 1})
     if args.eval_tokens < args.eval_seqlen and args.eval:
         raise ProxSparseError(f"--eval-tokens ({args.eval_tokens}) must cover one window of --eval-seqlen ({args.eval_seqlen})")
     os.environ.setdefault("TQDM_DISABLE", "1")

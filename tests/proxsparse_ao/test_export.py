@@ -152,3 +152,16 @@ def test_a_save_that_fails_while_swapping_folders_puts_the_old_one_back(tiny_lla
         save_pruned(tiny_llama, tmp_path / "out", masks, {"first": False}, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert json.loads((tmp_path / "out" / METADATA_FILE).read_text())["first"] is True
+
+
+def test_the_saved_files_get_the_permissions_of_any_other_new_file(tiny_llama, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        out = save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}

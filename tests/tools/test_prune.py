@@ -68,7 +68,8 @@ def test_magnitude_method(model_dir, tmp_path):
     [
         (["--lambda1", "-1"], "lambda1 must be >= 0"),
         (["--targets", "re:.*nothing"], "no prunable linear layer"),
-        (["--samples", "0"], "samples must be > 0"),
+        (["--samples", "0"], "error: --samples must be > 0, got 0"),
+        (["--eval-seqlen", "1", "--eval"], "--eval-seqlen must be at least 2, got 1"),
         (["--threads", "-1"], "--threads must be at least 1, got -1"),
         (["--device", "cuda:99"], "--device cuda:99: "),
         (["--device", "nowhere"], "--device 'nowhere': Expected one of cpu"),
