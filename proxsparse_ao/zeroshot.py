@@ -3,11 +3,15 @@
 Local tasks (`local_winogrande`, `local_science_mc`, `local_physical_intuition`) are YAML
 templates in `proxsparse_ao/tasks/` over JSONL files in a data folder: the `data_dir`
 argument, else $PROXSPARSE_ZEROSHOT_DATA, else `../shared/data/zeroshot` next to the
-project checkout. Any other name is looked up among lm-eval's tasks (needs the hub).
+project checkout. Each line of a local task's file must be a JSON object with the fields
+its YAML reads (`_FIELDS`); the files are checked before any model work, so bad data is a
+ProxSparseError naming the file, line and field instead of a traceback from deep in lm-eval.
+Any other name is looked up among lm-eval's tasks (needs the hub).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -25,6 +29,16 @@ if TYPE_CHECKING:
 
 DATA_ENV = "PROXSPARSE_ZEROSHOT_DATA"
 _DATA_FILE = re.compile(r"@DATA_DIR@/([\w.-]+)")
+
+# The fields each local task reads from a JSONL line, with their JSON types: from the task's
+# YAML (`{{query}}`, `gold`, `{{choices}}`) or, for local_winogrande, lm-eval's
+# winogrande/preprocess_winogrande.py, which its YAML includes.
+_FIELDS: dict[str, dict[str, type]] = {
+    "local_physical_intuition": {"query": str, "choices": list, "gold": int},
+    "local_science_mc": {"question": str, "choices": list, "gold": int},
+    "local_winogrande": {"sentence": str, "option1": str, "option2": str, "answer": str},
+}
+_TYPE_NAMES = {str: "a string", list: "a list", int: "an integer"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,7 @@ def default_data_dir() -> Path:
 
 
 def _render(names: Sequence[str], data_dir: Path, dest: Path) -> None:
-    """Write the YAMLs of the chosen local tasks into `dest` with their paths filled in; missing data is an error."""
+    """Write the chosen local tasks' YAMLs into `dest` with their paths filled in; missing or malformed data is an error."""
     import lm_eval
 
     tasks_root = Path(lm_eval.__file__).parent / "tasks"
@@ -68,8 +82,64 @@ def _render(names: Sequence[str], data_dir: Path, dest: Path) -> None:
                     f"task {name} needs {data_dir / needed}, which does not exist: point --zeroshot-data "
                     f"(or ${DATA_ENV}) at the folder holding {needed}"
                 )
+            _check_rows(name, data_dir / needed)
         text = text.replace("@DATA_DIR@", data_dir.resolve().as_posix()).replace("@LM_EVAL_TASKS@", tasks_root.as_posix())
         (dest / f"{name}.yaml").write_text(text)
+
+
+def _check_rows(name: str, path: Path) -> None:
+    """Refuse a task file lm-eval would fail on with a traceback: not UTF-8, no items, a line that is not a
+    JSON object, a missing, mistyped or unusable field."""
+    fields = _FIELDS[name]
+    wanted = ", ".join(fields)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise ProxSparseError(f"{path} is not UTF-8 text: task {name} needs one JSON object per line") from None
+    except OSError as err:
+        raise ProxSparseError(f"cannot read {path} for task {name}: {err.strerror or err}") from None
+    items = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ProxSparseError(f"{where} is not JSON ({err.msg}): task {name} needs one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise ProxSparseError(f"{where} is not a JSON object: task {name} needs one with the fields {wanted}")
+        missing = [field for field in fields if field not in row]
+        if missing:
+            listed = ", ".join(f"'{field}'" for field in missing)
+            plural = "s" if len(missing) > 1 else ""
+            raise ProxSparseError(f"{where} lacks the field{plural} {listed} that task {name} needs (fields: {wanted})")
+        for field, kind in fields.items():
+            if not isinstance(row[field], kind) or isinstance(row[field], bool):
+                got = json.dumps(row[field])[:60]
+                raise ProxSparseError(f"{where}: field '{field}' must be {_TYPE_NAMES[kind]} for task {name}, got {got}")
+        problem = _value_problem(name, row)
+        if problem:
+            raise ProxSparseError(f"{where}: {problem} for task {name}")
+        items += 1
+    if not items:
+        raise ProxSparseError(f"{path} holds no items: task {name} needs one JSON object per line with the fields {wanted}")
+
+
+def _value_problem(name: str, row: dict) -> str | None:
+    """What makes a well-typed row unusable by the task's prompt code, if anything."""
+    if name == "local_winogrande":
+        if "_" not in row["sentence"]:
+            return "field 'sentence' has no '_' blank to fill"
+        if row["answer"] not in ("1", "2"):
+            return f"field 'answer' must be \"1\" or \"2\", got {json.dumps(row['answer'])[:60]}"
+        return None
+    choices = row["choices"]
+    if not choices or not all(isinstance(choice, str) for choice in choices):
+        return "field 'choices' must be a non-empty list of strings"
+    if not 0 <= row["gold"] < len(choices):
+        return f"field 'gold' is {row['gold']}, not an index into the {len(choices)} choices"
+    return None
 
 
 def _lm(model, tokenizer, batch_size: int, progress: Callable[[int, int], None] | None):
@@ -109,8 +179,28 @@ def _no_progress_bars() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@contextmanager
+def _no_git_probe() -> Iterator[None]:
+    """Keep lm-eval from running `git describe` in the working directory during a run, then restore it.
+
+    simple_evaluate records the commit of the current directory through a git subprocess whose
+    stderr is not redirected, so outside a checkout git prints "fatal: not a git repository".
+    Only the accuracies of lm-eval's results are read here, so the hash is recorded as None."""
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:
+        yield
+        return
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 def check_tasks(tasks: Sequence[str], data_dir: str | Path | None = None) -> None:
-    """Fail fast, before any model work: unknown task names, and local tasks whose data is missing.
+    """Fail fast, before any model work: unknown task names, and local tasks whose data is missing or malformed.
 
     lm-eval's index of its own tasks takes seconds to build, so it is consulted only for names
     that are not local tasks."""
@@ -146,8 +236,8 @@ def zero_shot(
     """0-shot accuracy of `model` on `tasks` (first `limit` items of each); nothing is printed.
 
     `progress(done, total)` is called as loglikelihood requests are scored. Unknown task
-    names, missing local data and standard tasks whose data cannot be fetched raise a
-    ProxSparseError.
+    names, missing or malformed local data and standard tasks whose data cannot be fetched
+    raise a ProxSparseError.
     """
     if not tasks:
         raise ProxSparseError("no zero-shot tasks given")
@@ -158,7 +248,7 @@ def zero_shot(
 
     local = [name for name in tasks if name in LOCAL_TASKS]
     folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    with tempfile.TemporaryDirectory(prefix="proxsparse-tasks-") as tmp, _no_progress_bars():
+    with tempfile.TemporaryDirectory(prefix="proxsparse-tasks-") as tmp, _no_progress_bars(), _no_git_probe():
         _render(local, folder, Path(tmp))
         standard = [name for name in tasks if name not in LOCAL_TASKS]
         # lm-eval's own index of thousands of YAMLs takes seconds to build: only when needed.

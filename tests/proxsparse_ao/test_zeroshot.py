@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,118 @@ def test_check_tasks_refuses_bad_names_and_missing_data_before_any_model_work(sm
         check_tasks(["local_winogrande", "no_such_task"], small_data)
     with pytest.raises(ProxSparseError, match="--zeroshot-data"):
         check_tasks(["local_winogrande"], tmp_path)
+
+
+WINOGRANDE_ROW = '{"sentence": "The cup fell off the table as _ was tilted.", "option1": "cup", "option2": "table", "answer": "2"}'
+SCIENCE_ROW = '{"question": "Sound is produced by", "choices": ["light", "vibrations"], "gold": 1}'
+
+
+def _task_folder(tmp_path: Path, file_name: str, text: str) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    (folder / file_name).write_text(text)
+    return folder
+
+
+def test_every_local_task_declares_the_fields_its_yaml_reads():
+    from proxsparse_ao.zeroshot import _FIELDS, _templates
+
+    assert set(_FIELDS) == set(LOCAL_TASKS)
+    for name, text in _templates().items():
+        read = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", text)) | set(re.findall(r"^doc_to_target:\s*(\w+)\s*$", text, re.M))
+        assert read <= set(_FIELDS[name]), name
+
+
+def test_the_shipped_task_data_passes_validation():
+    check_tasks(list(LOCAL_TASKS), SHARED if SHARED.is_dir() else default_data_dir())
+
+
+def test_a_line_missing_a_field_is_refused_naming_the_file_line_and_field(tmp_path):
+    lacking = '{"sentence": "A _ b", "option1": "x", "option2": "y"}'
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", WINOGRANDE_ROW + "\n" + lacking + "\n")
+    with pytest.raises(ProxSparseError, match=r"winogrande_ni.jsonl line 2 lacks the field 'answer' that task local_wino"):
+        check_tasks(["local_winogrande"], folder)
+
+
+def test_a_line_that_is_not_json_is_refused_with_its_line_number(tmp_path):
+    folder = _task_folder(tmp_path, "science_mc.jsonl", SCIENCE_ROW + "\n" + SCIENCE_ROW + "\nthis is not json\n")
+    with pytest.raises(ProxSparseError, match=r"science_mc.jsonl line 3 is not JSON \(.*\): task local_science_mc"):
+        check_tasks(["local_science_mc"], folder)
+
+
+def test_a_line_that_is_json_but_not_an_object_is_refused(tmp_path):
+    folder = _task_folder(tmp_path, "science_mc.jsonl", '["a", "b"]\n')
+    with pytest.raises(ProxSparseError, match=r"science_mc.jsonl line 1 is not a JSON object.*question, choices, gold"):
+        check_tasks(["local_science_mc"], folder)
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"], ids=["empty", "blank lines only"])
+def test_a_task_file_without_items_is_refused(tmp_path, text):
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", text)
+    with pytest.raises(ProxSparseError, match=r"winogrande_ni.jsonl holds no items: task local_winogrande"):
+        check_tasks(["local_winogrande"], folder)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('{"question": "q", "choices": ["a", "b"], "gold": "1"}', r"line 1: field 'gold' must be an integer.*got \"1\""),
+        ('{"question": "q", "choices": ["a", "b"], "gold": true}', r"line 1: field 'gold' must be an integer"),
+        ('{"question": "q", "choices": ["a", "b"], "gold": 2}', r"line 1: field 'gold' is 2, not an index into the 2 choices"),
+        ('{"question": "q", "choices": [], "gold": 0}', r"line 1: field 'choices' must be a non-empty list of strings"),
+        ('{"question": 7, "choices": ["a"], "gold": 0}', r"line 1: field 'question' must be a string"),
+    ],
+    ids=["gold as text", "gold as boolean", "gold out of range", "no choices", "question not text"],
+)
+def test_mistyped_or_unusable_values_are_refused(tmp_path, row, message):
+    folder = _task_folder(tmp_path, "science_mc.jsonl", row + "\n")
+    with pytest.raises(ProxSparseError, match=message):
+        check_tasks(["local_science_mc"], folder)
+
+
+def test_a_winogrande_row_needs_a_blank_and_an_answer_of_one_or_two(tmp_path):
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", WINOGRANDE_ROW.replace('"answer": "2"', '"answer": "3"') + "\n")
+    with pytest.raises(ProxSparseError, match=r"line 1: field 'answer' must be \"1\" or \"2\", got \"3\""):
+        check_tasks(["local_winogrande"], folder)
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", WINOGRANDE_ROW.replace(" _ ", " it ") + "\n")
+    with pytest.raises(ProxSparseError, match=r"line 1: field 'sentence' has no '_' blank"):
+        check_tasks(["local_winogrande"], folder)
+
+
+def test_a_task_file_that_is_not_utf8_is_refused(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "winogrande_ni.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(ProxSparseError, match=r"winogrande_ni.jsonl is not UTF-8 text"):
+        check_tasks(["local_winogrande"], folder)
+
+
+def test_blank_lines_extra_fields_and_a_byte_order_mark_are_accepted(tmp_path):
+    row = WINOGRANDE_ROW[:-1] + ', "idx": 3}'
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", "\ufeff" + row + "\n\n" + WINOGRANDE_ROW + "\n")
+    check_tasks(["local_winogrande"], folder)
+
+
+def test_zero_shot_refuses_malformed_data_before_scoring(tiny_llama, byte_tokenizer, tmp_path):
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", '{"foo": 1}\n')
+    calls = []
+    with pytest.raises(ProxSparseError, match=r"line 1 lacks the fields 'sentence', 'option1', 'option2', 'answer'"):
+        zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande"], limit=2, data_dir=folder,
+                  progress=lambda done, total: calls.append(done))
+    assert calls == []
+
+
+def test_running_outside_a_git_checkout_leaves_stderr_free_of_git_errors(
+    tiny_llama, byte_tokenizer, small_data, tmp_path, monkeypatch, capfd
+):
+    import lm_eval.evaluator
+
+    hook = lm_eval.evaluator.get_git_commit_hash
+    outside = tmp_path / "not_a_checkout"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    capfd.readouterr()
+    zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande"], limit=2, data_dir=small_data)
+    assert "not a git repository" not in capfd.readouterr().err
+    assert lm_eval.evaluator.get_git_commit_hash is hook
