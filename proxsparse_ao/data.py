@@ -109,14 +109,33 @@ def _hub(name: str, part: str) -> list[str]:
         ) from None
 
 
-def _local(path: Path) -> list[str]:
-    """Documents of a local file: paragraphs (blank-line separated) of a .txt, the "text" field of each .jsonl line."""
-    if not path.is_file():
-        raise ProxSparseError(f"text file not found: {path}")
+def _read_local(path: Path) -> str:
+    """The content of a local .txt/.jsonl file; a path that is missing, a directory, unreadable or of
+    another type is a ProxSparseError."""
+    try:
+        if path.is_dir():
+            raise ProxSparseError(f"{path} is a directory, not a text file: use a .txt or .jsonl file")
+        if not path.is_file():
+            raise ProxSparseError(f"text file not found: {path}")
+    except OSError as err:
+        raise ProxSparseError(f"cannot read text file {path}: {err.strerror or err}") from None
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ProxSparseError(f"unsupported text file type '{suffix}' ({path}): use a .txt or .jsonl file")
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise ProxSparseError(f"cannot read text file {path}: {err.strerror or err}") from None
+
+
+def _local(path: Path) -> list[str]:
+    """Documents of a local file: paragraphs (blank-line separated) of a .txt, the "text" field of each .jsonl line."""
+    return _split(path, _read_local(path))
+
+
+def _split(path: Path, raw: str) -> list[str]:
+    """The documents in `raw`, the content of the local file `path` (see `_local`); none at all is an error."""
+    suffix = path.suffix.lower()
     if suffix == ".txt":
         docs = [block for block in raw.split(SEPARATOR) if block.strip()]
     else:
@@ -153,7 +172,11 @@ def load_documents(source: str | Path | None = None, part: Part = "evaluation") 
     if name.lower() in HUB_TEXTS:
         return _hub(name.lower(), part)
     path = Path(name).expanduser()
-    if path.exists() or path.suffix or "/" in name:
+    try:
+        exists = path.exists()
+    except OSError as err:
+        raise ProxSparseError(f"cannot read text file {path}: {err.strerror or err}") from None
+    if exists or path.suffix or "/" in name:
         return _local(path)
     raise ProxSparseError(f"unknown text '{name}': use one of {', '.join(TEXT_NAMES)} or a path to a .txt/.jsonl file")
 
@@ -162,6 +185,7 @@ def load_text(source: str | Path | None = None, part: Part = "evaluation") -> st
     """One string for perplexity: the documents joined by blank lines (a .txt file is returned as is)."""
     if source is not None and str(source).lower().endswith(".txt"):
         path = Path(source).expanduser()
-        _local(path)
-        return path.read_text(encoding="utf-8", errors="replace")
+        raw = _read_local(path)
+        _split(path, raw)
+        return raw
     return SEPARATOR.join(load_documents(source, part))

@@ -31,6 +31,7 @@ METADATA_FILE = "proxsparse.json"
 FORMAT = "proxsparse-2:4/v1"
 RESERVED_KEYS = ("format", "masks_file", "targets")  # what proxsparse.json holds beside the caller's metadata
 _BITS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
+_TWO_OF_FOUR = torch.tensor([bin(code).count("1") == 2 for code in range(256)])  # the codes that keep 2 of 4
 
 
 def encode_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -41,6 +42,28 @@ def encode_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def decode_masks(codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of `encode_masks`."""
     return {name: ((c.unsqueeze(-1) & _BITS) != 0).reshape(c.shape[0], -1) for name, c in codes.items()}
+
+
+def check_mask_codes(codes: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse saved mask codes (one uint8 per group of 4, bit k = position k kept) that do not keep
+    exactly 2 of every 4: such a mask is not a 2:4 mask, so checking weights against it means nothing."""
+    bad = {}
+    for name, code in codes.items():
+        if code.dtype != torch.uint8 or code.dim() != 2:
+            kind = str(code.dtype).removeprefix("torch.")
+            raise ProxSparseError(f"{path} cannot be read: the mask of {name} is {kind} of shape {tuple(code.shape)}, "
+                                  "expected 2-D uint8 codes (one per group of 4)")
+        groups = int((~_TWO_OF_FOUR[code.long()]).sum())
+        if groups:
+            bad[name] = (groups, code.numel())
+    if bad:
+        names = sorted(bad)
+        first = names[0]
+        more = f" (and {len(names) - 1} more layer{'s' if len(names) > 2 else ''})" if len(names) > 1 else ""
+        raise ProxSparseError(
+            f"{path} is not a 2:4 mask file: the saved mask of {first} does not keep exactly 2 of every 4 "
+            f"weights ({bad[first][0]:,} of {bad[first][1]:,} groups){more}"
+        )
 
 
 def check_pruned(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -78,6 +101,8 @@ def save_pruned(
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
     output = check_output(output, overwrite)
     check_pruned(model, masks)
+    codes = encode_masks(masks)
+    check_mask_codes(codes, output / MASKS_FILE)
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(output)
     build = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-{_owner()}-"))
@@ -87,7 +112,7 @@ def save_pruned(
         model.save_pretrained(build)
         if tokenizer is not None:
             tokenizer.save_pretrained(build)
-        save_file(encode_masks(masks), str(build / MASKS_FILE), metadata={"format": FORMAT})
+        save_file(codes, str(build / MASKS_FILE), metadata={"format": FORMAT})
         for name, content in (extra_files or {}).items():
             (build / Path(name).name).write_bytes(content)
         document = {"format": FORMAT, "masks_file": MASKS_FILE, "targets": sorted(masks), **metadata}
@@ -171,9 +196,10 @@ def _remove_leftovers(output: Path) -> None:
 def load_pruned(folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
     """(model, tokenizer or None, masks, metadata) from a folder `save_pruned` wrote; masks are re-checked and attached."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .api import attach_masks
+    from .models import load_causal_lm
 
     folder = Path(folder).expanduser()
     meta_path = folder / METADATA_FILE
@@ -182,13 +208,15 @@ def load_pruned(folder: str | Path, *, dtype: torch.dtype | None = None, device:
     metadata = json.loads(meta_path.read_text())
     if metadata.get("format") != FORMAT:
         raise ProxSparseError(f"{meta_path}: unknown format {metadata.get('format')!r}, expected {FORMAT}")
-    model = AutoModelForCausalLM.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
-    model.to(device).eval()
+    model = load_causal_lm(folder, dtype=dtype)
+    model.to(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError):
         tokenizer = None
-    masks = decode_masks(load_file(str(folder / MASKS_FILE)))
+    codes = load_file(str(folder / MASKS_FILE))
+    check_mask_codes(codes, folder / MASKS_FILE)
+    masks = decode_masks(codes)
     check_pruned(model, masks)
     attach_masks(model, masks)
     return model, tokenizer, masks, metadata

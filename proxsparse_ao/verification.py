@@ -106,11 +106,17 @@ def read_metadata(folder: str | Path) -> dict[str, Any] | None:
     from .export import FORMAT, METADATA_FILE
 
     path = Path(folder) / METADATA_FILE
-    if not path.exists():
-        return None
     try:
-        metadata = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        if not path.exists():
+            return None
+        text = path.read_text()
+    except OSError as err:
+        raise ProxSparseError(f"{path} cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ProxSparseError(f"{path} does not parse: {err}") from None
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as err:
         raise ProxSparseError(f"{path} does not parse: {err}") from None
     if not isinstance(metadata, dict):
         raise ProxSparseError(f"{path} does not parse: expected a JSON object, got {type(metadata).__name__}")
@@ -127,15 +133,20 @@ def read_masks(folder: str | Path, metadata: dict[str, Any]) -> dict[str, torch.
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .export import MASKS_FILE, decode_masks
+    from .export import MASKS_FILE, check_mask_codes, decode_masks
 
-    path = Path(folder) / metadata.get("masks_file", MASKS_FILE)
+    name = metadata.get("masks_file", MASKS_FILE)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ProxSparseError(f"{Path(folder) / 'proxsparse.json'}: 'masks_file' must name a file in the folder, got {name!r}")
+    path = Path(folder) / name
     if not path.is_file():
         raise ProxSparseError(f"{path} is missing (proxsparse.json refers to it)")
     try:
-        return decode_masks(load_file(str(path)))
+        codes = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise ProxSparseError(f"{path} cannot be read: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+    check_mask_codes(codes, path)
+    return decode_masks(codes)
 
 
 def target_layers(model: nn.Module, metadata: dict[str, Any] | None) -> tuple[dict[str, nn.Linear], str, dict[str, str]]:

@@ -15,7 +15,7 @@ from rich.table import Table
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
 
-from .options import require_at_least
+from .options import check_result_files, require_at_least
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -65,6 +65,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
     if args.no_ppl and not args.tasks:
         raise ProxSparseError("nothing to do: --no-ppl without --tasks")
+    check_result_files({"--json": args.json}, model_folder=args.model)
 
 
 def _progress() -> Progress:
@@ -84,10 +85,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.data import DEFAULT_TEXT, load_text
     from proxsparse_ao.evaluation import perplexity, tokenize_text
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
+    from proxsparse_ao.zeroshot import check_tasks, zero_shot
 
     hf_logging.disable_progress_bar()
     for noisy in ("torch.utils._pytree", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.tasks:
+        check_tasks(args.tasks, args.zeroshot_data)
+    text = None if args.no_ppl else load_text(args.text, "evaluation")  # a bad --text fails before the model loads
     label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
     result: dict = {"model": label, "dtype": args.dtype, "ppl": None, "tokens": None}
     with console.status(f"loading {label}"):
@@ -98,8 +103,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if not args.no_ppl:
         text_name = args.text or DEFAULT_TEXT
-        with console.status(f"reading and tokenising {text_name}"):
-            ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))
+        with console.status(f"tokenising {text_name}"):
+            ids = tokenize_text(tokenizer, text)
         started = time.perf_counter()
         with _progress() as bar:
             task = bar.add_task(f"perplexity, {args.seqlen}-token windows", total=None)
@@ -115,8 +120,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
 
     if args.tasks:
-        from proxsparse_ao.zeroshot import zero_shot
-
         started = time.perf_counter()
         with _progress() as bar:
             task = bar.add_task(f"zero-shot {', '.join(args.tasks)}", total=None)

@@ -17,7 +17,7 @@ from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import require_at_least
+from .options import check_result_files, require_at_least
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -86,11 +86,24 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
     if args.min_speedup is not None and not args.min_speedup > 0:
         raise ProxSparseError(f"--min-speedup must be positive, got {args.min_speedup}")
+    check_result_files({"--json": args.json}, model_folder=args.dir)
     folder = Path(args.dir).expanduser()
-    if not folder.exists():
-        raise ProxSparseError(f"model folder not found: {args.dir}")
-    if not folder.is_dir():
-        raise ProxSparseError(f"{args.dir} is not a folder (verify takes a model folder)")
+    try:
+        if not folder.exists():
+            raise ProxSparseError(f"model folder not found: {args.dir}")
+        if not folder.is_dir():
+            raise ProxSparseError(f"{args.dir} is not a folder (verify takes a model folder)")
+        next(folder.iterdir(), None)
+    except OSError as err:
+        raise ProxSparseError(f"cannot read the model folder {args.dir}: {err.strerror or err}") from None
+    if args.baseline is not None:
+        from proxsparse_ao.models import check_source
+        from proxsparse_ao.verification import baseline_source
+
+        try:
+            check_source(baseline_source(None, args.baseline)[0])
+        except ProxSparseError as err:
+            raise ProxSparseError(f"--baseline: {err}") from None
 
 
 def _progress() -> Progress:

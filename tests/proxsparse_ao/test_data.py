@@ -121,3 +121,45 @@ def test_hub_datasets_offline_name_the_offline_alternative(name):
 
 def test_default_is_an_alias_of_the_embedded_text():
     assert load_documents("default", "calibration") == load_documents(None, "calibration")
+
+
+def test_a_directory_given_as_a_text_file_is_called_a_directory(tmp_path):
+    folder = tmp_path / "texts.txt"
+    folder.mkdir()
+    for load in (load_documents, load_text):
+        with pytest.raises(ProxSparseError, match=f"{folder} is a directory, not a text file"):
+            load(folder)
+    with pytest.raises(ProxSparseError, match="is a directory"):
+        load_documents(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "docs.jsonl"])
+def test_an_unreadable_text_file_is_a_clear_error(tmp_path, monkeypatch, name):
+    from pathlib import Path
+
+    path = tmp_path / name
+    path.write_text("some text\n")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    for load in (load_documents, load_text):
+        with pytest.raises(ProxSparseError, match=f"cannot read text file {path}: Permission denied"):
+            load(path)
+
+
+def test_a_txt_file_is_read_once_for_perplexity(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "notes.txt"
+    path.write_text("one\n\ntwo\n")
+    reads = []
+    original = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        reads.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert load_text(path) == "one\n\ntwo\n" and reads == [path]

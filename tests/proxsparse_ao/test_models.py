@@ -98,3 +98,109 @@ def test_embedded_default_is_smollm2_135m():
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert tokenizer.vocab_size == 49152
+
+
+def rewrite_weights(folder, change) -> None:
+    """Apply `change` (a function of the name -> tensor dict) to the folder's model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    change(weights)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def rewrite_config(folder, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(values)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_checkpoint_missing_a_tensor_the_config_needs_is_refused_naming_it(tiny_model_dir):
+    rewrite_weights(tiny_model_dir, lambda weights: weights.pop("model.layers.1.input_layernorm.weight"))
+    with pytest.raises(ProxSparseError, match=r"model.safetensors lacks 1 tensor the config needs: "
+                                              r"model.layers.1.input_layernorm.weight$"):
+        load_model(tiny_model_dir)
+
+
+def test_a_missing_target_weight_is_refused_rather_than_initialised_at_random(tiny_model_dir):
+    rewrite_weights(tiny_model_dir, lambda weights: weights.pop("model.layers.0.self_attn.q_proj.weight"))
+    with pytest.raises(ProxSparseError, match="lacks 1 tensor the config needs: model.layers.0.self_attn.q_proj.weight"):
+        load_model(tiny_model_dir)
+
+
+def test_a_config_with_more_layers_than_the_weights_is_refused_with_a_count_and_the_first_keys(tiny_model_dir):
+    rewrite_config(tiny_model_dir, num_hidden_layers=4)
+    with pytest.raises(ProxSparseError, match=r"lacks 18 tensors the config needs: model.layers.2.input_layernorm.weight, "
+                                              r"model.layers.2.mlp.down_proj.weight, .* and 15 more"):
+        load_model(tiny_model_dir)
+
+
+def test_a_tensor_of_the_wrong_shape_is_refused_naming_both_shapes(tiny_model_dir):
+    rewrite_weights(tiny_model_dir, lambda weights: weights.update({"model.norm.weight": torch.ones(32)}))
+    with pytest.raises(ProxSparseError, match=r"1 tensor of the wrong shape: model.norm.weight is \(32,\), the config needs \(64,\)"):
+        load_model(tiny_model_dir)
+
+
+def test_a_tensor_the_config_has_no_place_for_is_refused(tiny_model_dir):
+    rewrite_config(tiny_model_dir, num_hidden_layers=1)
+    with pytest.raises(ProxSparseError, match="has 9 tensors the config has no place for: model.layers.1.input_layernorm.weight"):
+        load_model(tiny_model_dir)
+
+
+def test_tied_embeddings_and_rotary_buffers_do_not_count_as_missing(tmp_path, byte_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tied")
+    byte_tokenizer.save_pretrained(tmp_path / "tied")
+    model, _ = load_model(tmp_path / "tied")
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_load_causal_lm_gives_the_checked_model_without_a_tokenizer(tiny_model_dir, tiny_llama):
+    model = models.load_causal_lm(tiny_model_dir, dtype=torch.float32)
+    assert not model.training and torch.equal(model.lm_head.weight, tiny_llama.lm_head.weight)
+    rewrite_weights(tiny_model_dir, lambda weights: weights.pop("model.norm.weight"))
+    with pytest.raises(ProxSparseError, match="lacks 1 tensor the config needs: model.norm.weight"):
+        models.load_causal_lm(tiny_model_dir)
+
+
+def test_the_masks_file_of_a_pruned_folder_does_not_count_as_weights(tiny_model_dir):
+    (tiny_model_dir / "model.safetensors").rename(tiny_model_dir / "masks.safetensors")
+    with pytest.raises(ProxSparseError, match="has no weights"):
+        load_model(tiny_model_dir)
+
+
+def test_a_config_transformers_rejects_is_one_line_naming_the_reason(tiny_model_dir):
+    rewrite_config(tiny_model_dir, num_attention_heads=3)
+    with pytest.raises(ProxSparseError, match=r"^could not load the model in .*: The hidden size \(64\) is not a multiple") as caught:
+        load_model(tiny_model_dir)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage" * 100, b"PK\x03\x04" + b"\x00" * 200])
+def test_a_corrupt_pytorch_bin_is_a_clear_error(tiny_model_dir, content):
+    (tiny_model_dir / "model.safetensors").unlink()
+    (tiny_model_dir / "pytorch_model.bin").write_bytes(content)
+    with pytest.raises(ProxSparseError, match="^could not load the model in ") as caught:
+        load_model(tiny_model_dir)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_file_given_as_the_model_folder_is_called_not_a_folder(tmp_path):
+    path = tmp_path / "weights.txt"
+    path.write_text("not a model")
+    with pytest.raises(ProxSparseError, match="is not a folder"):
+        load_model(path)
+
+
+def test_check_source_refuses_unusable_local_folders_and_lets_hub_ids_and_the_default_pass(tmp_path, tiny_model_dir):
+    with pytest.raises(ProxSparseError, match="model folder not found"):
+        models.check_source(tmp_path / "nowhere")
+    with pytest.raises(ProxSparseError, match="no config.json"):
+        models.check_source(tmp_path)
+    models.check_source(tiny_model_dir)
+    models.check_source("HuggingFaceTB/SmolLM2-135M")
+    models.check_source(None)
+    models.check_source("default")

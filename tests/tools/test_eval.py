@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
 
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd=None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    command = [sys.executable, "-m", "proxsparse_ao.tools.cli", *map(str, args)]
+    command = [*prefix, sys.executable, "-m", "proxsparse_ao.tools.cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
@@ -102,3 +105,69 @@ def test_unreachable_hub_model_names_the_offline_alternative():
 
 def test_bad_numbers_are_one_line_errors():
     assert_one_line_error(cli("eval", "--seqlen", 1), "--seqlen must be at least 2")
+
+
+def test_a_text_path_that_is_a_directory_is_called_a_directory(tiny_model_dir, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    assert_one_line_error(cli("eval", tiny_model_dir, "--text", folder), f"{folder} is a directory, not a text file")
+
+
+def test_a_file_given_as_the_model_is_called_not_a_folder(text_file):
+    assert_one_line_error(cli("eval", text_file), f"{text_file} is not a folder")
+
+
+def test_a_model_folder_missing_a_tensor_is_a_one_line_error(tiny_model_dir, text_file):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tiny_model_dir / "model.safetensors"))
+    del weights["model.norm.weight"]
+    save_file(weights, str(tiny_model_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert_one_line_error(cli("eval", tiny_model_dir, "--text", text_file), "lacks 1 tensor the config needs: model.norm.weight")
+
+
+@pytest.fixture
+def unprivileged() -> tuple[str, ...]:
+    """A command prefix under which permission bits apply: none for a normal user, `unshare -U` for root."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode:
+        pytest.skip("running as root without `unshare -U`: permission bits cannot be tested")
+    return ("unshare", "-U")
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder others may enter (pytest's own is private to its owner, out of reach under unshare -U)."""
+    with tempfile.TemporaryDirectory(prefix="eval-perm-") as name:
+        root = Path(name)
+        root.chmod(0o755)
+        yield root
+
+
+def test_an_unreadable_text_file_or_model_folder_is_a_one_line_error(tiny_model_dir, open_tmp, unprivileged):
+    model = shutil.copytree(tiny_model_dir, open_tmp / "model")
+    for path in [model, *model.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    text = open_tmp / "secret.txt"
+    text.write_text(TEXT)
+    text.chmod(0)
+    assert_one_line_error(cli("eval", model, "--text", text, prefix=unprivileged),
+                          f"cannot read text file {text}: Permission denied")
+    model.chmod(0)
+    assert_one_line_error(cli("eval", model, prefix=unprivileged), f"cannot read the model folder {model}: Permission denied")
+    model.chmod(0o755)
+
+
+def test_bad_task_data_and_result_paths_are_refused_before_the_model_loads(tmp_path):
+    """The model named does not exist, so an error about anything else shows the order of the checks."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "winogrande_ni.jsonl").write_text('{"foo": 1}\n')
+    missing_model = str(tmp_path / "no-model")
+    assert_one_line_error(
+        cli("eval", missing_model, "--no-ppl", "--tasks", "local_winogrande", "--zeroshot-data", str(data)),
+        "line 1 lacks the fields",
+    )
+    assert_one_line_error(cli("eval", missing_model, "--json", str(tmp_path)), "is a folder: name a file")
+    assert_one_line_error(cli("eval", missing_model, "--text", str(tmp_path / "none.txt")), "none.txt")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,10 @@ from tiny_models import make_byte_tokenizer, make_tiny_llama
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog does not mind at all. " * 60
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
     return subprocess.run(
-        [sys.executable, "-m", "proxsparse_ao.tools.cli", *args],
+        [*prefix, sys.executable, "-m", "proxsparse_ao.tools.cli", *args],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
     )
 
@@ -178,3 +180,120 @@ def test_model_with_no_target_layers(tmp_path):
 
 def test_unknown_task_name(folders, tmp_path):
     one_line_error(bad_input(tmp_path, folders["pruned"], "--tasks", "no_such_task_xyz"), 2, "unknown zero-shot task")
+
+
+def copy_of(folders: dict[str, Path], tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(folders["pruned"], folder)
+    return folder
+
+
+def drop_tensor(folder: Path, name: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights[name]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def edit_config(folder: Path, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(values)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_missing_layer_norm_tensor_is_unusable_input_not_a_pass(folders, tmp_path):
+    folder = copy_of(folders, tmp_path, "missnorm")
+    drop_tensor(folder, "model.layers.1.input_layernorm.weight")
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2,
+                   "model.safetensors lacks 1 tensor the config needs: model.layers.1.input_layernorm.weight")
+
+
+def test_a_missing_target_weight_is_unusable_input_not_a_2_4_failure(folders, tmp_path):
+    folder = copy_of(folders, tmp_path, "misstarget")
+    drop_tensor(folder, "model.layers.0.self_attn.q_proj.weight")
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2,
+                   "lacks 1 tensor the config needs: model.layers.0.self_attn.q_proj.weight")
+
+
+def test_a_config_claiming_more_layers_than_the_weights_hold_is_unusable_input(folders, tmp_path):
+    folder = copy_of(folders, tmp_path, "cfglayers")
+    edit_config(folder, num_hidden_layers=3)
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2, "lacks 9 tensors the config needs")
+
+
+def test_a_saved_mask_that_keeps_all_4_of_4_is_unusable_input_naming_the_layer(folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_of(folders, tmp_path, "allon")
+    codes = load_file(str(folder / "masks.safetensors"))
+    codes["model.layers.1.mlp.down_proj"].fill_(15)
+    save_file(codes, str(folder / "masks.safetensors"))
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2,
+                   "the saved mask of model.layers.1.mlp.down_proj does not keep exactly 2 of every 4")
+
+
+def test_a_config_transformers_refuses_is_a_one_line_error(folders, tmp_path):
+    folder = copy_of(folders, tmp_path, "cfgheads")
+    edit_config(folder, num_attention_heads=3)
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2,
+                   "could not load the model in", "is not a multiple of the number of attention heads")
+
+
+def test_a_corrupt_pytorch_bin_is_a_one_line_error(folders, tmp_path):
+    folder = copy_of(folders, tmp_path, "garbbin")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x00garbage" * 1000)
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2,
+                   "could not load the model in", "not a readable PyTorch checkpoint")
+
+
+def test_a_missing_baseline_folder_is_refused_before_the_model_is_loaded(folders, tmp_path):
+    folder = copy_of(folders, tmp_path, "truncated")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # loading it would fail: the baseline must be refused first
+    one_line_error(bad_input(tmp_path, folder, "--baseline", str(tmp_path / "nowhere")), 2,
+                   "--baseline: model folder not found")
+    one_line_error(bad_input(tmp_path, folder, "--baseline", str(folders["text"])), 2, "--baseline:", "is not a folder")
+
+
+@pytest.fixture
+def unprivileged() -> tuple[str, ...]:
+    """A command prefix under which permission bits apply: none for a normal user, `unshare -U` for root."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode:
+        pytest.skip("running as root without `unshare -U`: permission bits cannot be tested")
+    return ("unshare", "-U")
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder others may enter (pytest's own is private to its owner, out of reach under unshare -U)."""
+    with tempfile.TemporaryDirectory(prefix="verify-perm-") as name:
+        root = Path(name)
+        root.chmod(0o755)
+        yield root
+
+
+def test_an_unreadable_model_folder_or_weight_file_is_a_one_line_error(folders, open_tmp, unprivileged):
+    folder = shutil.copytree(folders["pruned"], open_tmp / "model")
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    (folder / "model.safetensors").chmod(0)
+    run = cli("verify", str(folder), "--no-ppl", "--no-compile", prefix=unprivileged)
+    one_line_error(run, 2, f"cannot read {folder / 'model.safetensors'}: Permission denied")
+    folder.chmod(0)
+    run = cli("verify", str(folder), "--no-ppl", "--no-compile", prefix=unprivileged)
+    one_line_error(run, 2, f"cannot read the model folder {folder}: Permission denied")
+    folder.chmod(0o755)
+
+
+def test_a_result_file_that_could_not_be_written_or_would_clobber_the_model_is_refused_first(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for json_path, message in ((folder / "config.json", "is inside the model folder being read"), (tmp_path, "is a folder")):
+        done = cli("verify", str(folder), "--no-ppl", "--no-compile", "--json", str(json_path))
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1
+    assert (folder / "config.json").read_text() == "{}"
