@@ -276,7 +276,7 @@ def load_model(
     else:
         try:
             model, tokenizer = _from_pretrained(str(source), dtype)
-        except (OSError, ValueError) as err:
+        except _load_errors() as err:
             raise ProxSparseError(
                 f"could not load '{source}' from the Hugging Face hub ({_first_line(err)}); "
                 "the hub may be unreachable or the id unknown. Offline, use the embedded default "

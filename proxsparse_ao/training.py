@@ -13,6 +13,7 @@ Library code reports through `callback(StepStats)`; it never prints.
 
 from __future__ import annotations
 
+import inspect
 import math
 import resource
 import time
@@ -134,6 +135,19 @@ def _causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
 
 
+def _check_causal_lm(model: nn.Module) -> None:
+    """Learning runs `model(input_ids=...)` for a next-token loss: refuse a model whose forward takes no input_ids."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no signature to read: let the forward speak for itself
+        return
+    if "input_ids" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise ProxSparseError(
+            f"{type(model).__name__}.forward takes no input_ids: mask learning needs a causal language model "
+            "(a Hugging Face ...ForCausalLM, or a module whose forward(input_ids=...) returns logits)"
+        )
+
+
 def _checkpointing(model: nn.Module) -> bool:
     """Whether a Hugging Face model has gradient checkpointing on (the attribute was renamed in v5)."""
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
@@ -206,6 +220,7 @@ def learn_masks(
     the masks are returned. With `config.checkpoint_dir` the run saves its state every
     `checkpoint_every` steps and at the end, and resumes from it when called again."""
     calibration = check_calibration(calibration, model)
+    _check_causal_lm(model)
     if not layers:
         raise ProxSparseError("learn_masks: no target layers")
     started = time.perf_counter()

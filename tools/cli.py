@@ -6,7 +6,8 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 
 from proxsparse_ao.quiet import quiet_libraries
 
@@ -54,11 +55,11 @@ class Terminated(BaseException):
     runs: a save cut short leaves no temporary folder behind."""
 
 
-def _terminate(signum: int, frame) -> None:
+def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def _on_sigterm(handler):
+def _on_sigterm(handler: signal.Handlers | Callable | int | None) -> signal.Handlers | Callable | int | None:
     """Install a SIGTERM handler (main thread only, where Python delivers signals); the previous one."""
     if threading.current_thread() is not threading.main_thread():
         return None

@@ -190,3 +190,9 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_any_work(tiny_llama
         learn_masks(tiny_llama, torch.tensor([[0, 256, 3]]), config, _layers(tiny_llama, config))
     with pytest.raises(ProxSparseError, match="calibration has token ids -1..3; the model's vocabulary is 0..255"):
         learn_masks(tiny_llama, torch.tensor([[-1, 3, 3]]), config, _layers(tiny_llama, config))
+
+
+def test_a_model_whose_forward_takes_no_input_ids_is_refused_before_any_work():
+    model = torch.nn.Sequential(torch.nn.Embedding(256, 64), torch.nn.Linear(64, 256))
+    with pytest.raises(ProxSparseError, match="Sequential.forward takes no input_ids: mask learning needs a causal language model"):
+        learn_masks(model, _tokens(), ProxSparseConfig(**FAST), {"1": model[1]})
