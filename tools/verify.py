@@ -86,6 +86,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
     if args.min_speedup is not None and not args.min_speedup > 0:
         raise ProxSparseError(f"--min-speedup must be positive, got {args.min_speedup}")
+    if args.min_speedup is not None and args.no_compile:
+        raise ProxSparseError("--min-speedup needs the speed check, which --no-compile skips: drop one of the two")
     check_result_files({"--json": args.json}, model_folder=args.dir)
     folder = Path(args.dir).expanduser()
     try:
