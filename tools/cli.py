@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import NoReturn
 
 from proxsparse_ao.quiet import quiet_libraries
 
@@ -37,14 +38,21 @@ exit status: 0 success (every check passed), 1 a check failed, 2 the input could
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line, like every other error, not with the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="proxsparse-tool",
         description="Learn 2:4 sparsity masks for LLMs (ProxSparse), evaluate and deploy them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
         command.add_parser(commands)
     return parser

@@ -73,3 +73,13 @@ def test_sigterm_stops_a_command_like_ctrl_c_with_its_cleanups_run(monkeypatch, 
     assert cli.main(["assets"]) == 143
     assert cleaned == [True] and capsys.readouterr().err.strip() == "terminated"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_bad_option_is_one_line_naming_it_not_the_usage_block():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "proxsparse_ao.tools.cli", "eval", "--seqlen", "abc"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: proxsparse-tool eval: argument --seqlen: invalid int value: 'abc' (see proxsparse-tool eval --help)"
+    ]
