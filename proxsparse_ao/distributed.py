@@ -468,9 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import DEFAULT_MODEL_LABEL, is_default, load_model
     from .targets import check_target_weights, select_targets
 
-    if Path(args.output).expanduser().exists() and not args.overwrite:
-        raise ProxSparseError(f"{args.output} already exists: pass --overwrite to replace it")
-    output = check_output(args.output, args.overwrite, source=args.model)
+    output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")

@@ -135,10 +135,13 @@ def save_pruned(
     return output
 
 
-def check_output(output: str | Path, overwrite: bool, source: str | Path | None = None) -> Path:
+def check_output(
+    output: str | Path, overwrite: bool, source: str | Path | None = None, *, overwrite_flag: str = "overwrite=True"
+) -> Path:
     """The absolute output folder, if a save may write it: new, or with `overwrite` an earlier
     pruned-model folder (it has proxsparse.json) or an empty one; never the current folder or one
-    above it, nor the model being pruned (`source`). Called before any work and again by `save_pruned`."""
+    above it, nor the model being pruned (`source`). Called before any work and again by `save_pruned`;
+    `overwrite_flag` is how the caller's user asks for overwrite (the CLI: "--overwrite")."""
     output = Path(output).expanduser().absolute()
     here = Path.cwd().resolve()
     resolved = output.resolve()
@@ -149,7 +152,7 @@ def check_output(output: str | Path, overwrite: bool, source: str | Path | None 
     if not output.exists() and not output.is_symlink():
         return output
     if not overwrite:
-        raise ProxSparseError(f"{output} already exists (pass overwrite to replace it)")
+        raise ProxSparseError(f"{output} already exists: pass {overwrite_flag} to replace it")
     if not output.is_dir() or output.is_symlink():
         raise ProxSparseError(f"{output} is not a folder: refusing to replace it")
     if not (output / METADATA_FILE).is_file() and any(output.iterdir()):

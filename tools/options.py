@@ -49,16 +49,12 @@ def check_result_files(options: dict[str, str | None], model_folder: str | Path 
             raise ProxSparseError(f"{option} {value} is a folder: name a file")
         if inside is not None and path.resolve().parent == inside:
             raise ProxSparseError(f"{option} {value} is inside the model folder being read: write it elsewhere")
-        _check_writable_folder(path.parent, f"{option} {value}")
+        check_writable_folder(path.parent, f"{option} {value}")
 
 
 def check_writable_folder(folder: str | Path, what: str) -> None:
     """The folder exists or can be made, and a file can be created in it (a probe, removed at once)."""
-    _check_writable_folder(Path(folder).expanduser().absolute(), what)
-
-
-def _check_writable_folder(folder: Path, what: str) -> None:
-    existing = folder
+    existing = Path(folder).expanduser().absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():

@@ -177,9 +177,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     require_at_least(args, {"threads": 1})
     device = parse_device(args.device)
-    if Path(args.output).expanduser().exists() and not args.overwrite:
-        raise ProxSparseError(f"{args.output} already exists: pass --overwrite to replace it")
-    output = check_output(args.output, args.overwrite, source=args.model)
+    output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
     check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model)
     if config.checkpoint_dir:
         check_writable_folder(config.checkpoint_dir, f"--checkpoint-dir {config.checkpoint_dir}")

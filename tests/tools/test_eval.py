@@ -7,8 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -124,25 +122,6 @@ def test_a_model_folder_missing_a_tensor_is_a_one_line_error(tiny_model_dir, tex
     del weights["model.norm.weight"]
     save_file(weights, str(tiny_model_dir / "model.safetensors"), metadata={"format": "pt"})
     assert_one_line_error(cli("eval", tiny_model_dir, "--text", text_file), "lacks 1 tensor the config needs: model.norm.weight")
-
-
-@pytest.fixture
-def unprivileged() -> tuple[str, ...]:
-    """A command prefix under which permission bits apply: none for a normal user, `unshare -U` for root."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode:
-        pytest.skip("running as root without `unshare -U`: permission bits cannot be tested")
-    return ("unshare", "-U")
-
-
-@pytest.fixture
-def open_tmp():
-    """A temporary folder others may enter (pytest's own is private to its owner, out of reach under unshare -U)."""
-    with tempfile.TemporaryDirectory(prefix="eval-perm-") as name:
-        root = Path(name)
-        root.chmod(0o755)
-        yield root
 
 
 def test_an_unreadable_text_file_or_model_folder_is_a_one_line_error(tiny_model_dir, open_tmp, unprivileged):

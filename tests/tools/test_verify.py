@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -255,25 +254,6 @@ def test_a_missing_baseline_folder_is_refused_before_the_model_is_loaded(folders
     one_line_error(bad_input(tmp_path, folder, "--baseline", str(tmp_path / "nowhere")), 2,
                    "--baseline: model folder not found")
     one_line_error(bad_input(tmp_path, folder, "--baseline", str(folders["text"])), 2, "--baseline:", "is not a folder")
-
-
-@pytest.fixture
-def unprivileged() -> tuple[str, ...]:
-    """A command prefix under which permission bits apply: none for a normal user, `unshare -U` for root."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode:
-        pytest.skip("running as root without `unshare -U`: permission bits cannot be tested")
-    return ("unshare", "-U")
-
-
-@pytest.fixture
-def open_tmp():
-    """A temporary folder others may enter (pytest's own is private to its owner, out of reach under unshare -U)."""
-    with tempfile.TemporaryDirectory(prefix="verify-perm-") as name:
-        root = Path(name)
-        root.chmod(0o755)
-        yield root
 
 
 def test_an_unreadable_model_folder_or_weight_file_is_a_one_line_error(folders, open_tmp, unprivileged):
