@@ -16,6 +16,7 @@ from torch import nn
 from torchao.quantization import quantize_
 
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
+from .context import check_context
 from .errors import ProxSparseError
 from .masks import check_nm
 from .targets import FilterFn, check_target_weights, select_targets
@@ -29,10 +30,13 @@ def _check_config(config: ProxSparseConfig) -> ProxSparseConfig:
     return config
 
 
-def calibration_tokens(config: ProxSparseConfig, tokenizer) -> torch.Tensor:
-    """config.samples x config.seqlen token ids from config.calibration (seeded, deterministic)."""
+def calibration_tokens(config: ProxSparseConfig, tokenizer, model: nn.Module | None = None) -> torch.Tensor:
+    """config.samples x config.seqlen token ids from config.calibration (seeded, deterministic); given
+    the model, config.seqlen must fit its maximum context, checked before any text is read."""
     if tokenizer is None:
         raise ProxSparseError("no calibration tokens were given and no tokenizer to make them: pass one of the two")
+    if model is not None:
+        check_context(model, config.seqlen, f"{type(config).__name__}.seqlen")
     from .calibration import calibration_samples
     from .data import load_documents
 
@@ -57,7 +61,7 @@ def learn(
     config = _check_config(config if config is not None else ProxSparseConfig())
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)
-    tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer)
+    tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer, model)
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)

@@ -110,8 +110,8 @@ def _hub(name: str, part: str) -> list[str]:
 
 
 def _read_local(path: Path) -> str:
-    """The content of a local .txt/.jsonl file; a path that is missing, a directory, unreadable or of
-    another type is a ProxSparseError."""
+    """The content of a local .txt/.jsonl file, newlines as "\n"; a path that is missing, a directory,
+    unreadable, of another type or not UTF-8 text is a ProxSparseError."""
     try:
         if path.is_dir():
             raise ProxSparseError(f"{path} is a directory, not a text file: use a .txt or .jsonl file")
@@ -123,9 +123,26 @@ def _read_local(path: Path) -> str:
     if suffix not in (".txt", ".jsonl"):
         raise ProxSparseError(f"unsupported text file type '{suffix}' ({path}): use a .txt or .jsonl file")
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as err:
         raise ProxSparseError(f"cannot read text file {path}: {err.strerror or err}") from None
+    return _decode(path, data)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """The UTF-8 text of a local file, newlines translated as `Path.read_text` does. A NUL byte or
+    invalid UTF-8 means a binary file (weights, an archive) or another encoding: refused, since
+    reading it anyway gives a meaningless perplexity or calibrates on garbage."""
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = err.start if nul < 0 else min(nul, err.start)
+    else:
+        if nul < 0:
+            return text.replace("\r\n", "\n").replace("\r", "\n")
+        bad = nul
+    raise ProxSparseError(f"{path} is not a UTF-8 text file (byte 0x{data[bad]:02x} at offset {bad})")
 
 
 def _local(path: Path) -> list[str]:
@@ -179,6 +196,14 @@ def load_documents(source: str | Path | None = None, part: Part = "evaluation") 
     if exists or path.suffix or "/" in name:
         return _local(path)
     raise ProxSparseError(f"unknown text '{name}': use one of {', '.join(TEXT_NAMES)} or a path to a .txt/.jsonl file")
+
+
+def check_text(source: str | Path | None) -> None:
+    """Refuse a text source that could not be used, before a model loads: a local file is read and
+    checked as `load_documents` would; embedded and hub names pass unread (no download)."""
+    if source is None or str(source).lower() in (*TEXT_NAMES, "default"):
+        return
+    load_documents(source)
 
 
 def load_text(source: str | Path | None = None, part: Part = "evaluation") -> str:

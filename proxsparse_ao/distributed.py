@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     from .api import apply_masks, calibration_tokens
     from .export import check_output, save_pruned
+    from .history import LOG_FILE, history_json
     from .models import DEFAULT_MODEL_LABEL, is_default, load_model
     from .targets import check_target_weights, select_targets
 
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
         layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
         check_target_weights(layers)
-        tokens = calibration_tokens(config, tokenizer)
+        tokens = calibration_tokens(config, tokenizer, model)
         result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision)
         del model
         if dist.get_rank() == 0:
@@ -501,9 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                     "mixed_precision": args.mixed_precision, "final": result.history[-1] if result.history else None,
                 },
             }
-            log = json.dumps({"method": "proxsparse", "steps": result.history}, indent=1).encode()
             save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
-                        extra_files={"learning_log.json": log})
+                        extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
         dist.barrier()
     finally:
         dist.destroy_process_group()

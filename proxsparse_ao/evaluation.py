@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from .context import check_context
 from .errors import ProxSparseError
 
 if TYPE_CHECKING:
@@ -80,10 +81,12 @@ def perplexity(
 
     `max_tokens` keeps only the first tokens of the stream (None: all of it). `progress`
     is called as `progress(done_windows, total_windows)` after each batch. The model is
-    put in eval mode; nothing is printed.
+    put in eval mode; nothing is printed. A window longer than the model's maximum context
+    (`config.max_position_embeddings`) is refused.
     """
     if batch_size < 1:
         raise ProxSparseError(f"batch size must be at least 1, got {batch_size}")
+    check_context(model, seqlen, "seqlen")
     chunks = windows(input_ids, seqlen, max_tokens)
     model.eval()
     losses = []

@@ -14,12 +14,19 @@ from .errors import ProxSparseError
 CURVES = (("loss", "loss (CE + lambda2 F)"), ("ce", "cross-entropy"), ("frozen", "lambda2 F"),
           ("fraction_24", "fraction of groups already 2:4"), ("changed_vs_magnitude", "groups whose mask differs from magnitude's"),
           ("changed_vs_start", "groups whose mask moved from its start"))
+LOG_FILE = "learning_log.json"  # the log's name inside a pruned-model folder (save_pruned's extra_files)
+
+
+def history_json(history: Sequence[dict[str, Any]], **summary: Any) -> bytes:
+    """The log as JSON, {**summary, "steps": [...per-step stats...]}: one format for `write_history`
+    and for the LOG_FILE that `prune` and `quickstart` save beside the model."""
+    return json.dumps({**summary, "steps": list(history)}, indent=1, default=str).encode()
 
 
 def write_history(path: str | Path, history: Sequence[dict[str, Any]], **summary: Any) -> Path:
-    """Write {"steps": [...per-step stats...], **summary} atomically as JSON."""
+    """Write `history_json(history, **summary)` to `path` atomically."""
     path = Path(path)
-    atomic_write_bytes(path, json.dumps({**summary, "steps": list(history)}, indent=1, default=str).encode())
+    atomic_write_bytes(path, history_json(history, **summary))
     return path
 
 

@@ -207,25 +207,32 @@ def _check_loading_info(info: dict[str, Any], weights: str) -> None:
         raise ProxSparseError(f"{weights} {'; '.join(problems)}")
 
 
-def _pretrained_model(where: str | Path, dtype: torch.dtype | None) -> PreTrainedModel:
+def _pretrained_model(where: str | Path, dtype: torch.dtype | None, **kwargs: Any) -> PreTrainedModel:
     """`from_pretrained` that refuses missing, misshapen or extra tensors instead of initialising them."""
     from transformers import AutoModelForCausalLM
 
     with _quiet_transformers():
         model, info = AutoModelForCausalLM.from_pretrained(
-            where, output_loading_info=True, ignore_mismatched_sizes=True, **({"dtype": dtype} if dtype is not None else {}),
+            where, output_loading_info=True, ignore_mismatched_sizes=True,
+            **({"dtype": dtype} if dtype is not None else {}), **kwargs,
         )
     _check_loading_info(info, _weights_name(where))
     return model
 
 
-def _from_pretrained(where: str | Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _tokenizer(where: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer in `where`; one that cannot be loaded is a ProxSparseError saying it is the tokenizer."""
     from transformers import AutoTokenizer
 
-    model = _pretrained_model(where, dtype)
-    with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(where)
-    return model, tokenizer
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(where)
+    except _load_errors() as err:
+        raise ProxSparseError(f"could not load the tokenizer in {where}: {_reason(err)}") from None
+
+
+def _from_pretrained(where: str | Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    return _pretrained_model(where, dtype), _tokenizer(where)
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -251,6 +258,22 @@ def load_causal_lm(folder: str | Path, *, dtype: torch.dtype | None = None) -> P
         raise ProxSparseError(f"could not load the model in {folder}: {_reason(err)}") from None
     model.eval()
     return model
+
+
+def check_loadable(source: str | Path | None) -> None:
+    """Refuse now a local model folder that `load_model` would refuse only when it runs, minutes later
+    in a long command: besides `check_source`'s checks, a config.json transformers does not accept, a
+    weight file or shard index that is missing, truncated or corrupt, tensors that do not fit the config,
+    no usable tokenizer. The model is loaded onto the meta device: the weights are read once, at disk
+    speed, and none is kept in memory. Hub ids and the embedded default pass (the hub decides; the
+    default rebuilds itself)."""
+    if is_default(source) or (folder := _local_folder(source)) is None:
+        return
+    try:
+        _pretrained_model(folder, None, device_map="meta")
+    except _load_errors() as err:
+        raise ProxSparseError(f"could not load the model in {source}: {_reason(err)}") from None
+    _tokenizer(folder)
 
 
 def load_model(

@@ -28,6 +28,7 @@ from torch import nn
 
 from . import checkpoint
 from .config import ProxSparseConfig, learning_dtype
+from .context import check_context
 from .errors import ProxSparseError
 from .activations import activation_scales
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
@@ -83,7 +84,8 @@ Callback = Callable[[StepStats], None]
 
 def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch.Tensor:
     """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2; given the model,
-    every id must index its input embeddings (else the first forward fails deep inside torch)."""
+    every id must index its input embeddings (else the first forward fails deep inside torch) and
+    L must fit its maximum context."""
     if not isinstance(calibration, torch.Tensor):
         raise ProxSparseError(f"calibration must be a tensor of token ids [N, L], got {type(calibration).__name__}")
     if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
@@ -95,6 +97,8 @@ def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch
     if low < 0 or (vocabulary is not None and high >= vocabulary):
         allowed = f"0..{vocabulary - 1}" if vocabulary is not None else "non-negative"
         raise ProxSparseError(f"calibration has token ids {low}..{high}; the model's vocabulary is {allowed}")
+    if model is not None:
+        check_context(model, calibration.shape[1], "the calibration sample length")
     return calibration.long()
 
 

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
+from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.zeroshot import check_tasks
 
@@ -109,6 +110,10 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
         needy = [m for m in methods if m in CALIBRATED]
         if needy:
             raise ProxSparseError(f"{', '.join(needy)} need(s) calibration data, but --calibration none was given")
+    for text in args.text or []:
+        check_text(text)
+    if any(m in CALIBRATED for m in methods):
+        check_text(args.calibration)
     for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
         if value and not Path(value).expanduser().resolve().parent.is_dir():
             raise ProxSparseError(f"{flag}: the folder of {value} does not exist")
@@ -220,6 +225,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.api import calibration_tokens
     from proxsparse_ao.baselines import decoder_blocks
     from proxsparse_ao.config import ProxSparseConfig
+    from proxsparse_ao.context import check_context
     from proxsparse_ao.data import DEFAULT_TEXT, load_text
     from proxsparse_ao.evaluation import perplexity, tokenize_text
     from proxsparse_ao.masks import magnitude_mask
@@ -238,6 +244,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     with console.status("checking inputs: model, texts, calibration, tasks"):
         model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
+        check_context(model, args.eval_seqlen, "--eval-seqlen")
+        if any(m in CALIBRATED for m in methods):
+            check_context(model, args.seqlen, "--seqlen")
         selection = select_targets(model, args.targets or ["Linear"], args.ignore if args.ignore is not None else ["re:.*lm_head"])
         if any(m in ("wanda", "sparsegpt", "sparsegpt-mask") for m in methods):
             decoder_blocks(model, selection.layers)

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
+    from proxsparse_ao.context import check_context
     from proxsparse_ao.data import DEFAULT_TEXT, load_text
     from proxsparse_ao.evaluation import perplexity, tokenize_text
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column)
 
     if not args.no_ppl:
+        check_context(model, args.seqlen, "--seqlen")
         text_name = args.text or DEFAULT_TEXT
         with console.status(f"tokenising {text_name}"):
             ids = tokenize_text(tokenizer, text)

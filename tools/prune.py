@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -34,7 +33,6 @@ from .options import check_result_files, check_writable_folder, parse_device, re
 
 METHODS = ("proxsparse", "magnitude")
 DTYPES = ("float32", "bfloat16", "float16")
-LOG_FILE = "learning_log.json"
 
 EXAMPLES = """examples:
   proxsparse-tool prune --output pruned/                         # embedded model, default settings
@@ -166,8 +164,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from transformers.utils import logging as hf_logging
 
     from proxsparse_ao.api import apply_masks, calibration_tokens, learn
+    from proxsparse_ao.context import check_context
+    from proxsparse_ao.data import check_text
     from proxsparse_ao.export import check_output, check_pruned, save_pruned
-    from proxsparse_ao.history import plot_history, write_history
+    from proxsparse_ao.history import LOG_FILE, history_json, plot_history, write_history
     from proxsparse_ao.masks import magnitude_mask
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
     from proxsparse_ao.targets import check_target_weights, select_targets
@@ -181,11 +181,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
     check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model)
     if config.checkpoint_dir:
         check_writable_folder(config.checkpoint_dir, f"--checkpoint-dir {config.checkpoint_dir}")
+    if args.method == "proxsparse":
+        check_text(config.calibration)
     if args.threads:
         torch.set_num_threads(args.threads)
     label = DEFAULT_MODEL_LABEL if is_default(args.model) else _source_label(args.model)
     with console.status(f"loading {label}"):
         model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    if args.method == "proxsparse":
+        check_context(model, config.seqlen, "--seqlen")
+    if args.eval:
+        check_context(model, args.eval_seqlen, "--eval-seqlen")
 
     table = Table(title=f"proxsparse-ao prune ({args.method}): {label}")
     for column in ("", "value"):
@@ -245,7 +251,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "perplexity": ppl or None,
         "versions": _versions(),
     }
-    log = json.dumps({"method": args.method, "steps": history}, indent=1).encode()
+    log = history_json(history, method=args.method)
     with console.status(f"saving {output}"):
         save_pruned(model, output, masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite, extra_files={LOG_FILE: log})
     if args.log:

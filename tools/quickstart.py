@@ -85,9 +85,11 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     from transformers.utils import logging as hf_logging
 
     from proxsparse_ao import ProxSparseConfig, apply_masks, learn, save_pruned
+    from proxsparse_ao.context import check_context
     from proxsparse_ao.data import load_text
     from proxsparse_ao.evaluation import perplexity, tokenize_text
     from proxsparse_ao.export import check_pruned
+    from proxsparse_ao.history import LOG_FILE, history_json
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model
 
     hf_logging.disable_progress_bar()
@@ -95,6 +97,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     started = time.perf_counter()
     with console.status(f"loading {DEFAULT_MODEL_LABEL} and the embedded text (first run: downloads and converts)"):
         model, tokenizer = load_model()
+        check_context(model, args.seqlen, "--seqlen")
         ids = tokenize_text(tokenizer, load_text(None, "evaluation"))
         dense = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
     table.add_row(
@@ -144,6 +147,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     if args.output:
         metadata = {"method": "proxsparse", "source_model": DEFAULT_MODEL_LABEL, "config": config.to_dict(),
                     "perplexity": {"dense": dense, "magnitude": magnitude_ppl, "pruned": learned_ppl}}
-        save_pruned(model, args.output, result.masks, metadata, tokenizer=tokenizer, overwrite=True)
+        save_pruned(model, args.output, result.masks, metadata, tokenizer=tokenizer, overwrite=True,
+                    extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
         table.add_row("saved", "[green]ran[/]", str(args.output))
     return not exact or bool(result.stopped)

@@ -43,8 +43,9 @@ Checks, in order:
 
 exit status: 0 every check passed (skipped ones do not fail), 1 a check failed (the failing layers
 or numbers are printed), 2 the input could not be used (missing folder, not a model, corrupt
-weights or masks, proxsparse.json that does not parse, no target layers, unknown task); errors are
-one line on stderr and no --json file is written.
+weights or masks, proxsparse.json that does not parse, no target layers, unknown task, a local
+--baseline folder that would not load: checked before the first check); errors are one line on
+stderr and no --json file is written.
 """
 
 
@@ -70,7 +71,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--deploy-dtype", choices=("bfloat16", "float16"), default="bfloat16",
                         help="dtype the 2:4 kernels run in for the deployment and speed checks (default bfloat16)")
     parser.add_argument("--deploy-tokens", type=int, default=None, metavar="N",
-                        help=f"tokens per deployment/speed forward pass (default: --seqlen on CUDA, {CPU_DEPLOY_TOKENS} on CPU)")
+                        help=f"tokens per deployment/speed forward pass (default: --seqlen on CUDA, {CPU_DEPLOY_TOKENS} on CPU, "
+                             "at most the model's maximum context)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--min-speedup", type=float, default=None, metavar="X",
                         help="fail when the end-to-end speedup is below X (checked on CUDA sm80+ only)")
@@ -98,12 +100,16 @@ def _check_args(args: argparse.Namespace) -> None:
         next(folder.iterdir(), None)
     except OSError as err:
         raise ProxSparseError(f"cannot read the model folder {args.dir}: {err.strerror or err}") from None
+    if not (args.no_ppl and args.no_compile):
+        from proxsparse_ao.data import check_text
+
+        check_text(args.text)
     if args.baseline is not None:
-        from proxsparse_ao.models import check_source
+        from proxsparse_ao.models import check_loadable
         from proxsparse_ao.verification import baseline_source
 
         try:
-            check_source(baseline_source(None, args.baseline)[0])
+            check_loadable(baseline_source(None, args.baseline)[0])
         except ProxSparseError as err:
             raise ProxSparseError(f"--baseline: {err}") from None
 
@@ -118,9 +124,11 @@ def _progress() -> Progress:
 
 
 def _perplexity(model, tokenizer, args: argparse.Namespace, what: str):
+    from proxsparse_ao.context import check_context
     from proxsparse_ao.data import load_text
     from proxsparse_ao.evaluation import perplexity, tokenize_text
 
+    check_context(model, args.seqlen, "--seqlen")
     ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))
     with _progress() as bar:
         task = bar.add_task(f"perplexity ({what}), {args.seqlen}-token windows", total=None)
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         check_tasks(args.tasks, args.zeroshot_data)
     import torch
 
+    from proxsparse_ao.context import check_context
     from proxsparse_ao.models import load_model
     from proxsparse_ao.verification import (
         check_structure, measure_speed, read_masks, read_metadata, speed_skip_reason, target_layers,
@@ -166,6 +175,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     masks = read_masks(folder, metadata) if metadata is not None else None
     with console.status(f"loading {folder}"):
         model, tokenizer = load_model(str(folder), dtype=getattr(torch, args.dtype), device=device)
+    if args.deploy_tokens and not args.no_compile:
+        check_context(model, args.deploy_tokens, "--deploy-tokens")
     layers, targets_from, skipped = target_layers(model, metadata)
 
     table = Table(title=f"proxsparse-ao verify: {folder}")
@@ -303,11 +314,15 @@ def _deployment(model, tokenizer, targets: list[str], args, device, result: dict
     """Compile with the rewrite forced and compare with eager; returns (compiled, deployment model, input ids)."""
     import torch
 
+    from proxsparse_ao.context import max_context
     from proxsparse_ao.data import load_text
     from proxsparse_ao.evaluation import tokenize_text
     from proxsparse_ao.verification import check_deployment
 
-    tokens = args.deploy_tokens or (args.seqlen if device.type == "cuda" else CPU_DEPLOY_TOKENS)
+    tokens = args.deploy_tokens
+    if not tokens:
+        tokens = args.seqlen if device.type == "cuda" else CPU_DEPLOY_TOKENS
+        tokens = min(tokens, max_context(model) or tokens)
     ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))[:tokens].unsqueeze(0)
     with console.status(f"compiling with the 2:4 rewrite forced ({args.deploy_dtype}, {ids.shape[1]} tokens)"):
         deployment, compiled, deploy = check_deployment(model, ids, targets, getattr(torch, args.deploy_dtype))

@@ -114,7 +114,7 @@ def prune(
     if isinstance(config, MagnitudeConfig):
         masks = magnitude_masks(layers)
     else:
-        tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer)
+        tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer, model)
         if isinstance(config, WandaConfig):
             make, prune_layer = (lambda layer: InputNorms(layer.in_features, layer.weight.device)), _wanda
         else:

@@ -66,6 +66,20 @@ def test_sparsify_without_tokenizer_or_calibration_is_a_clear_error(tiny_llama):
         sparsify_(tiny_llama, ProxSparseConfig(**FAST))
 
 
+def test_a_seqlen_longer_than_the_models_context_is_refused_before_the_text_is_read(tiny_llama, byte_tokenizer, monkeypatch):
+    import proxsparse_ao.data
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the calibration text was read")
+
+    monkeypatch.setattr(proxsparse_ao.data, "load_documents", unread)
+    tiny_llama.config.max_position_embeddings = 8
+    with pytest.raises(ProxSparseError, match="^ProxSparseConfig.seqlen 16 is longer than the model's maximum context of 8 tokens"):
+        sparsify_(tiny_llama, ProxSparseConfig(**FAST), tokenizer=byte_tokenizer)
+    with pytest.raises(ProxSparseError, match="^the calibration sample length 16 is longer than the model's maximum context of 8"):
+        sparsify_(tiny_llama, ProxSparseConfig(**FAST), calibration=_tokens())
+
+
 def test_wrong_config_type_is_rejected(tiny_llama):
     with pytest.raises(ConfigError, match="expected a ProxSparseConfig"):
         sparsify_(tiny_llama, {"lambda1": 1.0}, calibration=_tokens())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
-from proxsparse_ao.data import load_documents, load_text, prepare_wikipedia
+from proxsparse_ao.data import check_text, load_documents, load_text, prepare_wikipedia
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.wheels import downloads_dir, fetch_wheel
 
@@ -143,7 +144,7 @@ def test_an_unreadable_text_file_is_a_clear_error(tmp_path, monkeypatch, name):
     def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(Path, "read_bytes", denied)
     for load in (load_documents, load_text):
         with pytest.raises(ProxSparseError, match=f"cannot read text file {path}: Permission denied"):
             load(path)
@@ -155,11 +156,71 @@ def test_a_txt_file_is_read_once_for_perplexity(tmp_path, monkeypatch):
     path = tmp_path / "notes.txt"
     path.write_text("one\n\ntwo\n")
     reads = []
-    original = Path.read_text
+    original = Path.read_bytes
 
     def counting(self, *args, **kwargs):
         reads.append(self)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", counting)
+    monkeypatch.setattr(Path, "read_bytes", counting)
     assert load_text(path) == "one\n\ntwo\n" and reads == [path]
+
+
+def _gzip(text: str) -> bytes:
+    import gzip
+
+    return gzip.compress(text.encode(), mtime=0)
+
+
+def _safetensors() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"weight": torch.zeros(4)})
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("corpus.jsonl", _gzip('{"text": "compressed"}\n'), "byte 0x8b at offset 1"),  # gzip: 1f 8b
+        ("weights.txt", _safetensors(), "byte 0x00 at offset 1"),  # an 8-byte little-endian header length
+        ("latin1.txt", "caf\u00e9 au lait\n".encode("latin-1"), "byte 0xe9 at offset 3"),
+        ("nul.txt", b"plain text\x00 then more text\n", "byte 0x00 at offset 10"),
+        ("first.txt", b"ab\xffcd\x00ef", "byte 0xff at offset 2"),  # the first offending byte is named
+        ("first.jsonl", b"a\x00b\xff", "byte 0x00 at offset 1"),
+    ],
+)
+def test_a_file_that_is_not_utf8_text_is_refused_naming_the_first_bad_byte(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    for load in (load_documents, load_text, check_text):
+        with pytest.raises(ProxSparseError, match=f"^{re.escape(f'{path} is not a UTF-8 text file ({reason})')}$"):
+            load(path)
+
+
+def test_utf8_text_with_windows_newlines_reads_like_the_same_text_with_unix_newlines(tmp_path):
+    text = "caf\u00e9 one\nstill one\n\ntwo\n"
+    windows, unix = tmp_path / "windows.txt", tmp_path / "unix.txt"
+    windows.write_bytes(text.replace("\n", "\r\n").encode())
+    unix.write_bytes(text.encode())
+    assert load_text(windows) == load_text(unix) == text
+    assert load_documents(windows) == load_documents(unix) == ["caf\u00e9 one\nstill one", "two\n"]
+
+
+def test_check_text_reads_a_local_file_but_never_a_named_source(tmp_path, monkeypatch):
+    import proxsparse_ao.data as data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a named source was loaded")
+
+    monkeypatch.setattr(data, "_hub", no_loading)
+    monkeypatch.setattr(data, "prepare_wikipedia", no_loading)
+    for name in (None, "default", "wikipedia", "News", "wikitext2", "c4"):
+        check_text(name)
+    good = tmp_path / "good.txt"
+    good.write_text("some text\n")
+    check_text(good)
+    with pytest.raises(ProxSparseError, match="text file not found"):
+        check_text(tmp_path / "missing.txt")
+    with pytest.raises(ProxSparseError, match="unknown text 'wikitext103'"):
+        check_text("wikitext103")

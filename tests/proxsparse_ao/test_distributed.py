@@ -144,6 +144,8 @@ def test_torchrun_entry_writes_the_pruned_model_once(tiny_model_dir, tmp_path):
     model, _, masks, metadata = load_pruned(output)
     assert len(masks) == 14 and all(is_nm(m.float()) for m in masks.values())
     assert metadata["statistics"]["world_size"] == WORLD and metadata["statistics"]["steps"] == 2
+    log = json.loads((output / "learning_log.json").read_text())
+    assert log["method"] == "proxsparse" and [entry["step"] for entry in log["steps"]] == [1, 2]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 

@@ -79,6 +79,25 @@ def test_text_shorter_than_one_window_is_a_clear_error(tiny_llama):
         perplexity(tiny_llama, stream(63), 64)
 
 
+def test_a_window_longer_than_the_models_context_is_refused_before_the_model_runs(tiny_llama):
+    tiny_llama.config.max_position_embeddings = 32
+    calls = []
+    tiny_llama.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ProxSparseError, match="^seqlen 64 is longer than the model's maximum context of 32 tokens"):
+        perplexity(tiny_llama, stream(256), 64)
+    assert calls == []
+    assert perplexity(tiny_llama, stream(256), 32).windows == 8
+
+
+def test_a_model_with_learned_positions_is_refused_instead_of_failing_inside_its_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=64, n_layer=1, n_head=2, n_positions=32))
+    with pytest.raises(ProxSparseError, match="^seqlen 64 is longer than the model's maximum context of 32 tokens"):
+        perplexity(gpt2, stream(256), 64)
+    assert math.isfinite(perplexity(gpt2, stream(256), 32).ppl)
+
+
 def test_windows_are_consecutive_non_overlapping_slices():
     ids = torch.arange(10)
     assert windows(ids, 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -204,3 +205,52 @@ def test_check_source_refuses_unusable_local_folders_and_lets_hub_ids_and_the_de
     models.check_source("HuggingFaceTB/SmolLM2-135M")
     models.check_source(None)
     models.check_source("default")
+
+
+def truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def shard(folder) -> list:
+    """Save the weights again as several shards and an index; the shard files, in order."""
+    from tiny_models import make_tiny_llama
+
+    (folder / "model.safetensors").unlink()
+    make_tiny_llama().save_pretrained(folder, max_shard_size="100KB")
+    return sorted(folder.glob("model-*-of-*.safetensors"))
+
+
+UNLOADABLE_FOLDERS = {
+    "config.json that is not JSON": (lambda f: (f / "config.json").write_text('{"model_type": "llama",'),
+                                     "is not a valid JSON file"),
+    "config.json transformers refuses": (lambda f: rewrite_config(f, num_attention_heads=3),
+                                         "is not a multiple of the number of attention heads"),
+    "no weight files": (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
+    "a truncated weight file": (lambda f: truncate(f / "model.safetensors"), "could not load the model in"),
+    "a missing shard": (lambda f: shard(f)[1].unlink(), "No such file or directory"),
+    "a truncated shard": (lambda f: truncate(shard(f)[-1]), "could not load the model in"),
+    "a missing tensor": (lambda f: rewrite_weights(f, lambda w: w.pop("model.layers.1.input_layernorm.weight")),
+                         "lacks 1 tensor the config needs: model.layers.1.input_layernorm.weight"),
+    "a config that does not fit the weights": (lambda f: rewrite_config(f, intermediate_size=256), "of the wrong shape"),
+    "no tokenizer": (lambda f: [(f / name).unlink() for name in ("tokenizer.json", "tokenizer_config.json")],
+                     "could not load the tokenizer in"),
+}
+
+
+@pytest.mark.parametrize("damage", list(UNLOADABLE_FOLDERS))
+def test_check_loadable_refuses_what_load_model_would_in_one_line(tiny_model_dir, damage):
+    change, problem = UNLOADABLE_FOLDERS[damage]
+    change(tiny_model_dir)
+    with pytest.raises(ProxSparseError) as refused:
+        models.check_loadable(str(tiny_model_dir))
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(ProxSparseError, match=re.escape(problem)):
+        load_model(tiny_model_dir)
+
+
+def test_check_loadable_passes_intact_folders_sharded_or_not_hub_ids_and_the_default(tiny_model_dir):
+    models.check_loadable(str(tiny_model_dir))
+    assert len(shard(tiny_model_dir)) > 1
+    models.check_loadable(str(tiny_model_dir))
+    models.check_loadable("HuggingFaceTB/SmolLM2-135M")  # the hub may be reachable where it runs: loading decides
+    models.check_loadable("default")

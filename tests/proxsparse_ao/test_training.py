@@ -192,6 +192,15 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_any_work(tiny_llama
         learn_masks(tiny_llama, torch.tensor([[-1, 3, 3]]), config, _layers(tiny_llama, config))
 
 
+def test_calibration_longer_than_the_models_context_is_refused_before_any_work(tiny_llama):
+    tiny_llama.config.max_position_embeddings = 8
+    config = ProxSparseConfig(**FAST)
+    before = _state(tiny_llama)
+    with pytest.raises(ProxSparseError, match="^the calibration sample length 16 is longer than the model's maximum context of 8 tokens"):
+        learn_masks(tiny_llama, _tokens(length=16), config, _layers(tiny_llama, config))
+    assert _same(_state(tiny_llama), before)
+
+
 def test_a_model_whose_forward_takes_no_input_ids_is_refused_before_any_work():
     model = torch.nn.Sequential(torch.nn.Embedding(256, 64), torch.nn.Linear(64, 256))
     with pytest.raises(ProxSparseError, match="Sequential.forward takes no input_ids: mask learning needs a causal language model"):

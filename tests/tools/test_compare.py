@@ -48,6 +48,18 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert_one_line_error(cli("compare", "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
     assert_one_line_error(cli("compare", "--json", tmp_path), "is a folder: name a file")
     assert_one_line_error(cli("compare", "--device", "nowhere"), "--device 'nowhere'")
+    archive = tmp_path / "corpus.jsonl"
+    archive.write_bytes(b"\x1f\x8b\x08\x00 a gzip header")
+    assert_one_line_error(cli("compare", "--text", "wikipedia", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+    assert_one_line_error(cli("compare", "--calibration", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+
+
+def test_windows_longer_than_the_models_context_are_refused_before_any_method_runs(tiny_model_dir):
+    done = cli("compare", tiny_model_dir, "--methods", "dense", "--eval-seqlen", "512")
+    assert_one_line_error(done, "--eval-seqlen 512 is longer than the model's maximum context of 256 tokens")
+    done = cli("compare", tiny_model_dir, "--methods", "dense,wanda", "--eval-seqlen", "64", "--seqlen", "300")
+    assert_one_line_error(done, "--seqlen 300 is longer than the model's maximum context of 256 tokens")
+    assert "compare on" not in done.stdout
 
 
 def test_compare_tiny_model(tiny_model_dir, tmp_path):

@@ -74,7 +74,7 @@ def test_zero_shot_only_on_local_tasks(tiny_model_dir, tmp_path):
     ("text", "message"),
     [
         ("missing.txt", "text file not found"),
-        ("short.txt", "fewer than one window of 1024"),
+        ("short.txt", "fewer than one window of 128"),
         ("wikitext103", "unknown text 'wikitext103'"),
         ("wikitext2", "could not load 'wikitext2' from the Hugging Face hub"),
     ],
@@ -82,7 +82,13 @@ def test_zero_shot_only_on_local_tasks(tiny_model_dir, tmp_path):
 def test_bad_text_is_a_one_line_error(tiny_model_dir, tmp_path, text, message):
     (tmp_path / "short.txt").write_text("too short")
     source = tmp_path / text if text.endswith(".txt") else text
-    assert_one_line_error(cli("eval", tiny_model_dir, "--text", source), message)
+    assert_one_line_error(cli("eval", tiny_model_dir, "--text", source, "--seqlen", 128), message)
+
+
+def test_a_seqlen_longer_than_the_models_context_is_a_one_line_error(tiny_model_dir, text_file):
+    done = cli("eval", tiny_model_dir, "--text", text_file, "--seqlen", 512)
+    assert_one_line_error(done, "--seqlen 512 is longer than the model's maximum context of 256 tokens")
+    assert "perplexity" not in done.stdout
 
 
 def test_unknown_task_is_a_one_line_error(tiny_model_dir, text_file):
@@ -150,3 +156,14 @@ def test_bad_task_data_and_result_paths_are_refused_before_the_model_loads(tmp_p
     )
     assert_one_line_error(cli("eval", missing_model, "--json", str(tmp_path)), "is a folder: name a file")
     assert_one_line_error(cli("eval", missing_model, "--text", str(tmp_path / "none.txt")), "none.txt")
+
+
+def test_a_binary_text_file_is_refused_before_the_model_loads(tmp_path):
+    """A gzip archive named .txt: one line naming the file and the first byte that is not text, no perplexity."""
+    import gzip
+
+    archive = tmp_path / "wiki.txt"
+    archive.write_bytes(gzip.compress(TEXT.encode(), mtime=0))
+    done = cli("eval", tmp_path / "no-model", "--text", archive)
+    assert_one_line_error(done, f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""

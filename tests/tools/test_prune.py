@@ -73,6 +73,8 @@ def test_magnitude_method(model_dir, tmp_path):
         (["--threads", "-1"], "--threads must be at least 1, got -1"),
         (["--device", "cuda:99"], "--device cuda:99: "),
         (["--device", "nowhere"], "--device 'nowhere': Expected one of cpu"),
+        (["--seqlen", "512"], "--seqlen 512 is longer than the model's maximum context of 256 tokens"),
+        (["--eval", "--eval-seqlen", "512"], "--eval-seqlen 512 is longer than the model's maximum context of 256 tokens"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(model_dir, tmp_path, capsys, extra, message):
@@ -85,6 +87,20 @@ def test_empty_calibration_text_is_refused(model_dir, tmp_path, capsys):
     (model_dir.parent / "calib.txt").write_text("   \n")
     assert _prune(model_dir, tmp_path / "out") == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_a_binary_calibration_file_is_refused_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
+    import proxsparse_ao.models
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", not_loaded)
+    calib = model_dir.parent / "calib.txt"
+    calib.write_bytes(b"\x00\x01binary")
+    assert _prune(model_dir, tmp_path / "out") == 2
+    assert capsys.readouterr().err.strip() == f"error: {calib} is not a UTF-8 text file (byte 0x00 at offset 0)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_needs_overwrite(model_dir, tmp_path, capsys):

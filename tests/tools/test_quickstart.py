@@ -1,8 +1,11 @@
-"""`proxsparse-tool quickstart`: its inputs are refused before any work (the job itself runs in the README's first command)."""
+"""`proxsparse-tool quickstart`: its inputs are refused before any work, and its saved folder holds what prune's does
+(run on a tiny model here; the job on the embedded model runs in the README's first command)."""
 
 from __future__ import annotations
 
-from proxsparse_ao.tools import cli
+import json
+
+from proxsparse_ao.tools import cli, quickstart
 
 
 def test_an_output_that_is_not_an_earlier_pruned_model_folder_is_refused_and_kept(tmp_path, capsys):
@@ -20,3 +23,33 @@ def test_an_output_that_is_not_an_earlier_pruned_model_folder_is_refused_and_kep
 def test_evaluation_tokens_must_cover_one_window(capsys):
     assert cli.main(["quickstart", "--eval-tokens", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --eval-tokens must be at least 1024, got -1"
+
+
+def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkeypatch):
+    import proxsparse_ao
+    import proxsparse_ao.models
+    from tiny_models import make_byte_tokenizer, make_tiny_llama
+
+    def tiny_model(*args, **kwargs):
+        model = make_tiny_llama()
+        model.config.max_position_embeddings = quickstart.EVAL_WINDOW  # quickstart's perplexity windows
+        return model, make_byte_tokenizer()
+
+    runs = []
+
+    def recorded_learn(*args, **kwargs):
+        runs.append(learn(*args, **kwargs))
+        return runs[-1]
+
+    learn = proxsparse_ao.learn
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", tiny_model)  # the embedded model takes minutes
+    monkeypatch.setattr(proxsparse_ao, "learn", recorded_learn)
+    out = tmp_path / "pruned"
+    args = ["quickstart", "--samples", "3", "--seqlen", "32", "--eval-tokens", str(quickstart.EVAL_WINDOW), "--output", str(out)]
+    assert cli.main(args) == 0
+    log = json.loads((out / "learning_log.json").read_text())
+    (result,) = runs
+    assert result.steps_done == 3 and len(log["steps"]) == 3
+    assert log == {"method": "proxsparse", "steps": result.history}
+    assert [entry["step"] for entry in log["steps"]] == [1, 2, 3]
+    assert {"loss", "ce", "frozen", "fraction_24", "changed_vs_magnitude"} <= set(log["steps"][0])

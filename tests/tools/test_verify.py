@@ -256,6 +256,56 @@ def test_a_missing_baseline_folder_is_refused_before_the_model_is_loaded(folders
     one_line_error(bad_input(tmp_path, folder, "--baseline", str(folders["text"])), 2, "--baseline:", "is not a folder")
 
 
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGED_BASELINES = {
+    "config.json that is not JSON": (lambda f: (f / "config.json").write_text('{"model_type": "llama",'),
+                                     "is not a valid JSON file"),
+    "no weight files": (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
+    "a truncated weight file": (lambda f: truncate(f / "model.safetensors"), "could not load the model in"),
+    "a missing tensor": (lambda f: drop_tensor(f, "model.layers.1.input_layernorm.weight"),
+                         "lacks 1 tensor the config needs: model.layers.1.input_layernorm.weight"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_BASELINES))
+def test_a_damaged_baseline_folder_is_refused_before_the_perplexity_and_compile_checks(folders, tmp_path, damage,
+                                                                                        monkeypatch, capsys):
+    import proxsparse_ao.evaluation
+    import proxsparse_ao.verification
+    from proxsparse_ao.tools import cli
+
+    ran = []
+
+    def long_work(name: str):
+        def refuse(*args, **kwargs):
+            ran.append(name)
+            raise AssertionError(f"{name} ran before the damaged --baseline was refused")
+        return refuse
+
+    monkeypatch.setattr(proxsparse_ao.evaluation, "perplexity", long_work("perplexity"))
+    monkeypatch.setattr(proxsparse_ao.verification, "check_deployment", long_work("compile check"))
+    baseline = shutil.copytree(folders["dense"], tmp_path / "dense")
+    change, problem = DAMAGED_BASELINES[damage]
+    change(baseline)
+    out = tmp_path / "out.json"
+    code = cli.main(["verify", str(folders["pruned"]), "--baseline", str(baseline), "--text", str(folders["text"]),
+                     "--seqlen", "64", "--json", str(out)])
+    printed = capsys.readouterr()
+    assert code == 2 and ran == [] and "perplexity" not in printed.out and not out.exists()
+    (line,) = printed.err.strip().splitlines()
+    assert line.startswith("error: --baseline: ") and problem in line
+
+
+def test_a_hub_id_as_baseline_is_left_to_loading_time(folders, capsys):
+    from proxsparse_ao.tools import cli
+
+    assert cli.main(["verify", str(folders["pruned"]), "--baseline", "SomeOrg/dense-model", "--no-ppl", "--no-compile"]) == 0
+    assert "verify passed" in capsys.readouterr().out
+
+
 def test_an_unreadable_model_folder_or_weight_file_is_a_one_line_error(folders, open_tmp, unprivileged):
     folder = shutil.copytree(folders["pruned"], open_tmp / "model")
     for path in folder.iterdir():
@@ -283,3 +333,28 @@ def test_a_speed_target_with_the_speed_check_skipped_is_a_conflict(tmp_path):
     done = cli("verify", str(tmp_path), "--no-compile", "--min-speedup", "1.3")
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --min-speedup needs the speed check, which --no-compile skips: drop one of the two"
+
+
+def test_a_binary_text_file_is_refused_before_the_model_loads(folders, tmp_path, monkeypatch, capsys):
+    import proxsparse_ao.models
+    from proxsparse_ao.tools import cli
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", not_loaded)
+    weights = tmp_path / "notes.txt"  # a weight file under a text name
+    weights.write_bytes((folders["pruned"] / "model.safetensors").read_bytes())
+    out = tmp_path / "out.json"
+    code = cli.main(["verify", str(folders["pruned"]), "--text", str(weights), "--json", str(out)])
+    printed = capsys.readouterr()
+    assert code == 2 and printed.out == "" and not out.exists()
+    (line,) = printed.err.strip().splitlines()
+    assert line.startswith(f"error: {weights} is not a UTF-8 text file (byte 0x")
+
+
+def test_windows_longer_than_the_models_context_are_one_line_errors(folders, tmp_path):
+    one_line_error(bad_input(tmp_path, folders["pruned"], "--text", str(folders["text"]), "--seqlen", "512", "--no-compile"),
+                   2, "--seqlen 512 is longer than the model's maximum context of 256 tokens")
+    one_line_error(bad_input(tmp_path, folders["pruned"], "--no-ppl", "--deploy-tokens", "512"),
+                   2, "--deploy-tokens 512 is longer than the model's maximum context of 256 tokens")

@@ -88,6 +88,18 @@ def test_targets_and_ignore(tiny_llama_factory):
     assert not is_nm(model.model.layers[0].self_attn.q_proj.weight)
 
 
+@pytest.mark.parametrize("config", [WandaConfig(samples=2, seqlen=32), SparseGPTConfig(samples=2, seqlen=32)], ids=["wanda", "sparsegpt"])
+def test_a_seqlen_longer_than_the_models_context_is_refused(config, tiny_llama_factory, byte_tokenizer):
+    model = tiny_llama_factory()
+    model.config.max_position_embeddings = 16
+    name = type(config).__name__
+    with pytest.raises(ProxSparseError, match=f"^{name}.seqlen 32 is longer than the model's maximum context of 16 tokens"):
+        prune(model, config, tokenizer=byte_tokenizer)
+    with pytest.raises(ProxSparseError, match="^the calibration sample length 32 is longer than the model's maximum context of 16"):
+        prune(model, config, calibration=TOKENS)
+    assert not any(is_nm(layer.weight) for layer in model.modules() if isinstance(layer, nn.Linear))
+
+
 def test_bad_input(tiny_llama_factory):
     model = tiny_llama_factory()
     with pytest.raises(ProxSparseError, match="tokenizer"):
