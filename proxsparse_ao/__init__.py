@@ -71,7 +71,7 @@ def __getattr__(name: str):
     if name in ("compile", "CompileReport"):
         import importlib
 
-        _compile_module = importlib.import_module(f"{__name__}.compile")
+        _compile_module = importlib.import_module(f"{__name__}.compiler")
         globals().update(compile=_compile_module.compile, CompileReport=_compile_module.CompileReport)
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

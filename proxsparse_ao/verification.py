@@ -220,7 +220,7 @@ def baseline_source(metadata: dict[str, Any] | None, baseline: str | None) -> tu
 
 def speed_skip_reason(device: torch.device) -> str | None:
     """Why sparse-vs-dense speed cannot be measured on `device` (the 2:4 kernel needs CUDA sm80+), or None."""
-    from .compile import kernel_missing
+    from .compiler import kernel_missing
 
     if device.type != "cuda":
         return f"{SPEED_SKIP} (this run is on {device.type}, where linear24 decompresses to dense: any timing would be meaningless)"
@@ -297,7 +297,7 @@ def check_deployment(
     """Compile a `dtype` copy of `model` with the 2:4 rewrite, run `input_ids` [1, L] and compare the logits
     with the eager masked model (float32 and `dtype`). Returns (check, compiled, the `dtype` model) so the
     caller can time the same compile."""
-    from .compile import compile as compile_24
+    from .compiler import compile as compile_24
 
     if dtype not in DEPLOY_DTYPES:
         raise ProxSparseError(f"2:4 kernels run fp16/bf16 weights, not {dtype}")
@@ -332,7 +332,7 @@ def measure_speed(
     """Per-layer (each distinct target shape at M = the input's tokens, via `speed.time_linear`) and
     end-to-end (compiled sparse vs the same model compiled with sparse='never', `reps` calls each in
     alternating blocks, median) milliseconds and speedups. Meaningful on CUDA (see speed_skip_reason)."""
-    from .compile import compile as compile_24
+    from .compiler import compile as compile_24
     from .speed import interleaved_seconds, time_linear
 
     device = next(model.parameters()).device

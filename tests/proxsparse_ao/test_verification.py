@@ -92,7 +92,7 @@ def test_speed_is_skipped_off_cuda_with_the_reason():
 def test_end_to_end_speed_times_sparse_and_dense_alternately(tiny_llama, monkeypatch):
     """The compiled models are stand-ins here (no compile): what is checked is the protocol."""
     calls: list[str] = []
-    compile_module = importlib.import_module("proxsparse_ao.compile")  # the package's `compile` is the function
+    compile_module = importlib.import_module("proxsparse_ao.compiler")
     monkeypatch.setattr(compile_module, "compile", lambda model, sparse: (lambda ids: calls.append("dense"), None))
     monkeypatch.setattr(importlib.import_module("proxsparse_ao.speed"), "time_linear", lambda *shape, reps: (2.0, 1.0))
     layers = list(target_layers(tiny_llama, None)[0])

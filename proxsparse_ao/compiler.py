@@ -1,4 +1,5 @@
-"""`proxsparse_ao.compile`: torch.compile with the 2:4 post-grad pass, and a report of what it did.
+"""`proxsparse_ao.compile` (this module is `proxsparse_ao.compiler`, as `torch.compile` lives in
+`torch.compiler`): torch.compile with the 2:4 post-grad pass, and a report of what it did.
 
 The pass reads weight values, which Inductor exposes only with freezing on under no_grad,
 and those settings must hold when Dynamo traces (the first call and every recompile), so

@@ -197,7 +197,7 @@ def test_a_gpu_without_a_2to4_matmul_in_this_torch_build_is_named(monkeypatch):
     """sm90 runs cuSPARSELt; without it in the build, compile says so instead of timing a kernel that fails."""
     import importlib
 
-    compile_module = importlib.import_module("proxsparse_ao.compile")
+    compile_module = importlib.import_module("proxsparse_ao.compiler")
 
     monkeypatch.setattr(torch, "_sparse_semi_structured_mm", lambda *args: None, raising=False)
     monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: False)
@@ -206,3 +206,13 @@ def test_a_gpu_without_a_2to4_matmul_in_this_torch_build_is_named(monkeypatch):
     assert "sm90" in reason and "cuSPARSELt" in reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert compile_module.kernel_missing(torch.device("cuda")) is None
+
+
+def test_proxsparse_ao_compile_stays_the_function_whatever_was_imported_first():
+    """A submodule named like the function would replace it on the package once imported (verify imports it)."""
+    import subprocess
+    import sys
+
+    code = ("import proxsparse_ao.compiler, proxsparse_ao.verification, proxsparse_ao; "
+            "assert proxsparse_ao.compile is proxsparse_ao.compiler.compile, proxsparse_ao.compile")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
