@@ -174,7 +174,7 @@ def _progress(console: Console) -> Progress:
 
 def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
     """Prune `model` in place with `method`; returns its masks and method-specific details."""
-    from proxsparse_ao.baselines import MagnitudeConfig, SparseGPTConfig, WandaConfig, prune
+    from proxsparse_ao.baselines import config_for, prune
 
     common = {k: v for k, v in (("targets", args.targets), ("ignore", args.ignore)) if v is not None}
     calib = {"samples": args.samples, "seqlen": args.seqlen, "seed": args.seed,
@@ -190,12 +190,7 @@ def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
                        callback=lambda s: bar.update(task, completed=s.step, total=s.total_steps), stats_every=16)
         apply_masks(model, result.masks, config)
         return {"masks": result.masks, "config": config.to_dict(), "stopped": result.stopped}
-    if method == "magnitude":
-        config = MagnitudeConfig(**common)
-    elif method == "wanda":
-        config = WandaConfig(**common, **calib)
-    else:
-        config = SparseGPTConfig(**common, **calib, update_weights=method == "sparsegpt")
+    config = config_for(method, **common, **({} if method == "magnitude" else calib))
     result = prune(model, config, calibration=tokens, progress=lambda done, total: bar.update(task, completed=done, total=total))
     return {"masks": result.masks, "config": config.to_dict()}
 

@@ -1,4 +1,4 @@
-"""`proxsparse-tool prune`: learn 2:4 masks (ProxSparse) or take magnitude's, apply them, save the folder."""
+"""`proxsparse-tool prune`: learn 2:4 masks (ProxSparse) or take a baseline's, apply them, save the folder."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import time
 import typing
 import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from proxsparse_ao.baselines import METHODS as BASELINES
+from proxsparse_ao.baselines import BaselineConfig, config_fields, config_for, needs_calibration
 from proxsparse_ao.config import (
     CALIBRATION_MODES,
     PRECISIONS,
@@ -31,7 +34,7 @@ from proxsparse_ao.errors import ProxSparseError
 
 from .options import check_result_files, check_writable_folder, parse_device, require_at_least
 
-METHODS = ("proxsparse", "magnitude")
+METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
 
 EXAMPLES = """examples:
@@ -39,6 +42,7 @@ EXAMPLES = """examples:
   proxsparse-tool prune --output pruned/ --samples 16 --seqlen 256 --eval
   proxsparse-tool prune ./my-model --output out/ --lr 3e-3 --lambda1 3 --plot curves.png
   proxsparse-tool prune --method magnitude --output mag/ --eval
+  proxsparse-tool prune --method wanda --output wanda/ --samples 64 --seqlen 512   # a baseline, saved the same way
   proxsparse-tool prune --output out/ --checkpoint-dir ckpt/     # rerun the same command to resume
   proxsparse-tool prune --output paper/ --preset paper --samples 64 --calibration default  # the published recipe
 
@@ -46,6 +50,10 @@ The output folder holds the HF model (dense weights, pruned entries +0.0), masks
 proxsparse.json (settings, source, statistics) and learning_log.json (per-step statistics).
 --lambda1 is the shrink-to-step ratio (strength "relative", default) or the paper's threshold
 (--strength absolute). --preset sets every field first; the other flags then override it.
+--method magnitude, wanda, sparsegpt (OBS with weight updates) or sparsegpt-mask (its mask on
+the original weights) reads only the flags its config has: --targets, --ignore, --strict and,
+but for magnitude, the calibration flags (--samples, --seqlen, --seed, --calibration,
+--calibration-mode); any other ProxSparse flag is refused.
 """
 
 _FIELD_CHOICES = {
@@ -94,7 +102,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model folder or hub id (default: embedded)")
-    parser.add_argument("--method", choices=METHODS, default="proxsparse", help="how masks are chosen (default proxsparse)")
+    parser.add_argument("--method", choices=METHODS, default="proxsparse",
+                        help="how masks are chosen: ProxSparse (default) or a baseline")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned model to")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
@@ -129,10 +138,27 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def config_from_args(args: argparse.Namespace) -> ProxSparseConfig:
-    """The ProxSparseConfig the flags describe (unset flags keep the defaults)."""
-    values = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
-    return ProxSparseConfig.preset(getattr(args, "preset", "default"), **values)
+def _set_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineConfig:
+    """The config the flags describe for --method (unset flags keep the defaults). A baseline takes
+    only the flags its config has: a ProxSparse-only flag given with it is refused, not ignored."""
+    method = getattr(args, "method", "proxsparse")
+    if method == "proxsparse":
+        return ProxSparseConfig.preset(getattr(args, "preset", "default"), **_set_fields(args))
+    values, accepted = _set_fields(args), config_fields(method)
+    refused = (["preset"] if getattr(args, "preset", "default") != "default" else []) + sorted(set(values) - accepted)
+    if refused:
+        readable = sorted(accepted & set(_FIELD_HELP), key=list(_FIELD_HELP).index)
+        raise ConfigError(f"{', '.join(map(_flag, refused))}: not read by --method {method} "
+                          f"(it reads {', '.join(map(_flag, readable))})")
+    return config_for(method, **values)
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -155,7 +181,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as err:  # name the flag, not the Python field
-        raise ConfigError(re.sub(r"ProxSparseConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
+        raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: _flag(m.group(1)), str(err))) from None
     require_at_least(args, {"eval_seqlen": 2, "eval_tokens": 1})
     if args.eval_tokens < args.eval_seqlen and args.eval:
         raise ProxSparseError(f"--eval-tokens ({args.eval_tokens}) must cover one window of --eval-seqlen ({args.eval_seqlen})")
@@ -168,9 +194,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.data import check_text
     from proxsparse_ao.export import check_output, check_pruned, save_pruned
     from proxsparse_ao.history import LOG_FILE, history_json, plot_history, write_history
-    from proxsparse_ao.masks import magnitude_mask
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
-    from proxsparse_ao.targets import check_target_weights, select_targets
 
     hf_logging.disable_progress_bar()
     for noisy in ("torch.utils._pytree", "huggingface_hub"):  # the hub's retry lines, offline, before our one-line error
@@ -179,16 +203,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
     device = parse_device(args.device)
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
     check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model)
-    if config.checkpoint_dir:
+    if getattr(config, "checkpoint_dir", None):
         check_writable_folder(config.checkpoint_dir, f"--checkpoint-dir {config.checkpoint_dir}")
-    if args.method == "proxsparse":
+    calibrated = args.method == "proxsparse" or needs_calibration(config)
+    if calibrated:
         check_text(config.calibration)
     if args.threads:
         torch.set_num_threads(args.threads)
     label = DEFAULT_MODEL_LABEL if is_default(args.model) else _source_label(args.model)
     with console.status(f"loading {label}"):
         model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
-    if args.method == "proxsparse":
+    if calibrated:
         check_context(model, config.seqlen, "--seqlen")
     if args.eval:
         check_context(model, args.eval_seqlen, "--eval-seqlen")
@@ -227,12 +252,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
             }
             data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+            apply_masks(model, masks, config)
         else:
-            selection = select_targets(model, config.targets, config.ignore, strict=config.strict)
-            check_target_weights(selection.layers)
-            masks, history = {n: magnitude_mask(layer.weight).cpu() for n, layer in selection.layers.items()}, []
-            stats, data, result = {"skipped": selection.skipped}, None, None
-        apply_masks(model, masks, config)
+            masks, stats, data = _prune_baseline(model, config, tokenizer, console)
+            history, result = [], None
         check_pruned(model, masks)
     seconds = time.perf_counter() - started
     for warning in caught:
@@ -283,6 +306,24 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[bold yellow]learning stopped early:[/] {result.stopped}", highlight=False, soft_wrap=True)
         return 1
     return 0
+
+
+def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) -> tuple[dict, dict, dict | None]:
+    """Prune `model` in place with a baseline; its masks, statistics and calibration record."""
+    from proxsparse_ao.api import calibration_tokens
+    from proxsparse_ao.baselines import prune
+
+    tokens, data = None, None
+    if needs_calibration(config):
+        with console.status(f"preparing {config.samples} x {config.seqlen} calibration tokens ({config.calibration})"):
+            tokens = calibration_tokens(config, tokenizer, model)
+        data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("pruning decoder blocks", total=None)
+        result = prune(model, config, tokenizer=tokenizer, calibration=tokens,
+                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return result.masks, {"skipped": result.skipped, "prune_seconds": round(result.seconds, 2)}, data
 
 
 def _eval_tokens(tokenizer, console: Console):

@@ -10,8 +10,10 @@ through `torchao.quantization.quantize_` with the handler registered for the con
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,16 +27,25 @@ from .wanda import InputNorms, wanda_mask, wanda_scores
 
 BaselineConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig
 BASELINE_CONFIGS = (MagnitudeConfig, WandaConfig, SparseGPTConfig)
+METHODS = {  # the baselines by the names the CLI uses: (config class, fixed fields)
+    "magnitude": (MagnitudeConfig, {}),
+    "wanda": (WandaConfig, {}),
+    "sparsegpt": (SparseGPTConfig, {"update_weights": True}),
+    "sparsegpt-mask": (SparseGPTConfig, {"update_weights": False}),
+}
 
 __all__ = [
     "BASELINE_CONFIGS",
     "BaselineResult",
     "Hessian",
     "InputNorms",
+    "METHODS",
     "MagnitudeConfig",
     "SparseGPTConfig",
     "WandaConfig",
     "capture_block_inputs",
+    "config_fields",
+    "config_for",
     "decoder_blocks",
     "magnitude_masks",
     "needs_calibration",
@@ -54,6 +65,21 @@ class BaselineResult:
     masks: dict[str, torch.Tensor]
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def config_for(method: str, **fields: Any) -> BaselineConfig:
+    """The config of the baseline `method` names (a METHODS key), with `fields` set: the one
+    mapping from the CLI's method names to configs, for `prune` and `compare`."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown baseline '{method}': use one of {', '.join(METHODS)}")
+    config_class, fixed = METHODS[method]
+    return config_class(**fields, **fixed)
+
+
+def config_fields(method: str) -> set[str]:
+    """The fields a caller may set for `method` (those `config_for` does not fix)."""
+    config_class, fixed = METHODS[method]
+    return {f.name for f in dataclasses.fields(config_class)} - set(fixed)
 
 
 def needs_calibration(config: BaselineConfig) -> bool:

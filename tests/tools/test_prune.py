@@ -56,11 +56,54 @@ def test_prune_writes_an_exactly_2_4_model(model_dir, tmp_path, tiny_llama, caps
     assert "exactly 2:4" in capsys.readouterr().out
 
 
+def _prune_baseline(model_dir, out, method, *extra):
+    calibration = [] if method == "magnitude" else [
+        "--calibration", str(model_dir.parent / "calib.txt"), "--samples", "4", "--seqlen", "16"]
+    return cli.main(["prune", str(model_dir), "--output", str(out), "--method", method, *calibration, *extra])
+
+
 def test_magnitude_method(model_dir, tmp_path):
     out = tmp_path / "mag"
-    assert _prune(model_dir, out, "--method", "magnitude") == 0
+    assert _prune_baseline(model_dir, out, "magnitude") == 0
     model, _, masks, metadata = load_pruned(out)
     assert metadata["method"] == "magnitude" and all(is_nm(model.get_submodule(n).weight) for n in masks)
+    assert metadata["data"] is None and json.loads((out / "learning_log.json").read_text())["steps"] == []
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "sparsegpt-mask"])
+def test_a_calibrated_baseline_is_saved_with_the_masks_the_library_gives(model_dir, tmp_path, method):
+    from proxsparse_ao.baselines import config_for, prune
+    from proxsparse_ao.models import load_model
+
+    out = tmp_path / method
+    assert _prune_baseline(model_dir, out, method, "--seed", "3") == 0
+    model, _, masks, metadata = load_pruned(out)
+    config = config_for(method, samples=4, seqlen=16, seed=3, calibration=str(model_dir.parent / "calib.txt"))
+    expected, tokenizer = load_model(model_dir)
+    original = {name: expected.get_submodule(name).weight.detach().clone() for name in masks}
+    library = prune(expected, config, tokenizer=tokenizer)
+    assert set(masks) == set(library.masks) and all(torch.equal(masks[n], library.masks[n]) for n in masks)
+    assert all(torch.equal(model.get_submodule(n).weight, expected.get_submodule(n).weight) for n in masks)
+    kept_original = [torch.equal(model.get_submodule(n).weight[masks[n]], original[n][masks[n]]) for n in masks]
+    assert all(kept_original) == (method != "sparsegpt")  # only SparseGPT proper updates the kept weights
+    assert metadata["method"] == method and metadata["config"] == config.to_dict()
+    assert metadata["data"]["shape"] == [4, 16] and metadata["data"]["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    "method, extra, message",
+    [
+        ("magnitude", ["--samples", "4"], "--samples: not read by --method magnitude (it reads --targets, --ignore, --strict)"),
+        ("wanda", ["--lr", "0.01", "--lambda1", "2"], "--lambda1, --lr: not read by --method wanda (it reads --samples, "
+                                                      "--seqlen, --seed, --calibration, --calibration-mode, --targets"),
+        ("sparsegpt", ["--preset", "paper"], "--preset: not read by --method sparsegpt"),
+        ("wanda", ["--samples", "0"], "--samples must be >= 1, got 0"),
+    ],
+)
+def test_a_flag_the_baseline_does_not_read_is_refused_not_ignored(model_dir, tmp_path, capsys, method, extra, message):
+    assert _prune_baseline(model_dir, tmp_path / "out", method, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -131,12 +174,13 @@ def test_outputs_that_would_destroy_something_or_fail_at_the_end_are_refused_bef
         ([str(model_dir), "--output", str(notes), "--overwrite"], "is not a pruned-model folder (no proxsparse.json)"),
         ([str(model_dir), "--output", ".", "--overwrite"], "is the current folder or holds it"),
         ([str(model_dir), "--output", str(tmp_path / "o"), "--log", str(notes)], "--log " + str(notes) + " is a folder"),
-        ([str(model_dir), "--output", str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "a_file")], "is not a folder"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--method", "proxsparse", "--checkpoint-dir", str(tmp_path / "a_file")],
+         "is not a folder"),
     ]
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     for argv, message in cases:
-        assert cli.main(["prune", *argv, "--method", "magnitude"]) == 2, argv
+        assert cli.main(["prune", "--method", "magnitude", *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert (notes / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()
 
