@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
                 "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
             }
-            data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+            data = _calibration_record(config, tokens)
             apply_masks(model, masks, config)
         else:
             masks, stats, data = _prune_baseline(model, config, tokenizer, console)
@@ -308,6 +308,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _calibration_record(config: ProxSparseConfig | BaselineConfig, tokens) -> dict:
+    """What proxsparse.json records of the calibration data."""
+    return {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+
+
 def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) -> tuple[dict, dict, dict | None]:
     """Prune `model` in place with a baseline; its masks, statistics and calibration record."""
     from proxsparse_ao.api import calibration_tokens
@@ -317,7 +322,7 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
     if needs_calibration(config):
         with console.status(f"preparing {config.samples} x {config.seqlen} calibration tokens ({config.calibration})"):
             tokens = calibration_tokens(config, tokenizer, model)
-        data = {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+        data = _calibration_record(config, tokens)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("pruning decoder blocks", total=None)
