@@ -3,7 +3,9 @@
 
 The pass reads weight values, which Inductor exposes only with freezing on under no_grad,
 and those settings must hold when Dynamo traces (the first call and every recompile), so
-the returned module enters them on every call. Each linear ends up sparse or dense:
+the returned module enters them on every call. Its `generate` runs transformers' generation
+with every forward pass (prefill and each decode step) through the compiled model. Each
+linear ends up sparse or dense:
 
 * `sparse="auto"` (default): sparse only where it is faster. On CUDA each (M range, N, K)
   is timed once against dense (`SpeedTable`). Elsewhere (CPU) `linear24` is a
@@ -133,6 +135,28 @@ class Sparse24Compiled(nn.Module):
         with torch.no_grad(), torch._inductor.config.patch(self.inductor_config):
             return self.compiled(*args, **kwargs)
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's own `generate` (transformers), with every forward pass it makes going through
+        this compiled model. Transformers' compile-at-generate is off by default here
+        (`disable_compile=True`): the model is compiled already, with the 2:4 pass."""
+        model = self.model
+        if not callable(getattr(model, "generate", None)):
+            raise ProxSparseError(f"{type(model).__name__} has no generate(): only a transformers generative model can generate")
+        own_forward = model.__dict__.get("forward")
+
+        @functools.wraps(model.forward)  # generate reads the forward's signature to choose its inputs
+        def through_compiled(*call_args: Any, **call_kwargs: Any) -> Any:
+            return self(*call_args, **call_kwargs)
+
+        model.forward = through_compiled
+        try:
+            return model.generate(*args, **{"disable_compile": True, **kwargs})
+        finally:
+            if own_forward is None:
+                del model.forward
+            else:
+                model.forward = own_forward
+
 
 def _decider(sparse: str, status: dict[str, str | None], timings: SpeedTable) -> Decide:
     def decide(names: list[str], weight: torch.Tensor, m_range: tuple[int, int | None]) -> tuple[bool, str]:
@@ -188,4 +212,7 @@ def compile(
     graph_pass = Sparse24Pass(_decider(sparse, status, timings or shared_timings()), LinearWeights(model))
     report = CompileReport(sparse, status, graph_pass.records)
     inductor_config = {"freezing": True, "post_grad_custom_post_pass": graph_pass, "cpp.weight_prepack": False}
-    return Sparse24Compiled(model, torch.compile(model, **torch_compile_kwargs), inductor_config, report), report
+    # The bound forward, not the module: `generate` can then route the model's own calls here
+    # (by setting model.forward) without Dynamo tracing back into that route.
+    compiled = torch.compile(model.forward, **torch_compile_kwargs)
+    return Sparse24Compiled(model, compiled, inductor_config, report), report

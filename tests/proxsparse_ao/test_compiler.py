@@ -208,6 +208,28 @@ def test_a_gpu_without_a_2to4_matmul_in_this_torch_build_is_named(monkeypatch):
     assert compile_module.kernel_missing(torch.device("cuda")) is None
 
 
+def test_generate_runs_prefill_and_every_decode_step_through_the_2_4_graphs(tiny_llama_factory):
+    model = tiny_llama_factory(seed=1, dtype=torch.bfloat16, layers=2)
+    prune_(model)
+    prompt = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    expected = model.generate(prompt, max_new_tokens=5, do_sample=False)
+    compiled, report = proxsparse_ao.compile(model, sparse="always")
+    tokens, code = run_and_get_code(compiled.generate, prompt, max_new_tokens=5, do_sample=False)
+    assert torch.equal(tokens, expected)
+    assert {record.m_range[0] for graph in report.graphs for record in graph} >= {12, 1}  # prefill and decode
+    assert all(sum(record.rewritten for record in graph) == 14 for graph in report.graphs)
+    assert op_calls(code) == 14 * len(report.graphs)
+    assert "forward" not in vars(model)  # the model's own forward is back
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(prompt).logits.float(), model(prompt).logits.float(), **BF16_TOL)
+
+
+def test_generate_needs_a_generative_model():
+    compiled, _ = proxsparse_ao.compile(Mixed(), sparse="always")
+    with pytest.raises(ProxSparseError, match="Mixed has no generate"):
+        compiled.generate(torch.zeros(1, 4, dtype=torch.long))
+
+
 def test_proxsparse_ao_compile_stays_the_function_whatever_was_imported_first():
     """A submodule named like the function would replace it on the package once imported (verify imports it)."""
     import subprocess
