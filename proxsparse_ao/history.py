@@ -19,7 +19,7 @@ LOG_FILE = "learning_log.json"  # the log's name inside a pruned-model folder (s
 
 def history_json(history: Sequence[dict[str, Any]], **summary: Any) -> bytes:
     """The log as JSON, {**summary, "steps": [...per-step stats...]}: one format for `write_history`
-    and for the LOG_FILE that `prune` and `quickstart` save beside the model."""
+    and for the LOG_FILE that `prune`, `quickstart` and the torchrun entry save beside the model."""
     return json.dumps({**summary, "steps": list(history)}, indent=1, default=str).encode()
 
 
