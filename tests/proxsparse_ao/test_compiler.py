@@ -220,6 +220,9 @@ def test_generate_runs_prefill_and_every_decode_step_through_the_2_4_graphs(tiny
     assert all(sum(record.rewritten for record in graph) == 14 for graph in report.graphs)
     assert op_calls(code) == 14 * len(report.graphs)
     assert "forward" not in vars(model)  # the model's own forward is back
+    with pytest.raises(ValueError, match="not_an_argument"):
+        compiled.generate(prompt, not_an_argument=1)
+    assert "forward" not in vars(model)  # also when generate fails
     with torch.no_grad():
         torch.testing.assert_close(compiled(prompt).logits.float(), model(prompt).logits.float(), **BF16_TOL)
 
