@@ -18,8 +18,8 @@ linear ends up sparse or dense:
 from __future__ import annotations
 
 import functools
-import weakref
-from collections.abc import Iterable
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from .speed import SpeedTable
 SPARSE_MODES = ("auto", "always", "never")
 
 
-_COMPILED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_ENTRIES = itertools.count()
 
 
 @functools.cache
@@ -158,6 +158,24 @@ class Sparse24Compiled(nn.Module):
                 model.forward = own_forward
 
 
+def _own_entry(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward` called from a function with a code object of its own, for torch.compile.
+
+    Dynamo keeps compiled graphs, and its recompile limit, on the code object it is given, and
+    its guards do not see the Inductor settings each compiled object enters. Compiling the
+    model's `forward` itself would let a second compile of the model (or of another model of its
+    class) serve graphs built with the first one's settings, and models of one class would share
+    one recompile limit. The bound forward, not the module, is what runs: `generate` can then
+    route the model's own calls here (by setting model.forward) without Dynamo tracing back into
+    that route."""
+
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        return forward(*args, **kwargs)
+
+    entry.__code__ = entry.__code__.replace(co_name=f"proxsparse_compiled_{next(_ENTRIES)}")
+    return entry
+
+
 def _decider(sparse: str, status: dict[str, str | None], timings: SpeedTable) -> Decide:
     def decide(names: list[str], weight: torch.Tensor, m_range: tuple[int, int | None]) -> tuple[bool, str]:
         if any(name not in status for name in names):
@@ -196,23 +214,17 @@ def compile(
     to torch.compile (fullgraph, dynamic, mode; the backend must be inductor). The report
     fills in as graphs are compiled.
 
-    Compiling a model object a second time resets Dynamo (`torch._dynamo.reset()`, so other
-    compiled models recompile on their next call): otherwise Dynamo would reuse the first
-    compile, with the first call's settings, for the same module.
+    Every call of `compile` is a compile of its own: compiling one model twice (say dense,
+    then sparse) gives two objects that never run each other's graphs.
     """
     if sparse not in SPARSE_MODES:
         raise ProxSparseError(f"sparse={sparse!r}: choose one of {', '.join(SPARSE_MODES)}")
     backend = torch_compile_kwargs.get("backend", "inductor")
     if backend != "inductor":
         raise ProxSparseError(f"backend={backend!r}: the 2:4 pass is an Inductor pass, use backend='inductor'")
-    if model in _COMPILED:
-        torch._dynamo.reset()
-    _COMPILED.add(model)
     status = linear_status(model, exclude)
     graph_pass = Sparse24Pass(_decider(sparse, status, timings or shared_timings()), LinearWeights(model))
     report = CompileReport(sparse, status, graph_pass.records)
     inductor_config = {"freezing": True, "post_grad_custom_post_pass": graph_pass, "cpp.weight_prepack": False}
-    # The bound forward, not the module: `generate` can then route the model's own calls here
-    # (by setting model.forward) without Dynamo tracing back into that route.
-    compiled = torch.compile(model.forward, **torch_compile_kwargs)
+    compiled = torch.compile(_own_entry(model.forward), **torch_compile_kwargs)
     return Sparse24Compiled(model, compiled, inductor_config, report), report

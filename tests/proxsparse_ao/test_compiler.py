@@ -184,13 +184,24 @@ def test_weights_fused_by_inductor_are_rewritten_as_one_matmul_per_group(fused):
     torch.testing.assert_close(fused.outputs[0].float() / scale, fused.references[0].float() / scale, **BF16_TOL)
 
 
-def test_compiling_the_same_model_again_is_a_fresh_compile():
+def linear24_calls(run) -> int:
+    """How many times `run()` calls the linear24 op (a compiled graph reused shows no new code)."""
+    from torch.profiler import profile
+
+    with profile() as trace:
+        run()
+    return sum(event.name == "proxsparse::linear24" for event in trace.events())
+
+
+def test_two_compiles_of_one_model_each_run_their_own_graphs():
     model, x = Mixed(), torch.randn(1, 3, 64).to(torch.bfloat16)
     dense, dense_report = proxsparse_ao.compile(model, sparse="never")
     dense(x)
     sparse, sparse_report = proxsparse_ao.compile(model, sparse="always")
     sparse(x)
     assert dense_report.rewritten == [] and sparse_report.rewritten == ["up"]
+    assert linear24_calls(lambda: dense(x)) == 0 and linear24_calls(lambda: sparse(x)) == 1
+    assert len(dense_report.graphs) == len(sparse_report.graphs) == 1  # no recompiles: each kept its graph
 
 
 def test_a_gpu_without_a_2to4_matmul_in_this_torch_build_is_named(monkeypatch):
