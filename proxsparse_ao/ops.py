@@ -30,17 +30,26 @@ def _check_args(
     bias: torch.Tensor | None,
     require: Callable[[bool, Callable[[], str]], None] = torch._check,
 ) -> None:
-    require(values.dim() == 2 and meta.dim() == 2, lambda: "linear24: values and meta must be 2-D")
+    require(x.dim() >= 1 and values.dim() == 2 and meta.dim() == 2, lambda: "linear24: values and meta must be 2-D, the input at least 1-D")
+    require(
+        values.device == x.device and meta.device == x.device and (bias is None or bias.device == x.device),
+        lambda: f"linear24: input, values, meta and bias must be on one device; got {x.device}, {values.device}, "
+        f"{meta.device}, {None if bias is None else bias.device}",
+    )
     require(
         x.shape[-1] == 2 * values.shape[1],
         lambda: f"linear24: input has {x.shape[-1]} features, the 2:4 weight expects {2 * values.shape[1]}",
     )
     require(x.dtype == values.dtype, lambda: f"linear24: input is {x.dtype}, weight is {values.dtype}")
-    require(meta.shape[0] == values.shape[0], lambda: "linear24: meta and values have different row counts")
+    require(
+        meta.dtype == torch.int16 and meta.shape[0] == values.shape[0] and 8 * meta.shape[1] == values.shape[1],
+        lambda: f"linear24: meta must be int16 [{values.shape[0]}, {values.shape[1] // 8}] for values "
+        f"{list(values.shape)} (compress_24's layout); got {meta.dtype} {list(meta.shape)}",
+    )
     if bias is not None:
         require(
-            bias.dim() == 1 and bias.shape[0] == values.shape[0],
-            lambda: f"linear24: bias must have shape [{values.shape[0]}]",
+            bias.dim() == 1 and bias.shape[0] == values.shape[0] and bias.dtype == x.dtype,
+            lambda: f"linear24: bias must be {x.dtype} of shape [{values.shape[0]}]; got {bias.dtype} {list(bias.shape)}",
         )
 
 

@@ -151,11 +151,30 @@ def test_the_kernels_check_their_arguments_as_the_fake_does(packed):
 
     x, bad_bias = torch.randn(2, 128).to(torch.bfloat16), torch.randn(63).to(torch.bfloat16)
     for require in (torch._check, _require):
-        with pytest.raises(RuntimeError, match=r"linear24: bias must have shape \[64\]"):
+        with pytest.raises(RuntimeError, match=r"linear24: bias must be torch.bfloat16 of shape \[64\]; got torch.bfloat16 \[63\]"):
             _check_args(x, packed.values, packed.meta, bad_bias, require)
-        with pytest.raises(RuntimeError, match="meta and values have different row counts"):
+        with pytest.raises(RuntimeError, match=r"meta must be int16 \[64, 8\] for values \[64, 64\] .*; got torch.int16 \[32, 8\]"):
             _check_args(x, packed.values, packed.meta[:32], None, require)
         _check_args(x, packed.values, packed.meta, None, require)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x, v, m, b: (x, v, m.to("meta"), b), "must be on one device; got cpu, cpu, meta, cpu"),
+        (lambda x, v, m, b: (x, v.to("meta"), m, b), "must be on one device; got cpu, meta, cpu, cpu"),
+        (lambda x, v, m, b: (x, v, m, b.to("meta")), "must be on one device; got cpu, cpu, cpu, meta"),
+        (lambda x, v, m, b: (x, v, m.int(), b), r"meta must be int16 \[64, 8\] .*; got torch.int32 \[64, 8\]"),
+        (lambda x, v, m, b: (x, v, m, b.float()), "bias must be torch.bfloat16 of shape \\[64\\]; got torch.float32"),
+        (lambda x, v, m, b: (x[:, :64].contiguous(), v, m, b), "input has 64 features, the 2:4 weight expects 128"),
+        (lambda x, v, m, b: (x.sum(), v, m, b), "the input at least 1-D"),
+    ],
+)
+def test_inputs_the_kernels_would_misread_are_refused_naming_the_problem(packed, change, message):
+    """Tensors on other devices gave NaNs on CPU, not an error; other mismatches failed deep inside."""
+    x, bias = torch.randn(2, 128).to(torch.bfloat16), torch.randn(64).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.proxsparse.linear24(*change(x, packed.values, packed.meta, bias))
 
 
 def test_each_gpu_generation_gets_the_2to4_matmul_that_runs_on_it(monkeypatch):
