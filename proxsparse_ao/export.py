@@ -196,30 +196,72 @@ def _remove_leftovers(output: Path) -> None:
                 _remove(path)
 
 
+def read_metadata(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's `proxsparse.json` (None when it has none); a file that does not parse is a ProxSparseError."""
+    path = Path(folder) / METADATA_FILE
+    try:
+        if not path.exists():
+            return None
+        text = path.read_text()
+    except OSError as err:
+        raise ProxSparseError(f"{path} cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ProxSparseError(f"{path} does not parse: {err}") from None
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProxSparseError(f"{path} does not parse: {err}") from None
+    if not isinstance(metadata, dict):
+        raise ProxSparseError(f"{path} does not parse: expected a JSON object, got {type(metadata).__name__}")
+    if metadata.get("format") != FORMAT:
+        raise ProxSparseError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT!r}")
+    targets = metadata.get("targets")
+    if not isinstance(targets, list) or not all(isinstance(name, str) for name in targets):
+        raise ProxSparseError(f"{path}: 'targets' must be a list of layer names")
+    return metadata
+
+
+def read_masks(folder: str | Path, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The saved masks (bool [out, in] per target) named by the metadata; a damaged masks file is a ProxSparseError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    name = metadata.get("masks_file", MASKS_FILE)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ProxSparseError(f"{Path(folder) / METADATA_FILE}: 'masks_file' must name a file in the folder, got {name!r}")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ProxSparseError(f"{path} is missing (proxsparse.json refers to it)")
+    try:
+        codes = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise ProxSparseError(f"{path} cannot be read: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+    check_mask_codes(codes, path)
+    return decode_masks(codes)
+
+
 def load_pruned(folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
     """(model, tokenizer or None, masks, metadata) from a folder `save_pruned` wrote; masks are re-checked and attached."""
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from .api import attach_masks
     from .models import load_causal_lm
 
     folder = Path(folder).expanduser()
-    meta_path = folder / METADATA_FILE
-    if not meta_path.is_file() or not (folder / MASKS_FILE).is_file():
-        raise ProxSparseError(f"{folder} is not a pruned model folder (no {METADATA_FILE} or {MASKS_FILE})")
-    metadata = json.loads(meta_path.read_text())
-    if metadata.get("format") != FORMAT:
-        raise ProxSparseError(f"{meta_path}: unknown format {metadata.get('format')!r}, expected {FORMAT}")
+    metadata = read_metadata(folder) if folder.is_dir() else None
+    if metadata is None:
+        raise ProxSparseError(f"{folder} is not a pruned model folder (no {METADATA_FILE})")
+    masks = read_masks(folder, metadata)
     model = load_causal_lm(folder, dtype=dtype)
     model.to(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError):
         tokenizer = None
-    codes = load_file(str(folder / MASKS_FILE))
-    check_mask_codes(codes, folder / MASKS_FILE)
-    masks = decode_masks(codes)
+    modules = dict(model.named_modules())
+    absent = sorted(name for name in masks if not isinstance(modules.get(name), nn.Linear))
+    if absent:
+        raise ProxSparseError(f"the saved masks name {len(absent)} layer(s) that are not linears of the model: {', '.join(absent[:3])}")
     check_pruned(model, masks)
     attach_masks(model, masks)
     return model, tokenizer, masks, metadata

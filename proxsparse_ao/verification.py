@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import statistics
 import time
@@ -99,54 +98,6 @@ class Structure:
             "pattern": {str(k): v for k, v in self.pattern().items()},
             "skipped_layers": self.skipped,
         }
-
-
-def read_metadata(folder: str | Path) -> dict[str, Any] | None:
-    """The folder's `proxsparse.json` (None when it has none); a file that does not parse is a ProxSparseError."""
-    from .export import FORMAT, METADATA_FILE
-
-    path = Path(folder) / METADATA_FILE
-    try:
-        if not path.exists():
-            return None
-        text = path.read_text()
-    except OSError as err:
-        raise ProxSparseError(f"{path} cannot be read: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise ProxSparseError(f"{path} does not parse: {err}") from None
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ProxSparseError(f"{path} does not parse: {err}") from None
-    if not isinstance(metadata, dict):
-        raise ProxSparseError(f"{path} does not parse: expected a JSON object, got {type(metadata).__name__}")
-    if metadata.get("format") != FORMAT:
-        raise ProxSparseError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT!r}")
-    targets = metadata.get("targets")
-    if not isinstance(targets, list) or not all(isinstance(name, str) for name in targets):
-        raise ProxSparseError(f"{path}: 'targets' must be a list of layer names")
-    return metadata
-
-
-def read_masks(folder: str | Path, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The saved masks (bool [out, in] per target) named by the metadata; a damaged masks file is a ProxSparseError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .export import MASKS_FILE, check_mask_codes, decode_masks
-
-    name = metadata.get("masks_file", MASKS_FILE)
-    if not isinstance(name, str) or Path(name).name != name:
-        raise ProxSparseError(f"{Path(folder) / 'proxsparse.json'}: 'masks_file' must name a file in the folder, got {name!r}")
-    path = Path(folder) / name
-    if not path.is_file():
-        raise ProxSparseError(f"{path} is missing (proxsparse.json refers to it)")
-    try:
-        codes = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise ProxSparseError(f"{path} cannot be read: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
-    check_mask_codes(codes, path)
-    return decode_masks(codes)
 
 
 def target_layers(model: nn.Module, metadata: dict[str, Any] | None) -> tuple[dict[str, nn.Linear], str, dict[str, str]]:

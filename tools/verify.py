@@ -161,10 +161,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     import torch
 
     from proxsparse_ao.context import check_context
+    from proxsparse_ao.export import read_masks, read_metadata
     from proxsparse_ao.models import load_model
-    from proxsparse_ao.verification import (
-        check_structure, measure_speed, read_masks, read_metadata, speed_skip_reason, target_layers,
-    )
+    from proxsparse_ao.verification import check_structure, measure_speed, speed_skip_reason, target_layers
 
     folder = Path(args.dir).expanduser()
     try:

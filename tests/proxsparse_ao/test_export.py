@@ -9,7 +9,7 @@ import torch
 
 from proxsparse_ao import apply_masks, load_pruned, magnitude_mask, save_pruned, select_targets
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.export import MASKS_FILE, METADATA_FILE, decode_masks, encode_masks
+from proxsparse_ao.export import MASKS_FILE, METADATA_FILE, decode_masks, encode_masks, read_masks, read_metadata
 
 
 def _pruned(model):
@@ -165,3 +165,109 @@ def test_the_saved_files_get_the_permissions_of_any_other_new_file(tiny_llama, t
         os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
+
+
+def test_read_metadata(tmp_path):
+    assert read_metadata(tmp_path) is None
+    (tmp_path / "proxsparse.json").write_text("[1, 2]")
+    with pytest.raises(ProxSparseError, match="expected a JSON object"):
+        read_metadata(tmp_path)
+    (tmp_path / "proxsparse.json").write_text(json.dumps({"format": "other", "targets": []}))
+    with pytest.raises(ProxSparseError, match="unknown format"):
+        read_metadata(tmp_path)
+    (tmp_path / "proxsparse.json").write_text(json.dumps({"format": "proxsparse-2:4/v1", "targets": ["a.b"]}))
+    assert read_metadata(tmp_path)["targets"] == ["a.b"]
+
+
+def save_codes(folder, masks: dict[str, torch.Tensor], change=None) -> dict:
+    """Write masks as export does (uint8 codes) into `folder`, after `change` edits the codes; returns the metadata."""
+    from safetensors.torch import save_file
+
+    from proxsparse_ao.export import encode_masks
+
+    codes = encode_masks(masks)
+    if change is not None:
+        change(codes)
+    save_file(codes, str(folder / "masks.safetensors"))
+    return {"targets": sorted(masks)}
+
+
+def test_saved_masks_that_keep_2_of_every_4_are_read_back(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    read = read_masks(tmp_path, save_codes(tmp_path, masks))
+    assert set(read) == set(masks) and all(torch.equal(read[name], masks[name]) for name in masks)
+
+
+@pytest.mark.parametrize("code", [15, 1, 0, 0x13])
+def test_a_saved_mask_that_does_not_keep_exactly_2_of_4_is_bad_input_naming_the_layer(tiny_llama, tmp_path, code):
+    masks = _pruned(tiny_llama)
+    layer = "model.layers.1.mlp.up_proj"
+
+    def corrupt(codes):
+        codes[layer][0, :5] = code
+
+    metadata = save_codes(tmp_path, masks, corrupt)
+    with pytest.raises(ProxSparseError, match=rf"not a 2:4 mask file: the saved mask of {layer} does not keep exactly "
+                                              r"2 of every 4 weights \(5 of 2,048 groups\)$"):
+        read_masks(tmp_path, metadata)
+
+
+def test_several_bad_saved_masks_are_counted(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+
+    def all_on(codes):
+        for name in list(codes)[:3]:
+            codes[name].fill_(15)
+
+    with pytest.raises(ProxSparseError, match=r"\(and 2 more layers\)"):
+        read_masks(tmp_path, save_codes(tmp_path, masks, all_on))
+
+
+def test_saved_masks_that_are_not_uint8_codes_are_bad_input(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    layer = "model.layers.0.self_attn.q_proj"
+    metadata = save_codes(tmp_path, masks, lambda codes: codes.update({layer: codes[layer].float()}))
+    with pytest.raises(ProxSparseError, match=f"the mask of {layer} is float32 of shape"):
+        read_masks(tmp_path, metadata)
+
+
+def test_a_metadata_file_that_cannot_be_read_is_bad_input(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    (tmp_path / "proxsparse.json").write_text("{}")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ProxSparseError, match="proxsparse.json cannot be read: Permission denied"):
+        read_metadata(tmp_path)
+
+
+def _rename_a_mask(folder) -> None:
+    from safetensors.torch import load_file, save_file
+
+    codes = load_file(str(folder / MASKS_FILE))
+    codes["model.layers.9.mlp.up_proj"] = codes.pop("model.layers.1.mlp.up_proj")
+    save_file(codes, str(folder / MASKS_FILE))
+
+
+DAMAGED_PRUNED_FOLDERS = {
+    "proxsparse.json that is not JSON": (lambda f: (f / METADATA_FILE).write_text("{"), "proxsparse.json does not parse"),
+    "proxsparse.json that is a list": (lambda f: (f / METADATA_FILE).write_text("[]"), "expected a JSON object, got list"),
+    "no proxsparse.json": (lambda f: (f / METADATA_FILE).unlink(), "is not a pruned model folder (no proxsparse.json)"),
+    "a truncated masks file": (lambda f: (f / MASKS_FILE).write_bytes((f / MASKS_FILE).read_bytes()[:100]),
+                               "masks.safetensors cannot be read"),
+    "a mask for a layer the model lacks": (_rename_a_mask,
+                                           "the saved masks name 1 layer(s) that are not linears of the model: model.layers.9"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_PRUNED_FOLDERS))
+def test_load_pruned_refuses_a_damaged_folder_in_one_line(tiny_llama, tmp_path, damage):
+    out = save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama))
+    change, problem = DAMAGED_PRUNED_FOLDERS[damage]
+    change(out)
+    with pytest.raises(ProxSparseError) as refused:
+        load_pruned(out)
+    assert problem in str(refused.value) and "\n" not in str(refused.value)

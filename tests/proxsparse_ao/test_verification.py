@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ import torch
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.masks import apply_mask, magnitude_mask
 from proxsparse_ao.verification import (
-    SPEED_SKIP, baseline_source, check_structure, measure_speed, read_masks, read_metadata, speed_skip_reason,
-    target_layers,
+    SPEED_SKIP, baseline_source, check_structure, measure_speed, speed_skip_reason, target_layers,
 )
 
 
@@ -63,18 +61,6 @@ def test_metadata_naming_missing_or_no_targets_is_bad_input(tiny_llama):
         target_layers(tiny_llama, {"targets": []})
 
 
-def test_read_metadata(tmp_path):
-    assert read_metadata(tmp_path) is None
-    (tmp_path / "proxsparse.json").write_text("[1, 2]")
-    with pytest.raises(ProxSparseError, match="expected a JSON object"):
-        read_metadata(tmp_path)
-    (tmp_path / "proxsparse.json").write_text(json.dumps({"format": "other", "targets": []}))
-    with pytest.raises(ProxSparseError, match="unknown format"):
-        read_metadata(tmp_path)
-    (tmp_path / "proxsparse.json").write_text(json.dumps({"format": "proxsparse-2:4/v1", "targets": ["a.b"]}))
-    assert read_metadata(tmp_path)["targets"] == ["a.b"]
-
-
 def test_baseline_source():
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL
 
@@ -114,68 +100,3 @@ def test_deployment_check_fails_a_rewrite_that_changes_the_outputs():
     assert not deployment(float("nan"), ["a", "b"]).ok
     missed = deployment(0.01, ["a"])
     assert not missed.all_rewritten and not missed.ok
-
-
-def save_codes(folder, masks: dict[str, torch.Tensor], change=None) -> dict:
-    """Write masks as export does (uint8 codes) into `folder`, after `change` edits the codes; returns the metadata."""
-    from safetensors.torch import save_file
-
-    from proxsparse_ao.export import encode_masks
-
-    codes = encode_masks(masks)
-    if change is not None:
-        change(codes)
-    save_file(codes, str(folder / "masks.safetensors"))
-    return {"targets": sorted(masks)}
-
-
-def test_saved_masks_that_keep_2_of_every_4_are_read_back(tiny_llama, tmp_path):
-    masks = prune_in_place(tiny_llama)
-    read = read_masks(tmp_path, save_codes(tmp_path, masks))
-    assert set(read) == set(masks) and all(torch.equal(read[name], masks[name]) for name in masks)
-
-
-@pytest.mark.parametrize("code", [15, 1, 0, 0x13])
-def test_a_saved_mask_that_does_not_keep_exactly_2_of_4_is_bad_input_naming_the_layer(tiny_llama, tmp_path, code):
-    masks = prune_in_place(tiny_llama)
-    layer = "model.layers.1.mlp.up_proj"
-
-    def corrupt(codes):
-        codes[layer][0, :5] = code
-
-    metadata = save_codes(tmp_path, masks, corrupt)
-    with pytest.raises(ProxSparseError, match=rf"not a 2:4 mask file: the saved mask of {layer} does not keep exactly "
-                                              r"2 of every 4 weights \(5 of 2,048 groups\)$"):
-        read_masks(tmp_path, metadata)
-
-
-def test_several_bad_saved_masks_are_counted(tiny_llama, tmp_path):
-    masks = prune_in_place(tiny_llama)
-
-    def all_on(codes):
-        for name in list(codes)[:3]:
-            codes[name].fill_(15)
-
-    with pytest.raises(ProxSparseError, match=r"\(and 2 more layers\)"):
-        read_masks(tmp_path, save_codes(tmp_path, masks, all_on))
-
-
-def test_saved_masks_that_are_not_uint8_codes_are_bad_input(tiny_llama, tmp_path):
-    masks = prune_in_place(tiny_llama)
-    layer = "model.layers.0.self_attn.q_proj"
-    metadata = save_codes(tmp_path, masks, lambda codes: codes.update({layer: codes[layer].float()}))
-    with pytest.raises(ProxSparseError, match=f"the mask of {layer} is float32 of shape"):
-        read_masks(tmp_path, metadata)
-
-
-def test_a_metadata_file_that_cannot_be_read_is_bad_input(tmp_path, monkeypatch):
-    from pathlib import Path
-
-    (tmp_path / "proxsparse.json").write_text("{}")
-
-    def denied(self, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(self))
-
-    monkeypatch.setattr(Path, "read_text", denied)
-    with pytest.raises(ProxSparseError, match="proxsparse.json cannot be read: Permission denied"):
-        read_metadata(tmp_path)
