@@ -12,7 +12,10 @@ version, dtype and shape.
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import atomic_write_bytes
+from .errors import ProxSparseError
 from .masks import apply_mask, magnitude_mask
 from .ops import linear24
 from .sparse_format import compress_24
@@ -134,16 +138,53 @@ def device_key(device: torch.device) -> str:
     return f"{device.type} torch {torch.__version__}"
 
 
+def _read_timings(path: Path) -> dict[str, tuple[float, float]]:
+    """The timings saved at `path` ({} when there is no file yet, and its folder is made); a file
+    that is not saved timings, or a place that cannot be written, is a ProxSparseError naming it,
+    before any compile starts."""
+    try:
+        if path.is_dir():
+            raise ProxSparseError(f"SpeedTable path {path} is a folder: name a file")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path.parent, os.W_OK):
+                raise ProxSparseError(f"SpeedTable path {path}: its folder is not writable")
+            return {}
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise ProxSparseError(f"{path} cannot be read as saved 2:4 timings ({reason}): fix or delete it") from None
+
+    def timing_pair(value: object) -> bool:
+        return (isinstance(value, list) and len(value) == 2
+                and all(not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < math.inf for v in value))
+
+    if not isinstance(data, dict) or not all(isinstance(key, str) and timing_pair(value) for key, value in data.items()):
+        raise ProxSparseError(
+            f"{path} is not a file of saved 2:4 timings ({{shape: [dense_ms, sparse_ms]}}, positive times): fix or delete it"
+        )
+    return {key: (float(dense), float(sparse)) for key, (dense, sparse) in data.items()}
+
+
 class SpeedTable:
     """Cached sparse-vs-dense timings and the per-shape decisions drawn from them."""
 
     def __init__(self, timer: Timer = time_linear, path: Path | None = None, min_speedup: float = MIN_SPEEDUP) -> None:
+        if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not 0 < min_speedup < math.inf:
+            raise ProxSparseError(f"SpeedTable: min_speedup must be a positive number, got {min_speedup!r}")
         self.timer = timer
-        self.path = Path(path) if path is not None else None
-        self.min_speedup = min_speedup
+        self.path = Path(path).expanduser() if path is not None else None
+        self.min_speedup = float(min_speedup)
         self._timings: dict[str, tuple[float, float]] = {}
-        if self.path is not None and self.path.exists():
-            self._timings = {key: (float(d), float(s)) for key, (d, s) in json.loads(self.path.read_text()).items()}
+        if self.path is not None:
+            self._timings = _read_timings(self.path)
+
+    def _save(self) -> None:
+        """Write the timings to `path`; a failed write keeps them in memory and warns (a compile is under way)."""
+        try:
+            atomic_write_bytes(self.path, json.dumps(self._timings, indent=1, sort_keys=True).encode())
+        except OSError as err:
+            warnings.warn(f"2:4 timings not saved to {self.path}: {err.strerror or err}", RuntimeWarning, stacklevel=2)
 
     def timing(self, device: torch.device, dtype: torch.dtype, m: int, n: int, k: int) -> Timing:
         """The timing of one (M, N, K), measured on first use."""
@@ -151,7 +192,7 @@ class SpeedTable:
         if key not in self._timings:
             self._timings[key] = tuple(self.timer(device, dtype, m, n, k))
             if self.path is not None:
-                atomic_write_bytes(self.path, json.dumps(self._timings, indent=1, sort_keys=True).encode())
+                self._save()
         dense_ms, sparse_ms = self._timings[key]
         return Timing(m, dense_ms, sparse_ms)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
+from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.speed import (
     OPEN_END_PROBE, SpeedTable, buckets_for, interleaved_seconds, probes, probes_for, time_linear,
 )
@@ -71,6 +73,49 @@ def test_each_shape_is_timed_once_and_persisted(tmp_path):
     again = ScriptedTimer(from_m=1)
     SpeedTable(again, path=path).choose(CPU, torch.float16, 256, 512, (513, 2048))
     assert again.calls == []
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{", "cannot be read as saved 2:4 timings (Expecting property name"),
+        ("", "cannot be read as saved 2:4 timings (Expecting value"),
+        ("[1.0, 2.0]", "is not a file of saved 2:4 timings"),
+        ('{"cpu | float16 | m=1 n=2 k=4": [1.0]}', "is not a file of saved 2:4 timings"),
+        ('{"cpu | float16 | m=1 n=2 k=4": [-1, 0]}', "positive times"),
+    ],
+)
+def test_a_timings_file_that_is_not_saved_timings_is_refused_naming_it(tmp_path, content, problem):
+    path = tmp_path / "timings.json"
+    path.write_text(content)
+    with pytest.raises(ProxSparseError, match=re.escape(f"{path} ") + ".*" + re.escape(problem)):
+        SpeedTable(ScriptedTimer(from_m=1), path=path)
+
+
+def test_a_timings_path_that_cannot_hold_the_file_is_refused_before_any_timing(tmp_path):
+    with pytest.raises(ProxSparseError, match="is a folder: name a file"):
+        SpeedTable(ScriptedTimer(from_m=1), path=tmp_path)
+    table = SpeedTable(ScriptedTimer(from_m=1), path=tmp_path / "new" / "timings.json")  # its folder is made
+    assert (tmp_path / "new").is_dir() and table.choose(CPU, torch.float16, 64, 64, (16, 16))[0]
+
+
+def test_a_failed_save_keeps_the_timings_and_warns_instead_of_failing_the_compile(tmp_path, monkeypatch):
+    import proxsparse_ao.speed
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    table = SpeedTable(ScriptedTimer(from_m=1), path=tmp_path / "timings.json")
+    monkeypatch.setattr(proxsparse_ao.speed, "atomic_write_bytes", full_disk)
+    with pytest.warns(RuntimeWarning, match="not saved to .*timings.json: No space left on device"):
+        chosen, _ = table.choose(CPU, torch.float16, 64, 64, (16, 16))
+    assert chosen
+
+
+@pytest.mark.parametrize("min_speedup", [0, -1, float("nan"), "x", True])
+def test_the_minimum_speedup_must_be_a_positive_number(min_speedup):
+    with pytest.raises(ProxSparseError, match="min_speedup must be a positive number"):
+        SpeedTable(ScriptedTimer(from_m=1), min_speedup=min_speedup)
 
 
 def test_minimum_speedup_guards_against_noise():
