@@ -28,9 +28,28 @@ def excluded_by(name: str, patterns: Iterable[str]) -> str | None:
     return None
 
 
-def linear_status(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, str | None]:
+def exclude_patterns(exclude: str | Iterable[str]) -> list[str]:
+    """`exclude` as a list of patterns; anything but strings, or a "re:" pattern that does not
+    compile, is a ValueError naming it (rather than a TypeError or re.error from deep inside)."""
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    elif not isinstance(exclude, Iterable):
+        raise ValueError(f"exclude must be a pattern or a list of patterns, got {type(exclude).__name__}")
+    patterns = list(exclude)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"exclude patterns must be strings, got {pattern!r}")
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as err:
+                raise ValueError(f"exclude pattern {pattern!r} is not a valid regular expression ({err})") from None
+    return patterns
+
+
+def linear_status(model: nn.Module, exclude: str | Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, str | None]:
     """For every nn.Linear (model order): None when it can run as 2:4, else the reason it cannot."""
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
+    patterns = exclude_patterns(exclude)
     status: dict[str, str | None] = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):

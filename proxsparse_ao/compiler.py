@@ -28,6 +28,7 @@ import torch._inductor.config
 from torch import nn
 
 from proxsparse_ao.passes import DEFAULT_EXCLUDE, LinearWeights, PassRecord, Sparse24Pass, linear_status
+from proxsparse_ao.passes.select import exclude_patterns
 from proxsparse_ao.passes.sparse24 import Decide
 
 from .errors import ProxSparseError
@@ -222,6 +223,12 @@ def compile(
     backend = torch_compile_kwargs.get("backend", "inductor")
     if backend != "inductor":
         raise ProxSparseError(f"backend={backend!r}: the 2:4 pass is an Inductor pass, use backend='inductor'")
+    if timings is not None and not isinstance(timings, SpeedTable):
+        raise ProxSparseError(f"timings must be a SpeedTable, got {type(timings).__name__}")
+    try:
+        exclude = exclude_patterns(exclude)
+    except ValueError as err:
+        raise ProxSparseError(str(err)) from None
     status = linear_status(model, exclude)
     graph_pass = Sparse24Pass(_decider(sparse, status, timings or shared_timings()), LinearWeights(model))
     report = CompileReport(sparse, status, graph_pass.records)

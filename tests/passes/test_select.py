@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from proxsparse_ao.masks import apply_mask, magnitude_mask
 from proxsparse_ao.passes import excluded_by, linear_status
+from proxsparse_ao.passes.select import exclude_patterns
 
 
 def test_exclusion_patterns_follow_the_llm_compressor_convention():
@@ -26,3 +28,17 @@ def test_linear_status_gives_a_reason_for_every_layer_kept_dense():
     assert status["0"] is None
     assert status["1"].startswith("not 2:4")
     assert status["2"] == "excluded (matches '2')"
+
+
+@pytest.mark.parametrize(
+    ("exclude", "message"),
+    [
+        (["re:(unclosed"], r"exclude pattern 're:\(unclosed' is not a valid regular expression"),
+        (None, "exclude must be a pattern or a list of patterns, got NoneType"),
+        ([3], "exclude patterns must be strings, got 3"),
+    ],
+)
+def test_bad_exclude_patterns_are_named(exclude, message):
+    with pytest.raises(ValueError, match=message):
+        linear_status(nn.Sequential(nn.Linear(64, 64)), exclude)
+    assert exclude_patterns("lm_head") == ["lm_head"]

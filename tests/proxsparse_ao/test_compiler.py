@@ -163,7 +163,17 @@ def test_report_before_the_first_call_says_nothing_is_compiled_yet():
     assert report.not_rewritten["up"].startswith("not seen in a compiled graph yet")
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [({"sparse": "sometimes"}, "sparse='sometimes'"), ({"backend": "eager"}, "backend='eager'")])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"sparse": "sometimes"}, "sparse='sometimes'"),
+        ({"backend": "eager"}, "backend='eager'"),
+        ({"exclude": ["re:["]}, r"exclude pattern 're:\[' is not a valid regular expression \(unterminated character set"),
+        ({"exclude": None}, "exclude must be a pattern or a list of patterns, got NoneType"),
+        ({"exclude": ["lm_head", None]}, "exclude patterns must be strings, got None"),
+        ({"timings": "timings.json"}, "timings must be a SpeedTable, got str"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, needle):
     with pytest.raises(ProxSparseError, match=needle):
         proxsparse_ao.compile(Mixed(), **kwargs)
