@@ -11,6 +11,7 @@ from .masks import (
     nm_mask,
     pattern_stats,
 )
+from . import ops as _ops  # noqa: F401  registers proxsparse::linear24, so saved programs that use it load
 from .prox import prox_2to4, prox_2to4_
 from .regularizers import frozen_weight_penalty, r_2to4
 

@@ -66,6 +66,25 @@ def test_torch_export_of_swapped_model_holds_the_op(swapped_llama):
     assert torch.equal(program.module()(ids, use_cache=False).logits, reference)
 
 
+def test_a_saved_exported_program_loads_in_a_process_that_only_imported_proxsparse_ao(swapped_llama, tmp_path):
+    import subprocess
+    import sys
+
+    model, ids, reference, _ = swapped_llama
+    torch.export.save(torch.export.export(model, (ids,), kwargs={"use_cache": False}), tmp_path / "model.pt2")
+    torch.save({"ids": ids, "reference": reference}, tmp_path / "check.pt")
+    code = (
+        "import sys, torch, transformers.modeling_outputs, proxsparse_ao\n"  # transformers: the output type
+        "program = torch.export.load(sys.argv[1])\n"
+        "check = torch.load(sys.argv[2])\n"
+        "out = program.module()(check['ids'], use_cache=False).logits\n"
+        "assert torch.equal(out, check['reference'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt2"), str(tmp_path / "check.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_from_linear_keeps_bias_and_refuses_bad_weights():
     linear = nn.Linear(128, 64).to(torch.bfloat16)
     prune_(linear)
