@@ -136,6 +136,17 @@ class Sparse24Compiled(nn.Module):
         with torch.no_grad(), torch._inductor.config.patch(self.inductor_config):
             return self.compiled(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        """What the compiled object lacks is read from the model (`config`, `device`, `dtype`,
+        `generation_config`, ...), so code written for the model works with it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None:
+                raise
+            return getattr(model, name)
+
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The model's own `generate` (transformers), with every forward pass it makes going through
         this compiled model. Transformers' compile-at-generate is off by default here

@@ -248,6 +248,15 @@ def test_generate_runs_prefill_and_every_decode_step_through_the_2_4_graphs(tiny
         torch.testing.assert_close(compiled(prompt).logits.float(), model(prompt).logits.float(), **BF16_TOL)
 
 
+def test_the_compiled_model_reads_what_it_lacks_from_the_model(tiny_llama_factory):
+    model = tiny_llama_factory(seed=2, dtype=torch.bfloat16, layers=1)
+    compiled, _ = proxsparse_ao.compile(model, sparse="never")
+    assert compiled.config is model.config and compiled.generation_config is model.generation_config
+    assert (compiled.device, compiled.dtype) == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        compiled.no_such_thing
+
+
 def test_generate_needs_a_generative_model():
     compiled, _ = proxsparse_ao.compile(Mixed(), sparse="always")
     with pytest.raises(ProxSparseError, match="Mixed has no generate"):
