@@ -191,7 +191,7 @@ def _own_entry(forward: Callable[..., Any]) -> Callable[..., Any]:
 def _decider(sparse: str, status: dict[str, str | None], timings: SpeedTable) -> Decide:
     def decide(names: list[str], weight: torch.Tensor, m_range: tuple[int, int | None]) -> tuple[bool, str]:
         if any(name not in status for name in names):
-            return False, "not the weight of an nn.Linear of this model"
+            return False, "not the weight of an nn.Linear of this model as it was at compile() (weights replaced since? compile again)"
         blocked = [(name, status[name]) for name in names if status[name] is not None]
         if blocked:
             if len(names) == 1:
