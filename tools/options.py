@@ -32,16 +32,29 @@ def parse_device(text: str | None) -> torch.device:
     return device
 
 
-def check_result_files(options: dict[str, str | None], model_folder: str | Path | None = None) -> None:
+def check_not_inside(value: str | Path, option: str, folder: str | Path | None, which: str) -> None:
+    """`value` must not be `folder` or lie inside it (`which` says what the folder is, for the message):
+    a file written into the folder a save replaces is lost or overwrites a file of the model."""
+    if folder is None:
+        return
+    path, root = Path(value).expanduser().resolve(), Path(folder).expanduser().resolve()
+    if path == root or root in path.parents:
+        raise ProxSparseError(f"{option} {value} is inside {which} {folder}: put it elsewhere")
+
+
+def check_result_files(
+    options: dict[str, str | None], model_folder: str | Path | None = None, output: str | Path | None = None
+) -> None:
     """Result files (`--json`, `--log`, ...) are refused before any work when they could not be
-    written at the end: a folder in the way, an unwritable place, two options naming one file, or
-    a file of the model folder the command reads."""
+    written at the end: a folder in the way, an unwritable place, two options naming one file, a
+    file of the model folder the command reads, or a path inside the folder the command saves."""
     seen: dict[Path, str] = {}
     inside = Path(model_folder).expanduser().resolve() if model_folder is not None and Path(model_folder).expanduser().is_dir() else None
     for option, value in options.items():
         if not value:
             continue
         path = Path(value).expanduser().absolute()
+        check_not_inside(path, option, output, "the --output folder, which the save replaces,")
         if path.resolve() in seen:
             raise ProxSparseError(f"{option} and {seen[path.resolve()]} name the same file {value}")
         seen[path.resolve()] = option

@@ -32,7 +32,7 @@ from proxsparse_ao.config import (
 )
 from proxsparse_ao.errors import ProxSparseError
 
-from .options import check_result_files, check_writable_folder, parse_device, require_at_least
+from .options import check_not_inside, check_result_files, check_writable_folder, parse_device, require_at_least
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -202,8 +202,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     require_at_least(args, {"threads": 1})
     device = parse_device(args.device)
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
-    check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model)
+    check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model, output=args.output)
     if getattr(config, "checkpoint_dir", None):
+        check_not_inside(config.checkpoint_dir, "--checkpoint-dir", args.output, "the --output folder, which the save replaces,")
+        if args.model is not None and Path(args.model).expanduser().is_dir():
+            check_not_inside(config.checkpoint_dir, "--checkpoint-dir", args.model, "the model folder being pruned,")
         check_writable_folder(config.checkpoint_dir, f"--checkpoint-dir {config.checkpoint_dir}")
     calibrated = args.method == "proxsparse" or needs_calibration(config)
     if calibrated:

@@ -176,6 +176,13 @@ def test_outputs_that_would_destroy_something_or_fail_at_the_end_are_refused_bef
         ([str(model_dir), "--output", str(tmp_path / "o"), "--log", str(notes)], "--log " + str(notes) + " is a folder"),
         ([str(model_dir), "--output", str(tmp_path / "o"), "--method", "proxsparse", "--checkpoint-dir", str(tmp_path / "a_file")],
          "is not a folder"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "o" / "proxsparse.json")],
+         "--log " + str(tmp_path / "o" / "proxsparse.json") + " is inside the --output folder, which the save replaces,"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--plot", str(tmp_path / "o")], "is inside the --output folder"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--method", "proxsparse", "--checkpoint-dir", str(tmp_path / "o" / "ck")],
+         "--checkpoint-dir " + str(tmp_path / "o" / "ck") + " is inside the --output folder"),
+        ([str(model_dir), "--output", str(tmp_path / "o"), "--method", "proxsparse", "--checkpoint-dir", str(model_dir / "ck")],
+         "is inside the model folder being pruned,"),
     ]
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
