@@ -140,7 +140,7 @@ def _decode(path: Path, data: bytes) -> str:
         bad = err.start if nul < 0 else min(nul, err.start)
     else:
         if nul < 0:
-            return text.replace("\r\n", "\n").replace("\r", "\n")
+            return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # a BOM is not text
         bad = nul
     raise ProxSparseError(f"{path} is not a UTF-8 text file (byte 0x{data[bad]:02x} at offset {bad})")
 
@@ -157,7 +157,7 @@ def _split(path: Path, raw: str) -> list[str]:
         docs = [block for block in raw.split(SEPARATOR) if block.strip()]
     else:
         docs = []
-        for number, line in enumerate(raw.splitlines(), 1):
+        for number, line in enumerate(raw.split("\n"), 1):  # JSON strings may hold U+2028 and kin raw
             if not line.strip():
                 continue
             try:
@@ -166,6 +166,11 @@ def _split(path: Path, raw: str) -> list[str]:
                 raise ProxSparseError(f"{path}:{number}: expected a JSON object with a \"text\" field") from None
             if not isinstance(text, str):
                 raise ProxSparseError(f"{path}:{number}: \"text\" must be a string")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ProxSparseError(f"{path}:{number}: \"text\" holds a lone surrogate escape "
+                                      f"(\\u{ord(err.object[err.start]):04x}), which is not text") from None
             if text.strip():
                 docs.append(text)
     if not docs:

@@ -25,7 +25,7 @@ from .errors import ProxSparseError
 from .wheels import extract_member
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_MODEL_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
@@ -260,20 +260,22 @@ def load_causal_lm(folder: str | Path, *, dtype: torch.dtype | None = None) -> P
     return model
 
 
-def check_loadable(source: str | Path | None) -> None:
+def check_loadable(source: str | Path | None) -> PretrainedConfig | None:
     """Refuse now a local model folder that `load_model` would refuse only when it runs, minutes later
     in a long command: besides `check_source`'s checks, a config.json transformers does not accept, a
     weight file or shard index that is missing, truncated or corrupt, tensors that do not fit the config,
     no usable tokenizer. The model is loaded onto the meta device: the weights are read once, at disk
-    speed, and none is kept in memory. Hub ids and the embedded default pass (the hub decides; the
-    default rebuilds itself)."""
+    speed, and none is kept in memory. Returns the folder's model config (as loaded, for early checks
+    such as its maximum context). Hub ids and the embedded default pass and return None (the hub
+    decides; the default rebuilds itself)."""
     if is_default(source) or (folder := _local_folder(source)) is None:
-        return
+        return None
     try:
-        _pretrained_model(folder, None, device_map="meta")
+        model = _pretrained_model(folder, None, device_map="meta")
     except _load_errors() as err:
         raise ProxSparseError(f"could not load the model in {source}: {_reason(err)}") from None
     _tokenizer(folder)
+    return model.config
 
 
 def load_model(

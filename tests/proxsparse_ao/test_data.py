@@ -224,3 +224,21 @@ def test_check_text_reads_a_local_file_but_never_a_named_source(tmp_path, monkey
         check_text(tmp_path / "missing.txt")
     with pytest.raises(ProxSparseError, match="unknown text 'wikitext103'"):
         check_text("wikitext103")
+
+
+def test_jsonl_lines_split_on_newlines_only_and_a_bom_is_not_text(tmp_path):
+    """json.dumps(..., ensure_ascii=False) writes U+2028 raw inside strings; editors may start a file with a BOM."""
+    rows = ["line\u2028separator", "next\u0085line", "plain"]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps({"text": r}, ensure_ascii=False) for r in rows).encode())
+    assert load_documents(jsonl) == rows
+    txt = tmp_path / "bom.txt"
+    txt.write_bytes(b"\xef\xbb\xbfsome text\n")
+    assert load_text(txt) == "some text\n"
+
+
+def test_a_jsonl_text_with_a_lone_surrogate_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "lone \\ud800 half"}\n')
+    with pytest.raises(ProxSparseError, match=re.escape(f"{path}:2: \"text\" holds a lone surrogate escape (\\ud800)")):
+        load_documents(path)
