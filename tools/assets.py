@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 
 from rich.console import Console
 from rich.table import Table
 
 from proxsparse_ao.cache import cache_dir
+from proxsparse_ao.quiet import quiet_libraries
 
 EXAMPLES = """examples:
   proxsparse-tool assets              # build what is missing, then report
@@ -41,8 +41,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, default_model_dir, load_model
 
     hf_logging.disable_progress_bar()
-    for noisy in ("torch.utils._pytree", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     table = Table(title=f"proxsparse-ao assets (cache: {cache_dir()})")
     table.add_column("asset")
     table.add_column("location", overflow="fold")

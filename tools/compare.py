@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import time
@@ -25,6 +24,7 @@ from rich.table import Table
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, parse_device, require_at_least
@@ -229,8 +229,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.training import mask_codes
 
     hf_logging.disable_progress_bar()
-    for noisy in ("torch.utils._pytree", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     if args.threads:
         torch.set_num_threads(args.threads)
     label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.quiet import quiet_libraries
 
 from .options import check_result_files, require_at_least
 
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.zeroshot import check_tasks, zero_shot
 
     hf_logging.disable_progress_bar()
-    for noisy in ("torch.utils._pytree", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     if args.tasks:
         check_tasks(args.tasks, args.zeroshot_data)
     text = None if args.no_ppl else load_text(args.text, "evaluation")  # a bad --text fails before the model loads

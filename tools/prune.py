@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import re
 import time
@@ -31,6 +30,7 @@ from proxsparse_ao.config import (
     ProxSparseConfig,
 )
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.quiet import quiet_libraries
 
 from .options import check_not_inside, check_result_files, check_writable_folder, parse_device, require_at_least
 
@@ -197,8 +197,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
 
     hf_logging.disable_progress_bar()
-    for noisy in ("torch.utils._pytree", "huggingface_hub"):  # the hub's retry lines, offline, before our one-line error
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     require_at_least(args, {"threads": 1})
     device = parse_device(args.device)
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 
@@ -15,6 +14,7 @@ from rich.table import Table
 from proxsparse_ao import check_nm, fraction_nm, magnitude_mask, prox_2to4
 from proxsparse_ao.export import check_output
 from proxsparse_ao.prox import backend
+from proxsparse_ao.quiet import quiet_libraries
 
 from .options import require_at_least
 
@@ -93,7 +93,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model
 
     hf_logging.disable_progress_bar()
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     started = time.perf_counter()
     with console.status(f"loading {DEFAULT_MODEL_LABEL} and the embedded text (first run: downloads and converts)"):
         model, tokenizer = load_model()
