@@ -253,7 +253,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
                 "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
             }
-            data = _calibration_record(config, tokens)
+            data = calibration_record(config, tokens.shape)
             apply_masks(model, masks, config)
         else:
             masks, stats, data = _prune_baseline(model, config, tokenizer, console)
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "data": data,
         "statistics": stats | {"seconds": round(seconds, 2)},
         "perplexity": ppl or None,
-        "versions": _versions(),
+        "versions": versions(),
     }
     log = history_json(history, method=args.method)
     with console.status(f"saving {output}"):
@@ -310,9 +310,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _calibration_record(config: ProxSparseConfig | BaselineConfig, tokens) -> dict:
-    """What proxsparse.json records of the calibration data."""
-    return {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(tokens.shape), "seed": config.seed}
+def calibration_record(config: ProxSparseConfig | BaselineConfig, shape: typing.Sequence[int]) -> dict:
+    """What proxsparse.json records of the calibration data (`shape`: the token tensor's)."""
+    return {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(shape), "seed": config.seed}
 
 
 def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) -> tuple[dict, dict, dict | None]:
@@ -324,7 +324,7 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
     if needs_calibration(config):
         with console.status(f"preparing {config.samples} x {config.seqlen} calibration tokens ({config.calibration})"):
             tokens = calibration_tokens(config, tokenizer, model)
-        data = _calibration_record(config, tokens)
+        data = calibration_record(config, tokens.shape)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("pruning decoder blocks", total=None)
@@ -352,7 +352,7 @@ def _perplexity(model, ids, args: argparse.Namespace, console: Console, what: st
     return result.ppl
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}

@@ -145,8 +145,16 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     status = "[green]ran[/]" if exact and not result.stopped else "[red]check failed[/]"
     table.add_row("ProxSparse mask learning", status, detail + (f"; stopped: {result.stopped}" if result.stopped else ""))
     if args.output:
-        metadata = {"method": "proxsparse", "source_model": DEFAULT_MODEL_LABEL, "config": config.to_dict(),
-                    "perplexity": {"dense": dense, "magnitude": magnitude_ppl, "pruned": learned_ppl}}
+        from .prune import calibration_record, versions
+
+        metadata = {
+            "method": "proxsparse", "source_model": DEFAULT_MODEL_LABEL, "dtype": "float32", "config": config.to_dict(),
+            "data": calibration_record(config, result.extra["calibration_shape"]),
+            "statistics": {"steps": result.steps_done, "total_steps": result.total_steps, "stopped": result.stopped,
+                           "changed_vs_magnitude": result.changed_vs_magnitude, "learn_seconds": round(learn_seconds, 2)},
+            "perplexity": {"dense": dense, "magnitude": magnitude_ppl, "pruned": learned_ppl},
+            "versions": versions(),
+        }
         save_pruned(model, args.output, result.masks, metadata, tokenizer=tokenizer, overwrite=True,
                     extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
         table.add_row("saved", "[green]ran[/]", str(args.output))
