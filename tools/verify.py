@@ -15,6 +15,7 @@ from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, require_at_least
@@ -44,7 +45,9 @@ Checks, in order:
 exit status: 0 every check passed (skipped ones do not fail), 1 a check failed (the failing layers
 or numbers are printed), 2 the input could not be used (missing folder, not a model, corrupt
 weights or masks, proxsparse.json that does not parse, no target layers, unknown task, a local
---baseline folder that would not load: checked before the first check); errors are one line on
+--baseline folder that would not load, is a pruned model or has a shorter context than --seqlen:
+checked before the first check; a dense source whose tokenizer splits --text differently, so its
+perplexity would not be comparable: checked before any perplexity); errors are one line on
 stderr and no --json file is written.
 """
 
@@ -105,13 +108,34 @@ def _check_args(args: argparse.Namespace) -> None:
 
         check_text(args.text)
     if args.baseline is not None:
+        from proxsparse_ao.export import METADATA_FILE
         from proxsparse_ao.models import check_loadable
         from proxsparse_ao.verification import baseline_source
 
+        source = baseline_source(None, args.baseline)[0]
         try:
-            check_loadable(baseline_source(None, args.baseline)[0])
+            config = check_loadable(source)
         except ProxSparseError as err:
             raise ProxSparseError(f"--baseline: {err}") from None
+        if config is not None:  # a local folder
+            if (Path(source).expanduser() / METADATA_FILE).is_file():
+                raise ProxSparseError(f"--baseline: {args.baseline} is a pruned model (it has {METADATA_FILE}), not a dense source")
+            if not args.no_ppl:
+                _check_baseline_context(config, args.seqlen, "--baseline: ")
+
+
+def _check_baseline_context(config, seqlen: int, prefix: str = "") -> None:
+    """Refuse perplexity windows longer than the dense source's maximum context, saying it is the baseline's limit."""
+    from types import SimpleNamespace
+
+    from proxsparse_ao.context import max_context
+
+    limit = max_context(SimpleNamespace(config=config))
+    if limit is not None and seqlen > limit:
+        raise ProxSparseError(
+            f"{prefix}--seqlen {seqlen} is longer than the baseline model's maximum context of {limit} tokens "
+            f"(max_position_embeddings in its config): use at most {limit}"
+        )
 
 
 def _progress() -> Progress:
@@ -123,13 +147,18 @@ def _progress() -> Progress:
     )
 
 
-def _perplexity(model, tokenizer, args: argparse.Namespace, what: str):
-    from proxsparse_ao.context import check_context
+def _token_ids(tokenizer, args: argparse.Namespace):
     from proxsparse_ao.data import load_text
-    from proxsparse_ao.evaluation import perplexity, tokenize_text
+    from proxsparse_ao.evaluation import tokenize_text
+
+    return tokenize_text(tokenizer, load_text(args.text, "evaluation"))
+
+
+def _perplexity(model, ids, args: argparse.Namespace, what: str):
+    from proxsparse_ao.context import check_context
+    from proxsparse_ao.evaluation import perplexity
 
     check_context(model, args.seqlen, "--seqlen")
-    ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))
     with _progress() as bar:
         task = bar.add_task(f"perplexity ({what}), {args.seqlen}-token windows", total=None)
         return perplexity(model, ids, args.seqlen, max_tokens=args.max_tokens or None,
@@ -159,11 +188,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.tasks:
         check_tasks(args.tasks, args.zeroshot_data)
     import torch
+    from transformers.utils import logging as hf_logging
 
     from proxsparse_ao.context import check_context
     from proxsparse_ao.export import read_masks, read_metadata
     from proxsparse_ao.models import load_model
     from proxsparse_ao.verification import check_structure, measure_speed, speed_skip_reason, target_layers
+
+    hf_logging.disable_progress_bar()
+    quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
 
     folder = Path(args.dir).expanduser()
     try:
@@ -265,14 +298,41 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, table: Table, console: Console) -> None:
-    """Perplexity and zero-shot of the sparse model, then of its dense source when one can be loaded."""
+    """Perplexity and zero-shot of the sparse model, then of its dense source when one can be loaded.
+    The dense source is loaded first, so that a window longer than its context or a tokenizer that
+    splits the text differently (a meaningless perplexity ratio) is refused before any perplexity runs."""
     import torch
 
+    from proxsparse_ao.context import check_context
     from proxsparse_ao.models import load_model
     from proxsparse_ao.verification import baseline_source
 
+    source, label = baseline_source(metadata, args.baseline)
+    result["baseline"] = label
+    dense = dense_tokenizer = None
+    skipped = "no proxsparse.json source_model and no --baseline"
+    if source is not None:
+        try:
+            with console.status(f"loading the dense source {label}"):
+                dense, dense_tokenizer = load_model(source, dtype=getattr(torch, args.dtype), device=next(model.parameters()).device)
+        except ProxSparseError as err:
+            if args.baseline is not None:
+                raise ProxSparseError(f"--baseline: {err}") from None
+            result["baseline_error"] = str(err)
+            skipped = f"could not load {label}: {err}"
     if not args.no_ppl:
-        ppl = _perplexity(model, tokenizer, args, "sparse")
+        check_context(model, args.seqlen, "--seqlen")
+        ids = _token_ids(tokenizer, args)
+        if dense is not None:
+            prefix = "--baseline: " if args.baseline is not None else ""
+            _check_baseline_context(dense.config, args.seqlen, prefix)
+            if not torch.equal(ids, _token_ids(dense_tokenizer, args)):
+                raise ProxSparseError(
+                    f"{prefix}the tokenizers of {args.dir} and of the dense source {label} split the evaluation text "
+                    "into different tokens: their perplexities would not be comparable (use a dense source with the "
+                    "pruned model's tokenizer, or --no-ppl)"
+                )
+        ppl = _perplexity(model, ids, args, "sparse")
         result.update(ppl=ppl.ppl, ppl_detail=ppl.to_dict())
         checks["accuracy"] = "pass" if math.isfinite(ppl.ppl) else "fail"
         table.add_row("perplexity (sparse)", _status(checks["accuracy"]),
@@ -283,22 +343,11 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
         checks.setdefault("accuracy", "pass")
         for name, acc in scores.accuracy.items():
             table.add_row(f"{name} acc (sparse)", "", f"{acc:.4f} ({scores.items[name]} items, 0-shot)")
-    source, label = baseline_source(metadata, args.baseline)
-    result["baseline"] = label
-    if source is None:
-        table.add_row("dense source", _status("skipped"), "no proxsparse.json source_model and no --baseline")
-        return
-    try:
-        with console.status(f"loading the dense source {label}"):
-            dense, dense_tokenizer = load_model(source, dtype=getattr(torch, args.dtype), device=next(model.parameters()).device)
-    except ProxSparseError as err:
-        if args.baseline is not None:
-            raise
-        result["baseline_error"] = str(err)
-        table.add_row("dense source", _status("skipped"), f"could not load {label}: {err}")
+    if dense is None:
+        table.add_row("dense source", _status("skipped"), skipped)
         return
     if not args.no_ppl:
-        base = _perplexity(dense, dense_tokenizer, args, "dense")
+        base = _perplexity(dense, ids, args, "dense")
         result.update(baseline_ppl=base.ppl, baseline_ppl_detail=base.to_dict())
         table.add_row("perplexity (dense source)", "", f"{base.ppl:.4f} ({label}); sparse/dense {result['ppl'] / base.ppl:.3f}x")
     if args.tasks:

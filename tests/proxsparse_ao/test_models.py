@@ -254,3 +254,10 @@ def test_check_loadable_passes_intact_folders_sharded_or_not_hub_ids_and_the_def
     models.check_loadable(str(tiny_model_dir))
     models.check_loadable("HuggingFaceTB/SmolLM2-135M")  # the hub may be reachable where it runs: loading decides
     models.check_loadable("default")
+
+
+def test_check_loadable_returns_a_local_folders_config_for_early_checks_and_none_otherwise(tiny_model_dir):
+    config = models.check_loadable(str(tiny_model_dir))
+    assert config.max_position_embeddings == 256 and config.model_type == "llama"
+    assert models.check_loadable("HuggingFaceTB/SmolLM2-135M") is None
+    assert models.check_loadable("default") is None

@@ -358,3 +358,95 @@ def test_windows_longer_than_the_models_context_are_one_line_errors(folders, tmp
                    2, "--seqlen 512 is longer than the model's maximum context of 256 tokens")
     one_line_error(bad_input(tmp_path, folders["pruned"], "--no-ppl", "--deploy-tokens", "512"),
                    2, "--deploy-tokens 512 is longer than the model's maximum context of 256 tokens")
+
+
+def verify_in_process(folders, baseline: Path, tmp_path: Path, monkeypatch, capsys, *extra: str):
+    """`verify PRUNED --baseline BASELINE` in this process, with perplexity and the compile check replaced by
+    stubs that record they ran: (exit code, stdout, stderr, the long checks that ran, whether --json was written)."""
+    import proxsparse_ao.evaluation
+    import proxsparse_ao.verification
+    from proxsparse_ao.tools import cli as tool
+
+    ran = []
+
+    def long_work(name: str):
+        def refuse(*args, **kwargs):
+            ran.append(name)
+            raise AssertionError(f"{name} ran before the --baseline was refused")
+        return refuse
+
+    monkeypatch.setattr(proxsparse_ao.evaluation, "perplexity", long_work("perplexity"))
+    monkeypatch.setattr(proxsparse_ao.verification, "check_deployment", long_work("compile check"))
+    out = tmp_path / "out.json"
+    code = tool.main(["verify", str(folders["pruned"]), "--baseline", str(baseline), "--text", str(folders["text"]),
+                      "--json", str(out), *extra])
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err, ran, out.exists()
+
+
+def test_a_seqlen_beyond_the_baseline_models_context_is_refused_before_any_check_naming_the_baseline(
+        folders, tmp_path, monkeypatch, capsys):
+    baseline = shutil.copytree(folders["dense"], tmp_path / "short-context")
+    edit_config(baseline, max_position_embeddings=32)  # the pruned model takes 256 tokens, its baseline 32
+    code, out, err, ran, wrote = verify_in_process(folders, baseline, tmp_path, monkeypatch, capsys, "--seqlen", "64")
+    assert code == 2 and ran == [] and out == "" and not wrote
+    assert err.strip() == ("error: --baseline: --seqlen 64 is longer than the baseline model's maximum context of 32 "
+                           "tokens (max_position_embeddings in its config): use at most 32")
+
+
+def test_the_baseline_models_context_does_not_matter_without_perplexity(folders, tmp_path, monkeypatch, capsys):
+    baseline = shutil.copytree(folders["dense"], tmp_path / "short-context")
+    edit_config(baseline, max_position_embeddings=32)
+    code, out, err, ran, _ = verify_in_process(folders, baseline, tmp_path, monkeypatch, capsys,
+                                               "--seqlen", "64", "--no-ppl", "--no-compile")
+    assert code == 0 and ran == [] and err == "" and "verify passed" in out
+
+
+def test_a_pruned_model_as_baseline_is_refused_as_not_a_dense_source(folders, tmp_path, monkeypatch, capsys):
+    code, out, err, ran, wrote = verify_in_process(folders, folders["pruned"], tmp_path, monkeypatch, capsys,
+                                                   "--seqlen", "64")
+    assert code == 2 and ran == [] and out == "" and not wrote
+    assert err.strip() == f"error: --baseline: {folders['pruned']} is a pruned model (it has proxsparse.json), not a dense source"
+
+
+def test_a_baseline_whose_tokenizer_splits_the_text_differently_gets_no_perplexity_ratio(
+        folders, tmp_path, monkeypatch, capsys):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    baseline = tmp_path / "other-tokenizer"
+    shutil.copytree(folders["dense"], baseline)
+    for path in baseline.glob("*token*"):
+        path.unlink()
+    # the same 256 bytes, the same number of tokens, but every byte under another id
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={char: 255 - index for index, char in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="Ċ").save_pretrained(baseline)
+    code, out, err, ran, wrote = verify_in_process(folders, baseline, tmp_path, monkeypatch, capsys,
+                                                   "--seqlen", "64", "--no-compile")
+    assert code == 2 and ran == [] and not wrote and "sparse/dense" not in out
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: --baseline: ") and str(folders["pruned"]) in line and str(baseline) in line
+    assert "their perplexities would not be comparable" in line
+
+
+def test_a_baseline_with_the_same_tokenizer_is_compared(folders, tmp_path, monkeypatch, capsys):
+    import proxsparse_ao.evaluation
+
+    from proxsparse_ao.tools import cli as tool
+
+    calls = []
+    real = proxsparse_ao.evaluation.perplexity
+
+    def recorded(model, ids, *args, **kwargs):
+        calls.append(ids)
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(proxsparse_ao.evaluation, "perplexity", recorded)
+
+    code = tool.main(["verify", str(folders["pruned"]), "--baseline", str(folders["dense"]), "--text", str(folders["text"]),
+                      "--seqlen", "64", "--no-compile"])
+    assert code == 0 and "sparse/dense" in capsys.readouterr().out
+    assert len(calls) == 2 and torch.equal(calls[0], calls[1])
