@@ -14,7 +14,12 @@ from .errors import ProxSparseError
 
 def max_context(model: nn.Module) -> int | None:
     """The longest window the model takes, in tokens (`config.max_position_embeddings`); None when its config has none."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return config_max_context(getattr(model, "config", None))
+
+
+def config_max_context(config: object) -> int | None:
+    """`max_context` read from a model config (one loaded without the model, say)."""
+    limit = getattr(config, "max_position_embeddings", None)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         return None
     return limit

@@ -264,8 +264,8 @@ def check_loadable(source: str | Path | None) -> PretrainedConfig | None:
     """Refuse now a local model folder that `load_model` would refuse only when it runs, minutes later
     in a long command: besides `check_source`'s checks, a config.json transformers does not accept, a
     weight file or shard index that is missing, truncated or corrupt, tensors that do not fit the config,
-    no usable tokenizer. The model is loaded onto the meta device: the weights are read once, at disk
-    speed, and none is kept in memory. Returns the folder's model config (as loaded, for early checks
+    no usable tokenizer. The model is loaded onto the meta device (transformers still reads each
+    weight once on the way). Returns the folder's model config (as loaded, for early checks
     such as its maximum context). Hub ids and the embedded default pass and return None (the hub
     decides; the default rebuilds itself)."""
     if is_default(source) or (folder := _local_folder(source)) is None:

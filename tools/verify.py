@@ -126,11 +126,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _check_baseline_context(config, seqlen: int, prefix: str = "") -> None:
     """Refuse perplexity windows longer than the dense source's maximum context, saying it is the baseline's limit."""
-    from types import SimpleNamespace
+    from proxsparse_ao.context import config_max_context
 
-    from proxsparse_ao.context import max_context
-
-    limit = max_context(SimpleNamespace(config=config))
+    limit = config_max_context(config)
     if limit is not None and seqlen > limit:
         raise ProxSparseError(
             f"{prefix}--seqlen {seqlen} is longer than the baseline model's maximum context of {limit} tokens "
@@ -147,18 +145,10 @@ def _progress() -> Progress:
     )
 
 
-def _token_ids(tokenizer, args: argparse.Namespace):
-    from proxsparse_ao.data import load_text
-    from proxsparse_ao.evaluation import tokenize_text
-
-    return tokenize_text(tokenizer, load_text(args.text, "evaluation"))
-
-
 def _perplexity(model, ids, args: argparse.Namespace, what: str):
-    from proxsparse_ao.context import check_context
+    """Perplexity of `model` on `ids`; `_accuracy` has checked --seqlen against its context."""
     from proxsparse_ao.evaluation import perplexity
 
-    check_context(model, args.seqlen, "--seqlen")
     with _progress() as bar:
         task = bar.add_task(f"perplexity ({what}), {args.seqlen}-token windows", total=None)
         return perplexity(model, ids, args.seqlen, max_tokens=args.max_tokens or None,
@@ -304,6 +294,8 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
     import torch
 
     from proxsparse_ao.context import check_context
+    from proxsparse_ao.data import load_text
+    from proxsparse_ao.evaluation import tokenize_text
     from proxsparse_ao.models import load_model
     from proxsparse_ao.verification import baseline_source
 
@@ -322,11 +314,12 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
             skipped = f"could not load {label}: {err}"
     if not args.no_ppl:
         check_context(model, args.seqlen, "--seqlen")
-        ids = _token_ids(tokenizer, args)
+        text = load_text(args.text, "evaluation")
+        ids = tokenize_text(tokenizer, text)
         if dense is not None:
             prefix = "--baseline: " if args.baseline is not None else ""
             _check_baseline_context(dense.config, args.seqlen, prefix)
-            if not torch.equal(ids, _token_ids(dense_tokenizer, args)):
+            if not torch.equal(ids, tokenize_text(dense_tokenizer, text)):
                 raise ProxSparseError(
                     f"{prefix}the tokenizers of {args.dir} and of the dense source {label} split the evaluation text "
                     "into different tokens: their perplexities would not be comparable (use a dense source with the "

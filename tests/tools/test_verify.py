@@ -270,32 +270,39 @@ DAMAGED_BASELINES = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGED_BASELINES))
-def test_a_damaged_baseline_folder_is_refused_before_the_perplexity_and_compile_checks(folders, tmp_path, damage,
-                                                                                        monkeypatch, capsys):
+def verify_in_process(folders, baseline: Path, tmp_path: Path, monkeypatch, capsys, *extra: str):
+    """`verify PRUNED --baseline BASELINE` in this process, with perplexity and the compile check replaced by
+    stubs that record they ran: (exit code, stdout, stderr, the long checks that ran, whether --json was written)."""
     import proxsparse_ao.evaluation
     import proxsparse_ao.verification
-    from proxsparse_ao.tools import cli
+    from proxsparse_ao.tools import cli as tool
 
     ran = []
 
     def long_work(name: str):
         def refuse(*args, **kwargs):
             ran.append(name)
-            raise AssertionError(f"{name} ran before the damaged --baseline was refused")
+            raise AssertionError(f"{name} ran before the --baseline was refused")
         return refuse
 
     monkeypatch.setattr(proxsparse_ao.evaluation, "perplexity", long_work("perplexity"))
     monkeypatch.setattr(proxsparse_ao.verification, "check_deployment", long_work("compile check"))
+    out = tmp_path / "out.json"
+    code = tool.main(["verify", str(folders["pruned"]), "--baseline", str(baseline), "--text", str(folders["text"]),
+                      "--json", str(out), *extra])
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err, ran, out.exists()
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_BASELINES))
+def test_a_damaged_baseline_folder_is_refused_before_the_perplexity_and_compile_checks(folders, tmp_path, damage,
+                                                                                        monkeypatch, capsys):
     baseline = shutil.copytree(folders["dense"], tmp_path / "dense")
     change, problem = DAMAGED_BASELINES[damage]
     change(baseline)
-    out = tmp_path / "out.json"
-    code = cli.main(["verify", str(folders["pruned"]), "--baseline", str(baseline), "--text", str(folders["text"]),
-                     "--seqlen", "64", "--json", str(out)])
-    printed = capsys.readouterr()
-    assert code == 2 and ran == [] and "perplexity" not in printed.out and not out.exists()
-    (line,) = printed.err.strip().splitlines()
+    code, out, err, ran, wrote = verify_in_process(folders, baseline, tmp_path, monkeypatch, capsys, "--seqlen", "64")
+    assert code == 2 and ran == [] and "perplexity" not in out and not wrote
+    (line,) = err.strip().splitlines()
     assert line.startswith("error: --baseline: ") and problem in line
 
 
@@ -358,30 +365,6 @@ def test_windows_longer_than_the_models_context_are_one_line_errors(folders, tmp
                    2, "--seqlen 512 is longer than the model's maximum context of 256 tokens")
     one_line_error(bad_input(tmp_path, folders["pruned"], "--no-ppl", "--deploy-tokens", "512"),
                    2, "--deploy-tokens 512 is longer than the model's maximum context of 256 tokens")
-
-
-def verify_in_process(folders, baseline: Path, tmp_path: Path, monkeypatch, capsys, *extra: str):
-    """`verify PRUNED --baseline BASELINE` in this process, with perplexity and the compile check replaced by
-    stubs that record they ran: (exit code, stdout, stderr, the long checks that ran, whether --json was written)."""
-    import proxsparse_ao.evaluation
-    import proxsparse_ao.verification
-    from proxsparse_ao.tools import cli as tool
-
-    ran = []
-
-    def long_work(name: str):
-        def refuse(*args, **kwargs):
-            ran.append(name)
-            raise AssertionError(f"{name} ran before the --baseline was refused")
-        return refuse
-
-    monkeypatch.setattr(proxsparse_ao.evaluation, "perplexity", long_work("perplexity"))
-    monkeypatch.setattr(proxsparse_ao.verification, "check_deployment", long_work("compile check"))
-    out = tmp_path / "out.json"
-    code = tool.main(["verify", str(folders["pruned"]), "--baseline", str(baseline), "--text", str(folders["text"]),
-                      "--json", str(out), *extra])
-    printed = capsys.readouterr()
-    return code, printed.out, printed.err, ran, out.exists()
 
 
 def test_a_seqlen_beyond_the_baseline_models_context_is_refused_before_any_check_naming_the_baseline(
