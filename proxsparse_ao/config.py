@@ -54,7 +54,8 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 W0_DEVICES = ("cpu", "model")
 CALIBRATION_MODES = ("windows", "documents")
 DEFAULT_TARGETS = ("Linear",)
-DEFAULT_IGNORE = ("re:.*lm_head",)
+# lm_head, and OPT's embedding projections (OPT-350m): neither is an attention or MLP projection
+DEFAULT_IGNORE = ("re:.*lm_head", "project_in", "project_out")
 MASK_BUFFER = "proxsparse_mask"  # where a learned mask waits on its module for the handler
 
 

@@ -15,6 +15,7 @@ Set PROXSPARSE_CUSPARSELT=torch to use torch's per-call wrapper instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -108,17 +109,27 @@ class _Plan:
         self.sparse, self.dense, self.out = _Opaque(), _Opaque(), _Opaque()
         self.matmul, self.algorithm, self.plan = _Opaque(), _Opaque(), _Opaque()
         self.search: str | None = None  # "searched", or why the search failed; None before any
+        self._teardown: list = []  # what destroy() undoes, in build order: only what was built
         h = handle.ptr
-        _check(lib.cusparseLtStructuredDescriptorInit(h, self.sparse.ptr, n, k, k, 16, dtype, _ORDER_ROW, _SPARSITY_50),
-               "StructuredDescriptorInit")
-        _check(lib.cusparseLtDenseDescriptorInit(h, self.dense.ptr, m, k, k, 16, dtype, _ORDER_ROW), "DenseDescriptorInit")
-        _check(lib.cusparseLtDenseDescriptorInit(h, self.out.ptr, n, m, n, 16, dtype, _ORDER_COL), "DenseDescriptorInit")
-        _check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, _OP_N, _OP_T, self.sparse.ptr, self.dense.ptr,
-                                                  self.out.ptr, self.out.ptr, _COMPUTE_32F), "MatmulDescriptorInit")
-        _check(lib.cusparseLtMatmulAlgSelectionInit(h, self.algorithm.ptr, self.matmul.ptr, _ALG_DEFAULT),
-               "MatmulAlgSelectionInit")
-        _check(lib.cusparseLtMatmulPlanInit(h, self.plan.ptr, self.matmul.ptr, self.algorithm.ptr), "MatmulPlanInit")
-        self.workspace_bytes = self._workspace_bytes()
+        try:
+            _check(lib.cusparseLtStructuredDescriptorInit(h, self.sparse.ptr, n, k, k, 16, dtype, _ORDER_ROW, _SPARSITY_50),
+                   "StructuredDescriptorInit")
+            self._teardown.append(lambda: lib.cusparseLtMatDescriptorDestroy(self.sparse.ptr))
+            _check(lib.cusparseLtDenseDescriptorInit(h, self.dense.ptr, m, k, k, 16, dtype, _ORDER_ROW), "DenseDescriptorInit")
+            self._teardown.append(lambda: lib.cusparseLtMatDescriptorDestroy(self.dense.ptr))
+            _check(lib.cusparseLtDenseDescriptorInit(h, self.out.ptr, n, m, n, 16, dtype, _ORDER_COL), "DenseDescriptorInit")
+            self._teardown.append(lambda: lib.cusparseLtMatDescriptorDestroy(self.out.ptr))
+            _check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, _OP_N, _OP_T, self.sparse.ptr, self.dense.ptr,
+                                                      self.out.ptr, self.out.ptr, _COMPUTE_32F), "MatmulDescriptorInit")
+            _check(lib.cusparseLtMatmulAlgSelectionInit(h, self.algorithm.ptr, self.matmul.ptr, _ALG_DEFAULT),
+                   "MatmulAlgSelectionInit")
+            self._teardown.append(lambda: lib.cusparseLtMatmulAlgSelectionDestroy(self.algorithm.ptr))
+            _check(lib.cusparseLtMatmulPlanInit(h, self.plan.ptr, self.matmul.ptr, self.algorithm.ptr), "MatmulPlanInit")
+            self._teardown.append(lambda: lib.cusparseLtMatmulPlanDestroy(self.plan.ptr))
+            self.workspace_bytes = self._workspace_bytes()
+        except CusparseLtError:
+            self.destroy()  # a plan that failed half-way leaks nothing it built
+            raise
 
     def _workspace_bytes(self) -> int:
         size = ctypes.c_size_t(0)
@@ -144,10 +155,9 @@ class _Plan:
         self.search = "searched"
 
     def destroy(self) -> None:
-        for descriptor in (self.sparse, self.dense, self.out):
-            self.lib.cusparseLtMatDescriptorDestroy(descriptor.ptr)
-        self.lib.cusparseLtMatmulAlgSelectionDestroy(self.algorithm.ptr)
-        self.lib.cusparseLtMatmulPlanDestroy(self.plan.ptr)
+        """Release what was built, the plan first (it points into the descriptors); a second call does nothing."""
+        while self._teardown:
+            self._teardown.pop()()
 
 
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
@@ -163,7 +173,7 @@ def capturing() -> bool:
     return torch.cuda.is_current_stream_capturing()
 
 
-def on_device(device: torch.device):
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
     """Context in which cuSPARSELt calls bind to `device`."""
     return torch.cuda.device(device)
 

@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from torch import nn
 from .errors import ProxSparseError
 from .training import mask_codes
 from .masks import check_nm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MASKS_FILE = "masks.safetensors"
 METADATA_FILE = "proxsparse.json"
@@ -82,7 +85,7 @@ def save_pruned(
     masks: dict[str, torch.Tensor],
     metadata: dict[str, Any] | None = None,
     *,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     overwrite: bool = False,
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
@@ -240,7 +243,9 @@ def read_masks(folder: str | Path, metadata: dict[str, Any]) -> dict[str, torch.
     return decode_masks(codes)
 
 
-def load_pruned(folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+def load_pruned(
+    folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None, dict[str, torch.Tensor], dict[str, Any]]:
     """(model, tokenizer or None, masks, metadata) from a folder `save_pruned` wrote; masks are re-checked and attached."""
     from transformers import AutoTokenizer
 

@@ -54,7 +54,9 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     axes[-1].set_xlabel("step")
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
+    try:
+        figure.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(figure)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)

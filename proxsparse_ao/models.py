@@ -291,7 +291,7 @@ def load_model(
         folder = default_model_dir()
         try:
             model, tokenizer = _from_pretrained(folder, dtype)
-        except Exception:  # sizes match but content is damaged (safetensors, JSON, tokenizer errors): rebuild once
+        except (ProxSparseError, *_load_errors()):  # sizes match but content is damaged (safetensors, JSON, tokenizer errors): rebuild once
             model, tokenizer = _from_pretrained(default_model_dir(rebuild=True), dtype)
     elif (folder := _local_folder(source)) is not None:
         try:

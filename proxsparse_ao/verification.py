@@ -244,7 +244,7 @@ def check_deployment(
     model: nn.Module, input_ids: torch.Tensor, targets: list[str], dtype: torch.dtype = torch.bfloat16,
     *, sparse: str = "always",
 ) -> tuple[Deployment, nn.Module, nn.Module]:
-    """Compile a `dtype` copy of `model` with the 2:4 rewrite, run `input_ids` [1, L] and compare the logits
+    """Compile `model` in `dtype` (a cast copy unless it already is) with the 2:4 rewrite, run `input_ids` [1, L] and compare the logits
     with the eager masked model (float32 and `dtype`). Returns (check, compiled, the `dtype` model) so the
     caller can time the same compile."""
     from .compiler import compile as compile_24

@@ -16,18 +16,23 @@ import os
 import shlex
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
+from proxsparse_ao.config import DEFAULT_IGNORE, DEFAULT_TARGETS
 from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, parse_device, require_at_least
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = {
     "dense": "the unpruned model",
@@ -76,8 +81,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--calibration", default="default", metavar="NAME|PATH|none",
                         help="calibration text: default, wikipedia, c4, wikitext2, a .txt/.jsonl path, or none")
     parser.add_argument("--calibration-mode", choices=("windows", "documents"), default="windows", help="default windows")
-    parser.add_argument("--targets", nargs="+", default=None, metavar="PATTERN", help="module patterns to prune (default Linear)")
-    parser.add_argument("--ignore", nargs="+", default=None, metavar="PATTERN", help="module patterns never pruned (default re:.*lm_head)")
+    parser.add_argument("--targets", nargs="+", default=None, metavar="PATTERN",
+                        help=f"module patterns to prune (default {' '.join(DEFAULT_TARGETS)})")
+    parser.add_argument("--ignore", nargs="+", default=None, metavar="PATTERN",
+                        help=f"module patterns never pruned (default {' '.join(DEFAULT_IGNORE)})")
     parser.add_argument("--lambda1", type=float, default=None, help="ProxSparse prox strength (ProxSparseConfig default if unset)")
     parser.add_argument("--lr", type=float, default=None, help="ProxSparse learning rate (ProxSparseConfig default if unset)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
@@ -124,7 +131,7 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
 class PeakMemory:
     """Peak memory of a code region: the CUDA allocator's peak, or the process's peak RSS after a reset."""
 
-    def __init__(self, device) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
 
     def __enter__(self) -> PeakMemory:
@@ -170,6 +177,11 @@ def _rss() -> int:
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
+
+
+def _patterns(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The (targets, ignore) patterns every method prunes with: the flags, else the configs' defaults."""
+    return list(args.targets or DEFAULT_TARGETS), list(DEFAULT_IGNORE if args.ignore is None else args.ignore)
 
 
 def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
@@ -241,7 +253,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         check_context(model, args.eval_seqlen, "--eval-seqlen")
         if any(m in CALIBRATED for m in methods):
             check_context(model, args.seqlen, "--seqlen")
-        selection = select_targets(model, args.targets or ["Linear"], args.ignore if args.ignore is not None else ["re:.*lm_head"])
+        selection = select_targets(model, *_patterns(args))
         if any(m in ("wanda", "sparsegpt", "sparsegpt-mask") for m in methods):
             decoder_blocks(model, selection.layers)
         device = next(model.parameters()).device
@@ -271,8 +283,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
             row: dict = {"method": method, "mask_only": MASK_ONLY[method]}
             if method != "dense":
-                layers = select_targets(model, args.targets or ["Linear"],
-                                        args.ignore if args.ignore is not None else ["re:.*lm_head"]).layers
+                layers = select_targets(model, *_patterns(args)).layers
                 before = {name: mask_codes(magnitude_mask(layer.weight)).cpu() for name, layer in layers.items()}
                 with PeakMemory(device) as memory:
                     started = time.perf_counter()

@@ -229,7 +229,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         eval_ids = _eval_tokens(tokenizer, console)
         ppl["dense"] = _perplexity(model, eval_ids, args, console, "dense perplexity")
 
-    caught: list[warnings.WarningMessage] = []
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

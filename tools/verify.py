@@ -18,7 +18,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import check_result_files, require_at_least
+from .options import check_result_files, parse_device, require_at_least
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -189,10 +189,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
 
     folder = Path(args.dir).expanduser()
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as err:
-        raise ProxSparseError(f"--device {args.device!r}: {err}") from None
+    device = parse_device(args.device)
     metadata = read_metadata(folder)
     masks = read_masks(folder, metadata) if metadata is not None else None
     with console.status(f"loading {folder}"):

@@ -41,4 +41,7 @@ def test_linear_status_gives_a_reason_for_every_layer_kept_dense():
 def test_bad_exclude_patterns_are_named(exclude, message):
     with pytest.raises(ValueError, match=message):
         linear_status(nn.Sequential(nn.Linear(64, 64)), exclude)
+
+
+def test_one_exclude_pattern_may_be_given_as_a_string():
     assert exclude_patterns("lm_head") == ["lm_head"]

@@ -39,7 +39,8 @@ def fake_library(tmp_path_factory) -> Path:
 def fake(fake_library, monkeypatch):
     """A fresh load of the stand-in (zeroed counters), with the CUDA stream and device calls stubbed."""
     lib = ctypes.CDLL(str(fake_library), mode=ctypes.RTLD_LOCAL)
-    for counter in ("plan_inits", "plan_destroys", "matmuls", "searches", "fail_search", "fail_plan_init"):
+    for counter in ("plan_inits", "plan_destroys", "matmuls", "searches", "fail_search", "fail_plan_init",
+                    "mat_destroys", "alg_destroys"):
         ctypes.c_int.in_dll(lib, f"fake_{counter}").value = 0
     monkeypatch.setattr(cusparselt, "current_stream", lambda device: 0x5EED)
     monkeypatch.setattr(cusparselt, "capturing", lambda: False)
@@ -144,6 +145,21 @@ def test_an_error_status_names_the_call(fake):
         CusparseLt(fake).mm(weight, x, 64)
     with pytest.raises(CusparseLtError, match="supports float16/bfloat16"):
         CusparseLt(fake).mm(weight.float(), x.float(), 64)
+
+
+def test_a_plan_that_fails_half_way_destroys_what_it_built_and_nothing_else(fake):
+    weight, x = weight_24(64, 128, torch.bfloat16), torch.randn(8, 128).to(torch.bfloat16)
+    ctypes.c_int.in_dll(fake, "fake_fail_plan_init").value = 1
+    with pytest.raises(CusparseLtError):
+        CusparseLt(fake).mm(weight, x, 64)
+    assert (count(fake, "mat_destroys"), count(fake, "alg_destroys"), count(fake, "plan_destroys")) == (3, 1, 0)
+
+
+def test_a_destroyed_plan_releases_everything_once(fake):
+    plan = CusparseLt(fake).plan(torch.device("cuda", 0), torch.bfloat16, 8, 64, 128)
+    plan.destroy()
+    plan.destroy()
+    assert (count(fake, "mat_destroys"), count(fake, "alg_destroys"), count(fake, "plan_destroys")) == (3, 1, 1)
 
 
 def test_linear24_on_cusparselt_gpus_runs_through_the_cached_plans(fake, monkeypatch):

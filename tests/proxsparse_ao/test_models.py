@@ -94,6 +94,18 @@ def test_a_cache_that_fails_to_load_is_rebuilt(fake_conversion):
     assert len(fake_conversion) == 2 and not model.training
 
 
+def test_an_error_that_is_not_a_damaged_cache_is_raised_without_a_rebuild(fake_conversion, monkeypatch):
+    default_model_dir()
+
+    def out_of_memory(where, dtype):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(models, "_pretrained_model", out_of_memory)
+    with pytest.raises(MemoryError, match="out of memory"):
+        load_model()
+    assert len(fake_conversion) == 1
+
+
 def test_embedded_default_is_smollm2_135m():
     model, tokenizer = load_model()
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576

@@ -16,6 +16,23 @@ def test_default_patterns_pick_the_projections(tiny_llama):
     assert all(name.split(".")[-1].endswith("proj") for name in layers)
 
 
+def test_the_configs_default_patterns_pick_only_attention_and_mlp_projections_on_opt():
+    """OPT-350m-style models project the embeddings in and out of the blocks: not a target (ALGORITHM: q/k/v/out_proj, fc1/fc2)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from proxsparse_ao.baselines import WandaConfig
+    from proxsparse_ao.config import ProxSparseConfig
+
+    config = OPTConfig(vocab_size=128, hidden_size=64, word_embed_proj_dim=32, ffn_dim=128, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=64)
+    model = OPTForCausalLM(config)
+    assert {"model.decoder.project_in", "model.decoder.project_out"} <= {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for defaults in (ProxSparseConfig(), WandaConfig()):
+        layers = select_targets(model, defaults.targets, defaults.ignore).layers
+        assert sorted({name.split(".")[-1] for name in layers}) == ["fc1", "fc2", "k_proj", "out_proj", "q_proj", "v_proj"]
+        assert len(layers) == 12
+
+
 def test_lm_head_and_embeddings_are_never_targets(tiny_llama):
     layers = select_targets(tiny_llama, ["re:.*"], []).layers
     assert "lm_head" not in layers and len(layers) == 14

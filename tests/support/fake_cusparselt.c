@@ -16,7 +16,7 @@ typedef struct { int kind; int64_t rows, cols, ld; int type, order; } Mat;      
 typedef struct { const Mat *a, *b, *c, *d; int op_a, op_b; } Matmul;
 typedef struct { const Matmul *matmul; } Plan;
 
-int fake_plan_inits, fake_plan_destroys, fake_matmuls, fake_searches;
+int fake_plan_inits, fake_plan_destroys, fake_matmuls, fake_searches, fake_mat_destroys, fake_alg_destroys;
 int fake_fail_search, fake_fail_plan_init;
 int64_t fake_last_stream;
 
@@ -44,7 +44,7 @@ int cusparseLtDenseDescriptorInit(const void *h, void *d, int64_t rows, int64_t 
     (void)h;
     return describe(d, 0, rows, cols, ld, alignment, type, order);
 }
-int cusparseLtMatDescriptorDestroy(const void *d) { (void)d; return SUCCESS; }
+int cusparseLtMatDescriptorDestroy(const void *d) { (void)d; fake_mat_destroys++; return SUCCESS; }
 
 int cusparseLtMatmulDescriptorInit(const void *h, void *out, int op_a, int op_b, const void *a, const void *b, const void *c,
                                    const void *d, int compute) {
@@ -64,7 +64,7 @@ int cusparseLtMatmulAlgSelectionInit(const void *h, void *alg, const void *matmu
     memcpy(alg, &matmul, sizeof matmul);
     return SUCCESS;
 }
-int cusparseLtMatmulAlgSelectionDestroy(const void *alg) { (void)alg; return SUCCESS; }
+int cusparseLtMatmulAlgSelectionDestroy(const void *alg) { (void)alg; fake_alg_destroys++; return SUCCESS; }
 int cusparseLtMatmulPlanInit(const void *h, void *plan, const void *matmul, const void *alg) {
     (void)h; (void)alg;
     if (fake_fail_plan_init) return INSUFFICIENT_RESOURCES;

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.tools import cli, quickstart
 
 
@@ -25,8 +28,12 @@ def test_evaluation_tokens_must_cover_one_window(capsys):
     assert capsys.readouterr().err.strip() == "error: --eval-tokens must be at least 1024, got -1"
 
 
-def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkeypatch):
-    import proxsparse_ao
+QUICK = ["quickstart", "--samples", "3", "--seqlen", "32", "--eval-tokens", str(quickstart.EVAL_WINDOW)]
+
+
+@pytest.fixture
+def tiny_default_model(monkeypatch):
+    """The embedded model takes minutes: quickstart loads a tiny Llama instead (and its table is not wrapped)."""
     import proxsparse_ao.models
     from tiny_models import make_byte_tokenizer, make_tiny_llama
 
@@ -35,6 +42,31 @@ def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkey
         model.config.max_position_embeddings = quickstart.EVAL_WINDOW  # quickstart's perplexity windows
         return model, make_byte_tokenizer()
 
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", tiny_model)
+    monkeypatch.setenv("COLUMNS", "400")
+
+
+def test_a_pruned_model_that_fails_the_exact_2_4_check_is_reported_and_exits_1(tiny_default_model, monkeypatch, capsys):
+    import proxsparse_ao.export
+
+    def not_zero(model, masks):
+        raise ProxSparseError("model.layers.0.mlp.up_proj: the weight is not +0.0 everywhere its mask is off")
+
+    monkeypatch.setattr(proxsparse_ao.export, "check_pruned", not_zero)
+    assert cli.main(QUICK) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "not +0.0 everywhere" in out
+
+
+def test_a_prox_operator_that_grows_a_weight_fails_its_stage(tiny_default_model, monkeypatch, capsys):
+    monkeypatch.setattr(quickstart, "prox_2to4", lambda weight, lam: weight * 2)
+    assert cli.main(QUICK) == 1
+    assert "grew a weight or flipped a sign" in capsys.readouterr().out
+
+
+def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkeypatch, tiny_default_model):
+    import proxsparse_ao
+
     runs = []
 
     def recorded_learn(*args, **kwargs):
@@ -42,11 +74,9 @@ def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkey
         return runs[-1]
 
     learn = proxsparse_ao.learn
-    monkeypatch.setattr(proxsparse_ao.models, "load_model", tiny_model)  # the embedded model takes minutes
     monkeypatch.setattr(proxsparse_ao, "learn", recorded_learn)
     out = tmp_path / "pruned"
-    args = ["quickstart", "--samples", "3", "--seqlen", "32", "--eval-tokens", str(quickstart.EVAL_WINDOW), "--output", str(out)]
-    assert cli.main(args) == 0
+    assert cli.main([*QUICK, "--output", str(out)]) == 0
     log = json.loads((out / "learning_log.json").read_text())
     (result,) = runs
     assert result.steps_done == 3 and len(log["steps"]) == 3

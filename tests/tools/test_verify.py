@@ -336,6 +336,12 @@ def test_a_result_file_that_could_not_be_written_or_would_clobber_the_model_is_r
     assert (folder / "config.json").read_text() == "{}"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_does_not_have_is_a_one_line_error(folders, tmp_path):
+    run = bad_input(tmp_path, folders["pruned"], "--device", "cuda", "--no-ppl", "--no-compile")
+    one_line_error(run, 2, "--device cuda: CUDA is not available on this machine")
+
+
 def test_a_speed_target_with_the_speed_check_skipped_is_a_conflict(tmp_path):
     done = cli("verify", str(tmp_path), "--no-compile", "--min-speedup", "1.3")
     assert done.returncode == 2

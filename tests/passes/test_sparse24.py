@@ -91,7 +91,7 @@ def test_matmul_with_a_non_constant_weight_is_left_alone():
     assert graph_pass.records == [[]]
 
 
-def test_uuid_none_keeps_the_fx_graph_cache_off():
+def test_uuid_is_none_which_inductor_reads_as_do_not_cache_graphs_this_pass_ran_on():
     assert Sparse24Pass().uuid() is None
 
 
