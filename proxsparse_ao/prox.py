@@ -3,11 +3,11 @@
     prox(z) = argmin_w 1/2 ||w - z||^2 + lam * R(w),   R(w) = sum_{i<j<k} |wi wj wk|
 
 solved independently for every group of 4 consecutive entries along the last dimension
-(EnumALM: the best of the 2-sparse point and coordinate minimisation on supports of 3 and
-4, ALGORITHM.md). Bounds on every local minimum of a support skip the searches that cannot
-win and start the others near their end (`_prox24.c` states the math); where the 3-support
-search stalls on the boundary of a tied group, the interior stationary point is solved for
-directly, which EnumALM misses. The CPU path runs a compiled per-group solver (`_prox24.c`)
+(EnumALM, as in the ProxSparse reference code: the best of the 2-sparse point and coordinate
+minimisation on supports of 3 and 4). Bounds on every local minimum of a support skip the
+searches that cannot win and start the others near their end (`_prox24.c` states the math);
+where the 3-support search stalls on the boundary of a tied group, the interior stationary
+point is solved for directly, which EnumALM misses. The CPU path runs a compiled per-group solver (`_prox24.c`)
 split across torch's intra-op threads; CUDA tensors go to the same algorithm as one fused
 Triton kernel (`_prox24_triton.py`) when Triton is installed; elsewhere, or without a C
 compiler, a vectorised torch solver that iterates only on the groups that have not converged.

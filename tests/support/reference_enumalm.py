@@ -1,4 +1,4 @@
-"""A literal, slow transcription of the reference EnumALM prox (ALGORITHM.md), kept as ground truth.
+"""A literal, slow transcription of the ProxSparse reference code's EnumALM prox, kept as ground truth.
 
 Whole-tensor passes exactly as the reference runs them: sort every group, coordinate
 minimisation from w = 0 in the order 4,3,2,1 (3,2,1 for the 3-support) for up to 100 sweeps
