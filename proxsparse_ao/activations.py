@@ -2,6 +2,8 @@
 
 s_j = ||X_j||_2, the L2 norm of input feature j of a layer over every calibration token
 (Wanda's statistic), gathered in one no-grad dense pass over the same calibration tokens.
+Padding is not a token: a batch holding padded samples runs them one by one, each cut to its
+real tokens, so padded positions never reach the statistic.
 Memory: one running sum of squares per input column of each target layer, never the
 activations themselves. The scales are normalised to RMS 1 per layer, so the prox's strength
 keeps the units of the weight; zero-input columns get a small floor instead of 0 (the prox
@@ -14,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .calibration import is_padded, trimmed
 
 _FLOOR = 1e-6  # smallest scale, relative to the layer's largest
 
@@ -56,7 +60,8 @@ def activation_scales(
 ) -> dict[str, torch.Tensor]:
     """Unit-RMS input-channel scales s (float32, on each layer's device) of every layer, from one
     dense no-grad pass of the model over `tokens` [N, L], in batches of at most
-    `max_batch_tokens` tokens (at least one sample), which bounds the pass's activation memory.
+    `max_batch_tokens` tokens (at least one sample), which bounds the pass's activation memory;
+    a batch with padded samples (PAD_ID) runs sample by sample, each trimmed to its real tokens.
 
     `all_reduce` (in place, summing) combines the sums of squares of several processes that
     each saw a part of the tokens, e.g. `torch.distributed.all_reduce`."""
@@ -72,7 +77,10 @@ def activation_scales(
         model.eval()
         batch_size = max(1, max_batch_tokens // tokens.shape[1])
         for start in range(0, tokens.shape[0], batch_size):
-            model(input_ids=tokens[start : start + batch_size].to(device), **kwargs)
+            batch = tokens[start : start + batch_size]
+            pieces = [row.unsqueeze(0) for row in trimmed(batch)] if is_padded(batch) else [batch]
+            for piece in pieces:
+                model(input_ids=piece.to(device), **kwargs)
     finally:
         for handle in handles:
             handle.remove()

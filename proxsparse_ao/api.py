@@ -1,7 +1,7 @@
 """`sparsify_(model, ProxSparseConfig())`: learn masks globally, then apply them through torchao.
 
 Mask learning needs one loss over the whole model, which does not fit torchao's per-module
-handlers, so the work is split (ECOSYSTEM.md): `learn` learns the masks, `attach_masks`
+handlers, so the work is split: `learn` learns the masks, `attach_masks`
 stores each on its module (a non-persistent bool buffer), and the handler registered for
 `ProxSparseConfig` with torchao's `register_quantize_module_handler` (in config.py, next to
 the class) applies a stored mask to its module's ORIGINAL weight.
@@ -11,16 +11,22 @@ without a stored mask are left as they are.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchao.quantization import quantize_
 
+from .calibration import lengths
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
 from .context import check_context
 from .errors import ProxSparseError
 from .masks import check_nm
 from .targets import FilterFn, check_target_weights, select_targets
 from .training import Callback, LearnResult, check_calibration, learn_masks
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _check_config(config: ProxSparseConfig) -> ProxSparseConfig:
@@ -30,9 +36,12 @@ def _check_config(config: ProxSparseConfig) -> ProxSparseConfig:
     return config
 
 
-def calibration_tokens(config: ProxSparseConfig, tokenizer, model: nn.Module | None = None) -> torch.Tensor:
-    """config.samples x config.seqlen token ids from config.calibration (seeded, deterministic); given
-    the model, config.seqlen must fit its maximum context, checked before any text is read."""
+def calibration_tokens(
+    config: ProxSparseConfig, tokenizer: PreTrainedTokenizerBase, model: nn.Module | None = None
+) -> torch.Tensor:
+    """config.samples x config.seqlen token ids from config.calibration (seeded, deterministic; in
+    "documents" mode short samples are right-padded with calibration.PAD_ID); given the model,
+    config.seqlen must fit its maximum context, checked before any text is read."""
     if tokenizer is None:
         raise ProxSparseError("no calibration tokens were given and no tokenizer to make them: pass one of the two")
     if model is not None:
@@ -52,7 +61,7 @@ def learn(
     config: ProxSparseConfig | None = None,
     filter_fn: FilterFn | None = None,
     *,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     calibration: torch.Tensor | None = None,
     callback: Callback | None = None,
     stats_every: int = 1,
@@ -65,6 +74,7 @@ def learn(
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)
+    result.extra["calibration_tokens"] = int(lengths(tokens).sum())  # real tokens: documents mode pads short ones
     return result
 
 
@@ -101,15 +111,15 @@ def sparsify_(
     config: ProxSparseConfig | None = None,
     filter_fn: FilterFn | None = None,
     *,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     calibration: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> nn.Module:
     """Learn ProxSparse 2:4 masks and apply them in place to the original weights; returns the model.
 
-    `calibration` is a LongTensor [N, L] of token ids; without it, config.samples x
-    config.seqlen tokens of config.calibration are made with `tokenizer`. `filter_fn(module,
-    name)` narrows the targets further. Every non-target parameter stays bit-identical.
+    `calibration` is a LongTensor [N, L] of token ids (short rows right-padded with -100);
+    without it, config.samples x config.seqlen tokens of config.calibration are made with
+    `tokenizer`. `filter_fn(module, name)` narrows the targets further. Every non-target parameter stays bit-identical.
     A baseline config (MagnitudeConfig, WandaConfig, SparseGPTConfig) prunes with that method instead."""
     from .baselines import BASELINE_CONFIGS, sparsify_ as baseline_sparsify_
 

@@ -1,10 +1,19 @@
-"""Calibration samples: N sequences of L tokens drawn from documents, seeded and deterministic.
+"""Calibration samples: N sequences of at most L tokens drawn from documents, seeded and deterministic.
 
 Two modes, both common in the field:
-* "documents" (the ProxSparse reference): whole documents with at least L tokens, each
-  truncated to its first L tokens, chosen in a seeded random order; no packing.
+* "documents" (the ProxSparse reference, HF SFTTrainer without packing): the first N documents
+  of a seeded random order that have at least 2 tokens, each tokenised with the tokenizer's
+  special tokens (its BOS, as SFTTrainer's `add_special_tokens=True` gives) and truncated to
+  its first L tokens. Shorter documents are kept at their own length, so the samples follow
+  the corpus's document lengths (C4: mostly far below 4096 tokens).
 * "windows" (SparseGPT / Wanda style): documents packed into one stream in a seeded random
-  order (EOS between them), then N windows of L tokens at seeded random offsets.
+  order (EOS between them, no special tokens), then N windows of L tokens at seeded random
+  offsets.
+
+Every consumer takes one LongTensor [N, L]: a sample shorter than L is right-padded with
+PAD_ID (-100), a value no embedding accepts, so a consumer that forgets the padding fails
+loudly instead of learning on it. -100 is also cross-entropy's ignore index, so the tensor is
+its own label tensor. `model_inputs`, `lengths` and `trimmed` are how consumers read it.
 """
 
 from __future__ import annotations
@@ -23,29 +32,69 @@ if TYPE_CHECKING:
 
 Mode = Literal["documents", "windows"]
 MODES = ("documents", "windows")
+PAD_ID = -100  # right padding of a short sample; F.cross_entropy's default ignore_index
+_FILL_ID = 0  # what the model sees at padded positions (any valid id: they are masked and ignored)
 _TOKENIZE_BATCH = 64
 _PACK_FACTOR = 4
 
 
-def _shuffled_token_ids(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str], seed: int) -> Iterator[list[int]]:
-    """Token ids of the documents (no special tokens) in a seeded random order, tokenised lazily in batches."""
+def lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """Each row's number of real tokens (padding is at the right end)."""
+    return (tokens != PAD_ID).sum(1)
+
+
+def is_padded(tokens: torch.Tensor) -> bool:
+    """Whether any row of `tokens` holds padding."""
+    return bool((tokens == PAD_ID).any())
+
+
+def trimmed(tokens: torch.Tensor) -> list[torch.Tensor]:
+    """The rows of `tokens` [N, L] cut to their real tokens (views; full rows stay whole)."""
+    return [row[:length] for row, length in zip(tokens, lengths(tokens).tolist())]
+
+
+def target_count(tokens: torch.Tensor) -> int:
+    """How many next-token targets the rows hold (a row of n real tokens has n - 1)."""
+    return int((tokens[:, 1:] != PAD_ID).sum())
+
+
+def model_inputs(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Keyword arguments for a causal LM's forward on `tokens` [B, L]: the tensor itself when no row
+    is padded (as before padding existed), else input_ids with padding replaced by a valid id and
+    the attention mask of the real tokens. The labels are `tokens` itself (PAD_ID is ignored)."""
+    if not is_padded(tokens):
+        return {"input_ids": tokens}
+    real = tokens != PAD_ID
+    return {"input_ids": tokens.masked_fill(~real, _FILL_ID), "attention_mask": real.long()}
+
+
+def _shuffled_token_ids(
+    tokenizer: PreTrainedTokenizerBase, documents: Sequence[str], seed: int, **tokenize: object
+) -> Iterator[list[int]]:
+    """Token ids of the documents in a seeded random order, tokenised lazily in batches (`tokenize`:
+    the tokenizer call's options)."""
     order = list(range(len(documents)))
     random.Random(seed).shuffle(order)
     for start in range(0, len(order), _TOKENIZE_BATCH):
         batch = [documents[i] for i in order[start : start + _TOKENIZE_BATCH]]
-        yield from tokenizer(batch, add_special_tokens=False).input_ids
+        yield from tokenizer(batch, **tokenize).input_ids
 
 
 def _from_documents(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str], n: int, seqlen: int, seed: int) -> torch.Tensor:
-    rows = []
-    for ids in _shuffled_token_ids(tokenizer, documents, seed):
-        if len(ids) >= seqlen:
-            rows.append(ids[:seqlen])
-            if len(rows) == n:
-                return torch.tensor(rows, dtype=torch.long)
+    samples = torch.full((n, seqlen), PAD_ID, dtype=torch.long)
+    taken = 0
+    # as SFTTrainer tokenises: with special tokens, truncated to the context (special tokens kept)
+    shuffled = _shuffled_token_ids(tokenizer, documents, seed, add_special_tokens=True, truncation=True, max_length=seqlen)
+    for ids in shuffled:
+        if len(ids) >= 2:
+            ids = ids[:seqlen]
+            samples[taken, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            taken += 1
+            if taken == n:
+                return samples
     raise ProxSparseError(
-        f"only {len(rows)} of the {len(documents)} documents have at least {seqlen} tokens, "
-        f"{n} needed: use fewer samples, a shorter length or the 'windows' mode"
+        f"only {taken} of the {len(documents)} documents have at least 2 tokens, {n} needed: "
+        "use fewer samples, a larger text or the 'windows' mode"
     )
 
 
@@ -53,7 +102,7 @@ def _from_windows(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str], 
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     budget = _PACK_FACTOR * n * seqlen
-    for ids in _shuffled_token_ids(tokenizer, documents, seed):
+    for ids in _shuffled_token_ids(tokenizer, documents, seed, add_special_tokens=False):
         stream.extend(ids + separator)
         if len(stream) >= budget:
             break
@@ -85,6 +134,7 @@ def calibration_samples(
 ) -> torch.Tensor:
     """A LongTensor [n, seqlen] of calibration token ids; the same arguments always give the same tensor.
 
+    "documents" right-pads the samples of documents shorter than seqlen with PAD_ID.
     "windows" packs at most 4 * n * seqlen tokens (documents in seeded order), so a large
     corpus such as C4 is not tokenised whole; a text shorter than n * seqlen gives overlapping
     windows, with a warning.

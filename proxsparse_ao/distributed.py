@@ -12,12 +12,14 @@ parameters, gradients and AdamW state live as dim-0 shards. Dim 0 of a Linear we
 output rows, so every group of 4 (along the input dim) lies whole inside one shard;
 `check_shard_layout` asserts it, and the prox W <- prox(W * s) / s runs on the local shards.
 Each step takes the same global batch as the single-process run (same seeded order), each
-rank reading its own contiguous slice of it; the loss is weighted so that FSDP's gradient
-average equals the gradient of the global mean. The frozen-weight term is computed on local
-shards and its gradient added locally. Checkpoints use `torch.distributed.checkpoint`; the
-final masks (top-2 of |W * s| per local shard) are gathered to rank 0, which alone writes the
-pruned model (the original weights reloaded from disk x masks) atomically through
-`export.save_pruned`.
+rank reading its own contiguous slice of it; the loss is weighted by the rank's share of the
+batch's next-token targets (padding excluded), so that FSDP's gradient average equals the
+gradient of the global mean over real tokens. Every rank learns on torch's global RNG seeded
+with config.seed (dropout) inside `fork_rng`; each rank's RNG state is saved with a checkpoint.
+The frozen-weight term is computed on local shards and its gradient added locally.
+Checkpoints use `torch.distributed.checkpoint`; the final masks (top-2 of |W * s| per local
+shard) are gathered to rank 0, which alone writes the pruned model (the original weights
+reloaded from disk x masks) atomically through `export.save_pruned`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from . import checkpoint
 from .activations import activation_scales
+from .calibration import target_count
 from .config import ProxSparseConfig, learning_dtype, validate
 from .errors import ProxSparseError
 from .hooks import FrozenWeightTerm, ProxStep, prox_space
@@ -66,6 +69,9 @@ from .training import (
     check_calibration,
     peak_memory_bytes,
     prox_strength,
+    rng_state,
+    seeded_rng,
+    set_rng_state,
     top2_codes,
 )
 
@@ -150,12 +156,26 @@ def learn_masks_distributed(
     calibration = check_calibration(calibration, model)
     if not layers:
         raise ProxSparseError("learn_masks_distributed: no target layers")
+    device = next(iter(layers.values())).weight.device
+    with seeded_rng(config.seed, device):
+        return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback, max(1, stats_every))
+
+
+def _learn_distributed(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    config: ProxSparseConfig,
+    layers: dict[str, nn.Linear],
+    device: torch.device,
+    mixed_precision: str,
+    callback: Callback | None,
+    stats_every: int,
+) -> LearnResult:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     started = time.perf_counter()
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = next(iter(layers.values())).weight.device
     mesh = init_device_mesh(device.type, (world,))
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
 
@@ -226,7 +246,7 @@ def learn_masks_distributed(
         meta = _load_meta(config.checkpoint_dir)
         if meta is not None:
             check_resume(meta, fingerprint, world, config.checkpoint_dir)
-            _load(config.checkpoint_dir, meta, model, optimizer, trainable_names)
+            _load(config.checkpoint_dir, meta, model, optimizer, trainable_names, rank, device)
             scheduler.load_state_dict(meta["scheduler"])
             history, start_step = list(meta["history"]), int(meta["step"])
             resumed_from = start_step
@@ -238,7 +258,7 @@ def learn_masks_distributed(
         tick = time.perf_counter()
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
         mine = torch.tensor_split(rows, world)[rank]
-        share = mine.numel() / rows.numel()
+        share = target_count(calibration[mine]) / target_count(calibration[rows])  # = rows' share without padding
         batch = calibration[mine if mine.numel() else rows[:1]].to(device)
         ce_local = _causal_lm_loss(model, batch)
         penalty_local = 0.0
@@ -284,11 +304,11 @@ def learn_masks_distributed(
         if callback is not None:
             callback(stats)
         if config.checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps):
-            _save(config.checkpoint_dir, fingerprint, step + 1, model, optimizer, scheduler, history, trainable_names)
+            _save(config.checkpoint_dir, fingerprint, step + 1, model, optimizer, scheduler, history, trainable_names, device)
     else:
         step = total_steps
     if stopped:
-        warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=2)
+        warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=3)
 
     masks, local_masks = _gather_masks(params, codes.scales, originals, mesh, rank)
     changed, moved = _all_sum(list(codes.final_changes(local_masks)), device)
@@ -373,8 +393,14 @@ def _state_dicts(model: nn.Module, optimizer, trainable_names: set[str]) -> dict
     return {"model": {k: v for k, v in model_sd.items() if k in trainable_names}, "optim": optim_sd}
 
 
-def _save(directory: str, fingerprint: str, step: int, model, optimizer, scheduler, history, trainable_names) -> None:
-    """DCP save into a fresh folder; rank 0 then points the metadata at it (atomic rename) and drops the rest.
+def _rng_file(rank: int) -> str:
+    return f"rng-rank{rank:05d}.pt"
+
+
+def _save(directory: str, fingerprint: str, step: int, model, optimizer, scheduler, history, trainable_names,
+          device: torch.device) -> None:
+    """DCP save into a fresh folder, plus each rank's RNG state beside it; rank 0 then points the metadata
+    at it (atomic rename) and drops the rest.
 
     A run killed at any moment leaves the metadata pointing at a complete folder; what else it left
     (a partial folder, the previous save, a metadata temporary) is removed by the next save."""
@@ -388,6 +414,8 @@ def _save(directory: str, fingerprint: str, step: int, model, optimizer, schedul
         shutil.rmtree(partial, ignore_errors=True)
     dist.barrier()
     dcp.save(_state_dicts(model, optimizer, trainable_names), checkpoint_id=str(partial))
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(device), partial / _rng_file(dist.get_rank()))
     dist.barrier()
     if dist.get_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)
@@ -413,7 +441,8 @@ def _save(directory: str, fingerprint: str, step: int, model, optimizer, schedul
     dist.barrier()
 
 
-def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_names: set[str]) -> None:
+def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_names: set[str], rank: int,
+          device: torch.device) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -424,6 +453,9 @@ def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_name
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=StateDictOptions(strict=False))
+    rng = folder / _rng_file(rank)
+    if rng.exists():  # absent in a checkpoint saved before RNG states were kept
+        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True), device)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,11 +2,15 @@
 
     s = per-channel input norms of each target (one dense pass), or 1 without activation_aware
     for each batch of calibration tokens (one pass, seeded order):
-        loss = CE + lambda2 * F(W; W0)                # FrozenWeightTerm
+        loss = CE + lambda2 * F(W; W0)                # FrozenWeightTerm; CE over real tokens, not padding
         loss.backward(); clip_grad_norm(max_grad_norm)
         AdamW step (linear warmup, then linear decay)  # + ProxStep hook: W <- prox(W*s) / s per target
     mask = top-2 |W_learned * s| per group of 4 (lower index wins ties)
     the model is given back exactly as it came in; `apply_masks` then sets W0 * mask.
+
+Learning runs in train mode (dropout on, as the reference) on torch's global RNG seeded with
+config.seed inside `fork_rng`: the same config gives the same masks whatever the caller's RNG
+state, which is left as it was. A checkpoint saves the RNG state, so a resumed run continues it.
 
 Library code reports through `callback(StepStats)`; it never prints.
 """
@@ -18,7 +22,8 @@ import math
 import resource
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,10 +36,10 @@ from .config import ProxSparseConfig, learning_dtype
 from .context import check_context
 from .errors import ProxSparseError
 from .activations import activation_scales
+from .calibration import PAD_ID, lengths, model_inputs
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
-from .masks import learned_mask
+from .masks import learned_mask, mask_codes
 
-_CODE_WEIGHTS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
 
 
 class NonFiniteLossWarning(RuntimeWarning):
@@ -83,17 +88,24 @@ Callback = Callable[[StepStats], None]
 
 
 def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch.Tensor:
-    """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2; given the model,
-    every id must index its input embeddings (else the first forward fails deep inside torch) and
-    L must fit its maximum context."""
+    """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2, each row at least
+    2 real tokens then only PAD_ID (right padding of a short sample); given the model, every id
+    must index its input embeddings (else the first forward fails deep inside torch) and L must
+    fit its maximum context."""
     if not isinstance(calibration, torch.Tensor):
         raise ProxSparseError(f"calibration must be a tensor of token ids [N, L], got {type(calibration).__name__}")
     if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
         raise ProxSparseError(f"calibration must be an integer tensor [N, L], got {calibration.dtype} of shape {tuple(calibration.shape)}")
     if calibration.shape[0] == 0 or calibration.shape[1] < 2:
         raise ProxSparseError(f"calibration is empty: {tuple(calibration.shape)} (need at least one sample of 2+ tokens)")
+    padding = calibration == PAD_ID
+    if bool((padding[:, :-1] & ~padding[:, 1:]).any()):
+        raise ProxSparseError(f"calibration has padding ({PAD_ID}) before a token: pad only at the end of a row")
+    if bool((lengths(calibration) < 2).any()):
+        raise ProxSparseError("calibration has a row of fewer than 2 tokens before its padding: each sample needs 2+ tokens")
+    ids = calibration[~padding]
     vocabulary = _vocabulary_size(model)
-    low, high = int(calibration.min()), int(calibration.max())
+    low, high = int(ids.min()), int(ids.max())
     if low < 0 or (vocabulary is not None and high >= vocabulary):
         allowed = f"0..{vocabulary - 1}" if vocabulary is not None else "non-negative"
         raise ProxSparseError(f"calibration has token ids {low}..{high}; the model's vocabulary is {allowed}")
@@ -108,12 +120,6 @@ def _vocabulary_size(model: nn.Module | None) -> int | None:
     except (NotImplementedError, AttributeError):
         return None
     return embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
-
-
-def mask_codes(mask: torch.Tensor) -> torch.Tensor:
-    """One uint8 code per group of 4 from a boolean mask (bit k = position k kept): 1/16 of an fp32 weight."""
-    groups = mask.reshape(-1, 4).to(torch.uint8)
-    return (groups * _CODE_WEIGHTS.to(groups.device)).sum(1, dtype=torch.uint8)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -133,19 +139,60 @@ def _lr_factor(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE over the batch's real tokens: padded positions are masked out of attention
+    and ignored as targets (PAD_ID is the CE's ignore index), so a padded row counts as its trimmed self."""
     kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
-    output = model(input_ids=batch, **kwargs)
+    inputs = model_inputs(batch)
+    if "attention_mask" in inputs and not _takes(model, "attention_mask"):
+        del inputs["attention_mask"]  # right padding: a causal model's real positions never see it anyway
+    output = model(**inputs, **kwargs)
     logits = output.logits if hasattr(output, "logits") else output[0] if isinstance(output, tuple) else output
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), ignore_index=PAD_ID)
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block on torch's global RNG seeded with `seed` (CPU, and `device` when it is a GPU), then
+    put the caller's RNG state back: dropout in train mode draws from it, so `config.seed` makes
+    learning reproducible without disturbing the caller's random stream."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for gpu in cuda:
+            with torch.cuda.device(gpu):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG state learning draws from (CPU, and `device` when it is a GPU), for a checkpoint."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor] | torch.Tensor, device: torch.device) -> None:
+    """Restore what `rng_state` saved (a bare tensor: an older checkpoint's CPU state)."""
+    if isinstance(state, torch.Tensor):
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _takes(model: nn.Module, argument: str) -> bool:
+    """Whether the model's forward accepts the keyword `argument` (True when it has no signature to read)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _check_causal_lm(model: nn.Module) -> None:
     """Learning runs `model(input_ids=...)` for a next-token loss: refuse a model whose forward takes no input_ids."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # no signature to read: let the forward speak for itself
-        return
-    if "input_ids" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    if not _takes(model, "input_ids"):
         raise ProxSparseError(
             f"{type(model).__name__}.forward takes no input_ids: mask learning needs a causal language model "
             "(a Hugging Face ...ForCausalLM, or a module whose forward(input_ids=...) returns logits)"
@@ -231,7 +278,8 @@ def learn_masks(
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
     state = _ModelState(model, config, layers)
     try:
-        return _learn(model, calibration, config, layers, state, total_steps, callback, max(1, stats_every), started)
+        with seeded_rng(config.seed, state.device):
+            return _learn(model, calibration, config, layers, state, total_steps, callback, max(1, stats_every), started)
     finally:
         state.restore()
 
@@ -290,7 +338,7 @@ def _learn(
         fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, originals)
         saved = checkpoint.load_state(config.checkpoint_dir, fingerprint)
         if saved is not None:
-            history, start_step = _resume(model, optimizer, scheduler, saved)
+            history, start_step = _resume(model, optimizer, scheduler, saved, state.device)
             resumed_from = start_step
 
     stopped = None
@@ -335,7 +383,7 @@ def _learn(
         if callback is not None:
             callback(stats)
         if config.checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps):
-            _save(config.checkpoint_dir, fingerprint, step + 1, model, optimizer, scheduler, history)
+            _save(config.checkpoint_dir, fingerprint, step + 1, model, optimizer, scheduler, history, state.device)
     else:
         step = total_steps
     if stopped:
@@ -370,7 +418,7 @@ def prox_strength(name: str, space: torch.Tensor, config: ProxSparseConfig) -> f
     return absolute_strengths({name: space}, config.lambda1)[name]
 
 
-def _resume(model: nn.Module, optimizer, scheduler, saved: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+def _resume(model: nn.Module, optimizer, scheduler, saved: dict[str, Any], device: torch.device) -> tuple[list[dict[str, Any]], int]:
     """Load a saved training state into the model, optimizer and scheduler; (history, step)."""
     named = dict(model.named_parameters())
     with torch.no_grad():
@@ -378,11 +426,11 @@ def _resume(model: nn.Module, optimizer, scheduler, saved: dict[str, Any]) -> tu
             named[name].data.copy_(tensor)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
+    set_rng_state(saved["rng"], device)
     return list(saved["history"]), int(saved["step"])
 
 
-def _save(directory: str, fingerprint: str, step: int, model: nn.Module, optimizer, scheduler, history: list) -> None:
+def _save(directory: str, fingerprint: str, step: int, model: nn.Module, optimizer, scheduler, history: list, device: torch.device) -> None:
     """Save what a resume needs: trained parameters, optimizer, scheduler, RNG, history."""
     state = {
         "fingerprint": fingerprint,
@@ -390,7 +438,7 @@ def _save(directory: str, fingerprint: str, step: int, model: nn.Module, optimiz
         "weights": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": torch.get_rng_state(),
+        "rng": rng_state(device),
         "history": history,
     }
     checkpoint.save_state(directory, state)

@@ -2,12 +2,14 @@
 
 The first decoder block's inputs (hidden states plus every keyword argument the model passes,
 e.g. rotary position embeddings and the attention mask) are captured by a forward pre-hook
-that stops the forward there. Then for each block in order: run it on the current inputs
-with hooks that accumulate each target layer's input statistics, prune its target layers
-from them, run the now pruned block again and make its outputs the next block's inputs. So
-block k is calibrated on what the already pruned blocks < k produce, and memory holds one
-block's activations for the calibration set plus that block's statistics, never every
-layer's. Layers whose inputs are the same tensor (q/k/v, gate/up) share one statistic.
+that stops the forward there, one sample at a time, each cut to its real tokens (a padded
+calibration row loses its padding, so padding never reaches a statistic). Then for each
+block in order: run it on the current inputs with hooks that accumulate each target layer's
+input statistics, prune its target layers from them, run the now pruned block again and
+make its outputs the next block's inputs. So block k is calibrated on what the already
+pruned blocks < k produce, and memory holds one block's activations for the calibration set
+plus that block's statistics, never every layer's. Layers whose inputs are the same tensor
+(q/k/v, gate/up) share one statistic.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..calibration import trimmed
 from ..errors import ProxSparseError
 
 
@@ -59,7 +62,8 @@ def decoder_blocks(model: nn.Module, layers: dict[str, nn.Linear]) -> tuple[nn.M
 
 
 def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """The hidden states and keyword arguments `block` receives for each calibration sample (batch 1 each)."""
+    """The hidden states and keyword arguments `block` receives for each calibration sample (batch 1 each,
+    trimmed to its real tokens)."""
     hidden: list[torch.Tensor] = []
     kwargs: list[dict[str, Any]] = []
 
@@ -71,7 +75,7 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tenso
     device = next(model.parameters()).device
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        for row in tokens:
+        for row in trimmed(tokens):
             try:
                 model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
             except _Stop:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from proxsparse_ao.activations import activation_scales, unit_rms_scales
+from proxsparse_ao.calibration import PAD_ID
 from proxsparse_ao.targets import select_targets
 from reference_norms import input_norms_by_hand
 
@@ -75,3 +76,19 @@ def test_a_failing_forward_still_removes_the_hooks():
     with pytest.raises(RuntimeError, match="boom"):
         activation_scales(model, {"proj": model.proj}, _tokens(1))
     assert not model.proj._forward_pre_hooks
+
+
+def test_padding_adds_nothing_the_scales_are_those_of_the_trimmed_samples(tiny_llama):
+    layers = _layers(tiny_llama)
+    tokens = _tokens(4)
+    lengths = [16, 7, 16, 12]
+    padded = tokens.clone()
+    for row, length in zip(padded, lengths):
+        row[length:] = PAD_ID
+    sums = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in layers.items()}
+    for row, length in zip(tokens, lengths):  # each sample alone, cut to its real tokens
+        for name, norms in input_norms_by_hand(tiny_llama, layers, row[None, :length]).items():
+            sums[name] += norms.square()
+    scales = activation_scales(tiny_llama, layers, padded, max_batch_tokens=32)  # 2 samples a batch, both padded ones
+    for name, total in sums.items():
+        torch.testing.assert_close(scales[name], unit_rms_scales(total.sqrt()), rtol=1e-5, atol=0)

@@ -136,3 +136,15 @@ def test_magnitude_prunes_by_magnitude_even_where_another_method_left_a_mask(tin
     assert not torch.equal(layer.proxsparse_mask, expected)
     sparsify_(model, MagnitudeConfig())
     assert torch.equal(layer.weight.detach() != 0, expected)
+
+
+def test_documents_mode_learns_from_short_documents_and_counts_their_real_tokens(tiny_llama, byte_tokenizer, tmp_path):
+    from proxsparse_ao.api import learn
+
+    text = tmp_path / "short.txt"
+    text.write_text("\n\n".join(f"document {i}: " + "lorem ipsum " * i for i in range(1, 9)))
+    config = ProxSparseConfig(samples=8, seqlen=64, lr=1e-2, batch_size=2, calibration=str(text), calibration_mode="documents")
+    result = learn(tiny_llama, config, tokenizer=byte_tokenizer)
+    assert result.extra["calibration_shape"] == [8, 64]
+    assert result.extra["calibration_tokens"] == sum(min(64, len(f"document {i}: " + "lorem ipsum " * i)) for i in range(1, 9))
+    assert result.steps_done == 4 and all(is_nm(m.float()) for m in result.masks.values())

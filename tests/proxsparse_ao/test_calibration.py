@@ -1,11 +1,13 @@
-"""Calibration samples: N x L token ids, seeded, in the paper's mode and the SparseGPT/Wanda mode."""
+"""Calibration samples: N x L token ids (short documents right-padded), seeded, in the paper's mode and the SparseGPT/Wanda mode."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
 
-from proxsparse_ao.calibration import calibration_samples
+from proxsparse_ao.calibration import PAD_ID, calibration_samples, is_padded, lengths, model_inputs, target_count, trimmed
 from proxsparse_ao.errors import ProxSparseError
 
 DOCS = [f"document {i}: " + "lorem ipsum dolor sit amet " * (i + 1) for i in range(12)]
@@ -26,19 +28,61 @@ def test_same_seed_same_samples_other_seed_other_samples(byte_tokenizer, mode):
     assert not torch.equal(first, other)
 
 
-def test_document_mode_truncates_whole_documents_and_skips_short_ones(byte_tokenizer):
+def _seeded_order(documents, seed):
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    return [documents[i] for i in order]
+
+
+def test_document_mode_takes_the_first_n_documents_of_the_seeded_order_skipping_empty_ones(byte_tokenizer):
+    documents = ["", "x", *DOCS]  # no token, one token: nothing to predict, skipped
     seqlen = 100
-    samples = calibration_samples(byte_tokenizer, DOCS, 6, seqlen, mode="documents", seed=0)
-    prefixes = {
-        tuple(ids[:seqlen]) for ids in byte_tokenizer(DOCS, add_special_tokens=False).input_ids if len(ids) >= seqlen
-    }
-    rows = [tuple(row) for row in samples.tolist()]
-    assert set(rows) <= prefixes and len(set(rows)) == 6
+    samples = calibration_samples(byte_tokenizer, documents, 6, seqlen, mode="documents", seed=3)
+    usable = [d for d in _seeded_order(documents, 3) if len(d) >= 2]  # the byte tokenizer: one token per character
+    expected = [byte_tokenizer(d, add_special_tokens=False).input_ids[:seqlen] for d in usable[:6]]
+    assert [row[row != PAD_ID].tolist() for row in samples] == expected
 
 
-def test_document_mode_says_when_too_few_documents_are_long_enough(byte_tokenizer):
-    with pytest.raises(ProxSparseError, match="have at least 300 tokens"):
-        calibration_samples(byte_tokenizer, DOCS, 10, 300, mode="documents")
+def test_document_mode_keeps_short_documents_at_their_length_right_padded(byte_tokenizer):
+    samples = calibration_samples(byte_tokenizer, DOCS, 12, 200, mode="documents", seed=0)
+    assert samples.shape == (12, 200) and samples.dtype == torch.long
+    assert sorted(lengths(samples).tolist()) == sorted(min(len(d), 200) for d in DOCS)  # all 12 kept, half of them short
+    for row, length in zip(samples, lengths(samples).tolist()):
+        assert bool((row[:length] >= 0).all()) and bool((row[length:] == PAD_ID).all())
+
+
+def test_document_mode_adds_the_tokenizers_bos_as_sftrainer_does_and_window_mode_does_not(byte_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+
+    bos = byte_tokenizer.convert_tokens_to_ids("Ċ")  # any id will do as the BOS of this test
+    byte_tokenizer.bos_token = "Ċ"
+    byte_tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="Ċ $A", special_tokens=[("Ċ", bos)])
+    documents = calibration_samples(byte_tokenizer, DOCS, 4, 30, mode="documents", seed=0)
+    assert documents[:, 0].tolist() == [bos] * 4
+    assert lengths(documents).tolist() == [30] * 4  # the BOS counts in the context length, as in SFTTrainer
+    windows = calibration_samples(byte_tokenizer, ["abcdefgh" * 50], 4, 30, mode="windows", seed=0)
+    assert bos not in windows.tolist()[0]
+
+
+def test_document_mode_says_when_too_few_documents_have_tokens(byte_tokenizer):
+    with pytest.raises(ProxSparseError, match="only 12 of the 14 documents have at least 2 tokens, 13 needed"):
+        calibration_samples(byte_tokenizer, ["", "x", *DOCS], 13, 300, mode="documents")
+
+
+def test_window_mode_never_pads(byte_tokenizer):
+    samples = calibration_samples(byte_tokenizer, DOCS, 6, 64, mode="windows", seed=0)
+    assert not is_padded(samples) and lengths(samples).tolist() == [64] * 6
+
+
+def test_model_inputs_mask_padding_only_when_there_is_some():
+    full = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    assert model_inputs(full).keys() == {"input_ids"} and model_inputs(full)["input_ids"] is full
+    padded = torch.tensor([[5, 6, 7], [8, 9, PAD_ID]])
+    inputs = model_inputs(padded)
+    assert bool((inputs["input_ids"] >= 0).all()) and torch.equal(inputs["input_ids"][:, :2], padded[:, :2])
+    assert inputs["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert [row.tolist() for row in trimmed(padded)] == [[5, 6, 7], [8, 9]]
+    assert target_count(padded) == 3
 
 
 def test_window_mode_takes_contiguous_windows_of_the_packed_text(byte_tokenizer):

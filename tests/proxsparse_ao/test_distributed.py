@@ -18,20 +18,26 @@ import torch
 import torch.multiprocessing as mp
 
 from proxsparse_ao import ProxSparseConfig, learn_masks
+from proxsparse_ao.calibration import PAD_ID
 from proxsparse_ao.distributed import META_FILE, check_resume, exit_without_teardown
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
 
-from tiny_models import make_tiny_llama
+from tiny_models import make_tiny_llama, make_tiny_opt
 
 SETTINGS = dict(samples=8, seqlen=16, lr=1e-2, batch_size=2, lambda2=0.01)
 WORLD = 2
-# the defaults (activation-aware, constant strength), then magnitude space with the lr-following strength
-VARIANTS = {"default": {}, "magnitude-lr": dict(activation_aware=False, strength_schedule="lr")}
+# the defaults (activation-aware, constant strength), then magnitude space with the lr-following strength,
+# then short documents right-padded (each rank's slice of a batch holds a different number of real tokens)
+VARIANTS = {"default": {}, "magnitude-lr": dict(activation_aware=False, strength_schedule="lr"), "padded": {}}
+LENGTHS = {"padded": [16, 5, 9, 16, 2, 16, 12, 7]}
 
 
-def _tokens() -> torch.Tensor:
-    return torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
+def _tokens(variant: str = "default") -> torch.Tensor:
+    tokens = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
+    for row, length in zip(tokens, LENGTHS.get(variant, [])):
+        row[length:] = PAD_ID
+    return tokens
 
 
 def _layers(model, config):
@@ -44,7 +50,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out: str, checkpoint_dir: str, overrides: dict[str, object], resume: bool) -> None:
+def _worker(rank: int, port: int, out: str, checkpoint_dir: str, variant: str, resume: bool) -> None:
     import torch.distributed as dist
 
     faulthandler.enable()  # a native abort prints every thread's Python stack into the test's output
@@ -52,7 +58,7 @@ def _worker(rank: int, port: int, out: str, checkpoint_dir: str, overrides: dict
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        saved = _learn(checkpoint_dir, overrides, resume)
+        saved = _learn(checkpoint_dir, variant, resume)
         if rank == 0:
             torch.save(saved, out)
     finally:
@@ -60,29 +66,32 @@ def _worker(rank: int, port: int, out: str, checkpoint_dir: str, overrides: dict
     exit_without_teardown(0)  # its abort in interpreter shutdown failed this test once in CI
 
 
-def _learn(checkpoint_dir: str, overrides: dict[str, object], resume: bool) -> dict[str, object]:
+def _learn(checkpoint_dir: str, variant: str, resume: bool) -> dict[str, object]:
     """One run; with `resume`, also a run killed in step 2 then resumed, and the column-split check."""
     from proxsparse_ao.distributed import check_shard_layout, learn_masks_distributed
 
+    overrides, tokens = VARIANTS.get(variant, {}), _tokens(variant)
+    make_model = make_tiny_opt if variant == "dropout" else make_tiny_llama
     config = ProxSparseConfig(**SETTINGS, **overrides)
-    model = make_tiny_llama()
-    result = learn_masks_distributed(model, _tokens(), config, _layers(model, config))
+    model = make_model()
+    torch.manual_seed(7 + torch.distributed.get_rank())  # the callers' RNG states matter to no run
+    result = learn_masks_distributed(model, tokens, config, _layers(model, config))
     if not resume:
         return {"result": result}
 
     resumable = ProxSparseConfig(**SETTINGS, **overrides, checkpoint_dir=checkpoint_dir, checkpoint_every=1)
-    model = make_tiny_llama()
+    model = make_model()
 
     def die(stats):
         if stats.step == 2:
             raise KeyboardInterrupt
 
     try:
-        learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable), callback=die)
+        learn_masks_distributed(model, tokens, resumable, _layers(model, resumable), callback=die)
     except KeyboardInterrupt:
         pass
-    model = make_tiny_llama()
-    resumed = learn_masks_distributed(model, _tokens(), resumable, _layers(model, resumable))
+    model = make_model()
+    resumed = learn_masks_distributed(model, tokens, resumable, _layers(model, resumable))
 
     from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
 
@@ -101,10 +110,10 @@ def test_two_gloo_ranks_learn_the_single_process_mask(tmp_path, variant):
     resume = variant == "default"  # resume and the layout check once; the variant only checks the learning
     config = ProxSparseConfig(**SETTINGS, **overrides)
     model = make_tiny_llama()
-    single = learn_masks(model, _tokens(), config, _layers(model, config))
+    single = learn_masks(model, _tokens(variant), config, _layers(model, config))
 
     out = tmp_path / "rank0.pt"
-    args = (_free_port(), str(out), str(tmp_path / "ckpt"), overrides, resume)
+    args = (_free_port(), str(out), str(tmp_path / "ckpt"), variant, resume)
     mp.start_processes(_worker, args=args, nprocs=WORLD, start_method="spawn")
     saved = torch.load(out, weights_only=False)
     for key in ("result", "resumed") if resume else ("result",):
@@ -123,6 +132,18 @@ def test_two_gloo_ranks_learn_the_single_process_mask(tmp_path, variant):
     if resume:
         assert saved["resumed"].resumed_from == 1  # killed inside step 2, before its checkpoint
         assert "splits the input dimension" in saved["layout_error"]
+
+
+def test_two_gloo_ranks_under_dropout_resume_the_uninterrupted_run(tmp_path):
+    """Dropout (tiny OPT, 0.1) draws from each rank's RNG, seeded with config.seed and saved with every checkpoint."""
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_worker, args=(_free_port(), str(out), str(tmp_path / "ckpt"), "dropout", True),
+                       nprocs=WORLD, start_method="spawn")
+    saved = torch.load(out, weights_only=False)
+    result, resumed = saved["result"], saved["resumed"]
+    assert resumed.resumed_from == 1
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in result.history]
+    assert all(torch.equal(result.masks[n], resumed.masks[n]) for n in result.masks)
 
 
 def test_resume_refuses_another_world_size_or_run(tmp_path):

@@ -1,4 +1,4 @@
-"""The learning loop: exact 2:4 masks, the model given back untouched, resume equality, bad input."""
+"""The learning loop: exact 2:4 masks, the model given back untouched, resume equality, padding, seeded dropout, bad input."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from proxsparse_ao import ProxSparseConfig, is_nm, learn_masks
+from proxsparse_ao.calibration import PAD_ID
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.training import NonFiniteLossWarning, top2_codes
+from proxsparse_ao.training import NonFiniteLossWarning, _causal_lm_loss, top2_codes
 from proxsparse_ao.masks import magnitude_mask
 from proxsparse_ao.targets import select_targets
+from tiny_models import make_tiny_opt
 
 FAST = dict(samples=6, seqlen=16, lr=1e-2)
 
@@ -205,3 +207,88 @@ def test_a_model_whose_forward_takes_no_input_ids_is_refused_before_any_work():
     model = torch.nn.Sequential(torch.nn.Embedding(256, 64), torch.nn.Linear(64, 256))
     with pytest.raises(ProxSparseError, match="Sequential.forward takes no input_ids: mask learning needs a causal language model"):
         learn_masks(model, _tokens(), ProxSparseConfig(**FAST), {"1": model[1]})
+
+
+def _padded(tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    padded = tokens.clone()
+    for row, length in zip(padded, lengths):
+        row[length:] = PAD_ID
+    return padded
+
+
+def test_padding_is_neither_attended_nor_a_target_a_padded_row_scores_as_its_trimmed_self(tiny_llama):
+    tokens = _tokens(2, 16)
+    padded = _padded(tokens, [16, 9])
+    with torch.no_grad():
+        batch = _causal_lm_loss(tiny_llama, padded)
+        alone = [_causal_lm_loss(tiny_llama, tokens[:1]), _causal_lm_loss(tiny_llama, tokens[1:, :9])]
+        one_padded_row = _causal_lm_loss(tiny_llama, padded[1:])
+    torch.testing.assert_close(one_padded_row, alone[1])
+    torch.testing.assert_close(batch, (15 * alone[0] + 8 * alone[1]) / 23)  # the mean over the 23 real targets
+
+
+def test_a_padded_sample_learns_the_masks_of_its_trimmed_self(tiny_llama_factory):
+    tokens = _tokens(1, 16)
+    config = ProxSparseConfig(**{**FAST, "samples": 1})
+    runs = []
+    for calibration in (_padded(tokens, [11]), tokens[:, :11]):
+        model = tiny_llama_factory()
+        runs.append(learn_masks(model, calibration, config, _layers(model, config)))  # activation-aware: its pass too
+    padded, trimmed = runs
+    assert padded.history[0]["ce"] == pytest.approx(trimmed.history[0]["ce"], rel=1e-5)
+    assert all(torch.equal(padded.masks[n], trimmed.masks[n]) for n in trimmed.masks)
+
+
+def test_padded_batches_of_several_samples_learn(tiny_llama):
+    config = ProxSparseConfig(**{**FAST, "batch_size": 3})
+    result = learn_masks(tiny_llama, _padded(_tokens(), [16, 5, 16, 2, 12, 16]), config, _layers(tiny_llama, config))
+    assert result.steps_done == 2 and all(is_nm(m.float()) for m in result.masks.values())
+    assert all(h["ce"] == h["ce"] for h in result.history)  # finite: no all-padding row or empty mean
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([[3, PAD_ID, 4]], "padding \\(-100\\) before a token"), ([[3, PAD_ID, PAD_ID]], "fewer than 2 tokens")],
+)
+def test_padding_must_be_at_the_end_of_rows_of_two_or_more_tokens(tiny_llama, rows, message):
+    config = ProxSparseConfig(**FAST)
+    with pytest.raises(ProxSparseError, match=message):
+        learn_masks(tiny_llama, torch.tensor(rows), config, _layers(tiny_llama, config))
+
+
+def test_config_seed_alone_decides_the_masks_under_dropout_and_the_callers_rng_is_left_alone():
+    config = ProxSparseConfig(**FAST)
+    runs = []
+    for caller_seed in (1, 2):
+        model = make_tiny_opt()
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        runs.append(learn_masks(model, _tokens(), config, _layers(model, config)))
+        assert torch.equal(torch.get_rng_state(), before)
+    assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
+    assert all(torch.equal(runs[0].masks[n], runs[1].masks[n]) for n in runs[0].masks)
+    model = make_tiny_opt()
+    other = learn_masks(model, _tokens(), ProxSparseConfig(**{**FAST, "seed": 5}), _layers(model, config))
+    assert [h["loss"] for h in other.history] != [h["loss"] for h in runs[0].history]
+
+
+def test_resume_under_dropout_gives_the_uninterrupted_run(tmp_path):
+    config = ProxSparseConfig(**FAST)
+    model = make_tiny_opt()
+    torch.manual_seed(99)  # what the caller's RNG holds matters to no run below
+    straight = learn_masks(model, _tokens(), config, _layers(model, config))
+    resumable = ProxSparseConfig(**{**FAST, "checkpoint_dir": str(tmp_path), "checkpoint_every": 1})
+    model = make_tiny_opt()
+
+    def die(stats):
+        if stats.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn_masks(model, _tokens(), resumable, _layers(model, resumable), callback=die)
+    model = make_tiny_opt()
+    torch.manual_seed(123)
+    resumed = learn_masks(model, _tokens(), resumable, _layers(model, resumable))
+    assert resumed.resumed_from == 2
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    assert all(torch.equal(straight.masks[n], resumed.masks[n]) for n in straight.masks)

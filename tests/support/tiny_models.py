@@ -35,3 +35,16 @@ def make_byte_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="Ċ")
+
+
+def make_tiny_opt(seed: int = 0):
+    """A randomly initialised OPT (hidden 64, ffn 128, vocab 256) with Hugging Face's default dropout 0.1,
+    which mask learning's train mode turns on."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                       max_position_embeddings=64, word_embed_proj_dim=64, dropout=0.1)
+    torch.manual_seed(seed)
+    model = OPTForCausalLM(config)
+    model.eval()
+    return model

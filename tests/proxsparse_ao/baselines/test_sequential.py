@@ -1,4 +1,4 @@
-"""The baselines through the shared API: exactly 2:4, sequential calibration, torchao handlers, bad input."""
+"""The baselines through the shared API: exactly 2:4, sequential calibration (padding ignored), torchao handlers, bad input."""
 
 import pytest
 import torch
@@ -7,16 +7,21 @@ from torchao.quantization import quantize_
 
 from proxsparse_ao.api import sparsify_
 from proxsparse_ao.baselines import (
+    Hessian,
+    InputNorms,
     MagnitudeConfig,
     SparseGPTConfig,
     WandaConfig,
     capture_block_inputs,
     decoder_blocks,
     prune,
+    sequential_prune,
 )
+from proxsparse_ao.calibration import PAD_ID
 from proxsparse_ao.config import ConfigError
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.masks import is_nm, magnitude_mask
+from proxsparse_ao.targets import select_targets
 
 TOKENS = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
 CONFIGS = [MagnitudeConfig(), WandaConfig(), SparseGPTConfig(), SparseGPTConfig(update_weights=False)]
@@ -125,3 +130,31 @@ def test_bad_input(tiny_llama_factory):
         decoder_blocks(flat, {"0": flat[0]})
     with pytest.raises(ProxSparseError, match="outside them: lm_head"):
         decoder_blocks(model, {"lm_head": model.lm_head, "model.layers.0.mlp.up_proj": model.model.layers[0].mlp.up_proj})
+
+
+@pytest.mark.parametrize("statistic", [InputNorms, Hessian], ids=["wanda-norms", "sparsegpt-hessian"])
+def test_padding_adds_nothing_the_statistics_are_those_of_the_trimmed_samples(statistic, tiny_llama):
+    layers = select_targets(tiny_llama, ["Linear"], ["re:.*lm_head"]).layers
+    padded = TOKENS[:2].clone()
+    padded[1, 20:] = PAD_ID
+
+    def statistics(tokens):  # every layer's statistic; the weights stay dense, so each sample's inputs are its own
+        seen = {}
+
+        def record(name, layer, stat):
+            seen[name] = stat
+            return torch.ones_like(layer.weight, dtype=torch.bool)
+
+        sequential_prune(tiny_llama, tokens, layers, lambda layer: statistic(layer.in_features), record)
+        return seen
+
+    both = statistics(padded)
+    first, second = statistics(TOKENS[:1]), statistics(TOKENS[1:2, :20])
+    hidden, _ = capture_block_inputs(tiny_llama, tiny_llama.model.layers[0], padded)
+    assert [h.shape[1] for h in hidden] == [32, 20]
+    for name in layers:
+        if statistic is InputNorms:
+            expected, got = first[name].sum_squares + second[name].sum_squares, both[name].sum_squares
+        else:  # H = 2/N sum x x^T over N = 2 samples
+            expected, got = (first[name].matrix + second[name].matrix) / 2, both[name].matrix
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
