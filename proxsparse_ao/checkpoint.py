@@ -61,8 +61,3 @@ def load_state(directory: str | Path, fingerprint: str) -> dict[str, Any] | None
             "use another checkpoint directory or delete it to start over"
         )
     return state
-
-
-def clear_state(directory: str | Path) -> None:
-    """Remove a finished run's state file (the folder itself stays)."""
-    (Path(directory) / STATE_FILE).unlink(missing_ok=True)

@@ -13,8 +13,9 @@ that neither calibration nor tuning touched):
   between the prox's shrinkage of a dense group and an AdamW step. The paper's convention
   (`strength="absolute"`: lambda1 is the threshold itself) holds that ratio near 3 on a 7B
   Llama (weight RMS ~0.02) but makes it ~120x at SmolLM2-135M's scale (RMS ~0.19), which
-  collapses the model (ALGORITHM.md). The threshold is constant over the run
-  (`strength_schedule="constant"`, as in the paper; "lr" makes it follow the lr schedule).
+  collapses the model (measured in the method brief, ALGORITHM.md; see the README). The
+  threshold is constant over the run (`strength_schedule="constant"`, as in the paper; "lr"
+  makes it follow the lr schedule).
 * `lr=3e-3`: large by the paper's standards (1e-4 at 7B) because this model's weights are ten
   times larger; with lr 1e-4 no mask moves in 64 steps. It is an absolute learning rate: on a
   model with much smaller weights, start lower.
@@ -76,8 +77,10 @@ class ProxSparseConfig(AOBaseConfig):
     lr, warmup_ratio, max_grad_norm, weight_decay: AdamW with linear warmup then linear decay.
     samples x seqlen tokens of `calibration` text ("default" = the embedded calibration text,
       a dataset name or a file path) as random "windows" of the packed text (SparseGPT/Wanda
-      style) or whole "documents" truncated (the reference); `batch_size` samples per step,
-      one pass.
+      style) or "documents" (the reference: the first `samples` documents in seeded order,
+      with the tokenizer's BOS, each truncated to seqlen; shorter ones kept at their length,
+      right-padded with -100, which the loss and statistics ignore); `batch_size` samples per
+      step, one pass.
     targets/ignore: module class names, exact or dotted-suffix names, or "re:<regex>" on the
       full module name (llm-compressor convention); lm_head and embeddings are never pruned.
     strict: fail (instead of skipping with a warning) on targets whose in_features % 4 != 0.
@@ -144,7 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published recipe (Llama-2-7B row of the paper, the reference's conventions): the
     # threshold lambda1 itself every step, magnitude space, every parameter trained, C4
     # documents truncated to 4096 tokens, 400 samples. Kept so the paper stays reproducible;
-    # on the embedded model it collapses (ALGORITHM.md, benchmarks/RESULTS.md).
+    # on the embedded model it collapses (the method brief ALGORITHM.md, benchmarks/RESULTS.md).
     "paper": {
         "lambda1": 0.25, "strength": "absolute", "strength_schedule": "constant", "activation_aware": False,
         "lr": 1e-4, "samples": 400, "seqlen": 4096, "calibration": "c4", "calibration_mode": "documents",
@@ -260,9 +263,10 @@ def _describe(annotation: Any) -> str:
 
 
 @register_quantize_module_handler(ProxSparseConfig)
-def _apply_stored_mask(module: nn.Module, config: ProxSparseConfig) -> nn.Module:
-    """torchao handler (registered with the class, so `quantize_` always finds it): weight <- weight
-    where the module's stored mask, +0.0 elsewhere; exactly 2:4 afterwards. No stored mask: unchanged."""
+def apply_stored_mask(module: nn.Module, config: Any) -> nn.Module:
+    """torchao handler (registered with the class, so `quantize_` always finds it; the mask-only
+    baselines register it too): weight <- weight where the module's stored mask, +0.0 elsewhere;
+    exactly 2:4 afterwards. No stored mask: unchanged."""
     mask = getattr(module, MASK_BUFFER, None)
     if mask is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
         return module

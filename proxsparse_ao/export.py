@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from .errors import ProxSparseError
-from .training import mask_codes
-from .masks import check_nm
+from .masks import check_nm, mask_codes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

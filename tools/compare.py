@@ -29,7 +29,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import check_result_files, parse_device, require_at_least
+from .options import check_result_files, parse_device, refuse_unused, require_at_least
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +110,14 @@ def parse_methods(spec: str) -> list[str]:
 
 
 def _check(args: argparse.Namespace, methods: list[str]) -> None:
+    uncalibrated = None if any(m in CALIBRATED for m in methods) else f"without a calibrated method ({', '.join(CALIBRATED)})"
+    refuse_unused(args, {
+        "--samples": uncalibrated, "--seqlen": uncalibrated, "--seed": uncalibrated, "--calibration-mode": uncalibrated,
+        "--calibration": uncalibrated if args.calibration.lower() != "none" else None,
+        "--lambda1": None if "proxsparse" in methods else "without proxsparse in --methods",
+        "--lr": None if "proxsparse" in methods else "without proxsparse in --methods",
+        "--limit": None if args.tasks else "without --tasks", "--zeroshot-data": None if args.tasks else "without --tasks",
+    })
     require_at_least(args, {"eval_seqlen": 2, "samples": 1, "seqlen": 2, "limit": 1, "threads": 1})
     if args.eval_tokens < 0 or (args.eval_tokens and args.eval_tokens < args.eval_seqlen):
         raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
@@ -215,7 +223,7 @@ def _pattern_ok(model, masks: dict) -> bool:
 
 
 def _changed(before: dict, masks: dict) -> float:
-    from proxsparse_ao.training import mask_codes
+    from proxsparse_ao.masks import mask_codes
 
     groups = sum(int(codes.numel()) for codes in before.values())
     changed = sum(int((mask_codes(masks[name]) != codes).sum()) for name, codes in before.items())
@@ -238,7 +246,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.masks import magnitude_mask
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
     from proxsparse_ao.targets import select_targets
-    from proxsparse_ao.training import mask_codes
+    from proxsparse_ao.masks import mask_codes
 
     hf_logging.disable_progress_bar()
     quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING

@@ -15,7 +15,7 @@ from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
-from .options import check_result_files, require_at_least
+from .options import check_result_files, refuse_unused, require_at_least
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,6 +60,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    no_ppl = "with --no-ppl" if args.no_ppl else None
+    no_tasks = None if args.tasks else "without --tasks"
+    refuse_unused(args, {"--text": no_ppl, "--seqlen": no_ppl, "--max-tokens": no_ppl, "--batch-size": no_ppl,
+                         "--limit": no_tasks, "--zeroshot-data": no_tasks})
     require_at_least(args, {"seqlen": 2, "batch_size": 1, "limit": 1})
     if args.max_tokens < 0:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")

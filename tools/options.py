@@ -19,6 +19,15 @@ def require_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None
             raise ProxSparseError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
 
 
+def refuse_unused(args: argparse.Namespace, unused: dict[str, str | None]) -> None:
+    """`unused` maps an option to why it does nothing in this run (None: it does something). One the
+    user typed is refused, naming why, rather than silently ignored (`args.given`: what they typed)."""
+    given = getattr(args, "given", set())
+    for option, why in unused.items():
+        if why and option[2:].replace("-", "_") in given:
+            raise ProxSparseError(f"{option} does nothing {why}: drop it")
+
+
 def parse_device(text: str | None) -> torch.device:
     """`--device` as a torch device that this machine has (default: cuda when available, else cpu)."""
     try:

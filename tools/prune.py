@@ -32,7 +32,7 @@ from proxsparse_ao.config import (
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
-from .options import check_not_inside, check_result_files, check_writable_folder, parse_device, require_at_least
+from .options import check_not_inside, check_result_files, check_writable_folder, parse_device, refuse_unused, require_at_least
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -182,6 +182,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         config = config_from_args(args)
     except ConfigError as err:  # name the flag, not the Python field
         raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: _flag(m.group(1)), str(err))) from None
+    no_log = f"with --method {args.method}, which learns nothing step by step" if args.method != "proxsparse" else None
+    no_eval = None if args.eval else "without --eval"
+    refuse_unused(args, {"--eval-tokens": no_eval, "--eval-seqlen": no_eval, "--log": no_log, "--plot": no_log})
     require_at_least(args, {"eval_seqlen": 2, "eval_tokens": 1})
     if args.eval_tokens < args.eval_seqlen and args.eval:
         raise ProxSparseError(f"--eval-tokens ({args.eval_tokens}) must cover one window of --eval-seqlen ({args.eval_seqlen})")

@@ -18,7 +18,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import check_result_files, parse_device, require_at_least
+from .options import check_result_files, parse_device, refuse_unused, require_at_least
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -86,6 +86,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    no_compile = "with --no-compile" if args.no_compile else None
+    no_tasks = None if args.tasks else "without --tasks"
+    refuse_unused(args, {
+        "--deploy-dtype": no_compile, "--deploy-tokens": no_compile, "--max-tokens": "with --no-ppl" if args.no_ppl else None,
+        "--text": "with --no-ppl and --no-compile" if args.no_ppl and args.no_compile else None,
+        "--baseline": "with --no-ppl and without --tasks" if args.no_ppl and not args.tasks else None,
+        "--limit": no_tasks, "--zeroshot-data": no_tasks,
+    })
     require_at_least(args, {"seqlen": 2, "limit": 1, "deploy_tokens": 1})
     if args.max_tokens < 0:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,11 @@ from .magnitude import magnitude_masks
 from .sequential import Progress, capture_block_inputs, decoder_blocks, sequential_prune
 from .sparsegpt import Hessian, sparsegpt_prune
 from .wanda import InputNorms, wanda_mask, wanda_scores
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..targets import FilterFn
 
 BaselineConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig
 BASELINE_CONFIGS = (MagnitudeConfig, WandaConfig, SparseGPTConfig)
@@ -115,15 +120,15 @@ def _sparsegpt(config: SparseGPTConfig):
 def prune(
     model: nn.Module,
     config: BaselineConfig,
-    filter_fn=None,
+    filter_fn: FilterFn | None = None,
     *,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     calibration: torch.Tensor | None = None,
     progress: Progress | None = None,
 ) -> BaselineResult:
     """Prune the target layers of `model` in place to exactly 2:4 with a baseline method.
 
-    `calibration`: LongTensor [N, L] of token ids; without it, config.samples x config.seqlen
+    `calibration`: LongTensor [N, L] of token ids (short rows right-padded with -100); without it, config.samples x config.seqlen
     tokens of config.calibration are made with `tokenizer` (magnitude needs neither).
     `progress(done_blocks, total_blocks)` is called after each decoder block."""
     from torchao.quantization import quantize_
@@ -154,9 +159,9 @@ def prune(
 def sparsify_(
     model: nn.Module,
     config: BaselineConfig,
-    filter_fn=None,
+    filter_fn: FilterFn | None = None,
     *,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     calibration: torch.Tensor | None = None,
 ) -> nn.Module:
     """`prune`, returning the model (the same call shape as `proxsparse_ao.api.sparsify_`)."""

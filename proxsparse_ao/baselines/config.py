@@ -21,7 +21,7 @@ from torch import nn
 from torchao.core.config import AOBaseConfig
 from torchao.quantization.transform_module import register_quantize_module_handler
 
-from ..config import CALIBRATION_MODES, DEFAULT_IGNORE, DEFAULT_TARGETS, MASK_BUFFER, ConfigError, check_seed_and_patterns
+from ..config import CALIBRATION_MODES, DEFAULT_IGNORE, DEFAULT_TARGETS, ConfigError, apply_stored_mask, check_seed_and_patterns
 from ..masks import apply_mask_, check_nm, magnitude_mask
 
 
@@ -128,16 +128,5 @@ def _magnitude_handler(module: nn.Module, config: MagnitudeConfig) -> nn.Module:
     return module
 
 
-def _stored_mask_handler(module: nn.Module, config: _BaselineConfig) -> nn.Module:
-    """weight <- weight where the stored mask, +0.0 elsewhere; no stored mask: unchanged."""
-    mask = getattr(module, MASK_BUFFER, None)
-    if mask is None:
-        return module
-    with torch.no_grad():
-        apply_mask_(module.weight.data, mask)
-    check_nm(module.weight, f"{type(module).__name__} weight")
-    return module
-
-
-register_quantize_module_handler(WandaConfig)(_stored_mask_handler)
-register_quantize_module_handler(SparseGPTConfig)(_stored_mask_handler)
+register_quantize_module_handler(WandaConfig)(apply_stored_mask)
+register_quantize_module_handler(SparseGPTConfig)(apply_stored_mask)

@@ -109,3 +109,11 @@ class TestChecks:
         weight = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
         assert nonzeros_per_group(weight).tolist() == [0, 1, 3, 4]
         assert pattern_stats(weight) == {0: 0.25, 1: 0.25, 2: 0.0, 3: 0.25, 4: 0.25}
+
+
+def test_mask_codes_are_one_byte_per_group_bit_k_for_position_k():
+    from proxsparse_ao.masks import mask_codes
+
+    mask = torch.tensor([[True, True, False, False, False, True, False, True]])
+    assert mask_codes(mask).tolist() == [0b0011, 0b1010]
+    assert mask_codes(mask).dtype == torch.uint8
