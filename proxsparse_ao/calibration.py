@@ -3,8 +3,8 @@
 Two modes, both common in the field:
 * "documents" (the ProxSparse reference, HF SFTTrainer without packing): the first N documents
   of a seeded random order that have at least 2 tokens, each tokenised with the tokenizer's
-  special tokens (its BOS, as SFTTrainer's `add_special_tokens=True` gives) and truncated to
-  its first L tokens. Shorter documents are kept at their own length, so the samples follow
+  special tokens (its BOS where it adds one, as SFTTrainer's `add_special_tokens=True`) and
+  truncated to its first L tokens. Shorter documents are kept at their own length, so the samples follow
   the corpus's document lengths (C4: mostly far below 4096 tokens).
 * "windows" (SparseGPT / Wanda style): documents packed into one stream in a seeded random
   order (EOS between them, no special tokens), then N windows of L tokens at seeded random

@@ -40,10 +40,17 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
         with os.fdopen(fd, "wb") as handle:
             torch.save({"format": FORMAT, **state}, handle)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, Exception) and _is_interruption(err.__context__):
+            raise err.__context__ from None  # torch's zip writer fails while closing after Ctrl-C / SIGTERM
         raise
     return path
+
+
+def _is_interruption(error: BaseException | None) -> bool:
+    """Ctrl-C or another signal raised as an exception that is not an error (e.g. the CLI's SIGTERM)."""
+    return error is not None and not isinstance(error, Exception)
 
 
 def load_state(directory: str | Path, fingerprint: str) -> dict[str, Any] | None:

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         result.update(ppl.to_dict(), text=text_name, text_tokens=int(ids.numel()), ppl_seconds=round(seconds, 2))
         table.add_row(
             "perplexity", f"{ppl.ppl:.4f}",
-            f"{text_name}: {ppl.tokens:,} of {ids.numel():,} tokens, {ppl.windows} windows of {ppl.seqlen}, {seconds:.1f} s",
+            f"{text_name}: {ppl.tokens:,} of {ids.numel():,} tokens, {ppl.windows} window{'s' if ppl.windows != 1 else ''} of {ppl.seqlen}, {seconds:.1f} s",
         )
 
     if args.tasks:

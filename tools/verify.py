@@ -334,7 +334,7 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
         result.update(ppl=ppl.ppl, ppl_detail=ppl.to_dict())
         checks["accuracy"] = "pass" if math.isfinite(ppl.ppl) else "fail"
         table.add_row("perplexity (sparse)", _status(checks["accuracy"]),
-                      f"{ppl.ppl:.4f} on {args.text or 'wikipedia'}: {ppl.tokens:,} tokens, {ppl.windows} windows of {ppl.seqlen}")
+                      f"{ppl.ppl:.4f} on {args.text or 'wikipedia'}: {ppl.tokens:,} tokens, {ppl.windows} window{'s' if ppl.windows != 1 else ''} of {ppl.seqlen}")
     if args.tasks:
         scores = _zero_shot(model, tokenizer, args, "sparse")
         result["zero_shot"] = scores.to_dict() | {"limit": args.limit}

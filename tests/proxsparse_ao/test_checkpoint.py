@@ -1,0 +1,48 @@
+"""The training-state file: written whole or not at all, and an interrupted save stays an interruption."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from proxsparse_ao import checkpoint
+from proxsparse_ao.checkpoint import STATE_FILE, load_state, save_state
+
+
+def test_a_saved_state_loads_back_for_its_run_only(tmp_path):
+    save_state(tmp_path, {"fingerprint": "run-a", "step": 3})
+    assert load_state(tmp_path, "run-a")["step"] == 3
+    assert load_state(tmp_path / "elsewhere", "run-a") is None
+
+
+def interrupted_zip_writer(signal: type[BaseException]):
+    """torch.save as it fails when Ctrl-C or SIGTERM lands inside its zip writer: closing the archive raises
+    a RuntimeError while the interruption is being handled."""
+    def save(obj, handle):
+        handle.write(b"partial")
+        try:
+            raise signal
+        except signal:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 177037760 vs 177037648")
+    return save
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_save_raises_the_interruption_and_keeps_the_previous_state(tmp_path, monkeypatch, signal):
+    save_state(tmp_path, {"fingerprint": "run-a", "step": 2})
+    monkeypatch.setattr(torch, "save", interrupted_zip_writer(signal))
+    with pytest.raises(signal):
+        save_state(tmp_path, {"fingerprint": "run-a", "step": 4})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]
+    assert load_state(tmp_path, "run-a")["step"] == 2
+
+
+def test_a_failed_save_that_was_not_interrupted_raises_its_own_error(tmp_path, monkeypatch):
+    def full_disk(obj, handle):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_state(tmp_path, {"fingerprint": "run-a", "step": 4})
+    assert list(tmp_path.iterdir()) == []
