@@ -231,8 +231,10 @@ def _tokenizer(where: str | Path) -> PreTrainedTokenizerBase:
         raise ProxSparseError(f"could not load the tokenizer in {where}: {_reason(err)}") from None
 
 
-def _from_pretrained(where: str | Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    return _pretrained_model(where, dtype), _tokenizer(where)
+def _from_pretrained(
+    where: str | Path, dtype: torch.dtype, with_tokenizer: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    return _pretrained_model(where, dtype), _tokenizer(where) if with_tokenizer else None
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -279,9 +281,11 @@ def check_loadable(source: str | Path | None) -> PretrainedConfig | None:
 
 
 def load_model(
-    source: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `(model, tokenizer)` in eval mode: the embedded default, a local folder or a hub id.
+    source: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    with_tokenizer: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """Load `(model, tokenizer)` in eval mode: the embedded default, a local folder or a hub id
+    (`with_tokenizer=False`: the tokenizer is None and need not exist, e.g. for a structure check).
 
     `source` None or "default" gives SmolLM2-135M-Instruct (built and cached on first use).
     A hub id that cannot be fetched (no network, HF_HUB_OFFLINE, unknown id) raises a
@@ -290,17 +294,17 @@ def load_model(
     if is_default(source):
         folder = default_model_dir()
         try:
-            model, tokenizer = _from_pretrained(folder, dtype)
+            model, tokenizer = _from_pretrained(folder, dtype, with_tokenizer)
         except (ProxSparseError, *_load_errors()):  # sizes match but content is damaged (safetensors, JSON, tokenizer errors): rebuild once
-            model, tokenizer = _from_pretrained(default_model_dir(rebuild=True), dtype)
+            model, tokenizer = _from_pretrained(default_model_dir(rebuild=True), dtype, with_tokenizer)
     elif (folder := _local_folder(source)) is not None:
         try:
-            model, tokenizer = _from_pretrained(folder, dtype)
+            model, tokenizer = _from_pretrained(folder, dtype, with_tokenizer)
         except _load_errors() as err:
             raise ProxSparseError(f"could not load the model in {source}: {_reason(err)}") from None
     else:
         try:
-            model, tokenizer = _from_pretrained(str(source), dtype)
+            model, tokenizer = _from_pretrained(str(source), dtype, with_tokenizer)
         except _load_errors() as err:
             raise ProxSparseError(
                 f"could not load '{source}' from the Hugging Face hub ({_first_line(err)}); "

@@ -201,7 +201,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     metadata = read_metadata(folder)
     masks = read_masks(folder, metadata) if metadata is not None else None
     with console.status(f"loading {folder}"):
-        model, tokenizer = load_model(str(folder), dtype=getattr(torch, args.dtype), device=device)
+        needs_tokenizer = not (args.no_ppl and args.no_compile) or bool(args.tasks)
+        model, tokenizer = load_model(str(folder), dtype=getattr(torch, args.dtype), device=device, with_tokenizer=needs_tokenizer)
     if args.deploy_tokens and not args.no_compile:
         check_context(model, args.deploy_tokens, "--deploy-tokens")
     layers, targets_from, skipped = target_layers(model, metadata)

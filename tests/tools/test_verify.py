@@ -340,6 +340,20 @@ def test_a_result_file_that_could_not_be_written_or_would_clobber_the_model_is_r
     assert (folder / "config.json").read_text() == "{}"
 
 
+def test_the_structure_check_needs_no_tokenizer_but_perplexity_names_the_missing_one(folders, tmp_path, capsys):
+    from proxsparse_ao.tools import cli as tool
+
+    folder = shutil.copytree(folders["pruned"], tmp_path / "no-tokenizer")
+    for path in folder.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            path.unlink()
+    assert tool.main(["verify", str(folder), "--no-ppl", "--no-compile"]) == 0
+    assert "verify passed" in capsys.readouterr().out
+    assert tool.main(["verify", str(folder), "--no-compile", "--text", str(folders["text"]), "--seqlen", "64"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: could not load the tokenizer in {folder}")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_this_machine_does_not_have_is_a_one_line_error(folders, tmp_path):
     run = bad_input(tmp_path, folders["pruned"], "--device", "cuda", "--no-ppl", "--no-compile")
