@@ -1,6 +1,9 @@
 """ProxSparse mask learning on many processes: the single-process loop under torchrun with FSDP2.
 
-    torchrun --nproc-per-node 8 -m proxsparse_ao.distributed MODEL --output OUT [--samples 400 ...]
+The library only: `learn_masks_distributed`, called on every rank of an initialised process group.
+The command that loads a model, learns and saves it is `proxsparse_ao.tools.distributed`:
+
+    torchrun --nproc-per-node 8 -m proxsparse_ao.tools.distributed MODEL --output OUT [--samples 400 ...]
 
 Every rank loads the whole model. Before sharding, when activation-aware, each rank runs the
 activation pass on its own share of the calibration rows and the input norms are summed over
@@ -18,19 +21,12 @@ gradient of the global mean over real tokens. Every rank learns on torch's globa
 with config.seed (dropout) inside `fork_rng`; each rank's RNG state is saved with a checkpoint.
 The frozen-weight term is computed on local shards and its gradient added locally.
 Checkpoints use `torch.distributed.checkpoint`; the final masks (top-2 of |W * s| per local
-shard) are gathered to rank 0, which alone writes the pruned model (the original weights
-reloaded from disk x masks) atomically through `export.save_pruned`.
+shard) are gathered to rank 0; in the command, rank 0 alone then writes the pruned model (the
+original weights reloaded from disk x masks) atomically through `export.save_pruned`.
 """
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # run by torchrun: quiet the libraries before they are imported (torchao logs then)
-    from proxsparse_ao.quiet import quiet_libraries
-
-    quiet_libraries()
-
-import argparse
-import dataclasses
 import json
 import math
 import os
@@ -41,7 +37,6 @@ import time
 import typing
 import warnings
 from dataclasses import asdict
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +73,6 @@ from .training import (
 META_FILE = "proxsparse_distributed.json"
 META_FORMAT = 1
 MIXED_PRECISION = ("none", "bfloat16")
-TIMEOUT_MINUTES = 30.0  # how long a collective waits for a rank that hangs (torchrun stops the run when one dies)
 
 
 def check_shard_layout(name: str, param: torch.Tensor) -> None:
@@ -458,108 +452,11 @@ def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_name
         set_rng_state(torch.load(rng, map_location="cpu", weights_only=True), device)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="torchrun --nproc-per-node N -m proxsparse_ao.distributed",
-        description="Learn ProxSparse 2:4 masks with FSDP2 on every rank; rank 0 saves the pruned model.",
-    )
-    parser.add_argument("model", nargs="?", default=None, help="model folder or hub id (default: embedded)")
-    parser.add_argument("--output", required=True, help="folder to write the pruned model to")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="load dtype")
-    parser.add_argument("--backend", default=None, help="process group backend (default nccl on GPUs, else gloo)")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_MINUTES, metavar="MINUTES",
-                        help="fail the run when a rank waits longer than this for the others (a hung rank); "
-                        f"it must cover rank 0 saving the output (default {TIMEOUT_MINUTES:g})")
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="none",
-                        help="FSDP2 compute dtype (bfloat16: bf16 compute, fp32 gradient reduction)")
-    hints = typing.get_type_hints(ProxSparseConfig)
-    for f in dataclasses.fields(ProxSparseConfig):
-        kind = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None)
-        elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", default=None)
-        else:
-            base = next((t for t in (float, int, str) if t is kind or t in typing.get_args(kind)), str)
-            parser.add_argument(flag, dest=f"cfg_{f.name}", type=base, default=None)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """torchrun entry: learn on every rank, then rank 0 reloads the original weights, applies the masks and saves."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.timeout > 0:
-        parser.error(f"--timeout must be a positive number of minutes; got {args.timeout:g}")
-    config = ProxSparseConfig(**{k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from .api import apply_masks, calibration_tokens
-    from .export import check_output, save_pruned
-    from .history import LOG_FILE, history_json
-    from .models import DEFAULT_MODEL_LABEL, is_default, load_model
-    from .targets import check_target_weights, select_targets
-
-    output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
-    cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group(args.backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=args.timeout))
-    try:
-        dtype = getattr(torch, args.dtype)
-        model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
-        layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
-        check_target_weights(layers)
-        tokens = calibration_tokens(config, tokenizer, model)
-        result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision)
-        del model
-        if dist.get_rank() == 0:
-            original, _ = load_model(args.model, dtype=dtype, device="cpu")
-            apply_masks(original, result.masks, config)
-            label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
-            metadata = {
-                "method": "proxsparse",
-                "source_model": label,
-                "dtype": args.dtype,
-                "config": config.to_dict(),
-                "data": {"calibration": config.calibration, "shape": list(tokens.shape), "seed": config.seed},
-                "statistics": {
-                    "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
-                    "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
-                    "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2),
-                    "world_size": dist.get_world_size(),
-                    "mixed_precision": args.mixed_precision, "final": result.history[-1] if result.history else None,
-                },
-            }
-            save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
-                        extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    return 1 if result.stopped else 0
-
-
 def exit_without_teardown(code: int) -> typing.NoReturn:
     """End a process whose distributed work is done and saved, skipping interpreter teardown: a gloo group
     FSDP2 has used stays alive past destroy_process_group (torch keeps it referenced), and tearing its
-    threads down during shutdown can abort the process ("terminate called without an active exception")."""
+    threads down during shutdown can abort the process ("terminate called without an active exception").
+    For scripts that call `learn_masks_distributed` (the torchrun command ends with it); it prints nothing."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _entry() -> None:
-    """`python -m` / torchrun entry: a bad input is one line on stderr and exit status 2."""
-    try:
-        code = main()
-    except ProxSparseError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    exit_without_teardown(code)
-
-
-if __name__ == "__main__":
-    _entry()

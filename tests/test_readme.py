@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxsparse_ao import distributed
-from proxsparse_ao.tools import assets, cli, compare, prune, quickstart, verify
+from proxsparse_ao.tools import assets, cli, compare, distributed, prune, quickstart, verify
 from proxsparse_ao.tools import eval as eval_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +76,18 @@ def test_every_shown_proxsparse_tool_command_parses(argv):
     assert parse_error(cli.build_parser(), argv) is None
 
 
-@pytest.mark.parametrize("argv", shell_commands(README_BASH, "proxsparse_ao.distributed"), ids=" ".join)
+TORCHRUN_COMMANDS = (shell_commands(README_BASH, "proxsparse_ao.tools.distributed")
+                     + shell_commands(distributed.EXAMPLES, "proxsparse_ao.tools.distributed"))
+
+
+def test_the_readme_and_the_help_show_torchrun_commands_of_the_tools_module_only():
+    assert len(TORCHRUN_COMMANDS) >= 4
+    assert "-m proxsparse_ao.distributed" not in README  # the library module has no command line
+
+
+@pytest.mark.parametrize("argv", TORCHRUN_COMMANDS, ids=" ".join)
 def test_every_shown_torchrun_command_parses(argv):
-    assert parse_error(distributed._parser(), argv) is None
+    assert parse_error(distributed.build_parser(), argv) is None
 
 
 def test_a_wrong_flag_in_a_shown_command_would_be_caught():

@@ -86,3 +86,12 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
             pass
     except OSError as err:
         raise ProxSparseError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
+
+
+def check_checkpoint_dir(folder: str | Path, output: str | Path, model: str | Path | None) -> None:
+    """--checkpoint-dir must be writable and lie neither inside the --output folder (the save replaces it)
+    nor inside the model folder being pruned."""
+    check_not_inside(folder, "--checkpoint-dir", output, "the --output folder, which the save replaces,")
+    if model is not None and Path(model).expanduser().is_dir():
+        check_not_inside(folder, "--checkpoint-dir", model, "the model folder being pruned,")
+    check_writable_folder(folder, f"--checkpoint-dir {folder}")

@@ -32,7 +32,7 @@ from proxsparse_ao.config import (
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
-from .options import check_not_inside, check_result_files, check_writable_folder, parse_device, refuse_unused, require_at_least
+from .options import check_checkpoint_dir, check_result_files, parse_device, refuse_unused, require_at_least
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -114,7 +114,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-seqlen", type=int, default=1024, metavar="L", help="window for --eval (default 1024)")
     parser.add_argument("--log", default=None, metavar="FILE", help="also write the per-step JSON log here")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot the per-step curves (needs matplotlib)")
-    group = parser.add_argument_group("ProxSparse settings (ProxSparseConfig fields)")
+    add_config_flags(parser.add_argument_group("ProxSparse settings (ProxSparseConfig fields)"))
+    parser.set_defaults(run=run)
+
+
+def add_config_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--preset and one flag per ProxSparseConfig field (dest `cfg_FIELD`, default None = unset), with
+    help, type and choices: what `config_from_args` reads. Shared by prune and the torchrun command."""
     group.add_argument("--preset", choices=tuple(PRESETS), default="default", help="named setting the flags below override (default: default)")
     hints = typing.get_type_hints(ProxSparseConfig)
     defaults = ProxSparseConfig()
@@ -135,7 +141,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                 flag, dest=f"cfg_{f.name}", type=base, default=None, choices=_FIELD_CHOICES.get(f.name),
                 metavar=None if f.name in _FIELD_CHOICES else f.name.upper(), help=help_text,
             )
-    parser.set_defaults(run=run)
 
 
 def _set_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,7 +153,15 @@ def _flag(field_name: str) -> str:
 
 def config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineConfig:
     """The config the flags describe for --method (unset flags keep the defaults). A baseline takes
-    only the flags its config has: a ProxSparse-only flag given with it is refused, not ignored."""
+    only the flags its config has: a ProxSparse-only flag given with it is refused, not ignored.
+    A bad value is a ConfigError that names the flag, not the Python field."""
+    try:
+        return _config_from_args(args)
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: _flag(m.group(1)), str(err))) from None
+
+
+def _config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineConfig:
     method = getattr(args, "method", "proxsparse")
     if method == "proxsparse":
         return ProxSparseConfig.preset(getattr(args, "preset", "default"), **_set_fields(args))
@@ -170,7 +183,7 @@ def _progress_bar(console: Console) -> Progress:
     )
 
 
-def _source_label(model: str) -> str:
+def source_label(model: str) -> str:
     """How the metadata names the dense source: a local folder by its absolute path (verify may
     run from elsewhere), a hub id as given."""
     path = Path(model).expanduser()
@@ -178,10 +191,7 @@ def _source_label(model: str) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    try:
-        config = config_from_args(args)
-    except ConfigError as err:  # name the flag, not the Python field
-        raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: _flag(m.group(1)), str(err))) from None
+    config = config_from_args(args)
     no_log = f"with --method {args.method}, which learns nothing step by step" if args.method != "proxsparse" else None
     no_eval = None if args.eval else "without --eval"
     refuse_unused(args, {"--eval-tokens": no_eval, "--eval-seqlen": no_eval, "--log": no_log, "--plot": no_log})
@@ -206,16 +216,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
     check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model, output=args.output)
     if getattr(config, "checkpoint_dir", None):
-        check_not_inside(config.checkpoint_dir, "--checkpoint-dir", args.output, "the --output folder, which the save replaces,")
-        if args.model is not None and Path(args.model).expanduser().is_dir():
-            check_not_inside(config.checkpoint_dir, "--checkpoint-dir", args.model, "the model folder being pruned,")
-        check_writable_folder(config.checkpoint_dir, f"--checkpoint-dir {config.checkpoint_dir}")
+        check_checkpoint_dir(config.checkpoint_dir, args.output, args.model)
     calibrated = args.method == "proxsparse" or needs_calibration(config)
     if calibrated:
         check_text(config.calibration)
     if args.threads:
         torch.set_num_threads(args.threads)
-    label = DEFAULT_MODEL_LABEL if is_default(args.model) else _source_label(args.model)
+    label = DEFAULT_MODEL_LABEL if is_default(args.model) else source_label(args.model)
     with console.status(f"loading {label}"):
         model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
     if calibrated:

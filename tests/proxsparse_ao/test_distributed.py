@@ -1,17 +1,12 @@
-"""FSDP2 mask learning (gloo, 2 CPU processes) gives the single-process mask; resume, a killed rank and bad input."""
+"""FSDP2 mask learning (gloo, 2 CPU processes) gives the single-process mask, also after a resume.
+
+The torchrun command (proxsparse_ao.tools.distributed) is tested in tests/tools/test_distributed.py."""
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +14,7 @@ import torch.multiprocessing as mp
 
 from proxsparse_ao import ProxSparseConfig, learn_masks
 from proxsparse_ao.calibration import PAD_ID
-from proxsparse_ao.distributed import META_FILE, check_resume, exit_without_teardown
+from proxsparse_ao.distributed import check_resume, exit_without_teardown
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
 
@@ -155,123 +150,16 @@ def test_resume_refuses_another_world_size_or_run(tmp_path):
         check_resume(meta, "other", 8, tmp_path)
 
 
-def test_torchrun_entry_writes_the_pruned_model_once(tiny_model_dir, tmp_path):
-    from proxsparse_ao.export import load_pruned
-    from proxsparse_ao.masks import is_nm
+def test_the_library_module_has_no_command_line():
+    """The torchrun command lives in proxsparse_ao.tools.distributed; the library prints nothing and imports no tools."""
+    import ast
+    import inspect
 
-    output = tmp_path / "pruned"
-    flags = ["--samples", "4", "--seqlen", "16", "--batch-size", "2", "--mixed-precision", "bfloat16", "--gradient-checkpointing"]
-    _finished(_torchrun_command(tiny_model_dir, output, *flags), tmp_path / "torchrun.log")
-    model, _, masks, metadata = load_pruned(output)
-    assert len(masks) == 14 and all(is_nm(m.float()) for m in masks.values())
-    assert metadata["statistics"]["world_size"] == WORLD and metadata["statistics"]["steps"] == 2
-    log = json.loads((output / "learning_log.json").read_text())
-    assert log["method"] == "proxsparse" and [entry["step"] for entry in log["steps"]] == [1, 2]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    import proxsparse_ao.distributed as library
 
-
-def test_entry_reports_bad_input_in_one_line_without_a_traceback(tmp_path):
-    taken = tmp_path / "taken"
-    taken.mkdir()
-    run = subprocess.run([sys.executable, "-m", "proxsparse_ao.distributed", "model", "--output", str(taken)],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2  # one line, no traceback, and no library chatter (torchao logs at import time)
-    assert run.stderr.splitlines() == [f"error: {taken} already exists: pass --overwrite to replace it"]
-    assert taken.is_dir() and not any(taken.iterdir())
-
-
-def test_torchrun_entry_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
-    from proxsparse_ao.distributed import main
-
-    with pytest.raises(SystemExit) as stopped:
-        main(["model", "--output", str(tmp_path / "out"), "--timeout", "0"])
-    assert stopped.value.code == 2 and "--timeout must be a positive number of minutes" in capsys.readouterr().err
-
-
-def _torchrun_command(model_dir: Path, output: Path, *flags: str) -> list[str]:
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "-m", "proxsparse_ao.distributed",
-        str(model_dir), "--output", str(output), *flags,
-    ]
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (the 4th field of /proc/N/stat, after the parenthesised name)."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(stat.parent.name))
-    return kids
-
-
-def _rank(pid: int) -> str | None:
-    with contextlib.suppress(OSError):
-        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            if entry.startswith(b"RANK="):
-                return entry[5:].decode()
-    return None
-
-
-@contextlib.contextmanager
-def _launched(command: list[str], log: Path):
-    """torchrun in its own session, its output in `log`; whatever is still running at the end is killed
-    (the workers, each in a session of its own, then torchrun)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    with open(log, "w") as sink:
-        run = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield run
-    finally:
-        if run.poll() is None:
-            for pid in [*_children(run.pid), run.pid]:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            run.wait()
-
-
-def _finished(command: list[str], log: Path) -> None:
-    with _launched(command, log) as run:
-        assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the torchrun workers through /proc (Linux)")
-def test_torchrun_rank_killed_fails_fast_writes_nothing_and_the_same_command_resumes(tiny_model_dir, tmp_path):
-    """SIGKILL rank 1 after the first checkpoint: torchrun exits non-zero at once and writes no output; the same
-    command then resumes from the last checkpoint to the masks (and loss) of an uninterrupted run."""
-    from proxsparse_ao.export import load_pruned
-
-    steps = 16
-    learning = ["--samples", str(2 * steps), "--seqlen", "8", "--batch-size", "2", "--lr", "1e-2", "--lambda2", "0.01"]
-    output, ckpt = tmp_path / "pruned", tmp_path / "ckpt"
-    command = _torchrun_command(tiny_model_dir, output, *learning, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1",
-                                "--timeout", "1")
-    log = tmp_path / "killed.log"
-    with _launched(command, log) as run:
-        deadline = time.monotonic() + 300
-        while not (ckpt / META_FILE).exists():  # written atomically after each complete checkpoint
-            assert run.poll() is None, f"torchrun ended before its first checkpoint:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.05)
-        victims = [pid for pid in _children(run.pid) if _rank(pid) == "1"]
-        assert len(victims) == 1, _children(run.pid)
-        os.kill(victims[0], signal.SIGKILL)
-        code = run.wait(timeout=120)  # gloo sees the dead peer and torchrun stops the others: seconds, not a hang
-    text = log.read_text()
-    assert code != 0 and "SIGKILL" in text, text[-3000:]  # torchrun's summary names the root cause
-    assert not output.exists()
-    killed_at = json.loads((ckpt / META_FILE).read_text())["step"]
-    assert 1 <= killed_at < steps, "the run ended before the kill: give it more steps"
-
-    _finished(command, tmp_path / "resumed.log")  # the same command again
-    reference = tmp_path / "reference"
-    _finished(_torchrun_command(tiny_model_dir, reference, *learning), tmp_path / "reference.log")
-    _, _, masks, metadata = load_pruned(output)
-    _, _, expected, expected_metadata = load_pruned(reference)
-    stats, expected_stats = metadata["statistics"], expected_metadata["statistics"]
-    assert stats["resumed_from"] == killed_at and stats["steps"] == expected_stats["steps"] == steps
-    assert masks.keys() == expected.keys() and all(torch.equal(masks[n], expected[n]) for n in expected)
-    assert stats["final"]["loss"] == pytest.approx(expected_stats["final"]["loss"], rel=1e-6)
-    assert expected_stats["changed_vs_start"] > 0.05  # the masks moved: the comparison means something
-    assert sorted(p.name for p in ckpt.iterdir()) == [META_FILE, f"step-{steps:08d}"]  # no leftovers of the killed run
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    tree = ast.parse(inspect.getsource(library))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert "print" not in calls and "argparse" not in imported and not any("tools" in name for name in imported)
+    assert not hasattr(library, "main") and "__main__" not in inspect.getsource(library)
