@@ -147,6 +147,14 @@ class Sparse24Compiled(nn.Module):
                 raise
             return getattr(model, name)
 
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Sparse24Compiled:
+        """`.to()`, `.half()`, `.cuda()` and the like: refused, because the compiled graphs hold the weights
+        and the 2:4 choices made for the dtype and device at compile time."""
+        raise ProxSparseError(
+            "a compiled model cannot be cast or moved (its graphs hold the weights it was compiled with): "
+            "cast or move the model first, then call proxsparse_ao.compile on it"
+        )
+
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The model's own `generate` (transformers), with every forward pass it makes going through
         this compiled model. Transformers' compile-at-generate is off by default here

@@ -257,6 +257,16 @@ def test_the_compiled_model_reads_what_it_lacks_from_the_model(tiny_llama_factor
         compiled.no_such_thing
 
 
+def test_a_compiled_model_cannot_be_cast_or_moved_only_compiled_again():
+    model = Mixed()
+    dtype = next(model.parameters()).dtype
+    compiled, _ = proxsparse_ao.compile(model, sparse="always")
+    for change in (lambda m: m.half(), lambda m: m.to(torch.float64), lambda m: m.cpu()):
+        with pytest.raises(ProxSparseError, match="cast or move the model first, then call proxsparse_ao.compile"):
+            change(compiled)
+    assert next(model.parameters()).dtype == dtype
+
+
 def test_generate_needs_a_generative_model():
     compiled, _ = proxsparse_ao.compile(Mixed(), sparse="always")
     with pytest.raises(ProxSparseError, match="Mixed has no generate"):
