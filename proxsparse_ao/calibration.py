@@ -53,6 +53,14 @@ def trimmed(tokens: torch.Tensor) -> list[torch.Tensor]:
     return [row[:length] for row, length in zip(tokens, lengths(tokens).tolist())]
 
 
+def cropped(tokens: torch.Tensor) -> torch.Tensor:
+    """`tokens` [B, L] without the columns that are padding in every row (the longest row's length):
+    a batch of short documents then costs what its tokens cost, as a collator padding to the batch's
+    longest sample does. Unpadded tokens come back as they are."""
+    longest = int(lengths(tokens).max()) if tokens.numel() else tokens.shape[1]
+    return tokens if longest == tokens.shape[1] else tokens[:, :longest]
+
+
 def target_count(tokens: torch.Tensor) -> int:
     """How many next-token targets the rows hold (a row of n real tokens has n - 1)."""
     return int((tokens[:, 1:] != PAD_ID).sum())
@@ -93,8 +101,9 @@ def _from_documents(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str]
             if taken == n:
                 return samples
     raise ProxSparseError(
-        f"only {taken} of the {len(documents)} documents have at least 2 tokens, {n} needed: "
-        "use fewer samples, a larger text or the 'windows' mode"
+        (f"the text has only {len(documents)} documents, {n} needed" if len(documents) < n else
+         f"only {taken} of the {len(documents)} documents have at least 2 tokens, {n} needed")
+        + ": use fewer samples, a larger text or the 'windows' mode"
     )
 
 

@@ -47,7 +47,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from . import checkpoint
 from .activations import activation_scales
-from .calibration import target_count
+from .calibration import cropped, target_count
 from .config import ProxSparseConfig, learning_dtype, validate
 from .errors import ProxSparseError
 from .hooks import FrozenWeightTerm, ProxStep, prox_space
@@ -253,7 +253,7 @@ def _learn_distributed(
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
         mine = torch.tensor_split(rows, world)[rank]
         share = target_count(calibration[mine]) / target_count(calibration[rows])  # = rows' share without padding
-        batch = calibration[mine if mine.numel() else rows[:1]].to(device)
+        batch = cropped(calibration[mine if mine.numel() else rows[:1]]).to(device)
         ce_local = _causal_lm_loss(model, batch)
         penalty_local = 0.0
         if config.lambda2 > 0:

@@ -36,7 +36,7 @@ from .config import ProxSparseConfig, learning_dtype
 from .context import check_context
 from .errors import ProxSparseError
 from .activations import activation_scales
-from .calibration import PAD_ID, lengths, model_inputs
+from .calibration import PAD_ID, cropped, lengths, model_inputs
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import learned_mask, mask_codes
 
@@ -346,7 +346,7 @@ def _learn(
     for step in range(start_step, total_steps):
         tick = time.perf_counter()
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-        batch = calibration[rows].to(state.device)
+        batch = cropped(calibration[rows]).to(state.device)
         ce = _causal_lm_loss(model, batch)
         penalty = frozen() if frozen is not None else torch.zeros((), device=ce.device)
         loss = ce + penalty

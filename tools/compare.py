@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
+from proxsparse_ao.calibration import lengths
 from proxsparse_ao.config import DEFAULT_IGNORE, DEFAULT_TARGETS
 from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
@@ -187,6 +188,13 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True)
 
 
+def _calibration_words(calibration: dict) -> str:
+    """N x L tokens (windows), or N documents of at most L tokens and how many tokens they hold."""
+    if calibration["mode"] == "documents":
+        return f"{calibration['samples']} documents of at most {calibration['seqlen']} tokens ({calibration['tokens']:,} tokens)"
+    return f"{calibration['samples']} x {calibration['seqlen']} tokens"
+
+
 def _patterns(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The (targets, ignore) patterns every method prunes with: the flags, else the configs' defaults."""
     return list(args.targets or DEFAULT_TARGETS), list(DEFAULT_IGNORE if args.ignore is None else args.ignore)
@@ -278,12 +286,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     settings = {
         "model": label, "dtype": args.dtype, "device": str(device), "threads": torch.get_num_threads(),
         "calibration": None if tokens is None else {"text": args.calibration, "mode": args.calibration_mode,
-                                                    "samples": args.samples, "seqlen": args.seqlen, "seed": args.seed},
+                                                    "samples": args.samples, "seqlen": args.seqlen, "seed": args.seed,
+                                                    "tokens": int(lengths(tokens).sum())},
         "evaluation": {"texts": texts, "max_tokens": args.eval_tokens or None, "seqlen": args.eval_seqlen},
         "tasks": args.tasks, "limit": args.limit, "command": command_line(args),
     }
     console.print(f"compare on {label}: {', '.join(methods)}; "
-                  + (f"calibration {args.samples} x {args.seqlen} tokens; " if tokens is not None else "")
+                  + (f"calibration {_calibration_words(settings['calibration'])}; " if tokens is not None else "")
                   + f"perplexity on {', '.join(texts)}", highlight=False)
 
     def measure(method: str) -> dict:
@@ -416,7 +425,7 @@ def markdown(rows: list[dict], texts: list[str], tasks: list[str], settings: dic
     lines += [
         "",
         f"Model: {settings['model']} ({settings['dtype']}, {settings['device']}, {settings['threads']} thread(s)). "
-        + (f"Calibration: {calib['samples']} x {calib['seqlen']} tokens of {calib['text']} ({calib['mode']}, seed {calib['seed']}), "
+        + (f"Calibration: {_calibration_words(calib)} of {calib['text']} ({calib['mode']}, seed {calib['seed']}), "
            "the same tokens for every method. " if calib else "")
         + f"Perplexity: {evaluation['seqlen']}-token windows over "
         + (f"the first {evaluation['max_tokens']:,} tokens" if evaluation["max_tokens"] else "all tokens")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from proxsparse_ao.baselines import METHODS as BASELINES
 from proxsparse_ao.baselines import BaselineConfig, config_fields, config_for, needs_calibration
+from proxsparse_ao.calibration import lengths
 from proxsparse_ao.config import (
     CALIBRATION_MODES,
     PRECISIONS,
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.method == "proxsparse":
-            with console.status(f"preparing {config.samples} x {config.seqlen} calibration tokens ({config.calibration})"):
+            with console.status(f"preparing {calibration_summary(config)}"):
                 tokens = calibration_tokens(config, tokenizer)
             with _progress_bar(console) as bar:
                 task = bar.add_task("learning masks", total=None, loss="-", frac="-", moved="-")
@@ -262,7 +263,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
                 "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
             }
-            data = calibration_record(config, tokens.shape)
+            data = calibration_record(config, tokens.shape, int(lengths(tokens).sum()))
             apply_masks(model, masks, config)
         else:
             masks, stats, data = _prune_baseline(model, config, tokenizer, console)
@@ -319,9 +320,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def calibration_record(config: ProxSparseConfig | BaselineConfig, shape: typing.Sequence[int]) -> dict:
-    """What proxsparse.json records of the calibration data (`shape`: the token tensor's)."""
-    return {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(shape), "seed": config.seed}
+def calibration_record(config: ProxSparseConfig | BaselineConfig, shape: typing.Sequence[int], tokens: int) -> dict:
+    """What proxsparse.json records of the calibration data: `shape` of the token tensor and the real
+    `tokens` in it (fewer than its size in documents mode, where short documents are padded)."""
+    return {"calibration": config.calibration, "mode": config.calibration_mode, "shape": list(shape), "tokens": tokens,
+            "seed": config.seed}
+
+
+def calibration_summary(config: ProxSparseConfig | BaselineConfig) -> str:
+    """How the CLI names the calibration it prepares: windows are N x L tokens, documents at most L each."""
+    if config.calibration_mode == "documents":
+        return f"{config.samples} documents of at most {config.seqlen} tokens ({config.calibration})"
+    return f"{config.samples} x {config.seqlen} calibration tokens ({config.calibration})"
 
 
 def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) -> tuple[dict, dict, dict | None]:
@@ -331,9 +341,9 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
 
     tokens, data = None, None
     if needs_calibration(config):
-        with console.status(f"preparing {config.samples} x {config.seqlen} calibration tokens ({config.calibration})"):
+        with console.status(f"preparing {calibration_summary(config)}"):
             tokens = calibration_tokens(config, tokenizer, model)
-        data = calibration_record(config, tokens.shape)
+        data = calibration_record(config, tokens.shape, int(lengths(tokens).sum()))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("pruning decoder blocks", total=None)

@@ -151,7 +151,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
 
         metadata = {
             "method": "proxsparse", "source_model": DEFAULT_MODEL_LABEL, "dtype": "float32", "config": config.to_dict(),
-            "data": calibration_record(config, result.extra["calibration_shape"]),
+            "data": calibration_record(config, result.extra["calibration_shape"], result.extra["calibration_tokens"]),
             "statistics": {"steps": result.steps_done, "total_steps": result.total_steps, "stopped": result.stopped,
                            "changed_vs_magnitude": result.changed_vs_magnitude, "learn_seconds": round(learn_seconds, 2)},
             "perplexity": {"dense": dense, "magnitude": magnitude_ppl, "pruned": learned_ppl},

@@ -7,7 +7,9 @@ import random
 import pytest
 import torch
 
-from proxsparse_ao.calibration import PAD_ID, calibration_samples, is_padded, lengths, model_inputs, target_count, trimmed
+from proxsparse_ao.calibration import (
+    PAD_ID, calibration_samples, cropped, is_padded, lengths, model_inputs, target_count, trimmed,
+)
 from proxsparse_ao.errors import ProxSparseError
 
 DOCS = [f"document {i}: " + "lorem ipsum dolor sit amet " * (i + 1) for i in range(12)]
@@ -67,6 +69,18 @@ def test_document_mode_adds_the_tokenizers_bos_as_sftrainer_does_and_window_mode
 def test_document_mode_says_when_too_few_documents_have_tokens(byte_tokenizer):
     with pytest.raises(ProxSparseError, match="only 12 of the 14 documents have at least 2 tokens, 13 needed"):
         calibration_samples(byte_tokenizer, ["", "x", *DOCS], 13, 300, mode="documents")
+
+
+def test_document_mode_says_when_the_text_has_fewer_documents_than_samples(byte_tokenizer):
+    with pytest.raises(ProxSparseError, match=f"the text has only {len(DOCS)} documents, 50 needed"):
+        calibration_samples(byte_tokenizer, DOCS, 50, 300, mode="documents")
+
+
+def test_cropping_drops_only_the_columns_that_are_padding_in_every_row():
+    tokens = torch.tensor([[1, 2, 3, PAD_ID, PAD_ID], [4, 5, PAD_ID, PAD_ID, PAD_ID]])
+    assert torch.equal(cropped(tokens), tokens[:, :3])
+    full = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert cropped(full) is full
 
 
 def test_window_mode_never_pads(byte_tokenizer):

@@ -246,6 +246,18 @@ def test_padded_batches_of_several_samples_learn(tiny_llama):
     assert all(h["ce"] == h["ce"] for h in result.history)  # finite: no all-padding row or empty mean
 
 
+def test_a_batch_of_short_samples_runs_only_as_wide_as_its_longest(tiny_llama):
+    """Padding costs nothing: a step's forward is as wide as the batch's longest sample, not seqlen."""
+    config = ProxSparseConfig(**{**FAST, "batch_size": 3, "activation_aware": False})
+    widths = []
+    handle = tiny_llama.model.embed_tokens.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+    try:
+        learn_masks(tiny_llama, _padded(_tokens(), [5, 9, 3, 7, 2, 4]), config, _layers(tiny_llama, config))
+    finally:
+        handle.remove()
+    assert len(widths) == 2 and max(widths) == 9  # seqlen is 16: no step ran wider than the longest sample
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [([[3, PAD_ID, 4]], "padding \\(-100\\) before a token"), ([[3, PAD_ID, PAD_ID]], "fewer than 2 tokens")],

@@ -105,3 +105,12 @@ def test_a_failing_method_keeps_the_other_rows(tiny_model_dir, tmp_path, monkeyp
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["pattern_ok"] and rows[0]["ppl"] > 1
     assert rows[1]["error"] == "MemoryError: no scratch space" and rows[1]["pattern_ok"] is False
+
+
+def test_the_calibration_is_described_as_windows_or_as_documents_with_their_real_tokens():
+    from proxsparse_ao.tools.compare import _calibration_words
+
+    windows = {"mode": "windows", "samples": 64, "seqlen": 512, "tokens": 32768}
+    documents = {"mode": "documents", "samples": 4, "seqlen": 128, "tokens": 186}
+    assert _calibration_words(windows) == "64 x 512 tokens"
+    assert _calibration_words(documents) == "4 documents of at most 128 tokens (186 tokens)"

@@ -68,7 +68,7 @@ def test_torchrun_entry_writes_the_pruned_model_once(tiny_model_dir, tmp_path):
     model, _, masks, metadata = load_pruned(output)
     assert len(masks) == 14 and all(is_nm(m.float()) for m in masks.values())
     assert metadata["statistics"]["world_size"] == WORLD and metadata["statistics"]["steps"] == 2
-    assert metadata["data"] == {"calibration": "default", "mode": "windows", "shape": [4, 16], "seed": 0}  # as prune's
+    assert metadata["data"] == {"calibration": "default", "mode": "windows", "shape": [4, 16], "tokens": 64, "seed": 0}  # as prune's
     assert metadata["versions"] == prune.versions() and "torch" in metadata["versions"]
     assert metadata["source_model"] == str(tiny_model_dir.resolve())
     log = json.loads((output / "learning_log.json").read_text())

@@ -90,6 +90,19 @@ def test_a_calibrated_baseline_is_saved_with_the_masks_the_library_gives(model_d
     assert metadata["data"]["shape"] == [4, 16] and metadata["data"]["seed"] == 3
 
 
+@pytest.mark.parametrize("method", ["proxsparse", "wanda"])
+def test_documents_mode_records_the_real_calibration_tokens(model_dir, tmp_path, method):
+    """Documents shorter than --seqlen are padded: proxsparse.json says how many tokens there really were."""
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": "word " * (i + 1)}) + "\n" for i in range(6)))
+    out = tmp_path / "out"
+    assert cli.main(["prune", str(model_dir), "--method", method, "--output", str(out), "--calibration", str(short),
+                     "--calibration-mode", "documents", "--samples", "4", "--seqlen", "64"]) == 0
+    data = load_pruned(out)[3]["data"]
+    assert data["shape"] == [4, 64] and data["mode"] == "documents"
+    assert 8 <= data["tokens"] <= 4 * 30  # four documents of 1 to 6 words, 5 bytes each at most
+
+
 @pytest.mark.parametrize(
     "method, extra, message",
     [

@@ -84,5 +84,5 @@ def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkey
     assert [entry["step"] for entry in log["steps"]] == [1, 2, 3]
     assert {"loss", "ce", "frozen", "fraction_24", "changed_vs_magnitude"} <= set(log["steps"][0])
     metadata = json.loads((out / "proxsparse.json").read_text())  # what prune records, too
-    assert metadata["data"] == {"calibration": "default", "mode": "windows", "shape": [3, 32], "seed": 0}
+    assert metadata["data"] == {"calibration": "default", "mode": "windows", "shape": [3, 32], "tokens": 96, "seed": 0}
     assert metadata["statistics"]["steps"] == 3 and {"torch", "transformers"} <= set(metadata["versions"])
