@@ -11,6 +11,7 @@ or pruning time and peak memory, as a Markdown table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -19,6 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxsparse_ao.quiet import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # before the config imports torchao, which logs its failures at import time
 
 from proxsparse_ao.config import ProxSparseConfig  # noqa: E402
 
@@ -81,12 +86,20 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    paths = [Path(p) for p in sys.argv[1:]]
-    if not paths:
-        print("usage: summarize.py RESULT.json [...]", file=sys.stderr)
-        return 2
-    print(table(runs(paths)))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Mean and spread over seeds of learn_eval.py and compare JSON results.")
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
+    records = []
+    for path in parser.parse_args(argv).results:
+        try:
+            records += runs([path])
+        except OSError as err:
+            print(f"error: cannot read {path}: {err.strerror or err}", file=sys.stderr)
+            return 2
+        except (ValueError, KeyError, TypeError) as err:  # not JSON, or JSON of something else
+            print(f"error: {path} is not a learn_eval.py or compare result ({type(err).__name__}: {err})", file=sys.stderr)
+            return 2
+    print(table(records))
     return 0
 
 
