@@ -55,8 +55,9 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 W0_DEVICES = ("cpu", "model")
 CALIBRATION_MODES = ("windows", "documents")
 DEFAULT_TARGETS = ("Linear",)
-# lm_head, and OPT's embedding projections (OPT-350m): neither is an attention or MLP projection
-DEFAULT_IGNORE = ("re:.*lm_head", "project_in", "project_out")
+# Linears that are no attention or MLP projection: lm_head, OPT-350m's embedding projections, and
+# the routers of mixture-of-experts blocks (Qwen2-MoE's mlp.gate and shared_expert_gate, JetMoe's router.layer)
+DEFAULT_IGNORE = ("re:.*lm_head", "project_in", "project_out", "gate", "shared_expert_gate", r"re:.*\.router(\..*)?")
 MASK_BUFFER = "proxsparse_mask"  # where a learned mask waits on its module for the handler
 
 

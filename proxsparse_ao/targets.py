@@ -1,9 +1,12 @@
 """Which linear layers ProxSparse prunes: `targets`/`ignore` patterns (llm-compressor convention).
 
-A pattern is a module class name ("Linear"), a module name or dotted suffix of one
+A pattern is a module class name ("Linear": the class or any base class, so nn.Linear
+subclasses such as Falcon's FalconLinear match it), a module name or dotted suffix of one
 ("q_proj", "layers.0.mlp.up_proj"), or "re:<regex>" matched against the full module name.
 Only `nn.Linear` leaves are ever targets; the input/output embeddings and anything named
-lm_head are excluded whatever the patterns say.
+lm_head are excluded whatever the patterns say. Weight matrices held by other modules (the
+fused expert tensors of transformers' MoE blocks, GPT-2's Conv1D) stay dense, with a warning
+that names them (an error under `strict`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def matches(pattern: str, name: str, module: nn.Module) -> bool:
     """True when one targets/ignore pattern selects the module called `name`."""
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
-    return pattern == type(module).__name__ or name == pattern or name.endswith("." + pattern)
+    classes = {cls.__name__ for cls in type(module).__mro__}
+    return pattern in classes or name == pattern or name.endswith("." + pattern)
 
 
 def _protected(model: nn.Module) -> set[int]:
@@ -89,28 +93,43 @@ def select_targets(
         if strict:
             raise ProxSparseError(f"{len(skipped)} target layer(s) cannot be made 2:4: {listing}")
         warnings.warn(f"skipping {len(skipped)} layer(s) that cannot be made 2:4: {listing}", stacklevel=2)
+    others, share = _matrices_outside_linears(model, protected)
     if not layers:
         raise NoTargetsError(
             f"no prunable linear layer matches targets={targets} ignore={ignore}"
             + (" and the filter_fn" if filter_fn is not None else "")
             + (f" ({len(skipped)} skipped)" if skipped else "")
-            + _not_linear(model, targets, ignore)
+            + (f"; the model's weight matrices are in other modules ({_listing(others)}): only nn.Linear layers "
+               "are pruned (convert them to nn.Linear first)" if others else "")
         )
+    if others:
+        message = (f"{len(others)} weight matri{'x is' if len(others) == 1 else 'ces are'} not in nn.Linear layers and "
+                   f"stay{'s' if len(others) == 1 else ''} dense ({share:.0%} of the weights outside the embeddings): "
+                   f"{_listing(others)}; only nn.Linear layers are pruned")
+        if strict:
+            raise ProxSparseError(message)
+        warnings.warn(message, stacklevel=2)
     return TargetSelection(layers, skipped)
 
 
-def _not_linear(model: nn.Module, targets: list[str], ignore: list[str]) -> str:
-    """The modules the patterns select that are not nn.Linear (GPT-2's Conv1D, say), for the error."""
-    names = [
-        f"{name} ({type(module).__name__})"
-        for name, module in model.named_modules()
-        if name and not isinstance(module, nn.Linear) and not list(module.children())
-        and any(matches(p, name, module) for p in targets) and not any(matches(p, name, module) for p in ignore)
-    ]
-    if not names:
-        return ""
-    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-    return f"; only nn.Linear layers are pruned, and the patterns select {', '.join(names[:3])}{more}"
+def _matrices_outside_linears(model: nn.Module, protected: set[int]) -> tuple[list[str], float]:
+    """Parameters of 2+ dimensions held by modules that are neither nn.Linear nor embeddings (fused MoE
+    expert tensors, routers, GPT-2's Conv1D), as "name [shape] (Class)", and their share of the
+    parameters outside the embeddings."""
+    found, outside, total = [], 0, 0
+    for module_name, module in model.named_modules():
+        if id(module) in protected or isinstance(module, nn.Embedding):
+            continue
+        for name, parameter in module.named_parameters(recurse=False):
+            total += parameter.numel()
+            if parameter.dim() >= 2 and not isinstance(module, nn.Linear):
+                found.append(f"{module_name + '.' if module_name else ''}{name} {list(parameter.shape)} ({type(module).__name__})")
+                outside += parameter.numel()
+    return found, outside / max(total, 1)
+
+
+def _listing(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def target_filter(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) -> FilterFn:

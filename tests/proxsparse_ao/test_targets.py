@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
+from proxsparse_ao.config import DEFAULT_IGNORE, DEFAULT_TARGETS
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import NoTargetsError, select_targets
 
@@ -64,7 +67,7 @@ def test_no_targets_is_a_clear_error(tiny_llama):
         select_targets(tiny_llama, ["re:.*does_not_exist"])
 
 
-def test_patterns_that_select_only_layers_of_another_kind_say_so():
+def test_a_model_whose_matrices_are_not_linears_says_so():
     """GPT-2's projections are Conv1D modules, not nn.Linear: the error names them instead of blaming the patterns."""
 
     class Conv1D(nn.Module):
@@ -73,5 +76,51 @@ def test_patterns_that_select_only_layers_of_another_kind_say_so():
             self.weight = nn.Parameter(torch.zeros(8, 8))
 
     model = nn.ModuleDict({"c_attn": Conv1D(), "c_fc": Conv1D()})
-    with pytest.raises(NoTargetsError, match=r"only nn.Linear layers are pruned, and the patterns select c_attn \(Conv1D\)$"):
-        select_targets(model, ["c_attn"])
+    message = (r"the model's weight matrices are in other modules \(c_attn.weight \[8, 8\] \(Conv1D\), "
+               r"c_fc.weight \[8, 8\] \(Conv1D\)\): only nn.Linear layers are pruned \(convert them to nn.Linear first\)$")
+    with pytest.raises(NoTargetsError, match=message):
+        select_targets(model, ["Linear"])
+
+
+def test_a_class_pattern_matches_subclasses_too():
+    """Falcon's projections are FalconLinear(nn.Linear): "Linear" selects them."""
+
+    class FalconLinear(nn.Linear):
+        pass
+
+    model = nn.Sequential(FalconLinear(8, 8), nn.Linear(8, 8))
+    assert list(select_targets(model, ["Linear"]).layers) == ["0", "1"]
+    assert list(select_targets(model, ["FalconLinear"]).layers) == ["0"]
+
+
+class _MoE(nn.Module):
+    """A transformers-5-style mixture-of-experts MLP: a router Linear and the experts fused in one 3-D tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(64, 4, bias=False)
+        self.experts = nn.Module()
+        self.experts.gate_up_proj = nn.Parameter(torch.zeros(4, 128, 64))
+
+
+def _moe_model() -> nn.Module:
+    layer = nn.Module()
+    layer.self_attn = nn.Module()
+    layer.self_attn.q_proj = nn.Linear(64, 64)
+    layer.mlp = _MoE()
+    return nn.ModuleDict({"layers": nn.ModuleList([layer])})
+
+
+def test_matrices_outside_linears_stay_dense_with_a_warning_or_an_error_under_strict():
+    with pytest.warns(UserWarning, match=r"1 weight matrix is not in nn.Linear layers and stays dense \(88% of the weights "
+                                         r"outside the embeddings\): layers.0.mlp.experts.gate_up_proj \[4, 128, 64\] \(Module\)"):
+        layers = select_targets(_moe_model(), DEFAULT_TARGETS, DEFAULT_IGNORE).layers
+    assert list(layers) == ["layers.0.self_attn.q_proj"]  # the router (mlp.gate) is not a projection: ignored
+    with pytest.raises(ProxSparseError, match="stays dense"):
+        select_targets(_moe_model(), DEFAULT_TARGETS, DEFAULT_IGNORE, strict=True)
+
+
+def test_a_model_of_linears_selects_without_a_warning(tiny_llama):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(select_targets(tiny_llama, DEFAULT_TARGETS, DEFAULT_IGNORE).layers) == 14
