@@ -187,6 +187,8 @@ def load_documents(source: str | Path | None = None, part: Part = "evaluation") 
     """
     _check_part(part)
     name = DEFAULT_TEXT if source is None else str(source)
+    if not name.strip():
+        raise ProxSparseError(f"the text name is empty: name one of {', '.join(TEXT_NAMES)} or a .txt/.jsonl file")
     if name.lower() in (DEFAULT_TEXT, "default"):
         return _wikipedia(part)
     if name.lower() == NEWS_TEXT:

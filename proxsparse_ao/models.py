@@ -291,6 +291,8 @@ def load_model(
     A hub id that cannot be fetched (no network, HF_HUB_OFFLINE, unknown id) raises a
     ProxSparseError that names the offline alternatives.
     """
+    if source is not None and not str(source).strip():
+        raise ProxSparseError(f"the model name is empty: omit it for the embedded default ('{DEFAULT_MODEL}'), or name a folder or hub id")
     if is_default(source):
         folder = default_model_dir()
         try:

@@ -21,6 +21,7 @@ from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 from . import assets, compare, quickstart, verify  # noqa: E402
 from . import eval as eval_command  # noqa: E402
 from . import prune  # noqa: E402
+from .options import typed_options  # noqa: E402
 
 COMMANDS = [quickstart, assets, eval_command, prune, compare, verify]
 
@@ -74,22 +75,10 @@ def _on_sigterm(handler: signal.Handlers | Callable | int | None) -> signal.Hand
     return signal.signal(signal.SIGTERM, handler)
 
 
-def given_options(argv: Sequence[str] | None) -> set[str]:
-    """The option names (argparse dests) the command line sets itself, defaults left out: a command
-    can then refuse an option that does nothing in its run instead of ignoring it."""
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command in action.choices.values():
-                for option in command._actions:
-                    option.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv))) - {"command", "run"}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
-    args.given = given_options(argv)
+    args.given = typed_options(build_parser, argv)
     console = Console(stderr=False)
     previous = _on_sigterm(_terminate)
     try:

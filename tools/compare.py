@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -120,6 +121,9 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
         "--limit": None if args.tasks else "without --tasks", "--zeroshot-data": None if args.tasks else "without --tasks",
     })
     require_at_least(args, {"eval_seqlen": 2, "samples": 1, "seqlen": 2, "limit": 1, "threads": 1})
+    for method in methods:
+        if method != "dense":
+            method_config(method, args)  # a bad --lr, --lambda1 or pattern fails here, not after the other methods ran
     if args.eval_tokens < 0 or (args.eval_tokens and args.eval_tokens < args.eval_seqlen):
         raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
     if args.calibration.lower() == "none":
@@ -133,7 +137,8 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
         if value and not Path(value).expanduser().resolve().parent.is_dir():
             raise ProxSparseError(f"{flag}: the folder of {value} does not exist")
-    check_result_files({"--json": args.json, "--markdown": args.markdown}, model_folder=args.model)
+    check_result_files({"--json": args.json, "--markdown": args.markdown}, model_folder=args.model,
+                       inputs={"--text": args.text, "--calibration": args.calibration, "--zeroshot-data": args.zeroshot_data})
     parse_device(args.device)
 
 
@@ -200,25 +205,36 @@ def _patterns(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return list(args.targets or DEFAULT_TARGETS), list(DEFAULT_IGNORE if args.ignore is None else args.ignore)
 
 
-def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
-    """Prune `model` in place with `method`; returns its masks and method-specific details."""
-    from proxsparse_ao.baselines import config_for, prune
+def method_config(method: str, args: argparse.Namespace) -> Any:
+    """The config `method` prunes with under these flags; a bad value is a ConfigError naming the flag."""
+    from proxsparse_ao.baselines import config_for
+    from proxsparse_ao.config import ConfigError, ProxSparseConfig
 
     common = {k: v for k, v in (("targets", args.targets), ("ignore", args.ignore)) if v is not None}
     calib = {"samples": args.samples, "seqlen": args.seqlen, "seed": args.seed,
              "calibration_mode": args.calibration_mode} | ({} if args.calibration.lower() == "none" else {"calibration": args.calibration})
+    try:
+        if method == "proxsparse":
+            extra = {k: v for k, v in (("lambda1", args.lambda1), ("lr", args.lr)) if v is not None}
+            return ProxSparseConfig(**common, **calib, **extra)
+        return config_for(method, **common, **({} if method == "magnitude" else calib))
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
+
+
+def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
+    """Prune `model` in place with `method`; returns its masks and method-specific details."""
+    from proxsparse_ao.baselines import prune
+
+    config = method_config(method, args)
     task = bar.add_task(f"{method}: pruning", total=None)
     if method == "proxsparse":
         from proxsparse_ao.api import apply_masks, learn
-        from proxsparse_ao.config import ProxSparseConfig
 
-        extra = {k: v for k, v in (("lambda1", args.lambda1), ("lr", args.lr)) if v is not None}
-        config = ProxSparseConfig(**common, **calib, **extra)
         result = learn(model, config, calibration=tokens,
                        callback=lambda s: bar.update(task, completed=s.step, total=s.total_steps), stats_every=16)
         apply_masks(model, result.masks, config)
         return {"masks": result.masks, "config": config.to_dict(), "stopped": result.stopped}
-    config = config_for(method, **common, **({} if method == "magnitude" else calib))
     result = prune(model, config, calibration=tokens, progress=lambda done, total: bar.update(task, completed=done, total=total))
     return {"masks": result.masks, "config": config.to_dict()}
 

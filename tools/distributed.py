@@ -20,7 +20,7 @@ from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, le
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
 from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
-from .options import check_checkpoint_dir  # noqa: E402
+from .options import check_checkpoint_dir, refuse_unused, typed_options  # noqa: E402
 from .prune import DTYPES, add_config_flags, calibration_record, config_from_args, source_label, versions  # noqa: E402
 
 PROG = "torchrun --nproc-per-node N -m proxsparse_ao.tools.distributed"
@@ -40,7 +40,8 @@ weights, applies the masks and writes the output folder (the format of `proxspar
 A run resumes from --checkpoint-dir only with the same --nproc-per-node.
 --preset sets every field first; the other flags then override it.
 exit status: 0 success, 1 learning stopped early (a non-finite loss or gradient; the masks of the
-last good step are saved), 2 the input could not be used (one line on stderr from every rank).
+last good step are saved), 2 the input could not be used (one line on stderr from every rank);
+torchrun itself then exits 1 and names the failed ranks.
 """
 
 
@@ -73,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.timeout > 0:
         parser.error(f"--timeout must be a positive number of minutes; got {args.timeout:g}")
+    args.given = typed_options(build_parser, argv)
     config = config_from_args(args)  # as prune builds it: the preset, then the flags set
+    refuse_unused(args, {"--checkpoint-every": None if config.checkpoint_dir else "without --checkpoint-dir"})
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
     import torch.distributed as dist
@@ -98,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group(args.backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=args.timeout))
+    dist.init_process_group(_backend(args.backend, cuda), timeout=timedelta(minutes=args.timeout))
     try:
         dtype = getattr(torch, args.dtype)
         model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
@@ -127,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
                 "versions": versions(),
             }
+            check_output(output, args.overwrite, overwrite_flag="--overwrite")  # again: another run may have saved there since
             save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
                         extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
         dist.barrier()
@@ -135,13 +139,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_CHECK_FAILED if result.stopped else EXIT_OK  # the library warned on every rank why it stopped
 
 
+def _backend(name: str | None, cuda: bool) -> str:
+    """--backend as a process-group backend this torch build has (default nccl with CUDA, else gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    backend = (name or ("nccl" if cuda else "gloo")).lower()
+    available = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available, "mpi": dist.is_mpi_available,
+                 "ucc": getattr(dist, "is_ucc_available", lambda: False)}
+    if backend not in available:
+        raise ProxSparseError(f"--backend {name}: unknown process-group backend; use one of {', '.join(available)}")
+    if not available[backend]():
+        raise ProxSparseError(f"--backend {backend}: this torch build ({torch.__version__}) has no {backend} support")
+    return backend
+
+
 def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
     """`python -m` / torchrun entry: a bad input is one line on stderr and exit status 2; the process
     then ends without interpreter teardown (`exit_without_teardown`: a used gloo group can abort it)."""
     try:
         code = main(argv)
     except ProxSparseError as err:
-        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.write(f"error: {err}\n")  # one write: the lines of several ranks do not interleave
         code = EXIT_BAD_INPUT
     exit_without_teardown(code)
 

@@ -69,7 +69,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
     if args.no_ppl and not args.tasks:
         raise ProxSparseError("nothing to do: --no-ppl without --tasks")
-    check_result_files({"--json": args.json}, model_folder=args.model)
+    check_result_files({"--json": args.json}, model_folder=args.model,
+                       inputs={"--text": args.text, "--zeroshot-data": args.zeroshot_data})
 
 
 def _progress() -> Progress:

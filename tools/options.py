@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,12 +20,28 @@ def require_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None
             raise ProxSparseError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
 
 
+def typed_options(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> set[str]:
+    """The option names (argparse dests) the command line sets itself, defaults left out: a command
+    can then refuse an option that does nothing in its run instead of ignoring it."""
+    parser = build_parser()
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += action.choices.values()
+    for each in parsers:
+        for option in each._actions:
+            option.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "run"}
+
+
 def refuse_unused(args: argparse.Namespace, unused: dict[str, str | None]) -> None:
     """`unused` maps an option to why it does nothing in this run (None: it does something). One the
-    user typed is refused, naming why, rather than silently ignored (`args.given`: what they typed)."""
+    user typed is refused, naming why, rather than silently ignored (`args.given`: what they typed;
+    a config field's flag has the dest cfg_FIELD)."""
     given = getattr(args, "given", set())
     for option, why in unused.items():
-        if why and option[2:].replace("-", "_") in given:
+        dest = option[2:].replace("-", "_")
+        if why and (dest in given or f"cfg_{dest}" in given):
             raise ProxSparseError(f"{option} does nothing {why}: drop it")
 
 
@@ -52,18 +69,25 @@ def check_not_inside(value: str | Path, option: str, folder: str | Path | None, 
 
 
 def check_result_files(
-    options: dict[str, str | None], model_folder: str | Path | None = None, output: str | Path | None = None
+    options: dict[str, str | None], model_folder: str | Path | None = None, output: str | Path | None = None,
+    inputs: dict[str, str | list[str] | None] | None = None,
 ) -> None:
     """Result files (`--json`, `--log`, ...) are refused before any work when they could not be
     written at the end: a folder in the way, an unwritable place, two options naming one file, a
-    file of the model folder the command reads, or a path inside the folder the command saves."""
+    file of the model folder the command reads, a path inside the folder the command saves, or
+    one of the `inputs` the command reads (a text or calibration file, or a file in a data folder)."""
     seen: dict[Path, str] = {}
     inside = Path(model_folder).expanduser().resolve() if model_folder is not None and Path(model_folder).expanduser().is_dir() else None
+    read = {Path(path).expanduser().resolve(): option for option, paths in (inputs or {}).items()
+            for path in ([paths] if isinstance(paths, str) else paths or []) if path and Path(path).expanduser().exists()}
     for option, value in options.items():
         if not value:
             continue
         path = Path(value).expanduser().absolute()
         check_not_inside(path, option, output, "the --output folder, which the save replaces,")
+        for source, reader in read.items():
+            if path.resolve() == source or (source.is_dir() and source in path.resolve().parents):
+                raise ProxSparseError(f"{option} {value} would overwrite what {reader} reads ({source}): write it elsewhere")
         if path.resolve() in seen:
             raise ProxSparseError(f"{option} and {seen[path.resolve()]} name the same file {value}")
         seen[path.resolve()] = option

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = config_from_args(args)
     no_log = f"with --method {args.method}, which learns nothing step by step" if args.method != "proxsparse" else None
     no_eval = None if args.eval else "without --eval"
-    refuse_unused(args, {"--eval-tokens": no_eval, "--eval-seqlen": no_eval, "--log": no_log, "--plot": no_log})
+    refuse_unused(args, {"--eval-tokens": no_eval, "--eval-seqlen": no_eval, "--log": no_log, "--plot": no_log,
+                         "--checkpoint-every": None if getattr(config, "checkpoint_dir", None) else "without --checkpoint-dir"})
     require_at_least(args, {"eval_seqlen": 2, "eval_tokens": 1})
     if args.eval_tokens < args.eval_seqlen and args.eval:
         raise ProxSparseError(f"--eval-tokens ({args.eval_tokens}) must cover one window of --eval-seqlen ({args.eval_seqlen})")
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     require_at_least(args, {"threads": 1})
     device = parse_device(args.device)
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
-    check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model, output=args.output)
+    check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model, output=args.output,
+                       inputs={"--calibration": getattr(config, "calibration", None)})
     if getattr(config, "checkpoint_dir", None):
         check_checkpoint_dir(config.checkpoint_dir, args.output, args.model)
     calibrated = args.method == "proxsparse" or needs_calibration(config)
@@ -288,6 +290,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     }
     log = history_json(history, method=args.method)
     with console.status(f"saving {output}"):
+        check_output(output, args.overwrite, overwrite_flag="--overwrite")  # again: another run may have saved there since
         save_pruned(model, output, masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite, extra_files={LOG_FILE: log})
     if args.log:
         write_history(Path(args.log).expanduser(), history, method=args.method)

@@ -54,7 +54,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     require_at_least(args, {"samples": 1, "seqlen": 2, "eval_tokens": EVAL_WINDOW})
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise ProxSparseError("--output is empty: name a folder, or leave --output out to save nothing")
         check_output(args.output, overwrite=True)  # before minutes of work: only an earlier output is replaced
     table = Table(title="proxsparse-ao quickstart")
     table.add_column("stage")

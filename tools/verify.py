@@ -91,17 +91,21 @@ def _check_args(args: argparse.Namespace) -> None:
     refuse_unused(args, {
         "--deploy-dtype": no_compile, "--deploy-tokens": no_compile, "--max-tokens": "with --no-ppl" if args.no_ppl else None,
         "--text": "with --no-ppl and --no-compile" if args.no_ppl and args.no_compile else None,
+        "--seqlen": "with --no-ppl and --no-compile" if args.no_ppl and args.no_compile else None,
         "--baseline": "with --no-ppl and without --tasks" if args.no_ppl and not args.tasks else None,
         "--limit": no_tasks, "--zeroshot-data": no_tasks,
     })
     require_at_least(args, {"seqlen": 2, "limit": 1, "deploy_tokens": 1})
     if args.max_tokens < 0:
         raise ProxSparseError(f"--max-tokens must be 0 (all) or positive, got {args.max_tokens}")
-    if args.min_speedup is not None and not args.min_speedup > 0:
-        raise ProxSparseError(f"--min-speedup must be positive, got {args.min_speedup}")
+    if args.min_speedup is not None and not 0 < args.min_speedup < math.inf:
+        raise ProxSparseError(f"--min-speedup must be a positive finite number, got {args.min_speedup}")
     if args.min_speedup is not None and args.no_compile:
         raise ProxSparseError("--min-speedup needs the speed check, which --no-compile skips: drop one of the two")
-    check_result_files({"--json": args.json}, model_folder=args.dir)
+    if not args.dir.strip():
+        raise ProxSparseError("the model folder is empty: name the pruned model's folder")
+    check_result_files({"--json": args.json}, model_folder=args.dir,
+                       inputs={"--text": args.text, "--zeroshot-data": args.zeroshot_data})
     folder = Path(args.dir).expanduser()
     try:
         if not folder.exists():

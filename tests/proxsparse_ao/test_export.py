@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -133,6 +134,26 @@ def test_the_current_folder_and_the_model_being_pruned_are_never_the_output(tiny
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ProxSparseError, match="is the model being pruned"):
         check_output("model", overwrite=True, source=str(tmp_path / "model"))
+
+
+def test_an_output_inside_a_file_is_refused_before_any_work(tmp_path):
+    from proxsparse_ao.export import check_output
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ProxSparseError, match=f"{tmp_path / 'a_file'} is not a folder"):
+        check_output(tmp_path / "a_file" / "out", overwrite=False)
+
+
+def test_an_output_in_a_read_only_folder_is_refused_before_any_work(open_tmp, unprivileged):
+    import subprocess
+    import sys
+
+    locked = open_tmp / "locked"
+    locked.mkdir(mode=0o555)
+    probe = f"from proxsparse_ao.export import check_output; check_output({str(locked / 'deeper' / 'out')!r}, overwrite=False)"
+    done = subprocess.run([*unprivileged, sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and f"cannot write in {locked} (Permission denied)" in done.stderr
+    assert list(locked.iterdir()) == []
 
 
 def test_a_save_that_fails_while_swapping_folders_puts_the_old_one_back(tiny_llama, tmp_path, monkeypatch):

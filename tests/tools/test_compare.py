@@ -114,3 +114,16 @@ def test_the_calibration_is_described_as_windows_or_as_documents_with_their_real
     documents = {"mode": "documents", "samples": 4, "seqlen": 128, "tokens": 186}
     assert _calibration_words(windows) == "64 x 512 tokens"
     assert _calibration_words(documents) == "4 documents of at most 128 tokens (186 tokens)"
+
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "dense,magnitude,proxsparse", "--lr", "nan"], "--lr must be finite, got nan"),
+    (["--methods", "magnitude", "--targets", "re:["], "--targets: 're:[' is not a valid regular expression"),
+])
+def test_a_bad_method_setting_is_refused_before_any_method_runs(argv, message, tmp_path, capsys):
+    from proxsparse_ao.tools import cli
+
+    assert cli.main(["compare", str(tmp_path / "no-model"), *argv]) == 2  # the model is not even looked at
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line

@@ -184,3 +184,15 @@ def test_torchrun_rank_killed_fails_fast_writes_nothing_and_the_same_command_res
     assert expected_stats["changed_vs_start"] > 0.05  # the masks moved: the comparison means something
     assert sorted(p.name for p in ckpt.iterdir()) == [META_FILE, f"step-{steps:08d}"]  # no leftovers of the killed run
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+
+@pytest.mark.parametrize("name, message", [("glo", "--backend glo: unknown process-group backend"),
+                                           ("nccl", "--backend nccl: this torch build")])
+def test_a_backend_this_torch_lacks_is_named(name, message):
+    import torch.distributed as dist
+
+    if name == "nccl" and dist.is_nccl_available():
+        pytest.skip("this torch has NCCL")
+    with pytest.raises(ProxSparseError, match=message):
+        distributed._backend(name, cuda=False)

@@ -167,3 +167,21 @@ def test_a_binary_text_file_is_refused_before_the_model_loads(tmp_path):
     done = cli("eval", tmp_path / "no-model", "--text", archive)
     assert_one_line_error(done, f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+def test_a_result_file_that_would_overwrite_an_input_is_refused_and_the_input_kept(tmp_path, text_file):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "winogrande_ni.jsonl").write_text("kept\n")
+    missing_model = str(tmp_path / "no-model")
+    assert_one_line_error(cli("eval", missing_model, "--text", text_file, "--json", text_file),
+                          f"--json {text_file} would overwrite what --text reads")
+    target = data / "winogrande_ni.jsonl"
+    assert_one_line_error(cli("eval", missing_model, "--no-ppl", "--tasks", "local_winogrande", "--zeroshot-data", data,
+                              "--json", target), "would overwrite what --zeroshot-data reads")
+    assert text_file.read_text() == TEXT and target.read_text() == "kept\n"
+
+
+def test_empty_names_are_called_empty(tmp_path):
+    assert_one_line_error(cli("eval", "--text", ""), "the text name is empty")
+    assert_one_line_error(cli("eval", ""), "the model name is empty")

@@ -8,7 +8,7 @@ import pytest
 
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.tools import cli
-from proxsparse_ao.tools.options import refuse_unused, require_at_least
+from proxsparse_ao.tools.options import refuse_unused, require_at_least, typed_options
 
 
 def test_values_at_or_above_the_minimum_and_unset_options_pass():
@@ -21,8 +21,9 @@ def test_the_error_names_the_flag_as_typed_and_the_value():
 
 
 def test_the_options_a_command_line_typed_are_told_from_defaults():
-    assert cli.given_options(["prune", "--output", "out", "--eval-seq", "64", "--lr", "1e-3"]) == {"output", "eval_seqlen", "cfg_lr"}
-    assert cli.given_options(["verify", "pruned", "--no-ppl"]) == {"dir", "no_ppl"}
+    assert typed_options(cli.build_parser, ["prune", "--output", "out", "--eval-seq", "64", "--lr", "1e-3"]) == {
+        "output", "eval_seqlen", "cfg_lr"}
+    assert typed_options(cli.build_parser, ["verify", "pruned", "--no-ppl"]) == {"dir", "no_ppl"}
 
 
 def test_a_typed_option_that_does_nothing_is_refused_naming_why():
@@ -44,6 +45,8 @@ def test_a_typed_option_that_does_nothing_is_refused_naming_why():
     (["eval", "--limit", "20"], "--limit does nothing without --tasks"),
     (["compare", "--methods", "dense,magnitude", "--samples", "8"], "--samples does nothing without a calibrated method"),
     (["compare", "--methods", "dense,wanda", "--lr", "1e-3"], "--lr does nothing without proxsparse in --methods"),
+    (["prune", "--output", "out", "--checkpoint-every", "4"], "--checkpoint-every does nothing without --checkpoint-dir"),
+    (["verify", "pruned", "--no-ppl", "--no-compile", "--seqlen", "64"], "--seqlen does nothing with --no-ppl and --no-compile"),
 ])
 def test_commands_refuse_options_that_would_do_nothing_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -23,6 +23,11 @@ def test_an_output_that_is_not_an_earlier_pruned_model_folder_is_refused_and_kep
     assert (folder / "keep.txt").read_text() == "mine" and (tmp_path / "file").read_text() == "x"
 
 
+def test_an_empty_output_is_refused_not_ignored(capsys):
+    assert cli.main(["quickstart", "--output", ""]) == 2
+    assert capsys.readouterr().err.strip() == "error: --output is empty: name a folder, or leave --output out to save nothing"
+
+
 def test_evaluation_tokens_must_cover_one_window(capsys):
     assert cli.main(["quickstart", "--eval-tokens", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --eval-tokens must be at least 1024, got -1"

@@ -360,6 +360,17 @@ def test_a_device_this_machine_does_not_have_is_a_one_line_error(folders, tmp_pa
     one_line_error(run, 2, "--device cuda: CUDA is not available on this machine")
 
 
+@pytest.mark.parametrize("speedup", ["inf", "nan", "0"])
+def test_a_speed_target_must_be_a_positive_finite_number(tmp_path, speedup):
+    done = cli("verify", str(tmp_path), "--min-speedup", speedup)
+    assert done.returncode == 2 and "--min-speedup must be a positive finite number" in done.stderr
+
+
+def test_an_empty_model_folder_name_is_called_empty():
+    done = cli("verify", "")
+    assert done.returncode == 2 and done.stderr.strip() == "error: the model folder is empty: name the pruned model's folder"
+
+
 def test_a_speed_target_with_the_speed_check_skipped_is_a_conflict(tmp_path):
     done = cli("verify", str(tmp_path), "--no-compile", "--min-speedup", "1.3")
     assert done.returncode == 2
