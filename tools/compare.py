@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import check_result_files, parse_device, refuse_unused, require_at_least
+from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 
 if TYPE_CHECKING:
     import torch
@@ -219,7 +218,7 @@ def method_config(method: str, args: argparse.Namespace) -> Any:
             return ProxSparseConfig(**common, **calib, **extra)
         return config_for(method, **common, **({} if method == "magnitude" else calib))
     except ConfigError as err:
-        raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
+        raise ConfigError(name_flags(str(err))) from None
 
 
 def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
@@ -267,10 +266,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.context import check_context
     from proxsparse_ao.data import DEFAULT_TEXT, load_text
     from proxsparse_ao.evaluation import perplexity, tokenize_text
-    from proxsparse_ao.masks import magnitude_mask
+    from proxsparse_ao.masks import magnitude_mask, mask_codes
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
     from proxsparse_ao.targets import select_targets
-    from proxsparse_ao.masks import mask_codes
 
     hf_logging.disable_progress_bar()
     quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING

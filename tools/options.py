@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,11 @@ def refuse_unused(args: argparse.Namespace, unused: dict[str, str | None]) -> No
         dest = option[2:].replace("-", "_")
         if why and (dest in given or f"cfg_{dest}" in given):
             raise ProxSparseError(f"{option} does nothing {why}: drop it")
+
+
+def name_flags(message: str) -> str:
+    """A config error as the CLI user should read it: `ProxSparseConfig.lr` becomes `--lr`."""
+    return re.sub(r"\b\w+Config\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def parse_device(text: str | None) -> torch.device:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import time
 import typing
 import warnings
@@ -33,7 +32,7 @@ from proxsparse_ao.config import (
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
-from .options import check_checkpoint_dir, check_result_files, parse_device, refuse_unused, require_at_least
+from .options import check_checkpoint_dir, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -159,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineCon
     try:
         return _config_from_args(args)
     except ConfigError as err:
-        raise ConfigError(re.sub(r"\b\w+Config\.(\w+)", lambda m: _flag(m.group(1)), str(err))) from None
+        raise ConfigError(name_flags(str(err))) from None
 
 
 def _config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineConfig:
