@@ -142,15 +142,20 @@ def check_output(
 ) -> Path:
     """The absolute output folder, if a save may write it: new, or with `overwrite` an earlier
     pruned-model folder (it has proxsparse.json) or an empty one; never the current folder or one
-    above it, nor the model being pruned (`source`). Called before any work and again by `save_pruned`;
-    `overwrite_flag` is how the caller's user asks for overwrite (the CLI: "--overwrite")."""
+    above it, nor the model being pruned (`source`) or a folder inside it. Called before any work
+    and again by `save_pruned`; `overwrite_flag` is how the caller's user asks for overwrite (the
+    CLI: "--overwrite")."""
     output = Path(output).expanduser().absolute()
     here = Path.cwd().resolve()
     resolved = output.resolve()
     if resolved == here or resolved in here.parents:
         raise ProxSparseError(f"{output} is the current folder or holds it: choose an output folder of its own")
-    if source is not None and Path(source).expanduser().exists() and Path(source).expanduser().resolve() == resolved:
-        raise ProxSparseError(f"{output} is the model being pruned: write the pruned model to another folder")
+    if source is not None and Path(source).expanduser().exists():
+        model = Path(source).expanduser().resolve()
+        if model == resolved:
+            raise ProxSparseError(f"{output} is the model being pruned: write the pruned model to another folder")
+        if model in resolved.parents:
+            raise ProxSparseError(f"{output} is inside the model folder being pruned ({source}): write the pruned model elsewhere")
     _check_writable_parent(output)
     if not output.exists() and not output.is_symlink():
         return output

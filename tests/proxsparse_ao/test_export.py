@@ -122,7 +122,7 @@ def test_overwrite_replaces_only_an_earlier_pruned_model_folder_or_an_empty_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"]
 
 
-def test_the_current_folder_and_the_model_being_pruned_are_never_the_output(tiny_llama, tmp_path, monkeypatch):
+def test_the_current_folder_and_the_model_being_pruned_never_hold_the_output(tiny_llama, tmp_path, monkeypatch):
     from proxsparse_ao.export import check_output
 
     (tmp_path / "model").mkdir()
@@ -133,6 +133,8 @@ def test_the_current_folder_and_the_model_being_pruned_are_never_the_output(tiny
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ProxSparseError, match="is the model being pruned"):
         check_output("model", overwrite=True, source=str(tmp_path / "model"))
+    with pytest.raises(ProxSparseError, match="is inside the model folder being pruned"):
+        check_output("model/pruned", overwrite=False, source=str(tmp_path / "model"))
 
 
 def test_an_output_inside_a_file_is_refused_before_any_work(tmp_path):
