@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchao.quantization import quantize_
 
-from .calibration import lengths
+from .calibration import token_count
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
 from .context import check_context
 from .errors import ProxSparseError
@@ -74,7 +74,7 @@ def learn(
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)
-    result.extra["calibration_tokens"] = int(lengths(tokens).sum())  # real tokens: documents mode pads short ones
+    result.extra["calibration_tokens"] = token_count(tokens)  # real tokens: documents mode pads short ones
     return result
 
 

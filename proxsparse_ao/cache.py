@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import ProxSparseError
+
 
 def cache_dir() -> Path:
     """The per-user cache folder: $PROXSPARSE_CACHE, else $XDG_CACHE_HOME/proxsparse_ao."""
@@ -14,6 +16,21 @@ def cache_dir() -> Path:
         return Path(root).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "proxsparse_ao"
+
+
+def check_writable_folder(folder: str | Path, what: str) -> None:
+    """`folder` exists or can be made, and a file can be created in it: its nearest existing
+    ancestor is a folder this process writes in (a probe, removed at once). `what` starts the error."""
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ProxSparseError(f"{what}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".proxsparse-probe-"):
+            pass
+    except OSError as err:
+        raise ProxSparseError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

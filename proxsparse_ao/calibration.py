@@ -61,6 +61,11 @@ def cropped(tokens: torch.Tensor) -> torch.Tensor:
     return tokens if longest == tokens.shape[1] else tokens[:, :longest]
 
 
+def token_count(tokens: torch.Tensor) -> int:
+    """How many real tokens `tokens` holds (its size less the padding)."""
+    return int(lengths(tokens).sum())
+
+
 def target_count(tokens: torch.Tensor) -> int:
     """How many next-token targets the rows hold (a row of n real tokens has n - 1)."""
     return int((tokens[:, 1:] != PAD_ID).sum())

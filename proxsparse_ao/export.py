@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .cache import check_writable_folder
 from .errors import ProxSparseError
 from .masks import check_nm, mask_codes
 
@@ -156,7 +157,7 @@ def check_output(
             raise ProxSparseError(f"{output} is the model being pruned: write the pruned model to another folder")
         if model in resolved.parents:
             raise ProxSparseError(f"{output} is inside the model folder being pruned ({source}): write the pruned model elsewhere")
-    _check_writable_parent(output)
+    check_writable_folder(output.parent, str(output))  # the save writes a temporary folder next to it
     if not output.exists() and not output.is_symlink():
         return output
     if not overwrite:
@@ -166,21 +167,6 @@ def check_output(
     if not (output / METADATA_FILE).is_file() and any(output.iterdir()):
         raise ProxSparseError(f"{output} is not a pruned-model folder (no {METADATA_FILE}): refusing to replace what it holds")
     return output
-
-
-def _check_writable_parent(output: Path) -> None:
-    """The save writes a temporary folder next to `output`: its nearest existing parent must be a
-    folder this process can create files in (checked with a probe, removed at once)."""
-    parent = output.parent
-    while not parent.exists() and not parent.is_symlink():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ProxSparseError(f"{output}: {parent} is not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".proxsparse-probe-"):
-            pass
-    except OSError as err:
-        raise ProxSparseError(f"{output}: cannot write in {parent} ({err.strerror or err})") from None
 
 
 def _owner() -> str:

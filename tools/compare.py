@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
-from proxsparse_ao.calibration import lengths
+from proxsparse_ao.calibration import token_count
 from proxsparse_ao.config import DEFAULT_IGNORE, DEFAULT_TARGETS
 from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
@@ -31,6 +31,7 @@ from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
+from .prune import calibration_words
 
 if TYPE_CHECKING:
     import torch
@@ -193,10 +194,8 @@ def _progress(console: Console) -> Progress:
 
 
 def _calibration_words(calibration: dict) -> str:
-    """N x L tokens (windows), or N documents of at most L tokens and how many tokens they hold."""
-    if calibration["mode"] == "documents":
-        return f"{calibration['samples']} documents of at most {calibration['seqlen']} tokens ({calibration['tokens']:,} tokens)"
-    return f"{calibration['samples']} x {calibration['seqlen']} tokens"
+    """The settings' calibration record in words (`prune`'s wording)."""
+    return calibration_words(calibration["mode"], calibration["samples"], calibration["seqlen"], calibration["tokens"])
 
 
 def _patterns(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -301,7 +300,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "model": label, "dtype": args.dtype, "device": str(device), "threads": torch.get_num_threads(),
         "calibration": None if tokens is None else {"text": args.calibration, "mode": args.calibration_mode,
                                                     "samples": args.samples, "seqlen": args.seqlen, "seed": args.seed,
-                                                    "tokens": int(lengths(tokens).sum())},
+                                                    "tokens": token_count(tokens)},
         "evaluation": {"texts": texts, "max_tokens": args.eval_tokens or None, "seqlen": args.eval_seqlen},
         "tasks": args.tasks, "limit": args.limit, "command": command_line(args),
     }

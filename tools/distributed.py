@@ -15,7 +15,7 @@ import typing  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
-from proxsparse_ao.calibration import lengths  # noqa: E402
+from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "source_model": label,
                 "dtype": args.dtype,
                 "config": config.to_dict(),
-                "data": calibration_record(config, tokens.shape, int(lengths(tokens).sum())),
+                "data": calibration_record(config, tokens.shape, token_count(tokens)),
                 "statistics": {
                     "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
                     "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,

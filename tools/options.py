@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from proxsparse_ao.cache import check_writable_folder
 from proxsparse_ao.errors import ProxSparseError
 
 
@@ -102,20 +102,6 @@ def check_result_files(
         if inside is not None and path.resolve().parent == inside:
             raise ProxSparseError(f"{option} {value} is inside the model folder being read: write it elsewhere")
         check_writable_folder(path.parent, f"{option} {value}")
-
-
-def check_writable_folder(folder: str | Path, what: str) -> None:
-    """The folder exists or can be made, and a file can be created in it (a probe, removed at once)."""
-    existing = Path(folder).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ProxSparseError(f"{what}: {existing} is not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".proxsparse-probe-"):
-            pass
-    except OSError as err:
-        raise ProxSparseError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
 
 
 def check_checkpoint_dir(folder: str | Path, output: str | Path, model: str | Path | None) -> None:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from proxsparse_ao.baselines import METHODS as BASELINES
 from proxsparse_ao.baselines import BaselineConfig, config_fields, config_for, needs_calibration
-from proxsparse_ao.calibration import lengths
+from proxsparse_ao.calibration import token_count
 from proxsparse_ao.config import (
     CALIBRATION_MODES,
     PRECISIONS,
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.method == "proxsparse":
-            with console.status(f"preparing {calibration_summary(config)}"):
+            with console.status(f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
                 tokens = calibration_tokens(config, tokenizer)
             with _progress_bar(console) as bar:
                 task = bar.add_task("learning masks", total=None, loss="-", frac="-", moved="-")
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2), "peak_memory_bytes": result.peak_memory_bytes,
                 "skipped": result.extra.get("skipped", {}), "final": history[-1] if history else None,
             }
-            data = calibration_record(config, tokens.shape, int(lengths(tokens).sum()))
+            data = calibration_record(config, tokens.shape, token_count(tokens))
             apply_masks(model, masks, config)
         else:
             masks, stats, data = _prune_baseline(model, config, tokenizer, console)
@@ -329,11 +329,12 @@ def calibration_record(config: ProxSparseConfig | BaselineConfig, shape: typing.
             "seed": config.seed}
 
 
-def calibration_summary(config: ProxSparseConfig | BaselineConfig) -> str:
-    """How the CLI names the calibration it prepares: windows are N x L tokens, documents at most L each."""
-    if config.calibration_mode == "documents":
-        return f"{config.samples} documents of at most {config.seqlen} tokens ({config.calibration})"
-    return f"{config.samples} x {config.seqlen} calibration tokens ({config.calibration})"
+def calibration_words(mode: str, samples: int, seqlen: int, tokens: int | None = None) -> str:
+    """How the CLI names calibration data: windows are N x L tokens, documents at most L each (and
+    the real `tokens` they hold, when known)."""
+    if mode == "documents":
+        return f"{samples} documents of at most {seqlen} tokens" + (f" ({tokens:,} tokens)" if tokens is not None else "")
+    return f"{samples} x {seqlen} tokens"
 
 
 def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) -> tuple[dict, dict, dict | None]:
@@ -343,9 +344,9 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
 
     tokens, data = None, None
     if needs_calibration(config):
-        with console.status(f"preparing {calibration_summary(config)}"):
+        with console.status(f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
             tokens = calibration_tokens(config, tokenizer, model)
-        data = calibration_record(config, tokens.shape, int(lengths(tokens).sum()))
+        data = calibration_record(config, tokens.shape, token_count(tokens))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("pruning decoder blocks", total=None)
