@@ -41,6 +41,11 @@ PROX_MAX_EXCESS = 1e-6  # objective of the GPU result above the CPU one, relativ
 MS = (1, 16, 128, 2048, 8192)
 TARGET_MLP_SPEEDUP = 1.3
 NOISE = 0.02  # end to end counts as "not slower" within 2% timing noise
+# Prefill has one fixed shape, so its graph is compiled static: in all four H200 runs the second
+# model's first prefill compile came out dynamic in M (cause not found; not seen on CPU), which
+# tripled its compile time and had the pass time every M bucket. Decode keeps Dynamo's default:
+# its cache position changes at every step, and a static compile would recompile each time.
+COMPILE_KWARGS = {"prefill": {"dynamic": False}, "decode": {}}
 
 MODELS = {
     # Llama-3.2-1B shapes
@@ -421,7 +426,10 @@ def end_to_end(name: str, device: torch.device, args, budget: Budget, estimates:
     result = {"weights": weights, "pruned_linears": prune_model(base), "sparse_mode": args.sparse}
     batch, seq = (1, 32) if args.smoke else (1, args.prefill_tokens)
     context, steps = (8, 4) if args.smoke else (128, args.decode_steps)
-    result.update(prefill={"batch": batch, "tokens": seq}, decode={"batch": batch, "context": context, "steps": steps})
+    result.update(
+        prefill={"batch": batch, "tokens": seq, "compile_kwargs": COMPILE_KWARGS["prefill"]},
+        decode={"batch": batch, "context": context, "steps": steps, "compile_kwargs": COMPILE_KWARGS["decode"]},
+    )
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, base.config.vocab_size, (batch, seq), generator=generator).to(device)
     prompt = ids[:, :context]
@@ -432,7 +440,8 @@ def end_to_end(name: str, device: torch.device, args, budget: Budget, estimates:
     def prepare(variant: str, phase: str, calls: int):
         """A fresh copy of the model compiled for this variant, and its step function (`calls` decode steps at most)."""
         model = copy.deepcopy(base)
-        compiled, report = proxsparse_ao.compile(model, sparse="never" if variant == "dense" else args.sparse, timings=timings)
+        mode = "never" if variant == "dense" else args.sparse
+        compiled, report = proxsparse_ao.compile(model, sparse=mode, timings=timings, **COMPILE_KWARGS[phase])
         if phase == "prefill":
             def step():
                 return compiled(ids, use_cache=False, logits_to_keep=1)
@@ -481,6 +490,7 @@ def end_to_end(name: str, device: torch.device, args, budget: Budget, estimates:
                     "median_ms_per_call": per_call * 1e3, "fastest_ms_per_call": min(times[variant]) * 1e3,
                     "calls_timed": len(times[variant]), "tokens_per_s": tokens / per_call,
                     "rewritten": len(report.rewritten), "eligible": len(report.eligible), "report": report.summary(),
+                    "m_ranges_per_graph": [sorted({r.m_range for r in graph}, key=lambda r: r[0]) for graph in report.graphs],
                 })
             del prepared, step_fns
         except Exception as err:  # one failed phase must not lose the others

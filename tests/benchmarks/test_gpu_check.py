@@ -52,3 +52,8 @@ def test_smoke_run_completes_every_stage_and_writes_its_json(tmp_path):
         timed = results["end_to_end_tiny_random"][phase]
         assert timed["dense"]["calls_timed"] == timed["sparse"]["calls_timed"] > 0
         assert "fastest_ms_per_call" in timed["dense"] and "sparse_over_dense_fastest_call" in timed
+    prefill = results["end_to_end_tiny_random"]["prefill"]  # one fixed shape: compiled static, M = batch x tokens
+    assert prefill["compile_kwargs"] == {"dynamic": False}
+    tokens = prefill["batch"] * prefill["tokens"]
+    for variant in ("dense", "sparse"):
+        assert [tokens, tokens] in prefill[variant]["m_ranges_per_graph"][0], prefill[variant]["m_ranges_per_graph"]
