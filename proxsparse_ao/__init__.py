@@ -12,11 +12,13 @@ from .masks import (
     pattern_stats,
 )
 from . import ops as _ops  # noqa: F401  registers proxsparse::linear24, so saved programs that use it load
+from .errors import ProxSparseError
 from .prox import prox_2to4, prox_2to4_
 from .regularizers import frozen_weight_penalty, r_2to4
 
 __all__ = [
     "CompileReport",
+    "ProxSparseError",
     "SparsityPatternError",
     "apply_mask",
     "apply_mask_",
@@ -41,6 +43,8 @@ _LEARNING = {
     "FrozenWeightTerm": "hooks",
     "LearnResult": "training",
     "MagnitudeConfig": "baselines",
+    "NoTargetsError": "targets",
+    "NonFiniteLossWarning": "training",
     "SparseGPTConfig": "baselines",
     "WandaConfig": "baselines",
     "ProxSparseConfig": "config",

@@ -18,21 +18,24 @@ from torch import nn
 from torchao.quantization import quantize_
 
 from .calibration import token_count
-from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
+from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, ensure_handler, validate
 from .context import check_context
 from .errors import ProxSparseError
 from .masks import check_nm
-from .targets import FilterFn, check_target_weights, select_targets
+from .targets import FilterFn, check_target_weights, protected_modules, select_targets
 from .training import Callback, LearnResult, check_calibration, learn_masks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from .baselines import BaselineConfig
 
 
 def _check_config(config: ProxSparseConfig) -> ProxSparseConfig:
     if not isinstance(config, ProxSparseConfig):
         raise ConfigError(f"expected a ProxSparseConfig, got {type(config).__name__}")
     validate(config)  # fields may have been reassigned since construction
+    ensure_handler(config)
     return config
 
 
@@ -44,6 +47,10 @@ def calibration_tokens(
     config.seqlen must fit its maximum context, checked before any text is read."""
     if tokenizer is None:
         raise ProxSparseError("no calibration tokens were given and no tokenizer to make them: pass one of the two")
+    if isinstance(tokenizer, (str, bytes)) or not callable(tokenizer):
+        raise ProxSparseError(
+            f"tokenizer must be a tokenizer object (e.g. AutoTokenizer.from_pretrained(...)), got {type(tokenizer).__name__} {tokenizer!r:.60}"
+        )
     if model is not None:
         check_context(model, config.seqlen, f"{type(config).__name__}.seqlen")
     from .calibration import calibration_samples
@@ -79,13 +86,41 @@ def learn(
 
 
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Store each mask on its module (non-persistent buffer, so checkpoints stay plain HF)."""
+    """Store each mask on its module (non-persistent buffer, so checkpoints stay plain HF).
+
+    Embeddings and lm_head are refused (they are never pruned). A mask stored earlier on another
+    module whose weight no longer follows it (the weights were reloaded since) is dropped, so
+    `stored_masks` and `save_pruned` see only masks the weights obey."""
+    protected = protected_modules(model)
+    modules = {}
     for name, mask in masks.items():
-        module = model.get_submodule(name)
-        if mask.shape != module.weight.shape or mask.dtype != torch.bool:
-            raise ProxSparseError(f"mask for {name} is {mask.dtype} {tuple(mask.shape)}, the weight is {tuple(module.weight.shape)}")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ProxSparseError(f"mask for {name}: the model has no such module") from None
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ProxSparseError(f"mask for {name}: {type(module).__name__} has no 2-D weight")
+        if id(module) in protected or name.split(".")[-1] == "lm_head":
+            raise ProxSparseError(f"mask for {name}: embeddings and lm_head are never pruned")
+        if not isinstance(mask, torch.Tensor) or mask.shape != weight.shape or mask.dtype != torch.bool:
+            described = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ProxSparseError(f"mask for {name} is {described}; the weight needs torch.bool {tuple(weight.shape)}")
         check_nm(mask, f"mask of {name}")
-        module.register_buffer(MASK_BUFFER, mask.to(module.weight.device), persistent=False)
+        modules[name] = module
+    for name, module in model.named_modules():
+        if name not in masks and not _follows_stored_mask(module):
+            delattr(module, MASK_BUFFER)
+    for name, mask in masks.items():
+        modules[name].register_buffer(MASK_BUFFER, mask.to(modules[name].weight.device), persistent=False)
+
+
+def _follows_stored_mask(module: nn.Module) -> bool:
+    """True unless the module holds a stored mask that its weight has non-zeros outside of."""
+    mask, weight = getattr(module, MASK_BUFFER, None), getattr(module, "weight", None)
+    if not isinstance(mask, torch.Tensor) or not isinstance(weight, torch.Tensor) or weight.is_meta:
+        return True
+    return not bool(weight.detach()[~mask.to(weight.device)].any())
 
 
 def stored_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -108,7 +143,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], config: ProxSp
 
 def sparsify_(
     model: nn.Module,
-    config: ProxSparseConfig | None = None,
+    config: ProxSparseConfig | BaselineConfig | None = None,
     filter_fn: FilterFn | None = None,
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -123,7 +158,9 @@ def sparsify_(
     A baseline config (MagnitudeConfig, WandaConfig, SparseGPTConfig) prunes with that method instead."""
     from .baselines import BASELINE_CONFIGS, sparsify_ as baseline_sparsify_
 
-    if type(config) in BASELINE_CONFIGS:
+    if isinstance(config, BASELINE_CONFIGS):
+        if callback is not None:
+            raise ConfigError(f"callback: {type(config).__name__} learns nothing step by step; it is for ProxSparse learning")
         return baseline_sparsify_(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration)
     config = _check_config(config if config is not None else ProxSparseConfig())
     result = learn(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration, callback=callback)

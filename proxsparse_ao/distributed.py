@@ -47,6 +47,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from . import checkpoint
 from .activations import activation_scales
+from .cache import check_writable_folder
 from .calibration import cropped, target_count
 from .config import ProxSparseConfig, learning_dtype, validate
 from .errors import ProxSparseError
@@ -177,13 +178,19 @@ def _learn_distributed(
     dtype = learning_dtype(config, next(iter(full.values())).dtype)
     if dtype is not None:
         model.to(dtype)
+    fingerprint, meta = "", None
+    if config.checkpoint_dir:  # before the statistics pass: another run's state fails in seconds, not minutes
+        check_writable_folder(config.checkpoint_dir, f"checkpoint_dir {config.checkpoint_dir}")
+        fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, full)
+        meta = _load_meta(config.checkpoint_dir)
+        if meta is not None:
+            check_resume(meta, fingerprint, world, config.checkpoint_dir)
     tick = time.perf_counter()
     scales: dict[str, torch.Tensor] | None = None
     if config.activation_aware:
         share = torch.tensor_split(calibration, world)[rank]
         scales = activation_scales(model, layers, share, all_reduce=dist.all_reduce)
     scales_seconds = time.perf_counter() - tick
-    fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, full) if config.checkpoint_dir else ""
     store = device if config.w0_device == "model" else torch.device("cpu")
     originals = {name: _row_chunk(w, rank, world).to(store) for name, w in full.items()}
     magnitude_codes = {name: top2_codes(w0).to(device) for name, w0 in originals.items()}
@@ -236,14 +243,11 @@ def _learn_distributed(
 
     history: list[dict[str, Any]] = []
     start_step, resumed_from = 0, None
-    if config.checkpoint_dir:
-        meta = _load_meta(config.checkpoint_dir)
-        if meta is not None:
-            check_resume(meta, fingerprint, world, config.checkpoint_dir)
-            _load(config.checkpoint_dir, meta, model, optimizer, trainable_names, rank, device)
-            scheduler.load_state_dict(meta["scheduler"])
-            history, start_step = list(meta["history"]), int(meta["step"])
-            resumed_from = start_step
+    if meta is not None:
+        _load(config.checkpoint_dir, meta, model, optimizer, trainable_names, rank, device)
+        scheduler.load_state_dict(meta["scheduler"])
+        history, start_step = list(meta["history"]), int(meta["step"])
+        resumed_from = start_step
     ProxStep(held, strengths, scales, follow_lr=config.strength_schedule == "lr").attach(optimizer)
 
     stopped = None

@@ -22,6 +22,7 @@ import torch
 
 from .cache import atomic_write_bytes, cache_dir
 from .errors import ProxSparseError
+from .hub import hub_endpoint, hub_reachable
 from .wheels import extract_member
 
 if TYPE_CHECKING:
@@ -220,21 +221,25 @@ def _pretrained_model(where: str | Path, dtype: torch.dtype | None, **kwargs: An
     return model
 
 
-def _tokenizer(where: str | Path) -> PreTrainedTokenizerBase:
+def _tokenizer(where: str | Path, **kwargs: Any) -> PreTrainedTokenizerBase:
     """The tokenizer in `where`; one that cannot be loaded is a ProxSparseError saying it is the tokenizer."""
     from transformers import AutoTokenizer
 
     try:
         with _quiet_transformers():
-            return AutoTokenizer.from_pretrained(where)
+            return AutoTokenizer.from_pretrained(where, **kwargs)
     except _load_errors() as err:
         raise ProxSparseError(f"could not load the tokenizer in {where}: {_reason(err)}") from None
 
 
 def _from_pretrained(
-    where: str | Path, dtype: torch.dtype, with_tokenizer: bool = True
+    where: str | Path, dtype: torch.dtype, with_tokenizer: bool = True, *, local_files_only: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
-    return _pretrained_model(where, dtype), _tokenizer(where) if with_tokenizer else None
+    if not local_files_only:
+        return _pretrained_model(where, dtype), _tokenizer(where) if with_tokenizer else None
+    # transformers' PEFT adapter lookup does not pass local_files_only on: it is given it separately
+    cached_only = {"local_files_only": True, "adapter_kwargs": {"local_files_only": True}}
+    return _pretrained_model(where, dtype, **cached_only), _tokenizer(where, local_files_only=True) if with_tokenizer else None
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -305,12 +310,16 @@ def load_model(
         except _load_errors() as err:
             raise ProxSparseError(f"could not load the model in {source}: {_reason(err)}") from None
     else:
+        online = hub_reachable()
         try:
-            model, tokenizer = _from_pretrained(str(source), dtype, with_tokenizer)
+            model, tokenizer = _from_pretrained(str(source), dtype, with_tokenizer, local_files_only=not online)
         except _load_errors() as err:
+            where = (
+                f"from the Hugging Face hub ({_first_line(err)}); the id may be unknown"
+                if online else f"offline: the Hugging Face hub ({hub_endpoint()}) did not answer and it is not in the local Hugging Face cache"
+            )
             raise ProxSparseError(
-                f"could not load '{source}' from the Hugging Face hub ({_first_line(err)}); "
-                "the hub may be unreachable or the id unknown. Offline, use the embedded default "
+                f"could not load '{source}' {where}. Offline, use the embedded default "
                 f"model (omit MODEL, or '{DEFAULT_MODEL}') or a local model folder"
             ) from None
     model.to(device)

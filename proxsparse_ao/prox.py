@@ -44,8 +44,8 @@ def prox_2to4(weight: torch.Tensor, lam: float | torch.Tensor, *, out: torch.Ten
 
     Signs and the magnitude order inside each group are preserved; lam = 0 is the identity
     and a large lam gives exactly 2:4. Half-precision inputs are solved in fp32 and returned
-    in their own dtype (fp32 and half inputs in fp64 where lam exceeds 1e37). `lam` is any real
-    scalar: a Python or numpy number, or a one-element tensor. `out` may be `weight` itself (see
+    in their own dtype (fp32 and half inputs in fp64 where lam exceeds 1e37). `lam` is any finite
+    real scalar >= 0: a Python or numpy number, or a one-element tensor. `out` may be `weight` itself (see
     `prox_2to4_`) but no other memory of it. A NaN/Inf entry raises ValueError naming the first
     one; the weight is left as it was, and a separate `out` may then hold part of the result.
     The write is guarded as torch's in-place ops guard theirs (autograd cannot record the prox).

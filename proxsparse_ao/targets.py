@@ -45,7 +45,7 @@ def matches(pattern: str, name: str, module: nn.Module) -> bool:
     return pattern in classes or name == pattern or name.endswith("." + pattern)
 
 
-def _protected(model: nn.Module) -> set[int]:
+def protected_modules(model: nn.Module) -> set[int]:
     """ids of modules never pruned: input and output embeddings (tied or not)."""
     protected: set[int] = set()
     for getter in ("get_input_embeddings", "get_output_embeddings"):
@@ -69,7 +69,7 @@ def select_targets(
     """The linear layers to prune. Layers whose in_features is not a multiple of 4 are skipped
     with a warning that lists them, or raise under `strict`. No layer at all raises NoTargetsError."""
     targets, ignore = list(targets), list(ignore)
-    protected = _protected(model)
+    protected = protected_modules(model)
     layers: dict[str, nn.Linear] = {}
     skipped: dict[str, str] = {}
     for name, module in model.named_modules():

@@ -36,6 +36,7 @@ from .config import ProxSparseConfig, learning_dtype
 from .context import check_context
 from .errors import ProxSparseError
 from .activations import activation_scales
+from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, lengths, model_inputs
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import learned_mask, mask_codes
@@ -297,6 +298,11 @@ def _learn(
 ) -> LearnResult:
     weights = {name: layer.weight for name, layer in layers.items()}
     originals = state.originals
+    fingerprint, saved = "", None
+    if config.checkpoint_dir:  # before the statistics pass: a wrong folder fails in seconds, not minutes
+        check_writable_folder(config.checkpoint_dir, f"checkpoint_dir {config.checkpoint_dir}")
+        fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, originals)
+        saved = checkpoint.load_state(config.checkpoint_dir, fingerprint)
     tick = time.perf_counter()
     scales = activation_scales(model, layers, calibration) if config.activation_aware else None
     scales_seconds = time.perf_counter() - tick
@@ -333,13 +339,10 @@ def _learn(
     order = torch.randperm(calibration.shape[0], generator=torch.Generator().manual_seed(config.seed))
 
     history: list[dict[str, Any]] = []
-    start_step, resumed_from, fingerprint = 0, None, ""
-    if config.checkpoint_dir:
-        fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, originals)
-        saved = checkpoint.load_state(config.checkpoint_dir, fingerprint)
-        if saved is not None:
-            history, start_step = _resume(model, optimizer, scheduler, saved, state.device)
-            resumed_from = start_step
+    start_step, resumed_from = 0, None
+    if saved is not None:
+        history, start_step = _resume(model, optimizer, scheduler, saved, state.device)
+        resumed_from = start_step
 
     stopped = None
     step = start_step

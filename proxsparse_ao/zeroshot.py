@@ -226,19 +226,21 @@ def _raise_unknown(unknown: Sequence[str]) -> None:
 def zero_shot(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    tasks: Sequence[str],
+    tasks: str | Sequence[str],
     *,
     limit: int | None = None,
     batch_size: int = 8,
     data_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ZeroShot:
-    """0-shot accuracy of `model` on `tasks` (first `limit` items of each); nothing is printed.
+    """0-shot accuracy of `model` on `tasks` (one name or several; first `limit` items of each).
 
     `progress(done, total)` is called as loglikelihood requests are scored. Unknown task
     names, missing or malformed local data and standard tasks whose data cannot be fetched
     raise a ProxSparseError.
     """
+    if isinstance(tasks, str):
+        tasks = [tasks]
     if not tasks:
         raise ProxSparseError("no zero-shot tasks given")
     if limit is not None and limit < 1:

@@ -21,7 +21,15 @@ from torch import nn
 from torchao.core.config import AOBaseConfig
 from torchao.quantization.transform_module import register_quantize_module_handler
 
-from ..config import CALIBRATION_MODES, DEFAULT_IGNORE, DEFAULT_TARGETS, ConfigError, apply_stored_mask, check_seed_and_patterns
+from ..config import (
+    CALIBRATION_MODES,
+    DEFAULT_IGNORE,
+    DEFAULT_TARGETS,
+    MASK_BUFFER,
+    ConfigError,
+    apply_stored_mask,
+    check_seed_and_patterns,
+)
 from ..masks import apply_mask_, check_nm, magnitude_mask
 
 
@@ -119,12 +127,15 @@ def validate(config: _BaselineConfig) -> None:
 
 @register_quantize_module_handler(MagnitudeConfig)
 def _magnitude_handler(module: nn.Module, config: MagnitudeConfig) -> nn.Module:
-    """weight <- the 2 largest |w| per group of 4, +0.0 elsewhere. Always from the weight itself: a
-    mask another method left on the module is not magnitude's."""
+    """weight <- the 2 largest |w| per group of 4, +0.0 elsewhere, and that mask stored on the module
+    (what `stored_masks` and `save_pruned` read). Always from the weight itself: a mask another
+    method left on the module is not magnitude's."""
     weight = module.weight
+    mask = magnitude_mask(weight)
     with torch.no_grad():
-        apply_mask_(weight.data, magnitude_mask(weight))
+        apply_mask_(weight.data, mask)
     check_nm(weight, f"{type(module).__name__} weight")
+    module.register_buffer(MASK_BUFFER, mask, persistent=False)
     return module
 
 

@@ -148,3 +148,96 @@ def test_documents_mode_learns_from_short_documents_and_counts_their_real_tokens
     assert result.extra["calibration_shape"] == [8, 64]
     assert result.extra["calibration_tokens"] == sum(min(64, len(f"document {i}: " + "lorem ipsum " * i)) for i in range(1, 9))
     assert result.steps_done == 4 and all(is_nm(m.float()) for m in result.masks.values())
+
+
+def test_a_subclass_of_a_config_prunes_like_its_base(tiny_llama_factory):
+    from dataclasses import dataclass
+
+    @dataclass
+    class NotedProxSparse(ProxSparseConfig):
+        note: str = "run 1"
+
+    @dataclass
+    class NotedMagnitude(MagnitudeConfig):
+        note: str = "run 1"
+
+    for config in (NotedProxSparse(**FAST), NotedMagnitude()):
+        model = tiny_llama_factory()
+        sparsify_(model, config, calibration=_tokens())
+        masks = stored_masks(model)
+        assert masks and all(is_nm(model.get_submodule(name).weight) for name in masks), type(config).__name__
+
+
+def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_the_statistics_pass(tiny_llama, tmp_path, monkeypatch):
+    import proxsparse_ao.training as training
+
+    monkeypatch.setattr(training, "activation_scales", lambda *a, **k: pytest.fail("the statistics pass ran"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for folder in (blocker, blocker / "below"):
+        with pytest.raises(ProxSparseError, match=f"checkpoint_dir {folder}: {blocker} is not a folder"):
+            sparsify_(tiny_llama, ProxSparseConfig(**FAST, checkpoint_dir=str(folder)), calibration=_tokens())
+
+
+def test_another_runs_checkpoint_is_refused_before_the_statistics_pass(tiny_llama_factory, tmp_path, monkeypatch):
+    import proxsparse_ao.training as training
+
+    config = ProxSparseConfig(**FAST, checkpoint_dir=str(tmp_path / "state"))
+    sparsify_(tiny_llama_factory(seed=0), config, calibration=_tokens())
+    monkeypatch.setattr(training, "activation_scales", lambda *a, **k: pytest.fail("the statistics pass ran"))
+    with pytest.raises(ProxSparseError, match="belongs to another run"):
+        sparsify_(tiny_llama_factory(seed=1), config, calibration=_tokens())  # same settings and tokens, other weights
+
+
+def test_masks_of_an_earlier_run_that_the_weights_no_longer_follow_are_dropped(tiny_llama):
+    dense = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    in_layer = lambda index: lambda module, name: name.startswith(f"model.layers.{index}.")  # noqa: E731
+    sparsify_(tiny_llama, MagnitudeConfig(), in_layer(0))
+    tiny_llama.load_state_dict(dense)  # layer 0 dense again: its stored masks no longer hold
+    sparsify_(tiny_llama, MagnitudeConfig(), in_layer(1))
+    assert sorted(stored_masks(tiny_llama)) == sorted(select_targets(tiny_llama, ["Linear"], ["re:.*lm_head"], in_layer(1)).layers)
+    sparsify_(tiny_llama, MagnitudeConfig(), in_layer(0))  # pruned one after the other: both layers' masks are kept
+    assert len(stored_masks(tiny_llama)) == len(select_targets(tiny_llama, ["Linear"], ["re:.*lm_head"]).layers)
+
+
+def test_attach_masks_refuses_what_is_never_pruned_or_does_not_exist(tiny_llama):
+    head = magnitude_mask(tiny_llama.lm_head.weight)
+    with pytest.raises(ProxSparseError, match="mask for lm_head: embeddings and lm_head are never pruned"):
+        attach_masks(tiny_llama, {"lm_head": head})
+    with pytest.raises(ProxSparseError, match="mask for model.layers.9.mlp: the model has no such module"):
+        attach_masks(tiny_llama, {"model.layers.9.mlp": head})
+    q_proj = tiny_llama.model.layers[0].self_attn.q_proj.weight
+    with pytest.raises(ProxSparseError, match=r"is torch.float32 \(64, 64\); the weight needs torch.bool \(64, 64\)"):
+        attach_masks(tiny_llama, {"model.layers.0.self_attn.q_proj": magnitude_mask(q_proj).float()})
+    assert stored_masks(tiny_llama) == {}
+
+
+def test_plain_quantize_with_magnitude_stores_the_masks_save_pruned_needs(tiny_llama, tmp_path):
+    from proxsparse_ao import load_pruned, save_pruned
+
+    config = MagnitudeConfig()
+    quantize_(tiny_llama, config, filter_fn=target_filter(tiny_llama, config))
+    masks = stored_masks(tiny_llama)
+    assert sorted(masks) == sorted(select_targets(tiny_llama, ["Linear"], ["re:.*lm_head"]).layers)
+    _, _, loaded, _ = load_pruned(save_pruned(tiny_llama, tmp_path / "pruned", masks))
+    assert all(torch.equal(loaded[n], masks[n]) for n in masks)
+
+
+def test_a_tokenizer_name_instead_of_a_tokenizer_is_named(tiny_llama):
+    with pytest.raises(ProxSparseError, match="tokenizer must be a tokenizer object .* got str 'gpt2'"):
+        sparsify_(tiny_llama, ProxSparseConfig(**FAST), tokenizer="gpt2")
+
+
+def test_a_callback_with_a_baseline_is_refused(tiny_llama):
+    with pytest.raises(ConfigError, match="callback: MagnitudeConfig learns nothing step by step"):
+        sparsify_(tiny_llama, MagnitudeConfig(), callback=lambda stats: None)
+    assert not is_nm(tiny_llama.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_the_errors_a_caller_catches_are_exported():
+    import proxsparse_ao
+    from proxsparse_ao.targets import NoTargetsError
+    from proxsparse_ao.training import NonFiniteLossWarning
+
+    assert proxsparse_ao.ProxSparseError is ProxSparseError and issubclass(proxsparse_ao.ConfigError, ProxSparseError)
+    assert proxsparse_ao.NoTargetsError is NoTargetsError and proxsparse_ao.NonFiniteLossWarning is NonFiniteLossWarning

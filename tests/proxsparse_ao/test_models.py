@@ -39,9 +39,32 @@ def test_missing_folder_and_folder_without_config_are_clear_errors(tmp_path):
         load_model(tmp_path)
 
 
-def test_hub_id_offline_names_the_offline_alternatives():
-    with pytest.raises(ProxSparseError, match="from the Hugging Face hub.*embedded default"):
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """No hub (the probe says so) and an empty local Hugging Face cache; returns the cache folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path / "hf-cache"
+
+
+def test_a_hub_id_offline_fails_at_once_naming_the_offline_alternatives(offline_hub):
+    with pytest.raises(ProxSparseError, match=r"could not load 'HuggingFaceTB/SmolLM2-135M' offline: the Hugging Face hub "
+                       r"\(https://huggingface.co\) did not answer and it is not in the local Hugging Face cache\. "
+                       r"Offline, use the embedded default"):
         load_model("HuggingFaceTB/SmolLM2-135M")
+
+
+def test_a_hub_id_in_the_local_hub_cache_loads_offline(offline_hub, tiny_model_dir, tiny_llama):
+    import shutil
+
+    snapshot = offline_hub / "models--someone--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    model, tokenizer = load_model("someone/tiny-llama")
+    assert torch.equal(model.lm_head.weight, tiny_llama.lm_head.weight) and tokenizer is not None
 
 
 @pytest.fixture

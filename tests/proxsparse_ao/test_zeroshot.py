@@ -48,6 +48,11 @@ def test_data_folder_can_come_from_the_environment(tiny_llama, byte_tokenizer, s
     assert result.items == {"local_physical_intuition": 2}
 
 
+def test_one_task_may_be_given_by_its_name_alone(tiny_llama, byte_tokenizer, small_data):
+    result = zero_shot(tiny_llama, byte_tokenizer, "local_physical_intuition", limit=2, data_dir=small_data)
+    assert result.items == {"local_physical_intuition": 2}
+
+
 def test_missing_data_names_the_option_and_variable(tiny_llama, byte_tokenizer, tmp_path):
     with pytest.raises(ProxSparseError, match=f"winogrande_ni.jsonl, which does not exist.*--zeroshot-data.*{DATA_ENV}"):
         zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande"], data_dir=tmp_path)

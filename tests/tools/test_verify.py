@@ -314,7 +314,7 @@ def test_a_hub_id_as_baseline_is_left_to_loading_time(folders, capsys):
             "--seqlen", "64"]
     assert cli.main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()  # offline here: the hub is asked when the model is needed
-    assert line.startswith("error: --baseline: could not load 'SomeOrg/dense-model' from the Hugging Face hub")
+    assert line.startswith("error: --baseline: could not load 'SomeOrg/dense-model' ")  # offline here, or an unknown id
 
 
 def test_an_unreadable_model_folder_or_weight_file_is_a_one_line_error(folders, open_tmp, unprivileged):

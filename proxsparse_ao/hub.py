@@ -1,0 +1,37 @@
+"""Whether the Hugging Face hub answers, asked once per process with a short timeout.
+
+Offline, transformers and huggingface_hub retry for close to a minute before they fail; a hub id
+is then looked up in the local Hugging Face cache only, which fails (or loads) at once."""
+
+from __future__ import annotations
+
+import functools
+import os
+import urllib.error
+import urllib.request
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def hub_endpoint() -> str:
+    """The hub's address: `HF_ENDPOINT` when set, else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """False under HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE or when the endpoint gives no HTTP answer
+    within PROBE_TIMEOUT_S (proxy settings in the environment are honoured); any answer counts."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        urllib.request.urlopen(urllib.request.Request(hub_endpoint(), method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True

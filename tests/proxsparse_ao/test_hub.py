@@ -1,0 +1,54 @@
+"""The hub probe: one short question per process, so an offline machine fails at once instead of retrying."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+
+import pytest
+from huggingface_hub import constants
+
+from proxsparse_ao import hub
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe():
+    hub.hub_reachable.cache_clear()
+    yield
+    hub.hub_reachable.cache_clear()
+
+
+def test_offline_mode_means_unreachable_without_asking(monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked"))
+    assert hub.hub_reachable() is False
+
+
+def test_an_endpoint_that_refuses_the_connection_is_unreachable(monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub.hub_endpoint() == f"http://127.0.0.1:{port}"
+    assert hub.hub_reachable() is False
+
+
+def test_any_http_answer_counts_as_reachable_even_an_error(monkeypatch):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert hub.hub_reachable() is True
+    finally:
+        server.shutdown()
+        server.server_close()
