@@ -6,8 +6,8 @@ that neither calibration nor tuning touched):
 
 * `activation_aware=True`: the prox and the final top-2 work on W * diag(s), s = the
   calibration inputs' per-channel L2 norms (Wanda's statistic, one dense pass), so learning
-  starts from Wanda's mask instead of magnitude's. Removing it is the largest loss measured
-  (PPL ~2x worse on both texts).
+  starts from Wanda's score (on the dense model's inputs) instead of magnitude's. Removing it
+  is the largest loss measured (PPL ~2x worse on both texts).
 * `strength="relative"`, `lambda1=3`: the prox threshold of each layer is
   `lambda1 * lr / (3 * rms^2)` (rms of W0 in the prox's space), i.e. lambda1 is the ratio
   between the prox's shrinkage of a dense group and an AdamW step. The paper's convention

@@ -42,8 +42,13 @@ def windows(input_ids: torch.Tensor, seqlen: int, max_tokens: int | None = None)
     if seqlen < 2:
         raise ProxSparseError(f"the window length must be at least 2 tokens, got {seqlen}")
     ids = input_ids.reshape(-1)
-    if max_tokens is not None:
+    if max_tokens is not None and max_tokens < ids.numel():
         ids = ids[:max_tokens]
+        if ids.numel() < seqlen:
+            raise ProxSparseError(
+                f"max_tokens {max_tokens} is fewer than one window of {seqlen} tokens: "
+                "raise the token limit (--max-tokens) or use a smaller window (--seqlen)"
+            )
     count = ids.numel() // seqlen
     if count == 0:
         raise ProxSparseError(

@@ -79,6 +79,11 @@ def test_text_shorter_than_one_window_is_a_clear_error(tiny_llama):
         perplexity(tiny_llama, stream(63), 64)
 
 
+def test_a_token_limit_below_one_window_is_named_as_the_limit_not_the_text(tiny_llama):
+    with pytest.raises(ProxSparseError, match="max_tokens 100 is fewer than one window of 128 tokens"):
+        perplexity(tiny_llama, stream(2000), 128, max_tokens=100)
+
+
 def test_a_window_longer_than_the_models_context_is_refused_before_the_model_runs(tiny_llama):
     tiny_llama.config.max_position_embeddings = 32
     calls = []
