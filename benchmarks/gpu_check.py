@@ -1,4 +1,4 @@
-"""GPU check for the 2:4 deployment path: kernel correctness, per-shape speed, the prox step, end-to-end tokens/s.
+"""GPU check for the 2:4 deployment path: kernel correctness, per-shape speed, the compiled rewrite's outputs, the prox step, end-to-end tokens/s.
 
 Runs with torch and transformers only (no torchao, lm_eval, datasets, network) from a plain
 checkout. Every stage writes its result (or its error) into OUT/gpu_check.json as soon as it
@@ -37,6 +37,7 @@ MLP_SHAPES = ("gate_proj/up_proj", "down_proj")
 PROX_LAMS = (0.1, 1.0, 10.0)
 PROX_BLOCKS = (32, 64, 128)  # groups per program of the Triton kernel, timed alone
 PROX_ESTIMATE_S = 30.0  # four kernel compiles and six CPU solves of a 4096x4096 matrix: 8 s on an H200 host
+COMPILED_REWRITE_ESTIMATE_S = 60.0  # one compile of a two-block 1B-shape Llama, plus an fp32 and a bf16 copy
 PROX_MAX_EXCESS = 1e-6  # objective of the GPU result above the CPU one, relative to 1/2 ||z||^2 per group
 MS = (1, 16, 128, 2048, 8192)
 TARGET_MLP_SPEEDUP = 1.3
@@ -57,6 +58,11 @@ MODELS = {
     "smollm2_135m_shapes_random": dict(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rope_theta=100000.0,
+    ),
+    # Llama-3.2-1B shapes, two blocks: the compiled-rewrite check (every eligible linear 2:4)
+    "llama_1b_2_blocks_random": dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2,
+        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True, rope_theta=500000.0,
     ),
     "tiny_random": dict(
         vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -113,7 +119,7 @@ def pruned(n: int, k: int, device: torch.device, dtype: torch.dtype, seed: int =
     return apply_mask(weight, magnitude_mask(weight))
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, out: Path) -> dict:
     from proxsparse_ao.ops import cuda_kernel_available
 
     info = {
@@ -143,6 +149,9 @@ def environment(device: torch.device) -> dict:
         info["cusparselt_library"] = library_path()
         info["cusparselt_cached_plans"] = direct() is not None
         info[ENV_VAR] = os.environ.get(ENV_VAR)
+    probe = out / "probe.log"  # written by gpu_check.sh: why the cached-plan caller was (not) used
+    if probe.exists():
+        info["cusparselt_probe"] = probe.read_text(errors="replace").strip().splitlines()[-20:]
     return info
 
 
@@ -371,6 +380,29 @@ def prox_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
     }
 
 
+def compiled_rewrite(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """`proxsparse_ao.compile(sparse="always")` on a pruned model: every eligible linear rewritten
+    (on CUDA Inductor first fuses q/k/v and gate/up) and the logits as close to the fp32 eager
+    masked model as the eager bf16 model is (verify's deployment check), prefill of 512 tokens."""
+    from proxsparse_ao.verification import check_deployment
+
+    if not budget.allows(COMPILED_REWRITE_ESTIMATE_S):
+        return {"skipped": f"time budget ({budget.elapsed():.0f} s used, the step needs ~{COMPILED_REWRITE_ESTIMATE_S:.0f} s)"}
+    name = "tiny_random" if smoke else "llama_1b_2_blocks_random"
+    model, weights = build_model(name, device, torch.float32, None)
+    pruned = prune_model(model)
+    ids = torch.randint(0, model.config.vocab_size, (1, 32 if smoke else 512), generator=torch.Generator().manual_seed(0))
+    targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    torch._dynamo.reset()
+    check, _, _ = check_deployment(model, ids, targets, torch.bfloat16, sparse="always")
+    result = {"model": name, "weights": weights, "pruned_linears": pruned, "tokens": int(ids.numel()),
+              "ok": check.ok, "deployment": check.to_dict()}  # ok: all rewritten, logits within tolerance
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def build_model(name: str, device: torch.device, dtype: torch.dtype, model_path: str | None):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -582,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         write()
         print(f"[{budget.elapsed():6.1f} s] {name}: {'error' if 'error' in results[name] else 'done'}", flush=True)
 
-    stage("environment", lambda: environment(device))
+    stage("environment", lambda: environment(device, args.out))
     if device.type == "cuda" and not torch.cuda.is_available():
         results["environment"]["error"] = "CUDA is not available"
         write()
@@ -590,9 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     stage("kernel_correctness", lambda: kernel_correctness(device, args.smoke))
     stage("cusparselt_paths", lambda: cusparselt_paths(device))
     stage("per_shape_speed", lambda: per_shape_speed(device, args.smoke, args.out / "linear24_timings.json"))
+    before_prox = budget.keeping(PROX_ESTIMATE_S)
+    stage("compiled_rewrite", lambda: compiled_rewrite(device, args.smoke, before_prox))
     estimates: dict[str, float] = {}
     models = ["tiny_random"] if args.smoke else ["llama_1b_random", "smollm2_135m_shapes_random"]
-    before_prox = budget.keeping(PROX_ESTIMATE_S)
     for name in models:
         stage(f"end_to_end_{name}", lambda name=name: end_to_end(name, device, args, before_prox, estimates))
     stage("prox_step", lambda: prox_step(device, args.smoke, budget))  # last: see the module docstring

@@ -21,12 +21,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=fals
 
 # The cached-plan cuSPARSELt caller goes through ctypes: checked first in a process of its own,
 # and replaced by torch's wrapper for the whole run if it fails there.
+# Its output goes to OUT_DIR/probe.log too (gpu_check.json quotes it).
 started=$SECONDS
-if ! timeout 60 "$python" "$repo/benchmarks/gpu_check.py" --probe-cusparselt; then
-  echo "gpu_check: the cached-plan cuSPARSELt caller failed its probe; using torch's wrapper" >&2
+if ! timeout 60 "$python" "$repo/benchmarks/gpu_check.py" --probe-cusparselt 2>&1 | tee "$out/probe.log"; then
+  echo "gpu_check: the cached-plan cuSPARSELt caller failed its probe; using torch's wrapper" | tee -a "$out/probe.log" >&2
   export PROXSPARSE_CUSPARSELT=torch
 fi
 
-# gpu_check.py stops starting new steps at --budget-s (430 s); this hard stop keeps the whole
-# script under 8 minutes even if one step overruns. Results written so far stay in OUT_DIR.
-timeout --signal=TERM $((470 - (SECONDS - started))) "$python" "$repo/benchmarks/gpu_check.py" "$out" "$@"
+# gpu_check.py stops starting new steps at --budget-s (430 s less the probe's time); this hard
+# stop keeps the whole script under 8 minutes even if one step overruns. Results written so far
+# stay in OUT_DIR. Options given to this script come after, so they override the budget.
+spent=$((SECONDS - started))
+timeout --signal=TERM $((470 - spent)) "$python" "$repo/benchmarks/gpu_check.py" "$out" --budget-s $((430 - spent)) "$@"

@@ -212,10 +212,12 @@ class CusparseLt:
         return value.value
 
     def plan(self, device: torch.device, dtype: torch.dtype, m: int, n: int, k: int) -> _Plan:
-        """The plan for this shape, built on first use (the oldest is dropped past MAX_PLANS)."""
+        """The plan for this shape, built on first use (the least recently used is dropped past MAX_PLANS)."""
         key = _key(device, dtype, m, n, k)
         plan = self._plans.get(key)
-        if plan is None:
+        if plan is not None:
+            self._plans.move_to_end(key)
+        else:
             with on_device(device):
                 plan = _Plan(self.lib, self.handle(device), _DTYPES[dtype], m, n, k)
             if len(self._plans) >= MAX_PLANS:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from .cache import atomic_write_bytes
 from .errors import ProxSparseError
 from .masks import apply_mask, magnitude_mask
-from .ops import linear24
+from .cusparselt import direct as direct_cusparselt
+from .ops import cuda_backend, linear24
 from .sparse_format import compress_24
 
 M_BUCKETS: tuple[tuple[int, int | None], ...] = (
@@ -131,10 +132,14 @@ def time_linear(device: torch.device, dtype: torch.dtype, m: int, n: int, k: int
 
 
 def device_key(device: torch.device) -> str:
-    """What timings depend on besides the shape: the device model and the torch version."""
+    """What timings depend on besides the shape: the device model, the torch version and, on CUDA,
+    the 2:4 kernel (CUTLASS, or cuSPARSELt through cached plans or through torch's wrapper)."""
     if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return f"{torch.cuda.get_device_name(device)} sm{major}{minor} torch {torch.__version__}"
+        capability = torch.cuda.get_device_capability(device)
+        kernel = cuda_backend(capability) or "no 2:4 kernel"
+        if kernel == "cusparselt":
+            kernel += " cached plans" if direct_cusparselt() is not None else " torch wrapper"
+        return f"{torch.cuda.get_device_name(device)} sm{capability[0]}{capability[1]} torch {torch.__version__} {kernel}"
     return f"{device.type} torch {torch.__version__}"
 
 

@@ -43,10 +43,15 @@ def test_smoke_run_completes_every_stage_and_writes_its_json(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "gpu_check.json").read_text())
     assert "probe: the cached-plan cuSPARSELt caller is not used here" in done.stdout
-    stages = ("environment", "kernel_correctness", "cusparselt_paths", "per_shape_speed", "end_to_end_tiny_random", "prox_step")
+    stages = ("environment", "kernel_correctness", "cusparselt_paths", "per_shape_speed", "compiled_rewrite",
+              "end_to_end_tiny_random", "prox_step")
     for stage in stages:
         assert stage in results and "error" not in results[stage], (stage, results.get(stage))
     assert results["kernel_correctness"]["all_passed"] and results["prox_step"]["all_passed"]
+    assert any("not used here" in line for line in results["environment"]["cusparselt_probe"])  # the probe's log, kept
+    rewrite = results["compiled_rewrite"]  # sparse="always": every eligible linear rewritten, logits within tolerance
+    assert rewrite["ok"] and rewrite["deployment"]["all_rewritten"] and rewrite["deployment"]["outputs_match"]
+    assert len(rewrite["deployment"]["rewritten"]) == rewrite["pruned_linears"] == 14
     assert {"dense", "sparse"} <= set(results["end_to_end_tiny_random"]["decode"])
     for phase in ("prefill", "decode"):  # both variants timed in alternating blocks, each on its own copy
         timed = results["end_to_end_tiny_random"][phase]

@@ -76,15 +76,16 @@ def test_a_plan_is_built_once_per_shape_and_reused(fake):
     assert count(fake, "plan_inits") == 2 and count(fake, "matmuls") == 4
 
 
-def test_the_oldest_plan_is_destroyed_past_the_limit(fake, monkeypatch):
+def test_the_least_recently_used_plan_is_destroyed_past_the_limit(fake, monkeypatch):
     monkeypatch.setattr(cusparselt, "MAX_PLANS", 2)
     library = CusparseLt(fake)
     weight = weight_24(64, 128, torch.bfloat16)
-    for m in (8, 16, 24):
+    for m in (8, 16, 8, 24):  # 8 was used after 16: 16 goes
         library.mm(weight, torch.randn(m, 128).to(torch.bfloat16), 64)
-    assert count(fake, "plan_destroys") == 1
-    assert library.plan_search(torch.device("cpu"), torch.bfloat16, 8, 64, 128) is None  # gone
-    library.mm(weight, torch.randn(8, 128).to(torch.bfloat16), 64)
+    assert count(fake, "plan_destroys") == 1 and count(fake, "plan_inits") == 3
+    library.mm(weight, torch.randn(8, 128).to(torch.bfloat16), 64)  # still kept
+    assert count(fake, "plan_inits") == 3
+    library.mm(weight, torch.randn(16, 128).to(torch.bfloat16), 64)
     assert count(fake, "plan_inits") == 4
 
 

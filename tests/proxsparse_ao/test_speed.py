@@ -137,3 +137,18 @@ def test_interleaved_timing_alternates_the_variants_and_times_each_alike():
     assert calls == [d, s] + [d, d, s, s] + [s, s, d, d] + [d, d, s, s]  # warm-up, then A B, B A, A B
     assert {name: len(times) for name, times in seconds.items()} == {d: 6, s: 6}
     assert all(t >= 0 for times in seconds.values() for t in times)
+
+
+def test_timings_are_kept_apart_per_2to4_kernel_path(monkeypatch):
+    """A timing of torch's cuSPARSELt wrapper must not be read back as one of the cached-plan caller."""
+    from proxsparse_ao import speed
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(speed, "cuda_backend", lambda capability: "cusparselt")
+    monkeypatch.setattr(speed, "direct_cusparselt", lambda: object())
+    cached = speed.device_key(torch.device("cuda"))
+    monkeypatch.setattr(speed, "direct_cusparselt", lambda: None)
+    wrapper = speed.device_key(torch.device("cuda"))
+    assert cached.endswith("sm90 torch " + torch.__version__ + " cusparselt cached plans")
+    assert wrapper.endswith("cusparselt torch wrapper") and cached.startswith("NVIDIA H200")
