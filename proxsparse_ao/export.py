@@ -35,6 +35,12 @@ FORMAT = "proxsparse-2:4/v1"
 RESERVED_KEYS = ("format", "masks_file", "targets")  # what proxsparse.json holds beside the caller's metadata
 _BITS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
 _TWO_OF_FOUR = torch.tensor([bin(code).count("1") == 2 for code in range(256)])  # the codes that keep 2 of 4
+# what a Hugging Face save writes into the folder (model and tokenizer), beside the masks and proxsparse.json
+_HF_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)
 
 
 def encode_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -79,6 +85,20 @@ def check_pruned(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             raise ProxSparseError(f"{name}: the weight is not +0.0 everywhere its mask is off")
 
 
+def _check_extra_files(names: list[str], taken: set[str]) -> None:
+    """Refuse extra file names that are not plain file names or that would replace one of the folder's own
+    files (`taken`): the folder would then not load, or load something else, and nothing would say so."""
+    odd = [name for name in names if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name]
+    if odd:
+        raise ProxSparseError(f"save_pruned: extra_files names must be plain file names, got {', '.join(map(repr, odd))}")
+    clashes = sorted(set(names) & taken)
+    if clashes:
+        raise ProxSparseError(
+            f"save_pruned: extra_files {', '.join(clashes)} would replace the pruned-model folder's own "
+            f"file{'s' if len(clashes) > 1 else ''}: give {'them' if len(clashes) > 1 else 'it'} another name"
+        )
+
+
 def save_pruned(
     model: nn.Module,
     output: str | Path,
@@ -92,8 +112,9 @@ def save_pruned(
     """Write the pruned model folder atomically; an existing folder is replaced only with `overwrite`.
     `masks`: by layer name (after `sparsify_`, `stored_masks(model)`). `metadata` goes into
     proxsparse.json beside the keys this format owns; `extra_files` (name -> bytes, e.g. the
-    learning log) go into the folder too. Leftovers of earlier saves to `output` whose process
-    ended (a killed save) are removed."""
+    learning log) go into the folder too, under plain names of their own (one of the folder's
+    files, such as config.json or masks.safetensors, is refused before anything is written).
+    Leftovers of earlier saves to `output` whose process ended (a killed save) are removed."""
     from safetensors.torch import save_file
 
     metadata = dict(metadata or {})
@@ -102,6 +123,8 @@ def save_pruned(
         raise ProxSparseError(f"save_pruned: metadata key(s) {', '.join(reserved)} belong to the folder format; rename them")
     if not masks:
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
+    extra_files = dict(extra_files or {})
+    _check_extra_files(list(extra_files), {MASKS_FILE, METADATA_FILE, *_HF_FILES})
     output = check_output(output, overwrite)
     check_pruned(model, masks)
     codes = encode_masks(masks)
@@ -115,9 +138,10 @@ def save_pruned(
         model.save_pretrained(build)
         if tokenizer is not None:
             tokenizer.save_pretrained(build)
+        _check_extra_files(list(extra_files), {path.name for path in build.iterdir()})  # what this model and tokenizer wrote
         save_file(codes, str(build / MASKS_FILE), metadata={"format": FORMAT})
-        for name, content in (extra_files or {}).items():
-            (build / Path(name).name).write_bytes(content)
+        for name, content in extra_files.items():
+            (build / name).write_bytes(content)
         document = {"format": FORMAT, "masks_file": MASKS_FILE, "targets": sorted(masks), **metadata}
         (build / METADATA_FILE).write_text(json.dumps(document, indent=1, sort_keys=False, default=str))
         os.chmod(build, 0o777 & ~umask)  # mkdtemp and safetensors' temporary files are private;
@@ -249,6 +273,25 @@ def read_masks(folder: str | Path, metadata: dict[str, Any]) -> dict[str, torch.
     return decode_masks(codes)
 
 
+def _check_targets(folder: Path, metadata: dict[str, Any], masks: dict[str, torch.Tensor]) -> None:
+    """The masks file holds a mask for exactly the layers proxsparse.json lists as targets."""
+    listed, saved = set(metadata["targets"]), set(masks)
+    if listed == saved:
+        return
+
+    def some(names: set[str]) -> str:
+        ordered = sorted(names)
+        return ", ".join(ordered[:3]) + (f" and {len(ordered) - 3} more" if len(ordered) > 3 else "")
+
+    parts = []
+    if saved - listed:
+        parts.append(f"{len(saved - listed)} mask(s) for layers it does not list ({some(saved - listed)})")
+    if listed - saved:
+        parts.append(f"{len(listed - saved)} listed target(s) without a mask ({some(listed - saved)})")
+    name = metadata.get("masks_file", MASKS_FILE)
+    raise ProxSparseError(f"{folder / name} does not match the targets in {METADATA_FILE}: {'; '.join(parts)}")
+
+
 def load_pruned(
     folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None, dict[str, torch.Tensor], dict[str, Any]]:
@@ -263,6 +306,7 @@ def load_pruned(
     if metadata is None:
         raise ProxSparseError(f"{folder} is not a pruned model folder (no {METADATA_FILE})")
     masks = read_masks(folder, metadata)
+    _check_targets(folder, metadata, masks)
     model = load_causal_lm(folder, dtype=dtype)
     model.to(device)
     try:

@@ -92,3 +92,36 @@ def test_padding_adds_nothing_the_scales_are_those_of_the_trimmed_samples(tiny_l
     scales = activation_scales(tiny_llama, layers, padded, max_batch_tokens=32)  # 2 samples a batch, both padded ones
     for name, total in sums.items():
         torch.testing.assert_close(scales[name], unit_rms_scales(total.sqrt()), rtol=1e-5, atol=0)
+
+
+def test_the_pass_runs_at_most_max_batch_tokens_per_forward_4096_by_default_and_at_least_one_sample(tiny_llama):
+    layers = _layers(tiny_llama)
+    shapes = []
+    handle = tiny_llama.model.embed_tokens.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        activation_scales(tiny_llama, layers, _tokens(17, 256))  # 4096 // 256 = 16 samples a forward
+        assert shapes == [(16, 256), (1, 256)]
+        shapes.clear()
+        activation_scales(tiny_llama, layers, _tokens(5, 16), max_batch_tokens=48)
+        assert shapes == [(3, 16), (2, 16)]
+        shapes.clear()
+        activation_scales(tiny_llama, layers, _tokens(2, 32), max_batch_tokens=8)  # a sample longer than the cap runs alone
+        assert shapes == [(1, 32), (1, 32)]
+    finally:
+        handle.remove()
+
+
+def test_the_statistics_are_those_of_the_model_in_eval_mode_even_when_it_comes_in_training_mode():
+    """Dropout off (OPT has 0.1): the scales are the deterministic statistic, and train mode comes back after."""
+    from tiny_models import make_tiny_opt
+
+    model = make_tiny_opt()
+    layers = _layers(model)
+    tokens = _tokens(4)
+    expected = input_norms_by_hand(model.eval(), layers, tokens)  # eval mode, one batch
+    model.train()
+    torch.manual_seed(0)
+    scales = activation_scales(model, layers, tokens)
+    assert model.training and all(module.training for module in model.modules())
+    for name, norms in expected.items():
+        torch.testing.assert_close(scales[name], unit_rms_scales(norms), rtol=1e-5, atol=0)

@@ -131,3 +131,49 @@ def test_bad_arguments_are_clear_errors(byte_tokenizer):
         calibration_samples(byte_tokenizer, [], 2, 10)
     with pytest.raises(ProxSparseError, match="at least 1 sample"):
         calibration_samples(byte_tokenizer, DOCS, 0, 10)
+
+
+def _start_of(stream: list[int], window: list[int]) -> int:
+    starts = [s for s in range(len(stream) - len(window) + 1) if stream[s : s + len(window)] == window]
+    assert starts, "the window is not a contiguous piece of the packed text"
+    return starts[0]
+
+
+def test_window_mode_draws_every_offset_up_to_the_last_window_that_fits(byte_tokenizer):
+    text = "abcdefghijkl"  # 12 distinct tokens and the EOS: 13 tokens, windows of 10 start at 0, 1, 2 or 3
+    stream = byte_tokenizer(text, add_special_tokens=False).input_ids + [byte_tokenizer.eos_token_id]
+    with pytest.warns(UserWarning, match="windows overlap"):
+        samples = calibration_samples(byte_tokenizer, [text], 64, 10, mode="windows", seed=0)
+    starts = [_start_of(stream, row) for row in samples.tolist()]
+    assert sorted(set(starts)) == [0, 1, 2, 3]  # the last window, ending on the EOS, is drawn too
+    assert samples[starts.index(3)].tolist() == stream[3:]
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the documents it is asked to tokenise."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.documents = inner, 0
+        self.eos_token_id = inner.eos_token_id
+
+    def __call__(self, texts, **options):
+        self.documents += len(texts)
+        return self.inner(texts, **options)
+
+
+def test_window_mode_tokenises_only_about_4_n_l_tokens_of_a_large_corpus(byte_tokenizer):
+    from proxsparse_ao.calibration import _TOKENIZE_BATCH
+
+    corpus = [f"document {i:04d} says hello." for i in range(1000)]  # 25 characters, 26 tokens with the EOS
+    counting = CountingTokenizer(byte_tokenizer)
+    n, seqlen = 2, 16
+    samples = calibration_samples(counting, corpus, n, seqlen, mode="windows", seed=4)
+    assert counting.documents <= _TOKENIZE_BATCH  # one batch of documents, not the 1000
+    stream, eos = [], [byte_tokenizer.eos_token_id]
+    for document in _seeded_order(corpus, 4):  # the documents needed for 4 * n * seqlen tokens, in seeded order
+        stream += byte_tokenizer(document, add_special_tokens=False).input_ids + eos
+        if len(stream) >= 4 * n * seqlen:
+            break
+    assert len(stream) == 5 * 26  # 128 tokens asked for: 5 documents
+    for row in samples.tolist():
+        _start_of(stream, row)  # every window lies in those first documents

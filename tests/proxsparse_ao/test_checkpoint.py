@@ -46,3 +46,20 @@ def test_a_failed_save_that_was_not_interrupted_raises_its_own_error(tmp_path, m
     with pytest.raises(OSError, match="No space left"):
         save_state(tmp_path, {"fingerprint": "run-a", "step": 4})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_fingerprint_covers_settings_tokens_and_the_original_weights_but_not_where_checkpoints_go():
+    from proxsparse_ao.checkpoint import run_fingerprint
+
+    config = {"lr": 3e-3, "seed": 0, "checkpoint_dir": "a", "checkpoint_every": 16}
+    tokens = torch.arange(16).reshape(2, 8)
+    weight = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    base = run_fingerprint(config, tokens, {"layer": weight})
+    assert run_fingerprint({**config, "checkpoint_dir": "b", "checkpoint_every": 1}, tokens.clone(), {"layer": weight.clone()}) == base
+    other_weight = weight.clone()
+    other_weight[3, 5] += 0.25  # another model: same names, shapes and dtype, one weight differs
+    assert run_fingerprint(config, tokens, {"layer": other_weight}) != base
+    assert run_fingerprint(config, tokens, {"layer": weight.double()}) != base
+    assert run_fingerprint(config, tokens, {"other": weight}) != base
+    assert run_fingerprint({**config, "lr": 1e-3}, tokens, {"layer": weight}) != base
+    assert run_fingerprint(config, tokens.flip(0), {"layer": weight}) != base

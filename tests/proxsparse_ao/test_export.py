@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,15 +267,69 @@ def test_a_metadata_file_that_cannot_be_read_is_bad_input(tmp_path, monkeypatch)
         read_metadata(tmp_path)
 
 
-def _rename_a_mask(folder) -> None:
+def _edit_masks(folder, change) -> None:
     from safetensors.torch import load_file, save_file
 
     codes = load_file(str(folder / MASKS_FILE))
-    codes["model.layers.9.mlp.up_proj"] = codes.pop("model.layers.1.mlp.up_proj")
+    change(codes)
     save_file(codes, str(folder / MASKS_FILE))
 
 
+def _edit_targets(folder, change) -> None:
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    metadata["targets"] = change(metadata["targets"])
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
+
+
+def _rename_a_mask(folder) -> None:
+    """Masks file and targets agree with each other, but name a layer the model does not have."""
+    _edit_masks(folder, lambda codes: codes.update({"model.layers.9.mlp.up_proj": codes.pop("model.layers.1.mlp.up_proj")}))
+    _edit_targets(folder, lambda targets: sorted({*targets} - {"model.layers.1.mlp.up_proj"} | {"model.layers.9.mlp.up_proj"}))
+
+
+def _edit_weight(folder, name: str, change) -> None:
+    """Rewrite one tensor of the folder's model.safetensors, as a tool that edits weights would."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors[name] = change(tensors[name].clone())
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _off_mask_entry(folder, layer: str, value: float) -> None:
+    """Move one kept weight of the first group to a position its saved mask has off: still 2 of 4, not the mask."""
+    from proxsparse_ao.export import read_masks, read_metadata
+
+    mask = read_masks(folder, read_metadata(folder))[layer]
+    kept, off = mask[0, :4].nonzero().flatten().tolist(), (~mask[0, :4]).nonzero().flatten().tolist()
+
+    def move(weight):
+        weight[0, kept[0]] = 0.0
+        weight[0, off[0]] = value
+        return weight
+
+    _edit_weight(folder, f"{layer}.weight", move)
+
+
 DAMAGED_PRUNED_FOLDERS = {
+    "a target weight rewritten dense": (
+        lambda f: _edit_weight(f, "model.layers.0.mlp.up_proj.weight", lambda w: torch.ones_like(w)),
+        "model.layers.0.mlp.up_proj: 2048 of 2048 groups of 4 have more than 2 non-zeros"),
+    "a weight set where its mask is off": (lambda f: _off_mask_entry(f, "model.layers.1.self_attn.o_proj", 0.5),
+                                           "model.layers.1.self_attn.o_proj: the weight is not +0.0 everywhere its mask is off"),
+    "a -0.0 where the mask is off": (lambda f: _off_mask_entry(f, "model.layers.1.self_attn.o_proj", -0.0),
+                                     "model.layers.1.self_attn.o_proj: the weight is not +0.0 everywhere its mask is off"),
+    "a mask missing from the masks file": (
+        lambda f: _edit_masks(f, lambda codes: codes.pop("model.layers.1.mlp.up_proj")),
+        "masks.safetensors does not match the targets in proxsparse.json: 1 listed target(s) without a mask "
+        "(model.layers.1.mlp.up_proj)"),
+    "targets that do not list a saved mask": (
+        lambda f: _edit_targets(f, lambda targets: [t for t in targets if ".0." not in t]),
+        "masks.safetensors does not match the targets in proxsparse.json: 7 mask(s) for layers it does not list "
+        "(model.layers.0.mlp.down_proj, model.layers.0.mlp.gate_proj, model.layers.0.mlp.up_proj and 4 more)"),
+    "targets naming a layer without a mask": (
+        lambda f: _edit_targets(f, lambda targets: [*targets, "lm_head"]),
+        "does not match the targets in proxsparse.json: 1 listed target(s) without a mask (lm_head)"),
     "proxsparse.json that is not JSON": (lambda f: (f / METADATA_FILE).write_text("{"), "proxsparse.json does not parse"),
     "proxsparse.json that is a list": (lambda f: (f / METADATA_FILE).write_text("[]"), "expected a JSON object, got list"),
     "no proxsparse.json": (lambda f: (f / METADATA_FILE).unlink(), "is not a pruned model folder (no proxsparse.json)"),
@@ -293,3 +348,79 @@ def test_load_pruned_refuses_a_damaged_folder_in_one_line(tiny_llama, tmp_path, 
     with pytest.raises(ProxSparseError) as refused:
         load_pruned(out)
     assert problem in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_save_pruned_refuses_a_minus_zero_where_the_mask_is_off_before_writing(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    layer = tiny_llama.model.layers[0].self_attn.q_proj
+    off = (~masks["model.layers.0.self_attn.q_proj"][0, :4]).nonzero()[0, 0]
+    with torch.no_grad():
+        layer.weight[0, off] = -0.0  # still 2:4, equal to 0, but the sign bit is set (a kernel may copy it as is)
+    with pytest.raises(ProxSparseError, match="^model.layers.0.self_attn.q_proj: the weight is not [+]0.0 everywhere its mask is off$"):
+        save_pruned(tiny_llama, tmp_path / "out", masks)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pruned_refuses_a_weight_that_is_2_4_but_not_on_its_mask(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    name = "model.layers.1.mlp.down_proj"
+    mask = masks[name][0, :4]
+    kept, off = mask.nonzero()[0, 0], (~mask).nonzero()[0, 0]
+    with torch.no_grad():
+        weight = tiny_llama.get_submodule(name).weight
+        weight[0, off] = weight[0, kept].abs()  # positive: no sign bit, only the place is wrong
+        weight[0, kept] = 0.0  # the group keeps 2 of 4, one of them where the mask is off
+    with pytest.raises(ProxSparseError, match=f"^{name}: the weight is not [+]0.0 everywhere its mask is off$"):
+        save_pruned(tiny_llama, tmp_path / "out", masks)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pruned_refuses_a_mask_keeping_3_of_4_even_where_the_weight_holds_a_zero(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    name = "model.layers.0.mlp.gate_proj"
+    off = (~masks[name][0, :4]).nonzero()[0, 0]
+    masks[name][0, off] = True  # the weight there is +0.0: the weights pass, the mask itself is not 2:4
+    with pytest.raises(ProxSparseError, match=f"does not keep exactly 2 of every 4 weights \\(1 of 2,048 groups\\)$") as refused:
+        save_pruned(tiny_llama, tmp_path / "out", masks)
+    assert name in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", [MASKS_FILE, METADATA_FILE, "config.json", "model.safetensors", "generation_config.json",
+                                  "tokenizer.json", "tokenizer_config.json"])
+def test_an_extra_file_named_like_one_of_the_folders_own_files_is_refused_before_writing(tiny_llama, byte_tokenizer, tmp_path, name):
+    masks = _pruned(tiny_llama)
+    with pytest.raises(ProxSparseError) as refused:
+        save_pruned(tiny_llama, tmp_path / "out", masks, tokenizer=byte_tokenizer, extra_files={"learning_log.json": b"{}", name: b"x"})
+    assert str(refused.value) == (f"save_pruned: extra_files {name} would replace the pruned-model folder's own file: "
+                                  "give it another name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_extra_file_clashing_with_a_file_this_model_saves_is_refused_and_nothing_is_left(tiny_llama, tmp_path, monkeypatch):
+    """A model with its own code saves more files than the usual ones; the clash is found once they are written
+    (into the temporary folder, which goes)."""
+    masks = _pruned(tiny_llama)
+    save = tiny_llama.save_pretrained
+
+    def with_code(folder, **kwargs):
+        save(folder, **kwargs)
+        (Path(folder) / "modeling_custom.py").write_text("# the model's code")
+
+    monkeypatch.setattr(tiny_llama, "save_pretrained", with_code)
+    with pytest.raises(ProxSparseError, match="^save_pruned: extra_files modeling_custom.py would replace"):
+        save_pruned(tiny_llama, tmp_path / "out", masks, extra_files={"modeling_custom.py": b"print('mine')"})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["", "..", "logs/learning_log.json", "../learning_log.json"])
+def test_an_extra_file_name_that_is_not_a_plain_file_name_is_refused(tiny_llama, tmp_path, name):
+    with pytest.raises(ProxSparseError, match="^save_pruned: extra_files names must be plain file names, got "):
+        save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama), extra_files={name: b"{}"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_files_with_names_of_their_own_are_saved_and_the_folder_loads(tiny_llama, tmp_path):
+    out = save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama), extra_files={"learning_log.json": b'{"steps": 1}'})
+    assert (out / "learning_log.json").read_bytes() == b'{"steps": 1}'
+    assert len(load_pruned(out)[2]) == 14

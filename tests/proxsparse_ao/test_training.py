@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -304,3 +306,196 @@ def test_resume_under_dropout_gives_the_uninterrupted_run(tmp_path):
     assert resumed.resumed_from == 2
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
     assert all(torch.equal(straight.masks[n], resumed.masks[n]) for n in straight.masks)
+
+
+# --- the optimisation itself: schedule, clipping, weight decay, frozen term, batch order, strengths ---
+
+
+@contextmanager
+def _optimizer_steps():
+    """Every optimizer step taken inside the block, as the optimizer sees it just before stepping: its class,
+    lr, weight decay and the norm of the gradients it is about to apply (after any clipping)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    steps = []
+
+    def record(optimizer, args, kwargs):
+        group = optimizer.param_groups[0]
+        grads = [p.grad.double() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        steps.append({"optimizer": type(optimizer).__name__, "lr": group["lr"], "weight_decay": group["weight_decay"],
+                      "grad_norm": float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))})
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+
+
+def test_the_lr_warms_up_linearly_from_zero_then_decays_linearly_to_zero_and_is_logged_as_applied(tiny_llama):
+    """8 steps, warmup_ratio 0.25: 2 warmup steps (lr * 0, lr * 1/2, as HF's linear schedule), then lr * (8 - s) / 6."""
+    config = ProxSparseConfig(samples=8, seqlen=8, lr=1e-2, warmup_ratio=0.25, activation_aware=False)
+    with _optimizer_steps() as steps:
+        result = learn_masks(tiny_llama, _tokens(8, 8), config, _layers(tiny_llama, config))
+    expected = [1e-2 * f for f in (0.0, 0.5, 6 / 6, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6)]
+    assert [h["lr"] for h in result.history] == pytest.approx(expected, abs=1e-12)
+    assert [s["lr"] for s in steps] == pytest.approx(expected, abs=1e-12)  # the logged lr is the one the step used
+
+
+def test_without_warmup_the_first_step_runs_at_the_full_lr():
+    from proxsparse_ao.training import _lr_factor
+
+    factor = _lr_factor(0, 4)
+    assert [factor(step) for step in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 0.0])
+def test_the_gradient_is_clipped_to_max_grad_norm_before_the_step_and_0_turns_clipping_off(tiny_llama, max_grad_norm):
+    config = ProxSparseConfig(samples=3, seqlen=8, lr=1e-2, activation_aware=False, max_grad_norm=max_grad_norm)
+    with _optimizer_steps() as steps:
+        result = learn_masks(tiny_llama, _tokens(3, 8), config, _layers(tiny_llama, config))
+    logged = [h["grad_norm"] for h in result.history]  # the norm before clipping
+    assert len(steps) == 3 and min(logged) > 0.1
+    applied = [min(norm, max_grad_norm or float("inf")) for norm in logged]
+    assert [s["grad_norm"] for s in steps] == pytest.approx(applied, rel=1e-4)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adamw_runs_with_the_configured_weight_decay(tiny_llama, weight_decay):
+    """0 means none at all (torch's AdamW would default to 0.01)."""
+    config = ProxSparseConfig(samples=2, seqlen=8, lr=1e-2, activation_aware=False, weight_decay=weight_decay)
+    with _optimizer_steps() as steps:
+        learn_masks(tiny_llama, _tokens(2, 8), config, _layers(tiny_llama, config))
+    assert [(s["optimizer"], s["weight_decay"]) for s in steps] == [("AdamW", weight_decay)] * 2
+
+
+def test_weight_decay_changes_what_is_learned(tiny_llama_factory):
+    losses = []
+    for weight_decay in (0.0, 0.5):
+        model = tiny_llama_factory()
+        config = ProxSparseConfig(samples=3, seqlen=8, lr=1e-1, warmup_ratio=0.0, activation_aware=False, weight_decay=weight_decay)
+        losses.append([h["ce"] for h in learn_masks(model, _tokens(3, 8), config, _layers(model, config)).history])
+    assert losses[0][0] == losses[1][0] and losses[0][1:] != losses[1][1:]  # the same start, then decay pulls the weights
+
+
+def test_the_frozen_weight_term_is_lambda2_times_f_of_the_weights_each_step_saw(tiny_llama_factory):
+    from proxsparse_ao.regularizers import frozen_weight_penalty
+
+    lambda2, epsilon = 10.0, 0.5
+    config = ProxSparseConfig(samples=4, seqlen=8, lr=1e-2, warmup_ratio=0.0, activation_aware=False,
+                              lambda2=lambda2, epsilon=epsilon)
+    model = tiny_llama_factory()
+    layers = _layers(model, config)
+    originals = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    seen = []
+
+    def snapshot(module, args):
+        if module.training:
+            seen.append({name: layer.weight.detach().clone() for name, layer in layers.items()})
+
+    handle = model.register_forward_pre_hook(snapshot)
+    try:
+        result = learn_masks(model, _tokens(4, 8), config, layers)
+    finally:
+        handle.remove()
+    expected = [lambda2 * sum(float(frozen_weight_penalty(w[n], originals[n], epsilon)) for n in w) for w in seen]
+    frozen = [h["frozen"] for h in result.history]
+    assert frozen[0] == 0.0 and min(frozen[1:]) > 0  # untouched weights cost nothing, moved ones do
+    assert frozen == pytest.approx(expected, rel=1e-4)
+    assert [h["loss"] for h in result.history] == pytest.approx([h["ce"] + h["frozen"] for h in result.history], rel=1e-6)
+
+    model = tiny_llama_factory()
+    plain = learn_masks(model, _tokens(4, 8), ProxSparseConfig(**{**config.to_dict(), "lambda2": 0.0}), _layers(model, config))
+    assert all(h["frozen"] == 0.0 for h in plain.history)
+    assert plain.history[0]["ce"] == result.history[0]["ce"] and plain.history[-1]["ce"] != result.history[-1]["ce"]
+
+
+def _batches_seen(model, tokens, config) -> list[int]:
+    """The calibration rows the learning steps ran on, in order (the activation pass runs in eval mode: not counted)."""
+    seen = []
+
+    def record(module, args, output):
+        if module.training:
+            seen.extend(next(i for i, row in enumerate(tokens) if torch.equal(row, ids)) for ids in args[0])
+
+    handle = model.model.embed_tokens.register_forward_hook(record)
+    try:
+        learn_masks(model, tokens, config, _layers(model, config))
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_each_sample_is_used_once_in_an_order_shuffled_by_the_seed(tiny_llama):
+    tokens = _tokens(8, 4)
+    orders = {}
+    for seed in (0, 1):
+        config = ProxSparseConfig(samples=8, seqlen=4, lr=1e-6, lambda1=0.0, activation_aware=False, seed=seed)
+        orders[seed] = _batches_seen(tiny_llama, tokens, config)
+        assert sorted(orders[seed]) == list(range(8))  # one pass: every sample exactly once
+        assert orders[seed] != list(range(8))  # shuffled, not in the given order
+        assert _batches_seen(tiny_llama, tokens, config) == orders[seed]  # the seed alone decides it
+    assert orders[0] != orders[1]
+
+
+def test_a_non_finite_gradient_stops_the_run_and_keeps_the_state_after_the_last_good_step(tiny_llama_factory):
+    from proxsparse_ao.masks import learned_mask
+
+    config = ProxSparseConfig(samples=5, seqlen=8, lr=1e-2, activation_aware=False)
+    tokens = _tokens(5, 8)
+
+    model = tiny_llama_factory()  # the uninterrupted run, its masks as they stand after step 2
+    layers = _layers(model, config)
+    originals = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    after_two = {}
+
+    def keep_masks(stats):
+        if stats.step == 2:
+            after_two.update({n: learned_mask(layer.weight.detach().abs(), originals[n]) for n, layer in layers.items()})
+
+    learn_masks(model, tokens, config, layers, callback=keep_masks)
+
+    model = tiny_llama_factory()
+    layers = _layers(model, config)
+    before = _state(model)
+    backward = {"n": 0}
+
+    def poison(grad):  # the loss stays finite; only this gradient of step 3 is NaN
+        backward["n"] += 1
+        return grad * float("nan") if backward["n"] == 3 else grad
+
+    handle = layers["model.layers.0.mlp.up_proj"].weight.register_hook(poison)
+    try:
+        with pytest.warns(NonFiniteLossWarning, match="non-finite gradient"):
+            result = learn_masks(model, tokens, config, layers)
+    finally:
+        handle.remove()
+    assert result.stopped == "non-finite gradient at step 3; kept the state after step 2"
+    assert result.steps_done == 2 and len(result.history) == 2
+    assert all(torch.equal(result.masks[n], after_two[n]) for n in after_two)
+    assert after_two[next(iter(after_two))].any()
+    assert _same(before, _state(model)) and all(p.grad is None for p in model.parameters())
+
+
+def test_absolute_strength_is_lambda1_itself_and_relative_is_the_ratio_over_each_layers_weight_scale(tiny_llama):
+    from proxsparse_ao.targets import weight_rms
+
+    layers = _layers(tiny_llama, ProxSparseConfig())
+    tokens = _tokens(1, 8)
+    common = dict(samples=1, seqlen=8, lr=1e-3, lambda1=0.25, activation_aware=False)
+    absolute = learn_masks(tiny_llama, tokens, ProxSparseConfig(**common, strength="absolute"), layers)
+    assert absolute.strengths == {name: 0.25 for name in layers}
+    relative = learn_masks(tiny_llama, tokens, ProxSparseConfig(**common, strength="relative"), layers)
+    expected = {name: 0.25 * 1e-3 / (3 * weight_rms(layer.weight) ** 2) for name, layer in layers.items()}
+    assert relative.strengths.keys() == expected.keys()
+    assert all(relative.strengths[n] == pytest.approx(expected[n], rel=1e-9) for n in expected)
+    assert len(set(relative.strengths.values())) > 1  # each layer its own threshold
+
+
+def test_a_checkpoint_of_the_same_settings_and_tokens_on_other_weights_is_refused(tiny_llama_factory, tmp_path):
+    config = ProxSparseConfig(**{**FAST, "samples": 2, "checkpoint_dir": str(tmp_path)})
+    model = tiny_llama_factory(seed=0)
+    learn_masks(model, _tokens(2), config, _layers(model, config))
+    other = tiny_llama_factory(seed=1)  # same architecture, names and shapes; other weights
+    with pytest.raises(ProxSparseError, match="belongs to another run"):
+        learn_masks(other, _tokens(2), config, _layers(other, config))

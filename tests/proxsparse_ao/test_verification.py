@@ -100,3 +100,16 @@ def test_deployment_check_fails_a_rewrite_that_changes_the_outputs():
     assert not deployment(float("nan"), ["a", "b"]).ok
     missed = deployment(0.01, ["a"])
     assert not missed.all_rewritten and not missed.ok
+
+
+@pytest.mark.parametrize(("eager_error", "limit"), [(0.02, 2 * 0.02 + 1e-3), (0.0, 1e-3), (0.3, 2 * 0.3 + 1e-3)])
+def test_the_compiled_logits_may_differ_by_twice_the_dtypes_own_error_plus_a_small_floor_and_no_more(eager_error, limit):
+    from proxsparse_ao.verification import Deployment
+
+    def deployment(error: float) -> Deployment:
+        return Deployment("bfloat16", ["a"], ["a"], {}, {}, error, eager_error, 1.0, "", 1.0)
+
+    assert deployment(0.0).tolerance == pytest.approx(limit, rel=1e-12)
+    assert deployment(limit * (1 - 1e-6)).ok and deployment(limit).ok  # at the limit: passes
+    assert not deployment(limit * (1 + 1e-6)).outputs_match and not deployment(limit * (1 + 1e-6)).ok
+    assert deployment(limit * 1.01).to_dict()["outputs_match"] is False

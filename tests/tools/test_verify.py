@@ -468,3 +468,36 @@ def test_a_baseline_with_the_same_tokenizer_is_compared(folders, tmp_path, monke
                       "--seqlen", "64", "--no-compile"])
     assert code == 0 and "sparse/dense" in capsys.readouterr().out
     assert len(calls) == 2 and torch.equal(calls[0], calls[1])
+
+
+@pytest.mark.parametrize(("speedup", "code", "verdict"), [(1.49, 1, "fail"), (1.5, 0, "pass"), (2.0, 0, "pass")])
+def test_an_end_to_end_speedup_below_min_speedup_fails_the_run_and_one_at_or_above_it_passes(
+        folders, tmp_path, monkeypatch, capsys, speedup, code, verdict):
+    """Where speed is measured (CUDA sm80+; here the gate is opened and the measurement stubbed), --min-speedup decides."""
+    import proxsparse_ao.verification as verification
+    from proxsparse_ao.tools import cli as tool
+
+    def deployed(model, ids, targets, dtype, **kwargs):
+        check = verification.Deployment("bfloat16", list(targets), list(targets), {}, {}, 0.0, 0.0, 1.0, "", 0.0)
+        return check, (lambda ids: None), model
+
+    measured = []
+
+    def timed(model, compiled, ids, layers, reps=20):
+        measured.append(list(layers))
+        return {"tokens": int(ids.numel()), "dense_ms": 3.0, "sparse_ms": 3.0 / speedup, "speedup": speedup,
+                "per_layer": {name: {"speedup": speedup} for name in layers}}
+
+    monkeypatch.setattr(verification, "speed_skip_reason", lambda device: None)
+    monkeypatch.setattr(verification, "check_deployment", deployed)
+    monkeypatch.setattr(verification, "measure_speed", timed)
+    out = tmp_path / "out.json"
+    assert tool.main(["verify", str(folders["pruned"]), "--no-ppl", "--text", str(folders["text"]), "--min-speedup", "1.5",
+                      "--json", str(out)]) == code
+    printed = " ".join(capsys.readouterr().out.split())
+    result = json.loads(out.read_text())
+    assert len(measured) == 1 and len(measured[0]) == 14
+    assert result["speedup"] == speedup and result["speed_skipped"] is None
+    assert result["checks"]["speed"] == verdict and result["exit_code"] == code and result["passed"] is (code == 0)
+    assert f"{speedup:.2f}x" in printed and "needs 1.50x" in printed
+    assert ("verify FAILED: speed" in printed) is (verdict == "fail")
