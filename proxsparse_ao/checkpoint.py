@@ -26,7 +26,11 @@ def run_fingerprint(config: Mapping[str, Any], calibration: torch.Tensor, origin
     digest.update(calibration.detach().cpu().contiguous().numpy().tobytes())
     for name, weight in originals.items():
         w = weight.detach().double()
-        digest.update(f"{name}{tuple(weight.shape)}{weight.dtype}{float(w.sum())!r}{float(w.square().sum())!r}".encode())
+        # position-weighted sums too: a weight whose rows or columns were reordered is another run
+        rows = torch.arange(1, w.shape[0] + 1, dtype=w.dtype, device=w.device)
+        columns = torch.arange(1, w.shape[-1] + 1, dtype=w.dtype, device=w.device)
+        summary = [w.sum(), w.square().sum(), rows @ w.reshape(w.shape[0], -1).sum(1), w.reshape(-1, w.shape[-1]).sum(0) @ columns]
+        digest.update(f"{name}{tuple(weight.shape)}{weight.dtype}{[float(v) for v in summary]!r}".encode())
     return digest.hexdigest()
 
 

@@ -34,7 +34,8 @@ MATCH_FACTOR, MATCH_FLOOR = 2.0, 1e-3  # see Deployment
 
 @dataclass
 class LayerStructure:
-    """One target linear: its bad groups (more than 2 non-zeros of 4) and entries set where its mask is off."""
+    """One target linear: its bad groups (more than 2 non-zeros of 4), entries set where its mask is
+    off, and NaN/Inf entries (a damaged weight can still be 2:4)."""
 
     name: str
     shape: tuple[int, ...]
@@ -42,10 +43,11 @@ class LayerStructure:
     bad_groups: int
     off_mask_nonzeros: int | None
     pattern: dict[int, float]
+    non_finite: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.bad_groups == 0 and not self.off_mask_nonzeros
+        return self.bad_groups == 0 and not self.off_mask_nonzeros and not self.non_finite
 
     def problem(self) -> str | None:
         """One phrase saying what is wrong, or None."""
@@ -54,6 +56,8 @@ class LayerStructure:
             parts.append(f"{self.bad_groups} of {self.groups} groups of 4 have more than 2 non-zeros")
         if self.off_mask_nonzeros:
             parts.append(f"{self.off_mask_nonzeros} entries are not +0.0 where the mask is off")
+        if self.non_finite:
+            parts.append(f"{self.non_finite} entries are NaN or Inf")
         return "; ".join(parts) or None
 
 
@@ -133,8 +137,9 @@ def check_structure(
     layers: dict[str, nn.Linear], masks: dict[str, torch.Tensor] | None = None, skipped: dict[str, str] | None = None,
     targets_from: str = "",
 ) -> Structure:
-    """Count, per target layer, the groups of 4 with more than 2 non-zeros and (with masks) the entries
-    that are not +0.0 where the mask is off. A mask whose name or shape does not fit is a ProxSparseError."""
+    """Count, per target layer, the groups of 4 with more than 2 non-zeros, the NaN/Inf entries and (with
+    masks) the entries that are not +0.0 where the mask is off. A mask whose name or shape does not fit is
+    a ProxSparseError."""
     if masks is not None and set(masks) != set(layers):
         extra, missing = sorted(set(masks) - set(layers)), sorted(set(layers) - set(masks))
         raise ProxSparseError(f"the masks file does not match the targets (extra: {extra}, missing: {missing})")
@@ -151,6 +156,7 @@ def check_structure(
             off = int(((outside != 0) | torch.signbit(outside)).sum())
         checks.append(LayerStructure(
             name, tuple(weight.shape), per_group.numel(), int((per_group > 2).sum()), off, pattern_stats(weight),
+            int((~torch.isfinite(weight)).sum()),
         ))
     return Structure(checks, targets_from, dict(skipped or {}))
 

@@ -284,7 +284,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if failed:
         reasons = []
         if "structure" in failed:
-            reasons.append(f"{len(structure.failing)} of {len(structure.layers)} target layers are not exactly 2:4: "
+            reasons.append(f"{len(structure.failing)} of {len(structure.layers)} target layers fail the structure check: "
                            f"{_names(structure.failing)}")
         reasons += [name for name in failed if name != "structure"]
         console.print(f"[bold red]verify FAILED:[/] {'; '.join(reasons)}", highlight=False, soft_wrap=True)

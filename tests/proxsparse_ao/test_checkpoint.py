@@ -59,6 +59,8 @@ def test_the_run_fingerprint_covers_settings_tokens_and_the_original_weights_but
     other_weight = weight.clone()
     other_weight[3, 5] += 0.25  # another model: same names, shapes and dtype, one weight differs
     assert run_fingerprint(config, tokens, {"layer": other_weight}) != base
+    assert run_fingerprint(config, tokens, {"layer": weight[[1, 0, *range(2, 8)]]}) != base  # two rows swapped
+    assert run_fingerprint(config, tokens, {"layer": weight[:, [1, 0, *range(2, 16)]]}) != base  # two columns swapped
     assert run_fingerprint(config, tokens, {"layer": weight.double()}) != base
     assert run_fingerprint(config, tokens, {"other": weight}) != base
     assert run_fingerprint({**config, "lr": 1e-3}, tokens, {"layer": weight}) != base

@@ -47,6 +47,19 @@ def test_structure_passes_a_pruned_model_and_names_bad_layers(tiny_llama):
     assert bad.to_dict()["failing_layers"]["model.layers.0.self_attn.q_proj"] == "1 entries are not +0.0 where the mask is off"
 
 
+def test_a_nan_or_inf_weight_fails_the_structure_check_even_where_the_pattern_holds(tiny_llama):
+    masks = prune_in_place(tiny_llama)
+    layers, _, _ = target_layers(tiny_llama, {"targets": sorted(masks)})
+    up = layers["model.layers.0.mlp.up_proj"]
+    kept = masks["model.layers.0.mlp.up_proj"].nonzero()[:2]
+    with torch.no_grad():
+        up.weight[tuple(kept[0])] = float("nan")
+        up.weight[tuple(kept[1])] = float("inf")
+    check = check_structure(layers, masks)
+    assert check.failing == ["model.layers.0.mlp.up_proj"] and check.bad_groups == 0
+    assert check.to_dict()["failing_layers"]["model.layers.0.mlp.up_proj"] == "2 entries are NaN or Inf"
+
+
 def test_mismatched_masks_are_bad_input(tiny_llama):
     masks = prune_in_place(tiny_llama)
     layers, _, _ = target_layers(tiny_llama, None)
