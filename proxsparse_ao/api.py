@@ -85,12 +85,11 @@ def learn(
     return result
 
 
-def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Store each mask on its module (non-persistent buffer, so checkpoints stay plain HF).
-
-    Embeddings and lm_head are refused (they are never pruned). A mask stored earlier on another
-    module whose weight no longer follows it (the weights were reloaded since) is dropped, so
-    `stored_masks` and `save_pruned` see only masks the weights obey."""
+def masked_modules(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """The module of each mask, after checking that the mask fits it: the module exists and has a 2-D
+    weight, is not an embedding or lm_head, and the mask is a bool 2:4 mask of the weight's shape."""
+    if not isinstance(masks, dict):
+        raise ProxSparseError(f"masks must be a dict of layer name -> bool mask, got {type(masks).__name__}")
     protected = protected_modules(model)
     modules = {}
     for name, mask in masks.items():
@@ -108,6 +107,16 @@ def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             raise ProxSparseError(f"mask for {name} is {described}; the weight needs torch.bool {tuple(weight.shape)}")
         check_nm(mask, f"mask of {name}")
         modules[name] = module
+    return modules
+
+
+def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Store each mask on its module (non-persistent buffer, so checkpoints stay plain HF).
+
+    Embeddings and lm_head are refused (they are never pruned). A mask stored earlier on another
+    module whose weight no longer follows it (the weights were reloaded since) is dropped, so
+    `stored_masks` and `save_pruned` see only masks the weights obey."""
+    modules = masked_modules(model, masks)
     for name, module in model.named_modules():
         if name not in masks and not _follows_stored_mask(module):
             delattr(module, MASK_BUFFER)

@@ -117,12 +117,17 @@ def save_pruned(
     Leftovers of earlier saves to `output` whose process ended (a killed save) are removed."""
     from safetensors.torch import save_file
 
+    from .api import masked_modules
+
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ProxSparseError(f"save_pruned: metadata must be a dict, got {type(metadata).__name__}")
     metadata = dict(metadata or {})
     reserved = sorted(set(metadata) & set(RESERVED_KEYS))
     if reserved:
         raise ProxSparseError(f"save_pruned: metadata key(s) {', '.join(reserved)} belong to the folder format; rename them")
     if not masks:
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
+    masked_modules(model, masks)
     extra_files = dict(extra_files or {})
     _check_extra_files(list(extra_files), {MASKS_FILE, METADATA_FILE, *_HF_FILES})
     output = check_output(output, overwrite)
@@ -299,8 +304,10 @@ def load_pruned(
     from transformers import AutoTokenizer
 
     from .api import attach_masks
-    from .models import load_causal_lm
+    from .models import check_dtype, load_causal_lm, usable_device
 
+    check_dtype(dtype)
+    device = usable_device(device)
     folder = Path(folder).expanduser()
     metadata = read_metadata(folder) if folder.is_dir() else None
     if metadata is None:

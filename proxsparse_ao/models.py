@@ -252,6 +252,28 @@ def _load_errors() -> tuple[type[BaseException], ...]:
             StrictDataclassError)
 
 
+def usable_device(device: str | torch.device, what: str = "device") -> torch.device:
+    """`device` as a torch device this machine has and weights can live on; otherwise a
+    ProxSparseError that starts with `what` (e.g. the option that gave it)."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ProxSparseError(f"{what} {device!r}: {str(err).splitlines()[0]}") from None
+    if resolved.type == "meta":
+        raise ProxSparseError(f"{what} {device}: the meta device holds no weights; use cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ProxSparseError(f"{what} {device}: CUDA is not available on this machine (this torch: {torch.__version__})")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ProxSparseError(f"{what} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def check_dtype(dtype: torch.dtype | None, what: str = "dtype") -> None:
+    """`dtype` must be a floating torch dtype (or None where that means "as saved")."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ProxSparseError(f"{what} must be a floating torch dtype such as torch.bfloat16, got {dtype!r}")
+
+
 def load_causal_lm(folder: str | Path, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """The causal LM in a local Hugging Face folder (no tokenizer), with every tensor its config needs
     taken from the checkpoint. `dtype` None keeps transformers' default. A folder that cannot be
@@ -298,6 +320,8 @@ def load_model(
     """
     if source is not None and not str(source).strip():
         raise ProxSparseError(f"the model name is empty: omit it for the embedded default ('{DEFAULT_MODEL}'), or name a folder or hub id")
+    check_dtype(dtype)
+    device = usable_device(device)
     if is_default(source):
         folder = default_model_dir()
         try:

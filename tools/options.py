@@ -11,6 +11,7 @@ import torch
 
 from proxsparse_ao.cache import check_writable_folder
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.models import usable_device
 
 
 def require_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
@@ -53,15 +54,7 @@ def name_flags(message: str) -> str:
 
 def parse_device(text: str | None) -> torch.device:
     """`--device` as a torch device that this machine has (default: cuda when available, else cpu)."""
-    try:
-        device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as err:
-        raise ProxSparseError(f"--device {text!r}: {str(err).splitlines()[0]}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProxSparseError(f"--device {text}: CUDA is not available on this machine (this torch: {torch.__version__})")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ProxSparseError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    return usable_device(text or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
 
 
 def check_not_inside(value: str | Path, option: str, folder: str | Path | None, which: str) -> None:

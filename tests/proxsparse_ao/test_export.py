@@ -424,3 +424,50 @@ def test_extra_files_with_names_of_their_own_are_saved_and_the_folder_loads(tiny
     out = save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama), extra_files={"learning_log.json": b'{"steps": 1}'})
     assert (out / "learning_log.json").read_bytes() == b'{"steps": 1}'
     assert len(load_pruned(out)[2]) == 14
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda masks, model: {**masks, "model.layers.0.mlp.up_proj": masks["model.layers.0.mlp.up_proj"].float()},
+     r"mask for model.layers.0.mlp.up_proj is torch.float32 \(128, 64\); the weight needs torch.bool \(128, 64\)"),
+    (lambda masks, model: {**masks, "model.layers.0.mlp.up_proj": masks["model.layers.0.mlp.up_proj"][:64]},
+     r"mask for model.layers.0.mlp.up_proj is torch.bool \(64, 64\); the weight needs torch.bool \(128, 64\)"),
+    (lambda masks, model: {**masks, "model.layers.7.mlp.up_proj": masks["model.layers.0.mlp.up_proj"]},
+     "mask for model.layers.7.mlp.up_proj: the model has no such module"),
+    (lambda masks, model: list(masks.values()), "masks must be a dict of layer name -> bool mask, got list"),
+])
+def test_masks_that_do_not_fit_the_model_are_named_before_writing(tiny_llama, tmp_path, change, problem):
+    masks = _pruned(tiny_llama)
+    with pytest.raises(ProxSparseError, match=problem):
+        save_pruned(tiny_llama, tmp_path / "out", change(masks, tiny_llama))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_that_is_not_a_dict_is_refused(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    with pytest.raises(ProxSparseError, match="save_pruned: metadata must be a dict, got list"):
+        save_pruned(tiny_llama, tmp_path / "out", masks, [("source_model", "tiny")])
+
+
+def test_a_swapped_model_is_refused_naming_the_swapped_layer(tiny_llama, tmp_path):
+    from proxsparse_ao.passes import swap_linears
+
+    masks = _pruned(tiny_llama)
+    swap_linears(tiny_llama.to(torch.bfloat16))
+    with pytest.raises(ProxSparseError, match="mask for model.layers.0.self_attn.q_proj: SparseLinear24 has no 2-D weight"):
+        save_pruned(tiny_llama, tmp_path / "out", masks)
+
+
+@pytest.mark.parametrize("device, problem", [
+    ("meta", "device meta: the meta device holds no weights"),
+    ("cuda", "device cuda: CUDA is not available") if not torch.cuda.is_available() else ("cuda:99", "CUDA device"),
+    ("gpu", "device 'gpu': "),
+])
+def test_load_pruned_refuses_a_device_it_cannot_load_onto_before_loading(tiny_llama, tmp_path, device, problem, monkeypatch):
+    import proxsparse_ao.models as models
+
+    out = save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama))
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ProxSparseError, match=problem):
+        load_pruned(out, device=device)
+    with pytest.raises(ProxSparseError, match="dtype must be a floating torch dtype such as torch.bfloat16, got 'float8'"):
+        load_pruned(out, dtype="float8")

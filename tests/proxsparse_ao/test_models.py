@@ -296,3 +296,12 @@ def test_check_loadable_returns_a_local_folders_config_for_early_checks_and_none
     assert config.max_position_embeddings == 256 and config.model_type == "llama"
     assert models.check_loadable("HuggingFaceTB/SmolLM2-135M") is None
     assert models.check_loadable("default") is None
+
+
+def test_a_dtype_or_device_that_cannot_hold_the_model_is_refused_before_loading(tiny_model_dir):
+    with pytest.raises(ProxSparseError, match="dtype must be a floating torch dtype such as torch.bfloat16, got 'float8'"):
+        load_model(tiny_model_dir, dtype="float8")
+    with pytest.raises(ProxSparseError, match="dtype must be a floating torch dtype .* got torch.int64"):
+        load_model(tiny_model_dir, dtype=torch.int64)
+    with pytest.raises(ProxSparseError, match="device meta: the meta device holds no weights"):
+        load_model(tiny_model_dir, device="meta")
