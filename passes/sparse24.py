@@ -3,8 +3,11 @@
 Inductor lowers `F.linear(x, W, b)` to `mm(x, W^T)` or `addmm(b, x, W^T)`. With freezing on
 (`torch._inductor.config.freezing`, under `torch.no_grad()`) W^T is a constant `get_attr`
 (freezing often folds the transpose into it), so its values can be read here. A weight that
-is exactly 2:4 in a supported dtype/shape, and that `decide` accepts, is compressed once and
-the matmul is replaced by `linear24(x, values, meta, bias)`; the dense constant becomes dead.
+is exactly 2:4 in a supported dtype/shape, and that `decide` accepts, is compressed and the
+matmul is replaced by `linear24(x, values, meta, bias)`; the dense constant becomes dead.
+Freezing hands every graph its own view of a model parameter, so one pass instance (one
+compile) keeps the compressed pair per parameter and its graphs share it, rather than each
+graph (prefill, decode steps, recompiles) holding a copy of its own.
 
 On CUDA, freezing first concatenates the weights of matmuls sharing an input (q/k/v,
 gate/up) into one constant; that constant is 2:4 when its parts are, and `resolve` names
@@ -20,9 +23,10 @@ from dataclasses import dataclass
 import sympy
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from proxsparse_ao.ops import LINEAR24
-from proxsparse_ao.sparse_format import compress_24, unsupported_reason
+from proxsparse_ao.sparse_format import Compressed24, compress_24, unsupported_reason
 
 MRange = tuple[int, "int | None"]
 Decide = Callable[[list[str], torch.Tensor, MRange], tuple[bool, str]]
@@ -125,6 +129,7 @@ class Sparse24Pass(CustomGraphPass):
         self.decide = decide
         self.resolve = resolve
         self.records: list[list[PassRecord]] = []
+        self._compressed: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
     def uuid(self) -> None:
         """None: Inductor then skips its FX graph cache for graphs compiled with this pass.
@@ -155,7 +160,8 @@ class Sparse24Pass(CustomGraphPass):
                 rewrite, reasons = self._decide(parts, weight, m_range, x)
                 if rewrite:
                     if target not in compressed:
-                        compressed[target] = self._install(gm, weight, "+".join(names), len(compressed))
+                        pair = self._compress(weight, "+".join(names))
+                        compressed[target] = self._install(gm, pair, len(compressed))
                     self._replace(graph, node, x, bias, compressed[target])
                 records += [
                     PassRecord(name, (int(rows), int(weight.shape[1])), m_range, rewrite, reason, tuple(names))
@@ -183,9 +189,26 @@ class Sparse24Pass(CustomGraphPass):
             return rewrite, [reason] * len(parts)
         return False, [reason] * len(parts)
 
+    def _compress(self, weight: torch.Tensor, name: str) -> Compressed24:
+        """`compress_24(weight)`, made once per weight and compile: kept by the tensor the weight
+        is a view of (the model's parameter under freezing, weakly held) and its place in it,
+        and made again after an in-place write (version counter) or a new `.data`."""
+        root = weight if weight._base is None else weight._base
+        try:
+            version = weight._version
+        except RuntimeError:  # an inference tensor keeps no version counter: compress every time
+            return compress_24(weight, name)
+        key = (weight.storage_offset(), tuple(weight.shape), tuple(weight.stride()), weight.dtype)
+        stamp = (version, weight.data_ptr())
+        known = self._compressed.setdefault(root, {})
+        entry = known.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = known[key] = (stamp, compress_24(weight, name))
+        return entry[1]
+
     @staticmethod
-    def _install(gm: torch.fx.GraphModule, weight: torch.Tensor, name: str, index: int) -> tuple[str, str]:
-        values, meta = compress_24(weight, name)
+    def _install(gm: torch.fx.GraphModule, pair: Compressed24, index: int) -> tuple[str, str]:
+        values, meta = pair
         stem = f"_proxsparse24_{index}"
         while hasattr(gm, f"{stem}_values"):
             stem += "_"

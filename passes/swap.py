@@ -6,13 +6,14 @@ torch.compile backend and in torch.export, and ends in the same `proxsparse::lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.ops import linear24
-from proxsparse_ao.sparse_format import compress_24
+from proxsparse_ao.sparse_format import SPARSE_DTYPES, compress_24
 
 from .select import DEFAULT_EXCLUDE, linear_status
 
@@ -37,6 +38,17 @@ class SparseLinear24(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear24(x, self.values, self.meta, self.bias)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> SparseLinear24:
+        """`.to()`, `.float()`, `.cuda()` and the like; a cast to a dtype the 2:4 kernels cannot run
+        (anything but float16/bfloat16) is refused before this layer's tensors change."""
+        dtype = fn(torch.empty(0, dtype=self.values.dtype, device=self.values.device)).dtype
+        if dtype not in SPARSE_DTYPES:
+            raise ProxSparseError(
+                f"SparseLinear24 cannot be cast to {dtype}: 2:4 weights are float16 or bfloat16 "
+                "(cast the dense model before swap_linears, or keep the swapped model in float16/bfloat16)"
+            )
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, 2:4"

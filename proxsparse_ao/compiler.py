@@ -27,7 +27,7 @@ import torch
 import torch._inductor.config
 from torch import nn
 
-from proxsparse_ao.passes import DEFAULT_EXCLUDE, LinearWeights, PassRecord, Sparse24Pass, linear_status
+from proxsparse_ao.passes import DEFAULT_EXCLUDE, LinearWeights, PassRecord, Sparse24Pass, SparseLinear24, linear_status
 from proxsparse_ao.passes.select import exclude_patterns
 from proxsparse_ao.passes.sparse24 import Decide
 
@@ -36,6 +36,8 @@ from .ops import cuda_backend, cuda_kernel_available
 from .speed import SpeedTable
 
 SPARSE_MODES = ("auto", "always", "never")
+PASS_SETTINGS = ("freezing", "post_grad_custom_post_pass", "cpp.weight_prepack")
+"""The Inductor settings `compile` sets for the pass; an `options` entry for one would switch it off."""
 
 
 _ENTRIES = itertools.count()
@@ -74,12 +76,14 @@ class CompileReport:
 
     `graphs` fills in as the model is called: torch.compile traces lazily, once per graph and
     recompile, and a layer may be sparse in one graph (long prompts) and dense in another
-    (decode, where sparse is slower).
+    (decode, where sparse is slower). `swapped` names the layers already swapped to
+    SparseLinear24 (`swap_linears`) before compiling: they run linear24 in every graph.
     """
 
     sparse: str
     linears: dict[str, str | None]
     graphs: list[list[PassRecord]] = field(default_factory=list)
+    swapped: list[str] = field(default_factory=list)
 
     @property
     def eligible(self) -> list[str]:
@@ -108,8 +112,10 @@ class CompileReport:
         """A few lines: counts per graph and per reason."""
         lines = [
             f"2:4 compile (sparse={self.sparse!r}): {len(self.rewritten)} of {len(self.linears)} linears rewritten "
-            f"in at least one graph; {len(self.eligible)} eligible"
+            f"in at least one graph; {len(self.eligible)} eligible; compiled graphs so far: {len(self.graphs)}"
         ]
+        if self.swapped:
+            lines.append(f"  swapped to SparseLinear24 before compiling: {len(self.swapped)} (linear24 in every graph)")
         for index, graph in enumerate(self.graphs):
             ranges = sorted({r.m_range for r in graph}, key=lambda r: r[0])
             lines.append(
@@ -153,6 +159,14 @@ class Sparse24Compiled(nn.Module):
         raise ProxSparseError(
             "a compiled model cannot be cast or moved (its graphs hold the weights it was compiled with): "
             "cast or move the model first, then call proxsparse_ao.compile on it"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sparse24Compiled:
+        """Refused: a copy would share the compiled graphs, so it would run the original model's
+        weights and fill in the original's report."""
+        raise ProxSparseError(
+            "a compiled model cannot be deep-copied (the copy would run the original's graphs and weights): "
+            "copy the model, then call proxsparse_ao.compile on the copy"
         )
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
@@ -231,7 +245,8 @@ def compile(
     "never"; `exclude` lists module names, dotted suffixes or "re:" regexes kept dense;
     `timings` holds the per-shape sparse-vs-dense measurements (default: one in-memory table
     per process; `SpeedTable(path=...)` keeps them across runs). Other keyword arguments go
-    to torch.compile (fullgraph, dynamic, mode; the backend must be inductor). The report
+    to torch.compile (fullgraph, dynamic, mode, options; the backend must be inductor, and
+    `options` may not set the pass's own settings, `PASS_SETTINGS`). The report
     fills in as graphs are compiled.
 
     Every call of `compile` is a compile of its own: compiling one model twice (say dense,
@@ -242,6 +257,13 @@ def compile(
     backend = torch_compile_kwargs.get("backend", "inductor")
     if backend != "inductor":
         raise ProxSparseError(f"backend={backend!r}: the 2:4 pass is an Inductor pass, use backend='inductor'")
+    options = torch_compile_kwargs.get("options")
+    clashes = [key for key in PASS_SETTINGS if key in options] if isinstance(options, dict) else []
+    if clashes:
+        raise ProxSparseError(
+            f"options {clashes}: proxsparse_ao.compile sets {', '.join(PASS_SETTINGS)} itself (an override turns "
+            "the 2:4 pass off); leave them out of options, and use sparse='never' for a dense compile"
+        )
     if timings is not None and not isinstance(timings, SpeedTable):
         raise ProxSparseError(f"timings must be a SpeedTable, got {type(timings).__name__}")
     try:
@@ -250,7 +272,8 @@ def compile(
         raise ProxSparseError(str(err)) from None
     status = linear_status(model, exclude)
     graph_pass = Sparse24Pass(_decider(sparse, status, timings or shared_timings()), LinearWeights(model))
-    report = CompileReport(sparse, status, graph_pass.records)
+    swapped = [name for name, module in model.named_modules() if isinstance(module, SparseLinear24)]
+    report = CompileReport(sparse, status, graph_pass.records, swapped)
     inductor_config = {"freezing": True, "post_grad_custom_post_pass": graph_pass, "cpp.weight_prepack": False}
     compiled = torch.compile(_own_entry(model.forward), **torch_compile_kwargs)
     return Sparse24Compiled(model, compiled, inductor_config, report), report

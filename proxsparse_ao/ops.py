@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .cusparselt import direct as direct_cusparselt
-from .sparse_format import decompress_24
+from .sparse_format import SPARSE_DTYPES, decompress_24
 
 OP_NAME = "proxsparse::linear24"
 CUTLASS_M_MULTIPLE = 8
@@ -35,6 +35,15 @@ def _check_args(
         values.device == x.device and meta.device == x.device and (bias is None or bias.device == x.device),
         lambda: f"linear24: input, values, meta and bias must be on one device; got {x.device}, {values.device}, "
         f"{meta.device}, {None if bias is None else bias.device}",
+    )
+    require(
+        values.dtype in SPARSE_DTYPES,
+        lambda: f"linear24: the 2:4 weight must be torch.float16 or torch.bfloat16, got {values.dtype} "
+        "(a SparseLinear24 cannot be cast to other dtypes)",
+    )
+    require(
+        values.is_contiguous() and meta.is_contiguous(),
+        lambda: "linear24: values and meta must be contiguous, as compress_24 makes them",
     )
     require(
         x.shape[-1] == 2 * values.shape[1],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -9,6 +10,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from proxsparse_ao.masks import apply_mask, magnitude_mask
 from proxsparse_ao.passes import LinearWeights, Sparse24Pass
+from proxsparse_ao.sparse_format import compress_24
 
 LINEAR24 = torch.ops.proxsparse.linear24.default
 
@@ -136,3 +138,68 @@ def test_linear_weights_names_a_layer_and_a_row_concatenation_of_layers():
     assert resolve(torch.cat([q, k, v])) == [("q", 64), ("k", 32), ("v", 32)]
     assert resolve(torch.cat([v, q])) == [("v", 32), ("q", 64)]
     assert resolve(torch.cat([q, torch.ones(32, 128, dtype=torch.bfloat16)])) is None
+
+
+def count_compressions(monkeypatch) -> list[str]:
+    import proxsparse_ao.passes.sparse24 as sparse24
+
+    made: list[str] = []
+
+    def counting(weight, name="weight"):
+        made.append(name)
+        return compress_24(weight, name)
+
+    monkeypatch.setattr(sparse24, "compress_24", counting)
+    return made
+
+
+def test_graphs_of_one_pass_share_one_compressed_copy_per_weight(monkeypatch):
+    """Freezing gives each graph (prefill, decode steps, recompiles) its own view of a parameter:
+    each graph compressed it again and kept its own copy (42 copies for 14 layers and 3 graphs)."""
+    made = count_compressions(monkeypatch)
+    weight = pruned(64, 128)
+    graph_pass = Sparse24Pass(resolve=lambda w: [("proj", w.shape[0])])
+    graphs = []
+    for rows in (5, 1, 3):
+        view = weight.t()  # a new view object per graph, as freezing makes them
+        x = torch.randn(rows, 128).to(torch.bfloat16)
+        gm = traced(lambda x: x @ view, x)
+        assert run_pass(gm, graph_pass) == 1
+        assert torch.equal(gm(x), x @ weight.t())
+        graphs.append(gm)
+    assert made == ["proj"]
+    assert len({id(gm._proxsparse24_0_values) for gm in graphs}) == 1
+    with torch.no_grad():
+        weight.mul_(-2)  # in place, still 2:4: the next graph sees the new values
+    x = torch.randn(2, 128).to(torch.bfloat16)
+    gm = traced(lambda x: x @ weight.t(), x)
+    assert run_pass(gm, graph_pass) == 1
+    assert torch.equal(gm(x), x @ weight.t()) and len(made) == 2
+    other = Sparse24Pass(resolve=lambda w: [("proj", w.shape[0])])  # another compile: its own copy
+    assert run_pass(traced(lambda x: x @ weight.t(), x), other) == 1 and len(made) == 3
+
+
+@pytest.mark.parametrize("scale", [{"beta": 2}, {"alpha": 2}, {"beta": 2, "alpha": 0.5}])
+def test_addmm_with_a_scale_stays_dense(scale):
+    """linear24 computes x @ W.T + bias: a scaled addmm rewritten into it would drop the scale."""
+    weight, bias = pruned(64, 128), torch.randn(64).to(torch.bfloat16)
+    x = torch.randn(5, 128).to(torch.bfloat16)
+
+    def fn(x):
+        return torch.addmm(bias, x, weight.t(), **scale)
+
+    gm = traced(fn, x)
+    assert run_pass(gm, Sparse24Pass()) == 0
+    assert torch.equal(gm(x), fn(x))
+
+
+def test_an_input_of_another_dtype_than_the_weight_stays_dense():
+    weight = pruned(64, 128)
+    x = torch.randn(4, 128).to(torch.bfloat16)
+    gm = traced(lambda x: x @ weight.t(), x)
+    placeholder = next(node for node in gm.graph.nodes if node.op == "placeholder")
+    fake = placeholder.meta["val"]
+    placeholder.meta["val"] = fake.fake_mode.from_tensor(torch.randn(4, 128).to(torch.float16))
+    graph_pass = Sparse24Pass()
+    assert run_pass(gm, graph_pass) == 0
+    assert graph_pass.records[0][0].reason == "input dtype torch.float16 differs from weight dtype torch.bfloat16"

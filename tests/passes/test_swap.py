@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.masks import apply_mask, magnitude_mask
 from proxsparse_ao.passes import SparseLinear24, swap_linears
 from proxsparse_ao.sparse_format import UnsupportedWeightError
@@ -95,3 +96,28 @@ def test_from_linear_keeps_bias_and_refuses_bad_weights():
     assert "in_features=128, out_features=64, bias=True" in repr(sparse)
     with pytest.raises(UnsupportedWeightError, match="dtype float32"):
         SparseLinear24.from_linear(nn.Linear(128, 64), "fp32")
+
+
+def test_a_bare_linear_is_reported_as_a_root_that_cannot_be_swapped_in_place():
+    linear = nn.Linear(128, 64, bias=False).to(torch.bfloat16)
+    prune_(linear)
+    result = swap_linears(linear)
+    assert list(result) == [""]
+    assert result[""].startswith("the root module cannot be swapped in place: wrap it or use SparseLinear24.from_linear")
+
+
+def test_a_swapped_layer_refuses_casts_the_2to4_kernels_cannot_run():
+    """`swapped.float()` cast the values and left int16 metadata, then failed at the next call
+    with "Number of columns of sparse matrix ... different from ..."."""
+    linear = nn.Linear(128, 64).to(torch.bfloat16)
+    prune_(linear)
+    model = nn.Sequential(SparseLinear24.from_linear(linear))
+    for cast in (lambda m: m.float(), lambda m: m.to(torch.float64), lambda m: m.type(torch.float32)):
+        with pytest.raises(ProxSparseError, match="cannot be cast to torch.float(32|64): 2:4 weights are float16 or bfloat16"):
+            cast(model)
+    assert model[0].values.dtype == torch.bfloat16 and model[0].meta.dtype == torch.int16
+    half = model.half().to("cpu")
+    assert half[0].values.dtype == torch.float16 and half[0].meta.dtype == torch.int16
+    x = torch.randn(3, 128).to(torch.float16)
+    with torch.no_grad():
+        torch.testing.assert_close(half(x), linear.half()(x))

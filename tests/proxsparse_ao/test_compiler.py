@@ -132,6 +132,7 @@ def test_summary_counts_graphs_and_reasons(llama):
     assert "13 of 15 linears rewritten" in summary
     assert "graph 0: 13 of 15 linears rewritten" in summary
     assert "kept dense x1: excluded (matches 'lm_head')" in summary
+    assert "compiled graphs so far: 1" in summary.splitlines()[0]
 
 
 def test_forced_rewrite_takes_only_the_eligible_linear(mixed_forced):
@@ -172,6 +173,11 @@ def test_report_before_the_first_call_says_nothing_is_compiled_yet():
         ({"exclude": None}, "exclude must be a pattern or a list of patterns, got NoneType"),
         ({"exclude": ["lm_head", None]}, "exclude patterns must be strings, got None"),
         ({"timings": "timings.json"}, "timings must be a SpeedTable, got str"),
+        ({"options": {"freezing": False}}, r"options \['freezing'\]: proxsparse_ao.compile sets freezing, "),
+        (
+            {"options": {"max_autotune": False, "cpp.weight_prepack": True, "post_grad_custom_post_pass": None}},
+            r"options \['post_grad_custom_post_pass', 'cpp.weight_prepack'\]: .* turns the 2:4 pass off",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, needle):
@@ -229,7 +235,12 @@ def test_a_gpu_without_a_2to4_matmul_in_this_torch_build_is_named(monkeypatch):
     assert compile_module.kernel_missing(torch.device("cuda")) is None
 
 
-def test_generate_runs_prefill_and_every_decode_step_through_the_2_4_graphs(tiny_llama_factory):
+def test_generate_runs_prefill_and_every_decode_step_through_the_2_4_graphs(tiny_llama_factory, monkeypatch):
+    import proxsparse_ao.passes.sparse24 as sparse24
+
+    compressions = []
+    compress = sparse24.compress_24
+    monkeypatch.setattr(sparse24, "compress_24", lambda weight, name: compressions.append(name) or compress(weight, name))
     model = tiny_llama_factory(seed=1, dtype=torch.bfloat16, layers=2)
     prune_(model)
     prompt = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
@@ -240,6 +251,7 @@ def test_generate_runs_prefill_and_every_decode_step_through_the_2_4_graphs(tiny
     assert {record.m_range[0] for graph in report.graphs for record in graph} >= {12, 1}  # prefill and decode
     assert all(sum(record.rewritten for record in graph) == 14 for graph in report.graphs)
     assert op_calls(code) == 14 * len(report.graphs)
+    assert len(report.graphs) >= 2 and len(compressions) == 14  # the graphs share one compressed copy per weight
     assert "forward" not in vars(model)  # the model's own forward is back
     with pytest.raises(ValueError, match="not_an_argument"):
         compiled.generate(prompt, not_an_argument=1)
@@ -281,3 +293,25 @@ def test_proxsparse_ao_compile_stays_the_function_whatever_was_imported_first():
     code = ("import proxsparse_ao.compiler, proxsparse_ao.verification, proxsparse_ao; "
             "assert proxsparse_ao.compile is proxsparse_ao.compiler.compile, proxsparse_ao.compile")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_a_compiled_model_cannot_be_deep_copied_only_compiled_again():
+    """A deep copy shared the compiled graphs: it ran the original's weights and filled in its report."""
+    import copy
+
+    compiled, _ = proxsparse_ao.compile(Mixed(), sparse="always")
+    with pytest.raises(ProxSparseError, match="cannot be deep-copied .*copy the model, then call proxsparse_ao.compile on the copy"):
+        copy.deepcopy(compiled)
+    with pytest.raises(ProxSparseError, match="cannot be deep-copied"):
+        copy.deepcopy(nn.ModuleList([compiled]))
+
+
+def test_the_report_names_layers_swapped_before_compiling():
+    """It said "0 of 1 linears rewritten; 0 eligible", as if nothing ran as 2:4."""
+    from proxsparse_ao.passes import swap_linears
+
+    model = Mixed()
+    assert swap_linears(model)["up"] == "swapped"
+    _, report = proxsparse_ao.compile(model, sparse="always")
+    assert report.swapped == ["up"] and "up" not in report.linears
+    assert "swapped to SparseLinear24 before compiling: 1 (linear24 in every graph)" in report.summary().splitlines()[1]

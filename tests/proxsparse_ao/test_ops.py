@@ -168,6 +168,9 @@ def test_the_kernels_check_their_arguments_as_the_fake_does(packed):
         (lambda x, v, m, b: (x, v, m, b.float()), "bias must be torch.bfloat16 of shape \\[64\\]; got torch.float32"),
         (lambda x, v, m, b: (x[:, :64].contiguous(), v, m, b), "input has 64 features, the 2:4 weight expects 128"),
         (lambda x, v, m, b: (x.sum(), v, m, b), "the input at least 1-D"),
+        (lambda x, v, m, b: (x.float(), v.float(), m, b.float()), "the 2:4 weight must be torch.float16 or torch.bfloat16, got torch.float32"),
+        (lambda x, v, m, b: (x, v.t().contiguous().t(), m, b), "values and meta must be contiguous"),
+        (lambda x, v, m, b: (x, v, m.t().contiguous().t(), b), "values and meta must be contiguous"),
     ],
 )
 def test_inputs_the_kernels_would_misread_are_refused_naming_the_problem(packed, change, message):
