@@ -71,7 +71,7 @@ def learn(
     tokenizer: PreTrainedTokenizerBase | None = None,
     calibration: torch.Tensor | None = None,
     callback: Callback | None = None,
-    stats_every: int = 1,
+    stats_every: int | None = None,
 ) -> LearnResult:
     """Learn the 2:4 masks of the target layers; the model itself is left unchanged."""
     config = _check_config(config if config is not None else ProxSparseConfig())

@@ -68,6 +68,7 @@ from .training import (
     rng_state,
     seeded_rng,
     set_rng_state,
+    stats_interval,
     top2_codes,
 )
 
@@ -137,7 +138,7 @@ def learn_masks_distributed(
     *,
     mixed_precision: str = "none",
     callback: Callback | None = None,
-    stats_every: int = 1,
+    stats_every: int | None = None,
 ) -> LearnResult:
     """Learn 2:4 masks with every rank of the initialised process group; call it on every rank.
 
@@ -153,7 +154,8 @@ def learn_masks_distributed(
         raise ProxSparseError("learn_masks_distributed: no target layers")
     device = next(iter(layers.values())).weight.device
     with seeded_rng(config.seed, device):
-        return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback, max(1, stats_every))
+        return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback,
+                                  stats_interval(stats_every, math.ceil(calibration.shape[0] / config.batch_size)))
 
 
 def _learn_distributed(

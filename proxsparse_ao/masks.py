@@ -29,12 +29,29 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     groups = _groups(scores, m, "nm_mask")
     if groups.is_floating_point() and bool(torch.isnan(groups).any()):
         raise ValueError("nm_mask: scores contain NaN")
+    if (n, m) == (2, 4):
+        return top2_of_4(groups).reshape(scores.shape)
     greater = groups.unsqueeze(1) > groups.unsqueeze(2)  # [g, i, j]: score_j > score_i
     tied_before = (groups.unsqueeze(1) == groups.unsqueeze(2)) & torch.ones(
         m, m, dtype=torch.bool, device=groups.device
     ).tril(-1)
     rank = (greater | tied_before).sum(2)
     return (rank < n).reshape(scores.shape)
+
+
+def top2_of_4(groups: torch.Tensor) -> torch.Tensor:
+    """`nm_mask(groups, 2, 4)` for scores already shaped [groups, 4] with no NaN (not checked), from the
+    6 pairwise comparisons of each group (a fraction of the time and memory of the general rank count):
+    entry i beats j when its score is larger, or equal with i < j; the 2 entries that beat 2 others win."""
+    a0, a1, a2, a3 = groups.unbind(1)
+    b01, b02, b03, b12, b13, b23 = a0 >= a1, a0 >= a2, a0 >= a3, a1 >= a2, a1 >= a3, a2 >= a3
+    wins = (
+        b01.to(torch.uint8) + b02 + b03,
+        (~b01).to(torch.uint8) + b12 + b13,
+        (~b02).to(torch.uint8) + ~b12 + b23,
+        (~b03).to(torch.uint8) + ~b13 + ~b23,
+    )
+    return torch.stack([w >= 2 for w in wins], 1)
 
 
 def magnitude_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:

@@ -39,8 +39,11 @@ from .activations import activation_scales
 from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, lengths, model_inputs
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
-from .masks import learned_mask, mask_codes
+from .masks import learned_mask, mask_codes, top2_of_4
 
+
+
+STATS_PASSES = 64  # mask-statistics passes a run makes by default (see learn_masks)
 
 
 class NonFiniteLossWarning(RuntimeWarning):
@@ -182,6 +185,13 @@ def set_rng_state(state: dict[str, torch.Tensor] | torch.Tensor, device: torch.d
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def stats_interval(stats_every: int | None, total_steps: int) -> int:
+    """Steps between two mask-statistics passes: `stats_every`, or None for about STATS_PASSES a run."""
+    if stats_every is None:
+        return max(1, math.ceil(total_steps / STATS_PASSES))
+    return max(1, stats_every)
+
+
 def _takes(model: nn.Module, argument: str) -> bool:
     """Whether the model's forward accepts the keyword `argument` (True when it has no signature to read)."""
     try:
@@ -264,13 +274,16 @@ def learn_masks(
     layers: dict[str, nn.Linear],
     *,
     callback: Callback | None = None,
-    stats_every: int = 1,
+    stats_every: int | None = None,
 ) -> LearnResult:
     """Learn a 2:4 mask for every layer in `layers` from calibration tokens [N, L].
 
     The model comes back exactly as it was (weights, dtypes, requires_grad, train mode);
     the masks are returned. With `config.checkpoint_dir` the run saves its state every
-    `checkpoint_every` steps and at the end, and resumes from it when called again."""
+    `checkpoint_every` steps and at the end, and resumes from it when called again.
+    The mask statistics of `StepStats` (a pass over every target weight) are computed every
+    `stats_every` steps and at the last; None: every step up to STATS_PASSES steps, then
+    about STATS_PASSES times a run."""
     calibration = check_calibration(calibration, model)
     _check_causal_lm(model)
     if not layers:
@@ -280,7 +293,8 @@ def learn_masks(
     state = _ModelState(model, config, layers)
     try:
         with seeded_rng(config.seed, state.device):
-            return _learn(model, calibration, config, layers, state, total_steps, callback, max(1, stats_every), started)
+            return _learn(model, calibration, config, layers, state, total_steps, callback,
+                          stats_interval(stats_every, total_steps), started)
     finally:
         state.restore()
 
@@ -449,21 +463,9 @@ def _save(directory: str, fingerprint: str, step: int, model: nn.Module, optimiz
 
 @torch.no_grad()
 def top2_codes(weight: torch.Tensor) -> torch.Tensor:
-    """`mask_codes(magnitude_mask(weight))` from 6 pairwise comparisons per group instead of a
-    [groups, 4, 4] rank tensor (same tie rule: the lower index wins); cheap enough for every step."""
-    a = weight.detach().abs().reshape(-1, 4)
-    a0, a1, a2, a3 = a.unbind(1)
-    b01, b02, b03, b12, b13, b23 = a0 >= a1, a0 >= a2, a0 >= a3, a1 >= a2, a1 >= a3, a2 >= a3
-    wins = (
-        b01.to(torch.uint8) + b02 + b03,
-        (~b01).to(torch.uint8) + b12 + b13,
-        (~b02).to(torch.uint8) + ~b12 + b23,
-        (~b03).to(torch.uint8) + ~b13 + ~b23,
-    )
-    code = torch.zeros_like(a0, dtype=torch.uint8)
-    for k, w in enumerate(wins):
-        code |= (w >= 2).to(torch.uint8) << k
-    return code
+    """`mask_codes(magnitude_mask(weight))` without magnitude_mask's NaN check (a host sync): cheap
+    enough for every step."""
+    return mask_codes(top2_of_4(weight.detach().abs().reshape(-1, 4)))
 
 
 class _Codes:
@@ -476,13 +478,21 @@ class _Codes:
     @torch.no_grad()
     def pattern_stats(self) -> tuple[float, float, float]:
         """(fraction of groups with <= 2 non-zeros; fraction of the mask picked now, the top-2 in the
-        prox's space, that differs from magnitude's; and from the starting mask)."""
-        sparse = changed = moved = 0
+        prox's space, that differs from magnitude's; and from the starting mask). The counts stay on
+        the weights' device until one read at the end (one host sync, not three per layer)."""
+        per_device: dict[torch.device, torch.Tensor] = {}
         for name, weight in self.weights.items():
-            sparse += int(((weight.detach().reshape(-1, 4) != 0).sum(1) <= 2).sum())
             current = top2_codes(prox_space(weight, self.scales.get(name)))
-            changed += int((current != self.magnitude[name]).sum())
-            moved += int((current != self.start[name]).sum())
+            counts = torch.stack([
+                ((weight.detach().reshape(-1, 4) != 0).sum(1) <= 2).sum(),
+                (current != self.magnitude[name]).sum(),
+                (current != self.start[name]).sum(),
+            ])
+            per_device[counts.device] = per_device[counts.device] + counts if counts.device in per_device else counts
+        sparse = changed = moved = 0
+        for counts in per_device.values():
+            a, b, c = counts.tolist()
+            sparse, changed, moved = sparse + a, changed + b, moved + c
         return sparse / self.total, changed / self.total, moved / self.total
 
     def final_changes(self, masks: dict[str, torch.Tensor]) -> tuple[float, float]:

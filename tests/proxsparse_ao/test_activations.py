@@ -125,3 +125,26 @@ def test_the_statistics_are_those_of_the_model_in_eval_mode_even_when_it_comes_i
     assert model.training and all(module.training for module in model.modules())
     for name, norms in expected.items():
         torch.testing.assert_close(scales[name], unit_rms_scales(norms), rtol=1e-5, atol=0)
+
+
+def test_the_pass_asks_the_model_for_no_logits_beyond_the_last_token(tiny_llama):
+    seen = []
+    tiny_llama.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    activation_scales(tiny_llama, _layers(tiny_llama), _tokens())
+    assert seen and set(seen) == {1}  # lm_head ran on one position per sample, not on every token
+
+
+def test_bfloat16_inputs_are_squared_and_summed_as_in_float64(tiny_llama_factory):
+    model = tiny_llama_factory(dtype=torch.bfloat16)
+    layers = _layers(model)
+    inputs = {name: [] for name in layers}
+    handles = [layer.register_forward_pre_hook(lambda m, a, n=name: inputs[n].append(a[0].detach()))
+               for name, layer in layers.items()]
+    with torch.no_grad():
+        model(input_ids=_tokens(), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    scales = activation_scales(model, layers, _tokens(), max_batch_tokens=10**6)  # the same single batch
+    for name, seen in inputs.items():
+        x = torch.cat(seen).reshape(-1, layers[name].in_features).double()
+        torch.testing.assert_close(scales[name], unit_rms_scales(x.square().sum(0).sqrt()), rtol=1e-6, atol=0)

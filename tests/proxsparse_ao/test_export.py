@@ -380,6 +380,18 @@ def test_save_pruned_refuses_a_mask_keeping_3_of_4_even_where_the_weight_holds_a
     name = "model.layers.0.mlp.gate_proj"
     off = (~masks[name][0, :4]).nonzero()[0, 0]
     masks[name][0, off] = True  # the weight there is +0.0: the weights pass, the mask itself is not 2:4
+    with pytest.raises(ProxSparseError, match=f"^mask of {name}: 1 of 2048 groups of 4 have more than 2 non-zeros"):
+        save_pruned(tiny_llama, tmp_path / "out", masks)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pruned_refuses_a_mask_keeping_1_of_4_where_the_weight_kept_only_1(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    name = "model.layers.0.mlp.gate_proj"
+    kept = masks[name][0, :4].nonzero()[0, 0]
+    masks[name][0, kept] = False
+    with torch.no_grad():
+        tiny_llama.get_submodule(name).weight[0, kept] = 0.0  # the weights follow the mask: only the mask is wrong
     with pytest.raises(ProxSparseError, match=f"does not keep exactly 2 of every 4 weights \\(1 of 2,048 groups\\)$") as refused:
         save_pruned(tiny_llama, tmp_path / "out", masks)
     assert name in str(refused.value)

@@ -34,6 +34,14 @@ class TestTopN:
         mask = nm_mask(scores)
         assert bool((mask.reshape(-1, 4).sum(1) == 2).all())
 
+    @pytest.mark.parametrize("decimals", [None, 1, 0])  # none, some and many ties
+    def test_2_of_4_keeps_the_first_two_of_a_stable_descending_sort(self, decimals):
+        scores = torch.randn(64, 128, generator=torch.Generator().manual_seed(1)).abs()
+        scores = scores if decimals is None else scores.round(decimals=decimals)
+        order = torch.argsort(-scores.reshape(-1, 4), dim=1, stable=True)[:, :2]
+        expected = torch.zeros(scores.numel() // 4, 4, dtype=torch.bool).scatter_(1, order, True).reshape(scores.shape)
+        assert torch.equal(nm_mask(scores), expected)
+
     @pytest.mark.parametrize("n, m", [(1, 4), (2, 4), (4, 8), (2, 8)])
     def test_general_n_of_m(self, n, m):
         scores = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))

@@ -499,3 +499,37 @@ def test_a_checkpoint_of_the_same_settings_and_tokens_on_other_weights_is_refuse
     other = tiny_llama_factory(seed=1)  # same architecture, names and shapes; other weights
     with pytest.raises(ProxSparseError, match="belongs to another run"):
         learn_masks(other, _tokens(2), config, _layers(other, config))
+
+
+def test_by_default_the_mask_statistics_run_about_64_times_a_run_and_always_at_the_last_step():
+    from proxsparse_ao.training import STATS_PASSES, stats_interval
+
+    assert STATS_PASSES == 64
+    assert [stats_interval(None, steps) for steps in (1, 16, 64, 65, 400)] == [1, 1, 1, 2, 7]
+    assert stats_interval(5, 400) == 5 and stats_interval(0, 400) == 1
+
+
+def test_steps_between_statistics_passes_log_none_for_the_statistics(tiny_llama, monkeypatch):
+    import proxsparse_ao.training as training
+
+    monkeypatch.setattr(training, "STATS_PASSES", 2)  # 6 steps: a pass every 3rd step
+    config = ProxSparseConfig(**FAST)
+    result = learn_masks(tiny_llama, _tokens(), config, _layers(tiny_llama, config))
+    assert [row["fraction_24"] is not None for row in result.history] == [False, False, True, False, False, True]
+
+
+def test_the_mask_statistics_count_groups_over_every_layer(tiny_llama):
+    from proxsparse_ao.training import _Codes
+
+    config = ProxSparseConfig(**FAST)
+    layers = _layers(tiny_llama, config)
+    weights = {name: layer.weight for name, layer in layers.items()}
+    first = next(iter(weights.values()))
+    with torch.no_grad():
+        first.copy_(first * magnitude_mask(first))  # one layer 2:4, the others dense
+    magnitude = {name: top2_codes(w) for name, w in weights.items()}
+    start = {name: torch.zeros_like(code) for name, code in magnitude.items()}  # a start no group matches
+    total = sum(w.numel() // 4 for w in weights.values())
+    codes = _Codes(weights, {}, magnitude, start, total)
+    fraction, changed, moved = codes.pattern_stats()
+    assert fraction == pytest.approx(first.numel() / 4 / total) and changed == 0.0 and moved == 1.0
