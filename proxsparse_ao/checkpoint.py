@@ -15,6 +15,7 @@ import torch
 from .errors import ProxSparseError
 
 STATE_FILE = "proxsparse_state.pt"
+DISTRIBUTED_META_FILE = "proxsparse_distributed.json"  # what a torchrun (FSDP2) run keeps instead
 FORMAT = 1
 
 
@@ -59,6 +60,11 @@ def _is_interruption(error: BaseException | None) -> bool:
 
 def load_state(directory: str | Path, fingerprint: str) -> dict[str, Any] | None:
     """The saved state of this run, None when there is none; a state of another run is an error."""
+    if (Path(directory) / DISTRIBUTED_META_FILE).exists():
+        raise ProxSparseError(
+            f"{directory} holds the training state of a distributed run (torchrun); resume it with "
+            "`torchrun ... -m proxsparse_ao.tools.distributed` or use another checkpoint directory"
+        )
     path = Path(directory) / STATE_FILE
     if not path.exists():
         return None

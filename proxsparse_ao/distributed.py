@@ -72,9 +72,10 @@ from .training import (
     top2_codes,
 )
 
-META_FILE = "proxsparse_distributed.json"
+META_FILE = checkpoint.DISTRIBUTED_META_FILE
 META_FORMAT = 1
 MIXED_PRECISION = ("none", "bfloat16")
+_META_KEYS = ("format", "fingerprint", "world_size", "folder", "step", "history", "scheduler")
 
 
 def check_shard_layout(name: str, param: torch.Tensor) -> None:
@@ -183,7 +184,7 @@ def _learn_distributed(
     fingerprint, meta = "", None
     if config.checkpoint_dir:  # before the statistics pass: another run's state fails in seconds, not minutes
         check_writable_folder(config.checkpoint_dir, f"checkpoint_dir {config.checkpoint_dir}")
-        fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, full)
+        fingerprint = checkpoint.run_fingerprint({**config.to_dict(), "mixed_precision": mixed_precision}, calibration, full)
         meta = _load_meta(config.checkpoint_dir)
         if meta is not None:
             check_resume(meta, fingerprint, world, config.checkpoint_dir)
@@ -381,9 +382,13 @@ def _load_meta(directory: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ProxSparseError(f"cannot read {path}: {err}; delete the folder to start over") from err
+    missing = [key for key in _META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise ProxSparseError(f"cannot read {path}: no {', '.join(missing)}; delete the folder to start over")
+    return meta
 
 
 def _state_dicts(model: nn.Module, optimizer, trainable_names: set[str]) -> dict[str, Any]:
@@ -450,12 +455,16 @@ def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_name
     if not folder.is_dir():
         raise ProxSparseError(f"{folder} is missing: the checkpoint in {directory} is incomplete; delete it to start over")
     state = _state_dicts(model, optimizer, trainable_names)
-    dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=StateDictOptions(strict=False))
     rng = folder / _rng_file(rank)
-    if rng.exists():  # absent in a checkpoint saved before RNG states were kept
-        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True), device)
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=StateDictOptions(strict=False))
+        if rng.exists():  # absent in a checkpoint saved before RNG states were kept
+            set_rng_state(torch.load(rng, map_location="cpu", weights_only=True), device)
+    except Exception as err:  # torch.distributed.checkpoint fails in many types on damaged files
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ProxSparseError(f"cannot read the training state in {folder} ({reason[:200]}); delete {directory} to start over") from None
 
 
 def exit_without_teardown(code: int) -> typing.NoReturn:
@@ -466,3 +475,8 @@ def exit_without_teardown(code: int) -> typing.NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":  # the command's old place: say where it went instead of doing nothing
+    sys.stderr.write("error: the torchrun command moved: run `torchrun ... -m proxsparse_ao.tools.distributed ...`\n")
+    sys.exit(2)

@@ -64,11 +64,11 @@ class Terminated(BaseException):
     runs: a save cut short leaves no temporary folder behind."""
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def _on_sigterm(handler: signal.Handlers | Callable | int | None) -> signal.Handlers | Callable | int | None:
+def on_sigterm(handler: signal.Handlers | Callable | int | None) -> signal.Handlers | Callable | int | None:
     """Install a SIGTERM handler (main thread only, where Python delivers signals); the previous one."""
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.given = typed_options(build_parser, argv)
     console = Console(stderr=False)
-    previous = _on_sigterm(_terminate)
+    previous = on_sigterm(raise_terminated)
     try:
         return int(args.run(args, console) or EXIT_OK)
     except ProxSparseError as err:
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         if previous is not None:
-            _on_sigterm(previous)
+            on_sigterm(previous)
 
 
 if __name__ == "__main__":

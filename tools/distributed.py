@@ -9,22 +9,28 @@ from proxsparse_ao.quiet import quiet_libraries
 quiet_libraries()  # before anything imports torchao, which logs its failures at import time
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import typing  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
 from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
+from proxsparse_ao.training import NonFiniteLossWarning, StepStats  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
-from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
+from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser, Terminated, on_sigterm, raise_terminated  # noqa: E402
 from .options import check_checkpoint_dir, refuse_unused, typed_options  # noqa: E402
 from .prune import DTYPES, add_config_flags, calibration_record, config_from_args, source_label, versions  # noqa: E402
 
 PROG = "torchrun --nproc-per-node N -m proxsparse_ao.tools.distributed"
 TIMEOUT_MINUTES = 30.0  # how long a collective waits for a rank that hangs (torchrun stops the run when one dies)
+MAX_TIMEOUT_MINUTES = 525_600.0  # a year: torch's process-group timeout overflows far beyond
+PROGRESS_LINES = 20  # rank 0 prints about this many progress lines a run
 
 EXAMPLES = """examples:
   torchrun --nproc-per-node 8 -m proxsparse_ao.tools.distributed meta-llama/Llama-2-7b-hf --output pruned-7b/ \\
@@ -72,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 when done, 1 when learning stopped early; a bad input raises ProxSparseError (see `entry`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.timeout > 0:
-        parser.error(f"--timeout must be a positive number of minutes; got {args.timeout:g}")
+    if not (args.timeout > 0 and math.isfinite(args.timeout) and args.timeout <= MAX_TIMEOUT_MINUTES):
+        parser.error(f"--timeout must be a positive number of minutes up to {MAX_TIMEOUT_MINUTES:g} (a year); got {args.timeout:g}")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ProxSparseError(f"run this command under torchrun (RANK and WORLD_SIZE are not set): {PROG} ...")
     args.given = typed_options(build_parser, argv)
     config = config_from_args(args)  # as prune builds it: the preset, then the flags set
     refuse_unused(args, {"--checkpoint-every": None if config.checkpoint_dir else "without --checkpoint-dir"})
@@ -109,9 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
         check_target_weights(layers)
         tokens = calibration_tokens(config, tokenizer, model)
-        result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision)
+        rank0 = dist.get_rank() == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision,
+                                             callback=_progress if rank0 else None)
+        for warning in caught:  # each rank warns alike: rank 0 says it once, as prune does
+            if rank0 and issubclass(warning.category, NonFiniteLossWarning):
+                print(f"warning: {warning.message}", flush=True)
         del model
-        if dist.get_rank() == 0:
+        if rank0:
             original, _ = load_model(args.model, dtype=dtype, device="cpu")
             apply_masks(original, result.masks, config)
             label = DEFAULT_MODEL_LABEL if is_default(args.model) else source_label(args.model)
@@ -133,10 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output(output, args.overwrite, overwrite_flag="--overwrite")  # again: another run may have saved there since
             save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
                         extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
+            print(f"saved {output}: {len(result.masks)} layers 2:4, {result.steps_done} of {result.total_steps} steps "
+                  f"on {dist.get_world_size()} processes in {result.seconds:.0f} s", flush=True)
         dist.barrier()
     finally:
         dist.destroy_process_group()
     return EXIT_CHECK_FAILED if result.stopped else EXIT_OK  # the library warned on every rank why it stopped
+
+
+def _progress(stats: StepStats) -> None:
+    """Rank 0's sign of life: about PROGRESS_LINES lines a run, and the last step."""
+    every = max(1, stats.total_steps // PROGRESS_LINES)
+    if stats.step % every == 0 or stats.step == stats.total_steps:
+        print(f"step {stats.step}/{stats.total_steps}: loss {stats.loss:.4f} ({stats.seconds:.1f} s)", flush=True)
 
 
 def _backend(name: str | None, cuda: bool) -> str:
@@ -157,11 +181,18 @@ def _backend(name: str | None, cuda: bool) -> str:
 def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
     """`python -m` / torchrun entry: a bad input is one line on stderr and exit status 2; the process
     then ends without interpreter teardown (`exit_without_teardown`: a used gloo group can abort it)."""
+    on_sigterm(raise_terminated)  # raised like Ctrl-C, so a save cut short removes its temporary folder
     try:
         code = main(argv)
     except ProxSparseError as err:
         sys.stderr.write(f"error: {err}\n")  # one write: the lines of several ranks do not interleave
         code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    except Terminated:
+        sys.stderr.write("terminated\n")
+        code = 128 + signal.SIGTERM
     exit_without_teardown(code)
 
 

@@ -7,6 +7,7 @@ import torch
 
 from proxsparse_ao import checkpoint
 from proxsparse_ao.checkpoint import STATE_FILE, load_state, save_state
+from proxsparse_ao.errors import ProxSparseError
 
 
 def test_a_saved_state_loads_back_for_its_run_only(tmp_path):
@@ -65,3 +66,11 @@ def test_the_run_fingerprint_covers_settings_tokens_and_the_original_weights_but
     assert run_fingerprint(config, tokens, {"other": weight}) != base
     assert run_fingerprint({**config, "lr": 1e-3}, tokens, {"layer": weight}) != base
     assert run_fingerprint(config, tokens.flip(0), {"layer": weight}) != base
+
+
+def test_a_folder_holding_a_distributed_runs_state_is_refused_not_overwritten(tmp_path):
+    from proxsparse_ao.checkpoint import DISTRIBUTED_META_FILE, load_state
+
+    (tmp_path / DISTRIBUTED_META_FILE).write_text("{}")
+    with pytest.raises(ProxSparseError, match="holds the training state of a distributed run .torchrun.; resume it with"):
+        load_state(tmp_path, "fingerprint")

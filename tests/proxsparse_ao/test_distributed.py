@@ -87,6 +87,12 @@ def _learn(checkpoint_dir: str, variant: str, resume: bool) -> dict[str, object]
         pass
     model = make_model()
     resumed = learn_masks_distributed(model, tokens, resumable, _layers(model, resumable))
+    model = make_model()
+    try:  # the same settings in another FSDP2 precision: another run
+        learn_masks_distributed(model, tokens, resumable, _layers(model, resumable), mixed_precision="bfloat16")
+        precision_error = ""
+    except ProxSparseError as err:
+        precision_error = str(err)
 
     from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
 
@@ -96,7 +102,7 @@ def _learn(checkpoint_dir: str, variant: str, resume: bool) -> dict[str, object]
         layout_error = ""
     except ProxSparseError as err:
         layout_error = str(err)
-    return {"result": result, "resumed": resumed, "layout_error": layout_error}
+    return {"result": result, "resumed": resumed, "layout_error": layout_error, "precision_error": precision_error}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -127,6 +133,7 @@ def test_two_gloo_ranks_learn_the_single_process_mask(tmp_path, variant):
     if resume:
         assert saved["resumed"].resumed_from == 1  # killed inside step 2, before its checkpoint
         assert "splits the input dimension" in saved["layout_error"]
+        assert "belongs to another run" in saved["precision_error"]
 
 
 def test_two_gloo_ranks_under_dropout_resume_the_uninterrupted_run(tmp_path):
@@ -162,4 +169,45 @@ def test_the_library_module_has_no_command_line():
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     assert "print" not in calls and "argparse" not in imported and not any("tools" in name for name in imported)
-    assert not hasattr(library, "main") and "__main__" not in inspect.getsource(library)
+    assert not hasattr(library, "main")
+
+
+def test_the_commands_old_place_says_where_it_moved_instead_of_doing_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "proxsparse_ao.distributed", "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and not (tmp_path / "out").exists()
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: the torchrun command moved: run `torchrun ... -m proxsparse_ao.tools.distributed ...`")
+
+
+@pytest.mark.parametrize("meta, problem", [
+    ("[1, 2]", "no format, fingerprint, world_size, folder, step, history, scheduler"),
+    ('{"format": 1, "fingerprint": "x", "world_size": 2, "folder": "step-00000004", "step": 4, "history": []}', "no scheduler"),
+    ("{", "Expecting property name"),
+])
+def test_a_damaged_checkpoint_description_is_one_line(tmp_path, meta, problem):
+    from proxsparse_ao.distributed import META_FILE, _load_meta
+
+    (tmp_path / META_FILE).write_text(meta)
+    with pytest.raises(ProxSparseError, match=f"cannot read {tmp_path / META_FILE}: .*{problem}.*; delete the folder to start over"):
+        _load_meta(tmp_path)
+
+
+def test_a_damaged_checkpoint_step_is_one_line(tmp_path, monkeypatch):
+    import torch.distributed.checkpoint as dcp
+
+    from proxsparse_ao.distributed import _load
+
+    def damaged(*args, **kwargs):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory\nmore")
+
+    monkeypatch.setattr(dcp, "load", damaged)
+    (tmp_path / "step-00000004").mkdir()
+    model = make_tiny_llama()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ProxSparseError, match=r"^cannot read the training state in .*step-00000004 \(PytorchStreamReader failed "
+                       r"reading zip archive: failed finding central directory\); delete .* to start over$"):
+        _load(str(tmp_path), {"folder": "step-00000004"}, model, optimizer, set(), 0, torch.device("cpu"))

@@ -71,6 +71,8 @@ def test_torchrun_entry_writes_the_pruned_model_once(tiny_model_dir, tmp_path):
     assert metadata["data"] == {"calibration": "default", "mode": "windows", "shape": [4, 16], "tokens": 64, "seed": 0}  # as prune's
     assert metadata["versions"] == prune.versions() and "torch" in metadata["versions"]
     assert metadata["source_model"] == str(tiny_model_dir.resolve())
+    printed = (tmp_path / "torchrun.log").read_text()  # rank 0's progress and result, once
+    assert printed.count("step 2/2: loss ") == 1 and printed.count(f"saved {output}: 14 layers 2:4, 2 of 2 steps on 2 processes") == 1
     log = json.loads((output / "learning_log.json").read_text())
     assert log["method"] == "proxsparse" and [entry["step"] for entry in log["steps"]] == [1, 2]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
@@ -80,14 +82,24 @@ def test_entry_reports_bad_input_in_one_line_without_a_traceback(tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     run = subprocess.run([sys.executable, "-m", MODULE, "model", "--output", str(taken)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"})
     assert run.returncode == 2  # one line, no traceback, and no library chatter (torchao logs at import time)
     assert run.stderr.splitlines() == [f"error: {taken} already exists: pass --overwrite to replace it"]
     assert taken.is_dir() and not any(taken.iterdir())
 
 
+def test_without_torchrun_the_command_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    run = subprocess.run([sys.executable, "-m", MODULE, "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 2 and not (tmp_path / "out").exists()
+    assert run.stderr.splitlines() == [f"error: run this command under torchrun (RANK and WORLD_SIZE are not set): {distributed.PROG} ..."]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--timeout", "0"], "--timeout must be a positive number of minutes"),
+    (["--timeout", "inf"], "--timeout must be a positive number of minutes up to 525600 (a year); got inf"),
+    (["--timeout", "1e12"], "--timeout must be a positive number of minutes up to 525600 (a year); got 1e+12"),
     (["--calibration-mode", "pages"], "argument --calibration-mode: invalid choice: 'pages'"),
 ])
 def test_torchrun_entry_refuses_bad_flags_in_one_line(tmp_path, capsys, flags, message):
