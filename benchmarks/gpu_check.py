@@ -398,6 +398,7 @@ def compiled_rewrite(device: torch.device, smoke: bool, budget: Budget) -> dict:
     result = {"model": name, "weights": weights, "pruned_linears": pruned, "tokens": int(ids.numel()),
               "ok": check.ok, "deployment": check.to_dict()}  # ok: all rewritten, logits within tolerance
     del model
+    torch._dynamo.reset()  # Dynamo holds the compiled bf16 copy: drop it before the next stages
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result

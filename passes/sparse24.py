@@ -7,7 +7,8 @@ is exactly 2:4 in a supported dtype/shape, and that `decide` accepts, is compres
 matmul is replaced by `linear24(x, values, meta, bias)`; the dense constant becomes dead.
 Freezing hands every graph its own view of a model parameter, so one pass instance (one
 compile) keeps the compressed pair per parameter and its graphs share it, rather than each
-graph (prefill, decode steps, recompiles) holding a copy of its own.
+graph (prefill, decode steps, recompiles) holding a copy of its own. A weight Inductor
+concatenated (below) is a new tensor in every graph, so each graph compresses its own.
 
 On CUDA, freezing first concatenates the weights of matmuls sharing an input (q/k/v,
 gate/up) into one constant; that constant is 2:4 when its parts are, and `resolve` names

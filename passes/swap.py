@@ -41,7 +41,8 @@ class SparseLinear24(nn.Module):
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> SparseLinear24:
         """`.to()`, `.float()`, `.cuda()` and the like; a cast to a dtype the 2:4 kernels cannot run
-        (anything but float16/bfloat16) is refused before this layer's tensors change."""
+        (anything but float16/bfloat16) is refused before this layer's tensors change (a model cast
+        as a whole has cast the modules visited before this one by then)."""
         dtype = fn(torch.empty(0, dtype=self.values.dtype, device=self.values.device)).dtype
         if dtype not in SPARSE_DTYPES:
             raise ProxSparseError(

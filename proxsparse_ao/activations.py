@@ -12,13 +12,12 @@ divides by s).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .calibration import is_padded, trimmed
+from .calibration import forward_takes, is_padded, trimmed
 
 _FLOOR = 1e-6  # smallest scale, relative to the layer's largest
 
@@ -34,7 +33,7 @@ class InputNorms:
         """Add a batch of layer inputs [..., columns]."""
         x = inputs.detach().reshape(-1, inputs.shape[-1])
         if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()  # squared in fp32 at least, summed in fp64; no fp64 copy of the activations
+            x = x.float()  # squared in fp32 at least, summed in fp64 (one fp64 temporary, not two)
         self.sum_squares += x.square().sum(0, dtype=torch.float64)
         self.tokens += x.shape[0]
 
@@ -51,14 +50,6 @@ def unit_rms_scales(norms: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(norms, dtype=torch.float32)
     floored = norms.clamp_min(_FLOOR * peak)
     return (floored / floored.square().mean().sqrt()).float()
-
-
-def _parameters(model: nn.Module) -> set[str]:
-    """The keyword parameters the model's forward names explicitly (none when it has no signature)."""
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 @torch.no_grad()
@@ -84,7 +75,7 @@ def activation_scales(
     training = model.training
     device = next(iter(layers.values())).weight.device
     kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
-    if "logits_to_keep" in _parameters(model):
+    if forward_takes(model, "logits_to_keep", named=True):
         kwargs["logits_to_keep"] = 1  # the pass reads layer inputs only: no [tokens, vocab] logits
     try:
         model.eval()

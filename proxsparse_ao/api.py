@@ -18,11 +18,10 @@ from torch import nn
 from torchao.quantization import quantize_
 
 from .calibration import token_count
-from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, ensure_handler, validate
+from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
 from .context import check_context
 from .errors import ProxSparseError
-from .masks import check_nm
-from .targets import FilterFn, check_target_weights, protected_modules, select_targets
+from .targets import FilterFn, check_target_weights, masked_modules, select_targets
 from .training import Callback, LearnResult, check_calibration, learn_masks
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ def _check_config(config: ProxSparseConfig) -> ProxSparseConfig:
     if not isinstance(config, ProxSparseConfig):
         raise ConfigError(f"expected a ProxSparseConfig, got {type(config).__name__}")
     validate(config)  # fields may have been reassigned since construction
-    ensure_handler(config)
     return config
 
 
@@ -85,31 +83,6 @@ def learn(
     return result
 
 
-def masked_modules(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
-    """The module of each mask, after checking that the mask fits it: the module exists and has a 2-D
-    weight, is not an embedding or lm_head, and the mask is a bool 2:4 mask of the weight's shape."""
-    if not isinstance(masks, dict):
-        raise ProxSparseError(f"masks must be a dict of layer name -> bool mask, got {type(masks).__name__}")
-    protected = protected_modules(model)
-    modules = {}
-    for name, mask in masks.items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ProxSparseError(f"mask for {name}: the model has no such module") from None
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise ProxSparseError(f"mask for {name}: {type(module).__name__} has no 2-D weight")
-        if id(module) in protected or name.split(".")[-1] == "lm_head":
-            raise ProxSparseError(f"mask for {name}: embeddings and lm_head are never pruned")
-        if not isinstance(mask, torch.Tensor) or mask.shape != weight.shape or mask.dtype != torch.bool:
-            described = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ProxSparseError(f"mask for {name} is {described}; the weight needs torch.bool {tuple(weight.shape)}")
-        check_nm(mask, f"mask of {name}")
-        modules[name] = module
-    return modules
-
-
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Store each mask on its module (non-persistent buffer, so checkpoints stay plain HF).
 
@@ -125,9 +98,15 @@ def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 
 def _follows_stored_mask(module: nn.Module) -> bool:
-    """True unless the module holds a stored mask that its weight has non-zeros outside of."""
+    """True unless the module holds a stored mask that its weight no longer fits (another shape) or
+    has non-zeros outside of. A weight that cannot be read as plain values (meta, a tensor subclass
+    such as a quantized weight) is given the benefit of the doubt."""
     mask, weight = getattr(module, MASK_BUFFER, None), getattr(module, "weight", None)
     if not isinstance(mask, torch.Tensor) or not isinstance(weight, torch.Tensor) or weight.is_meta:
+        return True
+    if mask.shape != weight.shape:
+        return False
+    if type(weight.detach()) is not torch.Tensor:
         return True
     return not bool(weight.detach()[~mask.to(weight.device)].any())
 

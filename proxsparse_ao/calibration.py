@@ -18,6 +18,7 @@ its own label tensor. `model_inputs`, `lengths` and `trimmed` are how consumers 
 
 from __future__ import annotations
 
+import inspect
 import random
 import warnings
 from collections.abc import Iterator, Sequence
@@ -79,6 +80,18 @@ def model_inputs(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": tokens}
     real = tokens != PAD_ID
     return {"input_ids": tokens.masked_fill(~real, _FILL_ID), "attention_mask": real.long()}
+
+
+def forward_takes(model: torch.nn.Module, argument: str, *, named: bool = False) -> bool:
+    """Whether the model's forward accepts the keyword `argument`: by name, or (unless `named`)
+    through **kwargs. A forward whose signature cannot be read is taken to accept it unless `named`."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return not named
+    if argument in parameters:
+        return True
+    return not named and any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _shuffled_token_ids(

@@ -261,7 +261,7 @@ def compile(
     clashes = [key for key in PASS_SETTINGS if key in options] if isinstance(options, dict) else []
     if clashes:
         raise ProxSparseError(
-            f"options {clashes}: proxsparse_ao.compile sets {', '.join(PASS_SETTINGS)} itself (an override turns "
+            f"options {', '.join(map(repr, clashes))}: proxsparse_ao.compile sets {', '.join(PASS_SETTINGS)} itself (an override turns "
             "the 2:4 pass off); leave them out of options, and use sparse='never' for a dense compile"
         )
     if timings is not None and not isinstance(timings, SpeedTable):

@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from torch import nn
 from torchao.core.config import AOBaseConfig
-from torchao.quantization import transform_module
 from torchao.quantization.transform_module import register_quantize_module_handler
 
 from .errors import ProxSparseError
@@ -122,6 +121,12 @@ class ProxSparseConfig(AOBaseConfig):
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """torchao finds a config's handler by its exact class: a subclass applies stored masks as
+        this class does (and may register a handler of its own afterwards)."""
+        super().__init_subclass__(**kwargs)
+        register_quantize_module_handler(cls)(apply_stored_mask)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain JSON-friendly dict."""
@@ -277,16 +282,3 @@ def apply_stored_mask(module: nn.Module, config: Any) -> nn.Module:
     check_nm(module.weight, f"{type(module).__name__} weight")
     return module
 
-
-def ensure_handler(config: AOBaseConfig) -> None:
-    """torchao finds a config's handler by its exact class: a subclass of one of our configs
-    that registered none of its own gets its nearest registered base's, so `quantize_` and
-    `sparsify_` take it (a user's own registration is kept)."""
-    handlers = transform_module._QUANTIZE_CONFIG_HANDLER
-    if type(config) in handlers:
-        return
-    for base in type(config).__mro__[1:]:
-        if base in handlers:
-            register_quantize_module_handler(type(config))(handlers[base])
-            return
-    raise ConfigError(f"{type(config).__name__} has no torchao handler registered")

@@ -155,8 +155,7 @@ def learn_masks_distributed(
         raise ProxSparseError("learn_masks_distributed: no target layers")
     device = next(iter(layers.values())).weight.device
     with seeded_rng(config.seed, device):
-        return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback,
-                                  stats_interval(stats_every, math.ceil(calibration.shape[0] / config.batch_size)))
+        return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback, stats_every)
 
 
 def _learn_distributed(
@@ -167,7 +166,7 @@ def _learn_distributed(
     device: torch.device,
     mixed_precision: str,
     callback: Callback | None,
-    stats_every: int,
+    stats_every: int | None,
 ) -> LearnResult:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -176,6 +175,7 @@ def _learn_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh(device.type, (world,))
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
+    stats_every = stats_interval(stats_every, total_steps)
 
     full = {name: layer.weight.detach() for name, layer in layers.items()}
     dtype = learning_dtype(config, next(iter(full.values())).dtype)
@@ -463,6 +463,8 @@ def _load(directory: str, meta: dict[str, Any], model, optimizer, trainable_name
         if rng.exists():  # absent in a checkpoint saved before RNG states were kept
             set_rng_state(torch.load(rng, map_location="cpu", weights_only=True), device)
     except Exception as err:  # torch.distributed.checkpoint fails in many types on damaged files
+        if isinstance(err, (torch.OutOfMemoryError, dist.DistError)):  # the machine's trouble, not the files'
+            raise
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ProxSparseError(f"cannot read the training state in {folder} ({reason[:200]}); delete {directory} to start over") from None
 

@@ -117,7 +117,7 @@ def save_pruned(
     Leftovers of earlier saves to `output` whose process ended (a killed save) are removed."""
     from safetensors.torch import save_file
 
-    from .api import masked_modules
+    from .targets import masked_modules
 
     if metadata is not None and not isinstance(metadata, dict):
         raise ProxSparseError(f"save_pruned: metadata must be a dict, got {type(metadata).__name__}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import ssl
 import urllib.error
 import urllib.request
 
@@ -22,8 +23,9 @@ def hub_endpoint() -> str:
 
 @functools.cache
 def hub_reachable() -> bool:
-    """False under HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE or when the endpoint gives no HTTP answer
-    within PROBE_TIMEOUT_S (proxy settings in the environment are honoured); any answer counts."""
+    """False under HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE or when the endpoint gives no answer within
+    PROBE_TIMEOUT_S (proxy settings in the environment are honoured); any HTTP answer, or a TLS
+    handshake that fails, counts as reachable."""
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
@@ -32,6 +34,8 @@ def hub_reachable() -> bool:
         urllib.request.urlopen(urllib.request.Request(hub_endpoint(), method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
     except urllib.error.HTTPError:
         return True
+    except urllib.error.URLError as err:  # a TLS failure still means an answer: the hub's own client
+        return isinstance(err.reason, ssl.SSLError)  # may trust other certificates (REQUESTS_CA_BUNDLE)
     except (OSError, ValueError):
         return False
     return True

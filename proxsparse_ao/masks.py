@@ -118,10 +118,9 @@ def is_nm(tensor: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     return tensor.dim() >= 1 and tensor.shape[-1] % m == 0 and bool((nonzeros_per_group(tensor, m) <= n).all())
 
 
-_CODE_WEIGHTS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
-
-
 def mask_codes(mask: torch.Tensor) -> torch.Tensor:
-    """One uint8 code per group of 4 from a boolean mask (bit k = position k kept): 1/16 of an fp32 weight."""
+    """One uint8 code per group of 4 from a boolean mask (bit k = position k kept): 1/16 of an fp32 weight.
+    The bit weights are made on the mask's device (a copy from the host would wait for the GPU)."""
     groups = mask.reshape(-1, 4).to(torch.uint8)
-    return (groups * _CODE_WEIGHTS.to(groups.device)).sum(1, dtype=torch.uint8)
+    bits = torch.arange(4, dtype=torch.uint8, device=groups.device)
+    return (groups << bits).sum(1, dtype=torch.uint8)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ProxSparseError
+from .masks import check_nm
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -56,6 +57,31 @@ def protected_modules(model: nn.Module) -> set[int]:
         if isinstance(module, nn.Module):
             protected.add(id(module))
     return protected
+
+
+def masked_modules(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """The module of each mask, after checking that the mask fits it: the module exists and has a 2-D
+    weight, is not an embedding or lm_head, and the mask is a bool 2:4 mask of the weight's shape."""
+    if not isinstance(masks, dict):
+        raise ProxSparseError(f"masks must be a dict of layer name -> bool mask, got {type(masks).__name__}")
+    protected = protected_modules(model)
+    modules = {}
+    for name, mask in masks.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ProxSparseError(f"mask for {name}: the model has no such module") from None
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ProxSparseError(f"mask for {name}: {type(module).__name__} has no 2-D weight")
+        if id(module) in protected or name.split(".")[-1] == "lm_head":
+            raise ProxSparseError(f"mask for {name}: embeddings and lm_head are never pruned")
+        if not isinstance(mask, torch.Tensor) or mask.shape != weight.shape or mask.dtype != torch.bool:
+            described = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ProxSparseError(f"mask for {name} is {described}; the weight needs torch.bool {tuple(weight.shape)}")
+        check_nm(mask, f"mask of {name}")
+        modules[name] = module
+    return modules
 
 
 def select_targets(

@@ -17,7 +17,6 @@ Library code reports through `callback(StepStats)`; it never prints.
 
 from __future__ import annotations
 
-import inspect
 import math
 import resource
 import time
@@ -37,7 +36,7 @@ from .context import check_context
 from .errors import ProxSparseError
 from .activations import activation_scales
 from .cache import check_writable_folder
-from .calibration import PAD_ID, cropped, lengths, model_inputs
+from .calibration import PAD_ID, cropped, forward_takes, lengths, model_inputs
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import learned_mask, mask_codes, top2_of_4
 
@@ -147,7 +146,7 @@ def _causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     and ignored as targets (PAD_ID is the CE's ignore index), so a padded row counts as its trimmed self."""
     kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
     inputs = model_inputs(batch)
-    if "attention_mask" in inputs and not _takes(model, "attention_mask"):
+    if "attention_mask" in inputs and not forward_takes(model, "attention_mask"):
         del inputs["attention_mask"]  # right padding: a causal model's real positions never see it anyway
     output = model(**inputs, **kwargs)
     logits = output.logits if hasattr(output, "logits") else output[0] if isinstance(output, tuple) else output
@@ -192,18 +191,9 @@ def stats_interval(stats_every: int | None, total_steps: int) -> int:
     return max(1, stats_every)
 
 
-def _takes(model: nn.Module, argument: str) -> bool:
-    """Whether the model's forward accepts the keyword `argument` (True when it has no signature to read)."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return True
-    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
 def _check_causal_lm(model: nn.Module) -> None:
     """Learning runs `model(input_ids=...)` for a next-token loss: refuse a model whose forward takes no input_ids."""
-    if not _takes(model, "input_ids"):
+    if not forward_takes(model, "input_ids"):
         raise ProxSparseError(
             f"{type(model).__name__}.forward takes no input_ids: mask learning needs a causal language model "
             "(a Hugging Face ...ForCausalLM, or a module whose forward(input_ids=...) returns logits)"

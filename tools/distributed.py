@@ -20,7 +20,7 @@ from datetime import timedelta  # noqa: E402
 
 from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
-from proxsparse_ao.training import NonFiniteLossWarning, StepStats  # noqa: E402
+from proxsparse_ao.training import StepStats  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
 from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser, Terminated, on_sigterm, raise_terminated  # noqa: E402
@@ -122,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
             result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision,
                                              callback=_progress if rank0 else None)
-        for warning in caught:  # each rank warns alike: rank 0 says it once, as prune does
-            if rank0 and issubclass(warning.category, NonFiniteLossWarning):
+        for warning in caught:  # the library's warnings, as prune shows them; every rank has them, rank 0 says them
+            if rank0 and not issubclass(warning.category, (DeprecationWarning, FutureWarning)) and "proxsparse_ao" in warning.filename:
                 print(f"warning: {warning.message}", flush=True)
         del model
         if rank0:
@@ -153,12 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    return EXIT_CHECK_FAILED if result.stopped else EXIT_OK  # the library warned on every rank why it stopped
+    return EXIT_CHECK_FAILED if result.stopped else EXIT_OK  # rank 0 printed the warning that says why it stopped
 
 
 def _progress(stats: StepStats) -> None:
     """Rank 0's sign of life: about PROGRESS_LINES lines a run, and the last step."""
-    every = max(1, stats.total_steps // PROGRESS_LINES)
+    every = math.ceil(stats.total_steps / PROGRESS_LINES)
     if stats.step % every == 0 or stats.step == stats.total_steps:
         print(f"step {stats.step}/{stats.total_steps}: loss {stats.loss:.4f} ({stats.seconds:.1f} s)", flush=True)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..config import ConfigError, ensure_handler
+from ..config import ConfigError
 from .config import MagnitudeConfig, SparseGPTConfig, WandaConfig, validate
 from .magnitude import magnitude_masks
 from .sequential import Progress, capture_block_inputs, decoder_blocks, sequential_prune
@@ -96,7 +96,6 @@ def _check(config: object) -> BaselineConfig:
     if not isinstance(config, BASELINE_CONFIGS):
         raise ConfigError(f"expected one of {', '.join(c.__name__ for c in BASELINE_CONFIGS)}, got {type(config).__name__}")
     validate(config)
-    ensure_handler(config)
     return config
 
 

@@ -3,8 +3,8 @@
 They share `ProxSparseConfig`'s conventions: `targets`/`ignore` patterns ("re:<regex>" on the
 full module name), `strict`, and the calibration fields (`samples` x `seqlen` tokens of
 `calibration` in `calibration_mode`, seeded), so every method can see the same tokens.
-Each concrete class is registered with torchao's `register_quantize_module_handler`
-(torchao looks handlers up by exact type): magnitude prunes a module on its own; Wanda and
+Each class, and any subclass of one, is registered with torchao's `register_quantize_module_handler`
+as it is created (torchao looks handlers up by exact type): magnitude prunes a module on its own; Wanda and
 SparseGPT need calibration, done block by block by `prune`, and their handler applies the
 mask that `prune` stored on the module (a module without one is left unchanged).
 """
@@ -33,6 +33,27 @@ from ..config import (
 from ..masks import apply_mask_, check_nm, magnitude_mask
 
 
+def _apply_baseline(module: nn.Module, config: _BaselineConfig) -> nn.Module:
+    """The torchao handler of the baselines: magnitude prunes the module itself; Wanda and SparseGPT
+    need calibration, so `prune` stores their masks on the modules first and this applies them."""
+    if isinstance(config, MagnitudeConfig):
+        return _magnitude(module)
+    return apply_stored_mask(module, config)
+
+
+def _magnitude(module: nn.Module) -> nn.Module:
+    """weight <- the 2 largest |w| per group of 4, +0.0 elsewhere, and that mask stored on the module
+    (what `stored_masks` and `save_pruned` read). Always from the weight itself: a mask another
+    method left on the module is not magnitude's."""
+    weight = module.weight
+    mask = magnitude_mask(weight)
+    with torch.no_grad():
+        apply_mask_(weight.data, mask)
+    check_nm(weight, f"{type(module).__name__} weight")
+    module.register_buffer(MASK_BUFFER, mask, persistent=False)
+    return module
+
+
 @dataclass
 class _BaselineConfig(AOBaseConfig):
     """targets/ignore/strict: as in ProxSparseConfig."""
@@ -43,6 +64,12 @@ class _BaselineConfig(AOBaseConfig):
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """torchao finds a config's handler by its exact class: every method's class, and any subclass
+        of one, gets `_apply_baseline` (a subclass may register a handler of its own afterwards)."""
+        super().__init_subclass__(**kwargs)
+        register_quantize_module_handler(cls)(_apply_baseline)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain JSON-friendly dict."""
@@ -123,21 +150,3 @@ def validate(config: _BaselineConfig) -> None:
             raise ConfigError(f"SparseGPTConfig.blocksize must be a positive multiple of 4, got {config.blocksize}")
         if not 0 <= config.dampening < 1:
             raise ConfigError(f"SparseGPTConfig.dampening must be in [0, 1), got {config.dampening}")
-
-
-@register_quantize_module_handler(MagnitudeConfig)
-def _magnitude_handler(module: nn.Module, config: MagnitudeConfig) -> nn.Module:
-    """weight <- the 2 largest |w| per group of 4, +0.0 elsewhere, and that mask stored on the module
-    (what `stored_masks` and `save_pruned` read). Always from the weight itself: a mask another
-    method left on the module is not magnitude's."""
-    weight = module.weight
-    mask = magnitude_mask(weight)
-    with torch.no_grad():
-        apply_mask_(weight.data, mask)
-    check_nm(weight, f"{type(module).__name__} weight")
-    module.register_buffer(MASK_BUFFER, mask, persistent=False)
-    return module
-
-
-register_quantize_module_handler(WandaConfig)(apply_stored_mask)
-register_quantize_module_handler(SparseGPTConfig)(apply_stored_mask)

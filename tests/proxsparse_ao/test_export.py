@@ -392,7 +392,7 @@ def test_save_pruned_refuses_a_mask_keeping_1_of_4_where_the_weight_kept_only_1(
     masks[name][0, kept] = False
     with torch.no_grad():
         tiny_llama.get_submodule(name).weight[0, kept] = 0.0  # the weights follow the mask: only the mask is wrong
-    with pytest.raises(ProxSparseError, match=f"does not keep exactly 2 of every 4 weights \\(1 of 2,048 groups\\)$") as refused:
+    with pytest.raises(ProxSparseError, match="does not keep exactly 2 of every 4 weights \\(1 of 2,048 groups\\)$") as refused:
         save_pruned(tiny_llama, tmp_path / "out", masks)
     assert name in str(refused.value)
     assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,10 @@ from proxsparse_ao import hub
 
 
 @pytest.fixture(autouse=True)
-def fresh_probe():
+def fresh_probe(monkeypatch):
+    """A probe not answered before, asked without a proxy (the tests' endpoints are on this machine)."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     hub.hub_reachable.cache_clear()
     yield
     hub.hub_reachable.cache_clear()
@@ -52,3 +55,16 @@ def test_any_http_answer_counts_as_reachable_even_an_error(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_failed_tls_handshake_counts_as_an_answer(monkeypatch):
+    """The hub's own client may trust certificates urllib does not (REQUESTS_CA_BUNDLE, a company proxy)."""
+    import ssl
+    import urllib.error
+
+    def untrusted(*args, **kwargs):
+        raise urllib.error.URLError(ssl.SSLCertVerificationError("certificate verify failed"))
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", untrusted)
+    assert hub.hub_reachable() is True

@@ -46,6 +46,7 @@ def offline_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "hub_reachable", lambda: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)  # the message names huggingface_hub's default endpoint
     return tmp_path / "hf-cache"
 
 

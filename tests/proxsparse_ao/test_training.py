@@ -509,13 +509,17 @@ def test_by_default_the_mask_statistics_run_about_64_times_a_run_and_always_at_t
     assert stats_interval(5, 400) == 5 and stats_interval(0, 400) == 1
 
 
-def test_steps_between_statistics_passes_log_none_for_the_statistics(tiny_llama, monkeypatch):
+def test_steps_between_statistics_passes_log_none_for_the_statistics(tiny_llama_factory, monkeypatch):
     import proxsparse_ao.training as training
 
-    monkeypatch.setattr(training, "STATS_PASSES", 2)  # 6 steps: a pass every 3rd step
-    config = ProxSparseConfig(**FAST)
-    result = learn_masks(tiny_llama, _tokens(), config, _layers(tiny_llama, config))
-    assert [row["fraction_24"] is not None for row in result.history] == [False, False, True, False, False, True]
+    config = ProxSparseConfig(**{**FAST, "samples": 7})
+    model = tiny_llama_factory()
+    explicit = learn_masks(model, _tokens(7), config, _layers(model, config), stats_every=3)
+    monkeypatch.setattr(training, "STATS_PASSES", 3)  # 7 steps: a pass every 3rd step by default too
+    model = tiny_llama_factory()
+    default = learn_masks(model, _tokens(7), config, _layers(model, config))
+    for result in (explicit, default):  # steps 3 and 6, and the last step, 7
+        assert [row["fraction_24"] is not None for row in result.history] == [False, False, True, False, False, True, True]
 
 
 def test_the_mask_statistics_count_groups_over_every_layer(tiny_llama):
