@@ -53,6 +53,7 @@ from .config import ProxSparseConfig, learning_dtype, validate
 from .errors import ProxSparseError
 from .hooks import FrozenWeightTerm, ProxStep, prox_space
 from .masks import learned_mask
+from .regularizers import frozen_weight_gradient
 from .training import (
     Callback,
     LearnResult,
@@ -336,11 +337,9 @@ def _add_frozen_grad(
     params: dict[str, DTensor], weights: dict[str, torch.Tensor], originals: dict[str, torch.Tensor], config: ProxSparseConfig
 ) -> None:
     """Add the frozen-weight term's gradient shard by shard (it is separable, so local = exact)."""
-    leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
-    penalty = FrozenWeightTerm(leaves, originals, config.lambda2, config.epsilon)()
-    grads = torch.autograd.grad(penalty, list(leaves.values()))
     with torch.no_grad():
-        for (name, param), grad in zip(params.items(), grads):
+        for name, param in params.items():
+            grad = config.lambda2 * frozen_weight_gradient(weights[name], originals[name], config.epsilon)
             if param.grad is None:
                 zeros = torch.zeros_like(weights[name])
                 param.grad = DTensor.from_local(zeros, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())

@@ -20,7 +20,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .prox import prox_2to4_
-from .regularizers import frozen_weight_penalty
+from .regularizers import frozen_weight_gradient, frozen_weight_penalty
 from .targets import weight_rms
 
 
@@ -117,6 +117,25 @@ class FrozenWeightTerm:
         self.weights = dict(weights)
         self.originals = {name: originals[name] for name in weights}
         self.lambda2, self.epsilon = float(lambda2), float(epsilon)
+
+    @torch.no_grad()
+    def value(self) -> torch.Tensor:
+        """The term's value (float32 scalar) without an autograd graph: with `add_grad_` it replaces
+        `self()` in a loop that backpropagates the rest of the loss alone."""
+        return self()
+
+    @torch.no_grad()
+    def add_grad_(self) -> None:
+        """Add the term's gradient to each weight's `.grad`, one layer at a time: what backpropagating
+        `self()` adds, with no graph over every layer kept until the backward pass."""
+        if self.lambda2 == 0:
+            return
+        for name, weight in self.weights.items():
+            grad = self.lambda2 * frozen_weight_gradient(weight, self.originals[name], self.epsilon)
+            if weight.grad is None:
+                weight.grad = grad.to(weight.dtype)
+            else:
+                weight.grad.add_(grad.to(weight.grad.dtype))
 
     def __call__(self) -> torch.Tensor:
         first = next(iter(self.weights.values()))

@@ -26,3 +26,14 @@ def frozen_weight_penalty(weight: torch.Tensor, original: torch.Tensor, eps: flo
         raise ValueError(f"frozen_weight_penalty: shapes differ, {tuple(weight.shape)} vs {tuple(original.shape)}")
     w0 = original.to(weight.dtype)
     return (weight.square() * (weight - w0).square() / (w0.abs() + eps).square()).sum()
+
+
+def frozen_weight_gradient(weight: torch.Tensor, original: torch.Tensor, eps: float) -> torch.Tensor:
+    """dF/dW = 2 w (w - w0) (2w - w0) / (|w0| + eps)^2 in float32: F's gradient without an autograd
+    graph (which would hold several weight-sized tensors of every layer until the backward pass)."""
+    if eps <= 0:
+        raise ValueError(f"frozen_weight_gradient: eps must be > 0, got {eps}")
+    if weight.shape != original.shape:
+        raise ValueError(f"frozen_weight_gradient: shapes differ, {tuple(weight.shape)} vs {tuple(original.shape)}")
+    w, w0 = weight.detach().float(), original.to(device=weight.device, dtype=torch.float32)
+    return 2 * w * (w - w0) * (2 * w - w0) / (w0.abs() + eps).square()

@@ -3,7 +3,8 @@
     s = per-channel input norms of each target (one dense pass), or 1 without activation_aware
     for each batch of calibration tokens (one pass, seeded order):
         loss = CE + lambda2 * F(W; W0)                # FrozenWeightTerm; CE over real tokens, not padding
-        loss.backward(); clip_grad_norm(max_grad_norm)
+        CE.backward(); W.grad += lambda2 dF/dW        # F's gradient in closed form, layer by layer
+        clip_grad_norm(max_grad_norm)
         AdamW step (linear warmup, then linear decay)  # + ProxStep hook: W <- prox(W*s) / s per target
     mask = top-2 |W_learned * s| per group of 4 (lower index wins ties)
     the model is given back exactly as it came in; `apply_masks` then sets W0 * mask.
@@ -355,12 +356,14 @@ def _learn(
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
         batch = cropped(calibration[rows]).to(state.device)
         ce = _causal_lm_loss(model, batch)
-        penalty = frozen() if frozen is not None else torch.zeros((), device=ce.device)
-        loss = ce + penalty
+        penalty = frozen.value() if frozen is not None else torch.zeros((), device=ce.device)
+        loss = ce.detach() + penalty
         if not torch.isfinite(loss):
-            stopped = f"non-finite loss ({float(loss.detach())}) at step {step + 1}; kept the state after step {step}"
+            stopped = f"non-finite loss ({float(loss)}) at step {step + 1}; kept the state after step {step}"
             break
-        loss.backward()
+        ce.backward()
+        if frozen is not None:
+            frozen.add_grad_()  # lambda2 * dF/dW, layer by layer: the same gradient as backpropagating ce + penalty
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
         if not torch.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)

@@ -71,6 +71,21 @@ def test_frozen_term_matches_regulariser_and_has_gradients():
     assert weight.grad is not None and bool(weight.grad.abs().sum() > 0)
 
 
+def test_the_closed_form_gradient_is_the_one_backpropagation_gives():
+    torch.manual_seed(0)
+    weights = {"a": nn.Parameter(torch.randn(4, 8)), "b": nn.Parameter(torch.randn(8, 16))}
+    originals = {name: (w.detach() + 0.3 * torch.randn_like(w)) for name, w in weights.items()}
+    term = FrozenWeightTerm(weights, originals, lambda2=0.5, epsilon=0.1)
+    term().backward()
+    backpropagated = {name: w.grad.clone() for name, w in weights.items()}
+    for w in weights.values():
+        w.grad = torch.ones_like(w)  # added to what the rest of the loss left there
+    term.add_grad_()
+    assert float(term.value()) == pytest.approx(float(term().detach()))
+    for name, w in weights.items():
+        torch.testing.assert_close(w.grad, backpropagated[name] + 1, rtol=1e-5, atol=1e-6)
+
+
 def test_prox_step_rejects_bad_weights():
     with pytest.raises(ValueError, match="in_features % 4"):
         ProxStep({"w": torch.zeros(4, 6)}, {"w": 1.0})
