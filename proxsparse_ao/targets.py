@@ -167,8 +167,17 @@ def target_filter(model: nn.Module, config: Any, filter_fn: FilterFn | None = No
 
 
 def check_target_weights(layers: dict[str, nn.Linear]) -> None:
-    """Refuse, before any work, target weights that cannot be pruned: not loaded (meta device) or
-    holding NaN/Inf; the error names the layer and the first bad entry."""
+    """Refuse, before any work, target weights that cannot be pruned: not loaded (meta device),
+    holding NaN/Inf (the error names the layer and the first bad entry), or one weight tensor held
+    by two targets (a tied weight gets one mask, so only one of its layers may be a target)."""
+    holders: dict[int, str] = {}
+    for name, layer in layers.items():
+        other = holders.setdefault(id(layer.weight), name)
+        if other != name:
+            raise ProxSparseError(
+                f"{other} and {name} share one weight tensor: it gets one mask, so make only one of them a target "
+                "(add the other to ignore)"
+            )
     for name, layer in layers.items():
         weight = layer.weight.detach()
         if weight.is_meta:

@@ -241,3 +241,14 @@ def test_the_errors_a_caller_catches_are_exported():
 
     assert proxsparse_ao.ProxSparseError is ProxSparseError and issubclass(proxsparse_ao.ConfigError, ProxSparseError)
     assert proxsparse_ao.NoTargetsError is NoTargetsError and proxsparse_ao.NonFiniteLossWarning is NonFiniteLossWarning
+
+
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), MagnitudeConfig()])
+def test_two_targets_sharing_one_weight_are_named_before_any_work(tiny_llama, config):
+    mlp = tiny_llama.model.layers[0].mlp
+    mlp.up_proj.weight = mlp.gate_proj.weight  # one tensor, two layers
+    before = mlp.gate_proj.weight.detach().clone()
+    with pytest.raises(ProxSparseError, match="model.layers.0.mlp.gate_proj and model.layers.0.mlp.up_proj share one weight "
+                       "tensor: it gets one mask, so make only one of them a target"):
+        sparsify_(tiny_llama, config, calibration=_tokens())
+    assert torch.equal(mlp.gate_proj.weight.detach(), before)
