@@ -37,7 +37,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     from transformers.utils import logging as hf_logging
 
-    from proxsparse_ao.data import load_documents, prepare_wikipedia
+    from proxsparse_ao.data import load_documents, load_text, prepare_wikipedia
+    from proxsparse_ao.evaluation import tokenize_text
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, default_model_dir, load_model
 
     hf_logging.disable_progress_bar()
@@ -64,11 +65,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         manifest = json.loads((text_folder / "manifest.json").read_text())
     for part in ("calibration", "evaluation"):
         docs = load_documents("wikipedia", part)
-        tokens = sum(len(ids) for ids in tokenizer(docs, add_special_tokens=False).input_ids)
+        tokens = tokenize_text(tokenizer, load_text("wikipedia", part)).numel()  # as perplexity counts them
         table.add_row(
             f"Wikipedia text, {part} part",
             str(text_folder / f"{part}.jsonl"),
-            f"{len(docs)} articles, {sum(map(len, docs)):,} characters, {tokens:,} tokens",
+            f"{len(docs)} articles, {sum(map(len, docs)):,} characters, {tokens:,} tokens (joined by blank lines)",
         )
     table.caption = f"text source: {manifest['source']} ({manifest['split']}; parts share no article)"
     console.print(table)

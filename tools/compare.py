@@ -422,7 +422,8 @@ def _headers(texts: list[str], tasks: list[str]) -> list[str]:
 def _table(rows: list[dict], texts: list[str], tasks: list[str], label: str) -> Table:
     table = Table(title=f"proxsparse-ao compare: {label}")
     for header in _headers(texts, tasks):
-        table.add_column(header, justify="left" if header == "method" else "right")
+        method = header == "method"  # never cut: "sparsegpt" and "sparsegpt-mask" must stay apart in a narrow terminal
+        table.add_column(header, justify="left" if method else "right", no_wrap=method, min_width=14 if method else None)
     for row in rows:
         table.add_row(*_cells(row, texts, tasks))
     return table

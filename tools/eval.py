@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         result["zero_shot"] = scores.to_dict() | {"limit": args.limit, "seconds": round(seconds, 2)}
         for name, acc in scores.accuracy.items():
             table.add_row(f"{name} acc", f"{acc:.4f}", f"{scores.items[name]} items, 0-shot")
-        table.add_row("zero-shot average", f"{scores.average:.4f}", f"{len(scores.accuracy)} tasks, {seconds:.1f} s")
+        table.add_row("zero-shot average", f"{scores.average:.4f}", f"{len(scores.accuracy)} task{'s' if len(scores.accuracy) != 1 else ''}, {seconds:.1f} s")
 
     console.print(table)
     if args.json:

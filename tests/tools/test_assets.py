@@ -24,3 +24,4 @@ def test_reports_the_default_model_and_both_text_parts():
     assert "SmolLM2-135M-Instruct" in done.stdout and "134.5M parameters, 30 layers" in done.stdout
     assert "calibration part" in done.stdout and "evaluation part" in done.stdout
     assert "parts share no article" in done.stdout
+    assert "22 articles, 656,572 characters, 145,114 tokens" in done.stdout  # the count perplexity sees (eval says the same)

@@ -127,3 +127,17 @@ def test_a_bad_method_setting_is_refused_before_any_method_runs(argv, message, t
     assert cli.main(["compare", str(tmp_path / "no-model"), *argv]) == 2  # the model is not even looked at
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+def test_the_printed_table_never_cuts_a_method_name_even_at_80_columns():
+    from rich.console import Console
+
+    from proxsparse_ao.tools.compare import _table
+
+    row = dict(mask_only=True, ppl_by_text={"wikipedia": 127.94, "news": 176.99}, prune_seconds=277.0,
+               peak_memory_bytes=1.32 * 2**30, changed_vs_magnitude=0.2, pattern_ok=True)
+    rows = [{**row, "method": "sparsegpt-mask"}, {**row, "method": "sparsegpt", "mask_only": False}]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(_table(rows, ["wikipedia", "news"], [], "test"))
+    text = console.export_text()
+    assert "sparsegpt-mask" in text and "sparseg…" not in text

@@ -67,6 +67,7 @@ def test_zero_shot_only_on_local_tasks(tiny_model_dir, tmp_path):
     result = json.loads(out.read_text())
     assert result["ppl"] is None and result["zero_shot"]["items"] == {"local_science_mc": 3}
     assert "local_science_mc acc" in done.stdout and "zero-shot average" in done.stdout
+    assert "1 task," in done.stdout and "1 tasks" not in done.stdout
     assert "it/s" not in done.stderr, "library progress bars leaked"
 
 
