@@ -302,7 +302,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                                     "samples": args.samples, "seqlen": args.seqlen, "seed": args.seed,
                                                     "tokens": token_count(tokens)},
         "evaluation": {"texts": texts, "max_tokens": args.eval_tokens or None, "seqlen": args.eval_seqlen},
-        "tasks": args.tasks, "limit": args.limit, "command": command_line(args),
+        "tasks": args.tasks, "limit": args.limit, "command": command_line(args, methods),
     }
     console.print(f"compare on {label}: {', '.join(methods)}; "
                   + (f"calibration {_calibration_words(settings['calibration'])}; " if tokens is not None else "")
@@ -367,8 +367,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(row["pattern_ok"] for row in rows if row["method"] != "dense") and not any("error" in row for row in rows) else 1
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run, every setting spelled out (output paths included)."""
+def command_line(args: argparse.Namespace, methods: list[str]) -> str:
+    """The command that reproduces this run, every setting it uses spelled out (output paths included);
+    settings no method uses are left out, as the command would refuse them."""
+    unused = set()
+    if not any(m in CALIBRATED for m in methods):
+        unused |= {"samples", "seqlen", "seed", "calibration", "calibration_mode"}
+    if "proxsparse" not in methods:
+        unused |= {"lambda1", "lr"}
+    if not args.tasks:
+        unused |= {"limit", "zeroshot_data"}
     parts = ["proxsparse-tool", "compare"] + ([str(args.model)] if args.model else []) + ["--methods", args.methods]
     for flag in ("text", "tasks", "targets", "ignore"):
         values = getattr(args, flag)
@@ -377,7 +385,7 @@ def command_line(args: argparse.Namespace) -> str:
     for flag in ("eval_tokens", "eval_seqlen", "limit", "zeroshot_data", "samples", "seqlen", "seed", "calibration",
                  "calibration_mode", "lambda1", "lr", "dtype", "device", "threads", "json", "markdown"):
         value = getattr(args, flag)
-        if value is not None:
+        if value is not None and flag not in unused:
             parts += ["--" + flag.replace("_", "-"), str(value)]
     return shlex.join(parts)
 

@@ -141,3 +141,27 @@ def test_the_printed_table_never_cuts_a_method_name_even_at_80_columns():
     console.print(_table(rows, ["wikipedia", "news"], [], "test"))
     text = console.export_text()
     assert "sparsegpt-mask" in text and "sparseg…" not in text
+
+
+@pytest.mark.parametrize("argv, absent, present", [
+    (["--methods", "dense", "--text", "news"], ["--samples", "--lr", "--limit"], ["--eval-tokens"]),
+    (["--methods", "dense,wanda"], ["--lr", "--lambda1"], ["--samples", "--calibration-mode"]),
+    (["--methods", "proxsparse", "--tasks", "local_winogrande", "--limit", "5", "--lr", "1e-3"], [], ["--samples", "--lr", "--limit"]),
+])
+def test_the_recorded_command_reruns_without_being_refused(argv, absent, present, tmp_path):
+    import shlex
+
+    from proxsparse_ao.tools import cli
+    from proxsparse_ao.tools.compare import _check, command_line
+    from proxsparse_ao.tools.options import typed_options
+
+    def parsed(words):
+        args = cli.build_parser().parse_args(words)
+        args.given = typed_options(cli.build_parser, words)
+        return args
+
+    args = parsed(["compare", *argv])
+    recorded = shlex.split(command_line(args, parse_methods(args.methods)))[1:]
+    assert not set(absent) & set(recorded) and set(present) <= set(recorded)
+    again = parsed(recorded)
+    _check(again, parse_methods(again.methods))  # the checks a rerun makes first: nothing refused
