@@ -51,9 +51,9 @@ from .cache import check_writable_folder
 from .calibration import cropped, target_count
 from .config import ProxSparseConfig, learning_dtype, validate
 from .errors import ProxSparseError
-from .hooks import FrozenWeightTerm, ProxStep, prox_space
+from .hooks import ProxStep, prox_space
 from .masks import learned_mask
-from .regularizers import frozen_weight_gradient
+from .regularizers import frozen_weight_value_and_gradient
 from .training import (
     Callback,
     LearnResult,
@@ -263,18 +263,14 @@ def _learn_distributed(
         share = target_count(calibration[mine]) / target_count(calibration[rows])  # = rows' share without padding
         batch = cropped(calibration[mine if mine.numel() else rows[:1]]).to(device)
         ce_local = _causal_lm_loss(model, batch)
-        penalty_local = 0.0
-        if config.lambda2 > 0:
-            with torch.no_grad():
-                penalty_local = float(FrozenWeightTerm(weights, originals, config.lambda2, config.epsilon)())
+        (ce_local * (share * world)).backward()
+        penalty_local = _add_frozen_grad(params, weights, originals, config) if config.lambda2 > 0 else 0.0
         ce, penalty = _all_sum([float(ce_local.detach()) * share, penalty_local], device)
         loss = ce + penalty
         if not math.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
             stopped = f"non-finite loss ({loss}) at step {step + 1}; kept the state after step {step}"
             break
-        (ce_local * (share * world)).backward()
-        if config.lambda2 > 0:
-            _add_frozen_grad(params, weights, originals, config)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
@@ -335,15 +331,19 @@ def _learn_distributed(
 
 def _add_frozen_grad(
     params: dict[str, DTensor], weights: dict[str, torch.Tensor], originals: dict[str, torch.Tensor], config: ProxSparseConfig
-) -> None:
-    """Add the frozen-weight term's gradient shard by shard (it is separable, so local = exact)."""
+) -> float:
+    """Add the frozen-weight term's gradient shard by shard (it is separable, so local = exact) and
+    return this rank's share of its value."""
+    values = []
     with torch.no_grad():
         for name, param in params.items():
-            grad = config.lambda2 * frozen_weight_gradient(weights[name], originals[name], config.epsilon)
+            value, grad = frozen_weight_value_and_gradient(weights[name], originals[name], config.epsilon)
+            values.append(value)
             if param.grad is None:
                 zeros = torch.zeros_like(weights[name])
                 param.grad = DTensor.from_local(zeros, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
-            param.grad.to_local().add_(grad.to(param.grad.dtype))
+            param.grad.to_local().add_(grad.mul_(config.lambda2).to(param.grad.dtype))
+    return config.lambda2 * float(torch.stack(values).sum()) if values else 0.0
 
 
 @torch.no_grad()

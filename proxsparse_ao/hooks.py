@@ -20,7 +20,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .prox import prox_2to4_
-from .regularizers import frozen_weight_gradient, frozen_weight_penalty
+from .regularizers import frozen_weight_penalty, frozen_weight_value_and_gradient
 from .targets import weight_rms
 
 
@@ -119,23 +119,23 @@ class FrozenWeightTerm:
         self.lambda2, self.epsilon = float(lambda2), float(epsilon)
 
     @torch.no_grad()
-    def value(self) -> torch.Tensor:
-        """The term's value (float32 scalar) without an autograd graph: with `add_grad_` it replaces
-        `self()` in a loop that backpropagates the rest of the loss alone."""
-        return self()
-
-    @torch.no_grad()
-    def add_grad_(self) -> None:
-        """Add the term's gradient to each weight's `.grad`, one layer at a time: what backpropagating
-        `self()` adds, with no graph over every layer kept until the backward pass."""
+    def add_grad_(self) -> torch.Tensor:
+        """Add the term's gradient to each weight's `.grad` and return its value (float32 scalar),
+        one layer at a time: what backpropagating `self()` adds, with no graph over every layer
+        kept until the backward pass. Call it after the rest of the loss's `backward()`."""
+        first = next(iter(self.weights.values()))
+        total = torch.zeros((), dtype=torch.float32, device=first.device)
         if self.lambda2 == 0:
-            return
+            return total
         for name, weight in self.weights.items():
-            grad = self.lambda2 * frozen_weight_gradient(weight, self.originals[name], self.epsilon)
+            value, grad = frozen_weight_value_and_gradient(weight, self.originals[name], self.epsilon)
+            total += value
+            grad.mul_(self.lambda2)
             if weight.grad is None:
                 weight.grad = grad.to(weight.dtype)
             else:
                 weight.grad.add_(grad.to(weight.grad.dtype))
+        return self.lambda2 * total
 
     def __call__(self) -> torch.Tensor:
         first = next(iter(self.weights.values()))

@@ -28,12 +28,20 @@ def frozen_weight_penalty(weight: torch.Tensor, original: torch.Tensor, eps: flo
     return (weight.square() * (weight - w0).square() / (w0.abs() + eps).square()).sum()
 
 
-def frozen_weight_gradient(weight: torch.Tensor, original: torch.Tensor, eps: float) -> torch.Tensor:
-    """dF/dW = 2 w (w - w0) (2w - w0) / (|w0| + eps)^2 in float32: F's gradient without an autograd
-    graph (which would hold several weight-sized tensors of every layer until the backward pass)."""
+def frozen_weight_value_and_gradient(
+    weight: torch.Tensor, original: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F(W; W0) and dF/dW = 2 w (w - w0) (2w - w0) / (|w0| + eps)^2, both float32, from one read of W
+    and W0: F's value and gradient without an autograd graph (which would hold several
+    weight-sized tensors of every layer until the backward pass)."""
     if eps <= 0:
-        raise ValueError(f"frozen_weight_gradient: eps must be > 0, got {eps}")
+        raise ValueError(f"frozen_weight_value_and_gradient: eps must be > 0, got {eps}")
     if weight.shape != original.shape:
-        raise ValueError(f"frozen_weight_gradient: shapes differ, {tuple(weight.shape)} vs {tuple(original.shape)}")
+        raise ValueError(
+            f"frozen_weight_value_and_gradient: shapes differ, {tuple(weight.shape)} vs {tuple(original.shape)}"
+        )
     w, w0 = weight.detach().float(), original.to(device=weight.device, dtype=torch.float32)
-    return 2 * w * (w - w0) * (2 * w - w0) / (w0.abs() + eps).square()
+    scale = (w0.abs() + eps).square()
+    moved = w - w0
+    value = (w.square() * moved.square() / scale).sum()
+    return value, 2 * w * moved * (2 * w - w0) / scale

@@ -356,14 +356,14 @@ def _learn(
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
         batch = cropped(calibration[rows]).to(state.device)
         ce = _causal_lm_loss(model, batch)
-        penalty = frozen.value() if frozen is not None else torch.zeros((), device=ce.device)
+        ce.backward()
+        # lambda2 * dF/dW layer by layer, the gradient backpropagating ce + penalty would give
+        penalty = frozen.add_grad_() if frozen is not None else torch.zeros((), device=ce.device)
         loss = ce.detach() + penalty
         if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
             stopped = f"non-finite loss ({float(loss)}) at step {step + 1}; kept the state after step {step}"
             break
-        ce.backward()
-        if frozen is not None:
-            frozen.add_grad_()  # lambda2 * dF/dW, layer by layer: the same gradient as backpropagating ce + penalty
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
         if not torch.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)

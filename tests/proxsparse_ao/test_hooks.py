@@ -80,8 +80,9 @@ def test_the_closed_form_gradient_is_the_one_backpropagation_gives():
     backpropagated = {name: w.grad.clone() for name, w in weights.items()}
     for w in weights.values():
         w.grad = torch.ones_like(w)  # added to what the rest of the loss left there
-    term.add_grad_()
-    assert float(term.value()) == pytest.approx(float(term().detach()))
+    value = term.add_grad_()
+    assert value.dtype == torch.float32
+    assert float(value) == pytest.approx(float(term().detach()))
     for name, w in weights.items():
         torch.testing.assert_close(w.grad, backpropagated[name] + 1, rtol=1e-5, atol=1e-6)
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from proxsparse_ao.regularizers import frozen_weight_gradient, frozen_weight_penalty, r_2to4
+from proxsparse_ao.regularizers import frozen_weight_penalty, frozen_weight_value_and_gradient, r_2to4
 
 
 def test_r_is_the_sum_of_triple_products_per_group():
@@ -45,13 +45,17 @@ def test_bad_input_is_refused():
         frozen_weight_penalty(torch.randn(4), torch.randn(8), eps=0.5)
 
 
-def test_the_gradient_of_f_in_closed_form_is_autograds():
+def test_the_value_and_gradient_of_f_in_closed_form_are_autograds():
     weight = torch.randn(16, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     original = torch.randn(16, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     original[0, :4] = 0.0  # pruned originals: the eps keeps the denominator away from 0
-    (expected,) = torch.autograd.grad(frozen_weight_penalty(weight, original, 0.5), weight)
-    gradient = frozen_weight_gradient(weight, original, 0.5)
-    assert gradient.dtype == torch.float32
+    penalty = frozen_weight_penalty(weight, original, 0.5)
+    (expected,) = torch.autograd.grad(penalty, weight)
+    value, gradient = frozen_weight_value_and_gradient(weight, original, 0.5)
+    assert value.dtype == gradient.dtype == torch.float32
+    assert float(value) == pytest.approx(float(penalty.detach()), rel=1e-6)
     torch.testing.assert_close(gradient.double(), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="eps must be > 0"):
-        frozen_weight_gradient(weight, original, 0.0)
+        frozen_weight_value_and_gradient(weight, original, 0.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        frozen_weight_value_and_gradient(weight, original[:, :8], 0.5)
