@@ -76,6 +76,11 @@ def learn(
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)
     tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer, model)
+    if tokens.shape[0] < config.batch_size:
+        raise ConfigError(
+            f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than the {tokens.shape[0]} calibration samples given: "
+            "a step cannot take more samples than the run has"
+        )
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)

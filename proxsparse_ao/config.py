@@ -81,7 +81,7 @@ class ProxSparseConfig(AOBaseConfig):
       style) or "documents" (the reference: the first `samples` documents in seeded order,
       with the tokenizer's BOS, each truncated to seqlen; shorter ones kept at their length,
       right-padded with -100, which the loss and statistics ignore); `batch_size` samples per
-      step, one pass.
+      step (at most `samples`), one pass.
     targets/ignore: module class names, exact or dotted-suffix names, or "re:<regex>" on the
       full module name (llm-compressor convention); lm_head and embeddings are never pruned.
     strict: fail (instead of skipping with a warning) on targets whose in_features % 4 != 0.
@@ -200,6 +200,11 @@ def validate(config: ProxSparseConfig) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"ProxSparseConfig.{name} must be > 0, got {getattr(config, name)!r}")
+    if config.batch_size > config.samples:
+        raise ConfigError(
+            f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than ProxSparseConfig.samples ({config.samples}): "
+            "a step cannot take more samples than the run has; lower the one or raise the other"
+        )
     for name in ("lambda1", "lambda2", "max_grad_norm", "weight_decay"):
         if getattr(config, name) < 0:
             raise ConfigError(f"ProxSparseConfig.{name} must be >= 0, got {getattr(config, name)!r}")

@@ -252,3 +252,11 @@ def test_two_targets_sharing_one_weight_are_named_before_any_work(tiny_llama, co
                        "tensor: it gets one mask, so make only one of them a target"):
         sparsify_(tiny_llama, config, calibration=_tokens())
     assert torch.equal(mlp.gate_proj.weight.detach(), before)
+
+
+def test_a_batch_larger_than_the_calibration_given_is_refused(tiny_llama):
+    """samples counts the made calibration; given tokens, their rows must fill one batch too."""
+    before = tiny_llama.model.layers[0].mlp.up_proj.weight.detach().clone()
+    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(4\) is larger than the 2 calibration samples given"):
+        sparsify_(tiny_llama, ProxSparseConfig(**{**FAST, "batch_size": 4}), calibration=_tokens(2))
+    assert torch.equal(tiny_llama.model.layers[0].mlp.up_proj.weight, before)

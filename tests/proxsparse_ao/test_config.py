@@ -38,12 +38,19 @@ def test_defaults_are_json_friendly_and_round_trip():
         ({"targets": ["re:["]}, r"targets: 're:\[' is not a valid regular expression"),
         ({"ignore": ["re:.*lm_head", "re:("]}, r"ignore: 're:\(' is not a valid regular expression"),
         ({"checkpoint_dir": ""}, "checkpoint_dir is empty: name a folder, or None"),
+        ({"samples": 4, "batch_size": 8}, r"^ProxSparseConfig.batch_size \(8\) is larger than ProxSparseConfig.samples \(4\): "),
     ],
 )
 def test_bad_fields_raise_clear_errors(fields, message):
     with pytest.raises(ConfigError, match=message) as info:
         ProxSparseConfig(**fields)
     assert isinstance(info.value, ProxSparseError)
+
+
+def test_a_batch_may_take_every_sample_but_no_more():
+    assert ProxSparseConfig(samples=4, batch_size=4).batch_size == 4
+    with pytest.raises(ConfigError, match="batch_size"):
+        ProxSparseConfig.preset("paper", batch_size=401)  # the preset's 400 samples
 
 
 def test_unknown_field_in_dict_is_an_error():

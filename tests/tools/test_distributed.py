@@ -109,6 +109,14 @@ def test_torchrun_entry_refuses_bad_flags_in_one_line(tmp_path, capsys, flags, m
     assert stopped.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
+def test_torchrun_entry_refuses_a_batch_larger_than_the_samples_as_prune_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ProxSparseError, match=r"^--batch-size \(8\) is larger than --samples \(4\): "):
+        distributed.main(["model", "--output", str(tmp_path / "out"), "--samples", "4", "--batch-size", "8"])
+    assert not (tmp_path / "out").exists()
+
+
 def _torchrun_command(model_dir: Path, output: Path, *flags: str) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "-m", MODULE,

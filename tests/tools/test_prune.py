@@ -125,6 +125,7 @@ def test_a_flag_the_baseline_does_not_read_is_refused_not_ignored(model_dir, tmp
         (["--lambda1", "-1"], "lambda1 must be >= 0"),
         (["--targets", "re:.*nothing"], "no prunable linear layer"),
         (["--samples", "0"], "error: --samples must be > 0, got 0"),
+        (["--batch-size", "8"], "error: --batch-size (8) is larger than --samples (4): "),
         (["--eval-seqlen", "1", "--eval"], "--eval-seqlen must be at least 2, got 1"),
         (["--threads", "-1"], "--threads must be at least 1, got -1"),
         (["--device", "cuda:99"], "--device cuda:99: "),
