@@ -6,13 +6,15 @@ subclasses such as Falcon's FalconLinear match it), a module name or dotted suff
 Only `nn.Linear` leaves are ever targets; the input/output embeddings and anything named
 lm_head are excluded whatever the patterns say. Weight matrices held by other modules (the
 fused expert tensors of transformers' MoE blocks, GPT-2's Conv1D) stay dense, with a warning
-that names them (an error under `strict`).
+that names them (an error under `strict`). Each such warning is given once per model: a run that
+selects again on the same model (sparsify_, then target_filter for quantize_) does not repeat it.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,10 @@ from .errors import ProxSparseError
 from .masks import check_nm
 
 FilterFn = Callable[[nn.Module, str], bool]
+
+# the selection warnings already given about each model: held by the model's life, so another model,
+# even an identical one, is warned again
+_WARNED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
 
 
 class NoTargetsError(ProxSparseError, ValueError):
@@ -118,7 +124,7 @@ def select_targets(
         listing = "; ".join(f"{n} ({why})" for n, why in skipped.items())
         if strict:
             raise ProxSparseError(f"{len(skipped)} target layer(s) cannot be made 2:4: {listing}")
-        warnings.warn(f"skipping {len(skipped)} layer(s) that cannot be made 2:4: {listing}", stacklevel=2)
+        _warn_once(model, f"skipping {len(skipped)} layer(s) that cannot be made 2:4: {listing}")
     others, share = _matrices_outside_linears(model, protected)
     if not layers:
         raise NoTargetsError(
@@ -134,8 +140,19 @@ def select_targets(
                    f"{_listing(others)}; only nn.Linear layers are pruned")
         if strict:
             raise ProxSparseError(message)
-        warnings.warn(message, stacklevel=2)
+        _warn_once(model, message)
     return TargetSelection(layers, skipped)
+
+
+def _warn_once(model: nn.Module, message: str) -> None:
+    """Warn (at select_targets' caller) unless this model was already warned so."""
+    try:
+        given = _WARNED.setdefault(model, set())
+    except TypeError:  # a model that cannot be referenced weakly: warned every time
+        given = set()
+    if message not in given:
+        given.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _matrices_outside_linears(model: nn.Module, protected: set[int]) -> tuple[list[str], float]:

@@ -260,3 +260,23 @@ def test_a_batch_larger_than_the_calibration_given_is_refused(tiny_llama):
     with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(4\) is larger than the 2 calibration samples given"):
         sparsify_(tiny_llama, ProxSparseConfig(**{**FAST, "batch_size": 4}), calibration=_tokens(2))
     assert torch.equal(tiny_llama.model.layers[0].mlp.up_proj.weight, before)
+
+
+def _with_fused_experts(model):
+    """The tiny Llama with a 3-D expert tensor outside any nn.Linear, as transformers' MoE blocks hold them."""
+    model.model.layers[0].mlp.experts = torch.nn.Module()
+    model.model.layers[0].mlp.experts.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 128, 64))
+    return model
+
+
+def test_one_run_says_once_which_weights_stay_dense(tiny_llama_factory, recwarn):
+    """sparsify_, then quantize_ with target_filter (which selects again) on the same model: one warning;
+    another model, even an identical one, gets its own."""
+    config = ProxSparseConfig(**FAST)
+    model = sparsify_(_with_fused_experts(tiny_llama_factory()), config, calibration=_tokens())
+    quantize_(model, config, filter_fn=target_filter(model, config))
+    select_targets(model, config.targets, config.ignore)
+    said = [str(w.message) for w in recwarn if "stay" in str(w.message) and "dense" in str(w.message)]
+    assert len(said) == 1 and "layers.0.mlp.experts.gate_up_proj [4, 128, 64]" in said[0], said
+    select_targets(_with_fused_experts(tiny_llama_factory()), config.targets, config.ignore)
+    assert len([w for w in recwarn if "gate_up_proj" in str(w.message)]) == 2
