@@ -8,6 +8,11 @@ Memory: one running sum of squares per input column of each target layer, never 
 activations themselves. The scales are normalised to RMS 1 per layer, so the prox's strength
 keeps the units of the weight; zero-input columns get a small floor instead of 0 (the prox
 divides by s).
+
+A target layer the forward never calls on the calibration tokens (an unused head, experts that no
+token is routed to) has no statistic at all; it is refused, naming it, as Wanda and SparseGPT
+refuse it, instead of being pruned without any information (`check_layers_called` makes the same
+check without the statistics, for learning in the weights' own space).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from .calibration import forward_takes, is_padded, trimmed
+from .errors import ProxSparseError
 
 _FLOOR = 1e-6  # smallest scale, relative to the layer's largest
 
@@ -64,14 +70,64 @@ def activation_scales(
     dense no-grad pass of the model over `tokens` [N, L], in batches of at most
     `max_batch_tokens` tokens (at least one sample), which bounds the pass's activation memory;
     a batch with padded samples (PAD_ID) runs sample by sample, each trimmed to its real tokens.
+    A layer that no token reached raises ProxSparseError naming it.
 
-    `all_reduce` (in place, summing) combines the sums of squares of several processes that
-    each saw a part of the tokens, e.g. `torch.distributed.all_reduce`."""
+    `all_reduce` (in place, summing) combines the sums of squares (and token counts) of several
+    processes that each saw a part of the tokens, e.g. `torch.distributed.all_reduce`; every
+    process then comes to the same verdict on a layer none of them reached."""
     stats = {name: InputNorms(layer.in_features, layer.weight.device) for name, layer in layers.items()}
     handles = [
         layer.register_forward_pre_hook(lambda module, args, stat=stats[name]: stat.add(args[0]))
         for name, layer in layers.items()
     ]
+    try:
+        _calibration_pass(model, layers, tokens, max_batch_tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts = torch.tensor([float(stat.tokens) for stat in stats.values()], dtype=torch.float64,
+                          device=next(iter(layers.values())).weight.device)
+    if all_reduce is not None:
+        for stat in stats.values():
+            all_reduce(stat.sum_squares)
+        all_reduce(counts)
+    refuse_uncalled([name for name, count in zip(stats, counts.tolist()) if count == 0])
+    return {name: unit_rms_scales(stat.norms()).to(layers[name].weight.device) for name, stat in stats.items()}
+
+
+@torch.no_grad()
+def check_layers_called(model: nn.Module, layers: dict[str, nn.Linear], tokens: torch.Tensor, max_batch_tokens: int = 4096) -> None:
+    """Refuse (ProxSparseError naming them) target layers that the model's forward never calls on
+    `tokens`, as `activation_scales` does, without gathering any statistic. The pass stops after the
+    first batch that leaves no layer uncalled: one batch for a model whose forward runs every layer."""
+    called: set[str] = set()
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args, name=name: called.add(name)) for name, layer in layers.items()
+    ]
+    try:
+        _calibration_pass(model, layers, tokens, max_batch_tokens, done=lambda: len(called) == len(layers))
+    finally:
+        for handle in handles:
+            handle.remove()
+    refuse_uncalled([name for name in layers if name not in called])
+
+
+def refuse_uncalled(names: list[str], shown: int = 5) -> None:
+    """The one-line error for target layers no calibration token reached (nothing when `names` is empty)."""
+    if names:
+        listing = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+        raise ProxSparseError(
+            f"{len(names)} target layer(s) never called by the model's forward on the calibration tokens: {listing}; "
+            "with no inputs there is nothing to learn their masks from: add them to ignore, or calibrate on text that reaches them"
+        )
+
+
+def _calibration_pass(
+    model: nn.Module, layers: dict[str, nn.Linear], tokens: torch.Tensor, max_batch_tokens: int,
+    done: Callable[[], bool] = lambda: False,
+) -> None:
+    """The model's no-grad eval forward over `tokens` in batches of at most `max_batch_tokens` tokens
+    (padded samples one by one, trimmed), until the tokens end or `done()`; the train mode is restored."""
     training = model.training
     device = next(iter(layers.values())).weight.device
     kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
@@ -85,11 +141,7 @@ def activation_scales(
             pieces = [row.unsqueeze(0) for row in trimmed(batch)] if is_padded(batch) else [batch]
             for piece in pieces:
                 model(input_ids=piece.to(device), **kwargs)
+            if done():
+                return
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(training)
-    if all_reduce is not None:
-        for stat in stats.values():
-            all_reduce(stat.sum_squares)
-    return {name: unit_rms_scales(stat.norms()).to(layers[name].weight.device) for name, stat in stats.items()}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torchao.quantization import quantize_
 
+from .activations import check_layers_called
 from .calibration import token_count
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
 from .context import check_context
@@ -71,7 +72,9 @@ def learn(
     callback: Callback | None = None,
     stats_every: int | None = None,
 ) -> LearnResult:
-    """Learn the 2:4 masks of the target layers; the model itself is left unchanged."""
+    """Learn the 2:4 masks of the target layers; the model itself is left unchanged. A target the
+    model's forward never calls on the calibration tokens is refused before any learning (as Wanda
+    and SparseGPT refuse it): no data would reach it, so its mask would be a guess."""
     config = _check_config(config if config is not None else ProxSparseConfig())
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)
@@ -81,6 +84,8 @@ def learn(
             f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than the {tokens.shape[0]} calibration samples given: "
             "a step cannot take more samples than the run has"
         )
+    if not config.activation_aware:  # else the statistics pass of learn_masks refuses them
+        check_layers_called(model, selection.layers, tokens)
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from proxsparse_ao.activations import activation_scales, unit_rms_scales
+from proxsparse_ao.activations import activation_scales, check_layers_called, unit_rms_scales
 from proxsparse_ao.calibration import PAD_ID
+from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
 from reference_norms import input_norms_by_hand
 
@@ -148,3 +149,39 @@ def test_bfloat16_inputs_are_squared_and_summed_as_in_float64(tiny_llama_factory
     for name, seen in inputs.items():
         x = torch.cat(seen).reshape(-1, layers[name].in_features).double()
         torch.testing.assert_close(scales[name], unit_rms_scales(x.square().sum(0).sqrt()), rtol=1e-6, atol=0)
+
+
+def _with_an_unused_linear(model):
+    """The tiny Llama with a target nn.Linear that its forward never calls (a leftover head, say)."""
+    model.model.layers[0].mlp.unused = nn.Linear(64, 64)
+    return model
+
+
+def test_a_target_the_forward_never_calls_is_refused_by_name(tiny_llama):
+    model = _with_an_unused_linear(tiny_llama)
+    message = (r"^1 target layer\(s\) never called by the model's forward on the calibration tokens: model.layers.0.mlp.unused; "
+               r"with no inputs there is nothing to learn their masks from: add them to ignore, or calibrate on text that reaches them$")
+    with pytest.raises(ProxSparseError, match=message):
+        activation_scales(model, _layers(model), _tokens())
+    with pytest.raises(ProxSparseError, match=message):
+        check_layers_called(model, _layers(model), _tokens())
+    assert all(not layer._forward_pre_hooks for layer in _layers(model).values())
+    check_layers_called(tiny_llama, {n: m for n, m in _layers(model).items() if not n.endswith("unused")}, _tokens())
+
+
+def test_a_layer_only_another_process_reached_is_no_error_every_process_decides_on_the_summed_counts(tiny_llama):
+    model = _with_an_unused_linear(tiny_llama)
+    scales = activation_scales(model, _layers(model), _tokens(), all_reduce=lambda t: t.add_(1))  # the others saw 1 of each
+    assert "model.layers.0.mlp.unused" in scales
+
+
+def test_the_called_check_stops_after_the_first_batch_that_reached_every_layer(tiny_llama):
+    forwards = []
+    tiny_llama.model.embed_tokens.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    check_layers_called(tiny_llama, _layers(tiny_llama), _tokens(8), max_batch_tokens=32)  # 2 samples a batch
+    assert forwards == [2]
+    forwards.clear()
+    model = _with_an_unused_linear(tiny_llama)
+    with pytest.raises(ProxSparseError, match="never called"):
+        check_layers_called(model, _layers(model), _tokens(8), max_batch_tokens=32)
+    assert forwards == [2, 2, 2, 2]  # refused only after every calibration token

@@ -10,6 +10,7 @@ from proxsparse_ao import (
     ConfigError,
     MagnitudeConfig,
     ProxSparseConfig,
+    SparseGPTConfig,
     WandaConfig,
     attach_masks,
     is_nm,
@@ -260,6 +261,21 @@ def test_a_batch_larger_than_the_calibration_given_is_refused(tiny_llama):
     with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(4\) is larger than the 2 calibration samples given"):
         sparsify_(tiny_llama, ProxSparseConfig(**{**FAST, "batch_size": 4}), calibration=_tokens(2))
     assert torch.equal(tiny_llama.model.layers[0].mlp.up_proj.weight, before)
+
+
+@pytest.mark.parametrize("config", [
+    ProxSparseConfig(**FAST), ProxSparseConfig(**FAST, activation_aware=False), WandaConfig(samples=4, seqlen=16),
+    SparseGPTConfig(samples=4, seqlen=16),
+], ids=["proxsparse", "proxsparse-weight-space", "wanda", "sparsegpt"])
+def test_a_target_the_forward_never_calls_is_refused_by_every_calibrated_method(tiny_llama, config):
+    """No calibration token reaches it, so no method has anything to choose its mask from: refused by name,
+    before ProxSparse learns anything."""
+    tiny_llama.model.layers[0].mlp.unused = torch.nn.Linear(64, 64)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    with pytest.raises(ProxSparseError, match=r"never called .*model\.layers\.0\.mlp\.unused"):
+        sparsify_(tiny_llama, config, calibration=_tokens())
+    assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
+    assert not stored_masks(tiny_llama)
 
 
 def _with_fused_experts(model):
