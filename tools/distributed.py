@@ -9,14 +9,16 @@ from proxsparse_ao.quiet import quiet_libraries
 quiet_libraries()  # before anything imports torchao, which logs its failures at import time
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import typing  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from datetime import timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
@@ -42,12 +44,13 @@ EXAMPLES = """examples:
       --batch-size 2                             # embedded model, 2 gloo processes on CPU
 
 Every rank loads the whole model and learns on its shards; rank 0 alone reloads the original
-weights, applies the masks and writes the output folder (the format of `proxsparse-tool prune`).
+weights, applies the masks and writes the output folder (the format of `proxsparse-tool prune`),
+after the other ranks have ended with status 0 (none can then fail and have torchrun stop the save).
 A run resumes from --checkpoint-dir only with the same --nproc-per-node.
 --preset sets every field first; the other flags then override it.
 exit status: 0 success, 1 learning stopped early (a non-finite loss or gradient; the masks of the
-last good step are saved), 2 the input could not be used (one line on stderr from every rank);
-torchrun itself then exits 1 and names the failed ranks.
+last good step are saved; rank 0 alone says so), 2 the input could not be used (one line on stderr
+from every rank); torchrun itself then exits 1 and names the failed ranks.
 """
 
 
@@ -64,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
     parser.add_argument("--backend", default=None, help="process group backend (default nccl on GPUs, else gloo)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_MINUTES, metavar="MINUTES",
-                        help="fail the run when a rank waits longer than this for the others (a hung rank); "
-                        f"it must cover rank 0 saving the output (default {TIMEOUT_MINUTES:g})")
+                        help="fail the run when a rank waits longer than this for the others (a hung rank) "
+                        f"during learning (default {TIMEOUT_MINUTES:g})")
     parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="none",
                         help="FSDP2 compute dtype (bfloat16: bf16 compute, fp32 gradient reduction; default none)")
     add_config_flags(parser.add_argument_group("ProxSparse settings (ProxSparseConfig fields)"))
@@ -90,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
     from transformers.utils import logging as hf_logging
 
+    from proxsparse_ao.activations import check_layers_called
     from proxsparse_ao.api import apply_masks, calibration_tokens
     from proxsparse_ao.context import check_context
     from proxsparse_ao.data import check_text
@@ -111,49 +115,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.cuda.set_device(device)
     dist.init_process_group(_backend(args.backend, cuda), timeout=timedelta(minutes=args.timeout))
     try:
+        rank0, world = dist.get_rank() == 0, dist.get_world_size()
         dtype = getattr(torch, args.dtype)
         model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
         check_context(model, config.seqlen, "--seqlen")
-        layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
-        check_target_weights(layers)
-        tokens = calibration_tokens(config, tokenizer, model)
-        rank0 = dist.get_rank() == 0
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with _library_warnings(rank0):  # every rank has them; rank 0 says them, once
+            layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
+            check_target_weights(layers)
+            tokens = calibration_tokens(config, tokenizer, model)
+            if not config.activation_aware:  # else the statistics pass refuses them, as in prune
+                check_layers_called(model, layers, tokens)
+        with _library_warnings(rank0):
             result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision,
                                              callback=_progress if rank0 else None)
-        for warning in caught:  # the library's warnings, as prune shows them; every rank has them, rank 0 says them
-            if rank0 and not issubclass(warning.category, (DeprecationWarning, FutureWarning)) and "proxsparse_ao" in warning.filename:
-                print(f"warning: {warning.message}", flush=True)
         del model
-        if rank0:
-            original, _ = load_model(args.model, dtype=dtype, device="cpu")
-            apply_masks(original, result.masks, config)
-            label = DEFAULT_MODEL_LABEL if is_default(args.model) else source_label(args.model)
-            metadata = {
-                "method": "proxsparse",
-                "source_model": label,
-                "dtype": args.dtype,
-                "config": config.to_dict(),
-                "data": calibration_record(config, tokens.shape, token_count(tokens)),
-                "statistics": {
-                    "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
-                    "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
-                    "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2),
-                    "peak_memory_bytes": result.peak_memory_bytes, "world_size": dist.get_world_size(),
-                    "mixed_precision": args.mixed_precision, "final": result.history[-1] if result.history else None,
-                },
-                "versions": versions(),
-            }
-            check_output(output, args.overwrite, overwrite_flag="--overwrite")  # again: another run may have saved there since
-            save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
-                        extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
-            print(f"saved {output}: {len(result.masks)} layers 2:4, {result.steps_done} of {result.total_steps} steps "
-                  f"on {dist.get_world_size()} processes in {result.seconds:.0f} s", flush=True)
-        dist.barrier()
     finally:
+        # the masks are gathered on rank 0 and no collective is left: the other ranks end now, with
+        # success, so that none of them can fail (a timeout, a kill) while rank 0 saves, which would
+        # have torchrun stop rank 0 mid-save and lose the learning
         dist.destroy_process_group()
+    if not rank0:
+        return EXIT_OK
+    original, _ = load_model(args.model, dtype=dtype, device="cpu")
+    apply_masks(original, result.masks, config)
+    label = DEFAULT_MODEL_LABEL if is_default(args.model) else source_label(args.model)
+    metadata = {
+        "method": "proxsparse",
+        "source_model": label,
+        "dtype": args.dtype,
+        "config": config.to_dict(),
+        "data": calibration_record(config, tokens.shape, token_count(tokens)),
+        "statistics": {
+            "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
+            "stopped": result.stopped, "changed_vs_magnitude": result.changed_vs_magnitude,
+            "changed_vs_start": result.changed_vs_start, "learn_seconds": round(result.seconds, 2),
+            "peak_memory_bytes": result.peak_memory_bytes, "world_size": world,
+            "mixed_precision": args.mixed_precision, "final": result.history[-1] if result.history else None,
+        },
+        "versions": versions(),
+    }
+    check_output(output, args.overwrite, overwrite_flag="--overwrite")  # again: another run may have saved there since
+    save_pruned(original, output, result.masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite,
+                extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
+    print(f"saved {output}: {len(result.masks)} layers 2:4, {result.steps_done} of {result.total_steps} steps "
+          f"on {world} processes in {result.seconds:.0f} s", flush=True)
     return EXIT_CHECK_FAILED if result.stopped else EXIT_OK  # rank 0 printed the warning that says why it stopped
+
+
+@contextlib.contextmanager
+def _library_warnings(say: bool) -> Iterator[None]:
+    """The library's warnings raised inside, printed as prune prints them when `say` (rank 0), also when
+    the block fails; none reaches Python's own warning output, which every rank would print."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if say and not issubclass(warning.category, (DeprecationWarning, FutureWarning)) and _ours(warning.filename):
+                    print(f"warning: {warning.message}", flush=True)
+
+
+def _ours(filename: str) -> bool:
+    """Whether a warning comes from this project (the library, or this command, which calls some of the
+    library's checks itself), not from torch or transformers."""
+    return "proxsparse_ao" in filename or Path(filename).resolve().parent == Path(__file__).resolve().parent
 
 
 def _progress(stats: StepStats) -> None:

@@ -48,3 +48,17 @@ def make_tiny_opt(seed: int = 0):
     model = OPTForCausalLM(config)
     model.eval()
     return model
+
+
+def make_tiny_mixtral(seed: int = 0):
+    """A randomly initialised Mixtral (hidden 64, 4 experts of 128, vocab 256): transformers' mixture of
+    experts, its experts fused in 3-D tensors outside any nn.Linear."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256, num_local_experts=4, num_experts_per_tok=2,
+                           tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = MixtralForCausalLM(config)
+    model.eval()
+    return model

@@ -207,6 +207,66 @@ def test_torchrun_rank_killed_fails_fast_writes_nothing_and_the_same_command_res
 
 
 
+def test_the_torchrun_command_says_once_which_weights_stay_dense(tmp_path):
+    """Every rank selects the targets; rank 0 alone says what stays dense, once, in the command's own format."""
+    from tiny_models import make_byte_tokenizer, make_tiny_mixtral
+
+    model_dir, output, log = tmp_path / "tiny-mixtral", tmp_path / "pruned", tmp_path / "torchrun.log"
+    make_tiny_mixtral().save_pretrained(model_dir)
+    make_byte_tokenizer().save_pretrained(model_dir)
+    _finished(_torchrun_command(model_dir, output, "--samples", "4", "--seqlen", "16", "--batch-size", "2"), log)
+    printed = log.read_text()
+    assert printed.count("stay dense") == 1 and "UserWarning" not in printed, printed[-3000:]
+    assert "warning: 6 weight matrices are not in nn.Linear layers and stay dense (89% of the weights" in printed
+
+
+SLOW_SAVE = """import sys, time
+from pathlib import Path
+
+import proxsparse_ao.export as export
+from proxsparse_ao.tools import distributed
+
+marker = Path(sys.argv.pop(1))
+save = export.save_pruned
+
+
+def slow_save(*args, **kwargs):
+    marker.write_text("saving")
+    time.sleep(3)
+    return save(*args, **kwargs)
+
+
+export.save_pruned = slow_save
+distributed.entry(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the torchrun workers through /proc (Linux)")
+def test_no_other_rank_is_left_to_fail_while_rank_0_saves(tiny_model_dir, tmp_path):
+    """Once the masks are gathered the other ranks end with status 0: a failure among them while rank 0 writes
+    the output (here: SIGKILL of any that still runs) cannot have torchrun stop rank 0 mid-save."""
+    from proxsparse_ao.export import load_pruned
+
+    script, marker, output = tmp_path / "slow_save.py", tmp_path / "saving", tmp_path / "pruned"
+    script.write_text(SLOW_SAVE)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), str(script), str(marker),
+               str(tiny_model_dir), "--output", str(output), "--samples", "4", "--seqlen", "16", "--batch-size", "2"]
+    log = tmp_path / "torchrun.log"
+    with _launched(command, log) as run:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert run.poll() is None, f"torchrun ended before rank 0 saved:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "rank 0 did not start saving within 300 s"
+            time.sleep(0.05)
+        others = [pid for pid in _children(run.pid) if _rank(pid) not in (None, "0")]
+        for pid in others:
+            os.kill(pid, signal.SIGKILL)
+        code = run.wait(timeout=120)
+    assert code == 0 and not others, f"still running while rank 0 saved: {others}\n{log.read_text()[-3000:]}"
+    _, _, masks, metadata = load_pruned(output)
+    assert len(masks) == 14 and metadata["statistics"]["world_size"] == WORLD
+
+
 @pytest.mark.parametrize("name, message", [("glo", "--backend glo: unknown process-group backend"),
                                            ("nccl", "--backend nccl: this torch build")])
 def test_a_backend_this_torch_lacks_is_named(name, message):
