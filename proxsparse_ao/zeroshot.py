@@ -43,11 +43,21 @@ _TYPE_NAMES = {str: "a string", list: "a list", int: "an integer"}
 
 @dataclass(frozen=True)
 class ZeroShot:
-    """Per-task accuracy (`acc`), the unweighted average over tasks, and the item count of each task."""
+    """lm-eval's two multiple-choice accuracies per task, their unweighted averages over tasks, and the item counts.
+
+    `accuracy` is lm-eval's `acc` (the choice with the highest log-likelihood) and `average` is
+    always its mean. `accuracy_norm` is lm-eval's `acc_norm` (log-likelihood divided by the
+    choice's length in characters, as many pruning papers report for ARC, HellaSwag or PIQA),
+    None for a task lm-eval reports no `acc_norm` for (WinoGrande-like tasks).
+    `average_norm` is the mean of `acc_norm`, None unless every task has one: a mean over fewer
+    tasks than `average` covers would not be comparable with it.
+    """
 
     accuracy: dict[str, float]
     average: float
     items: dict[str, int]
+    accuracy_norm: dict[str, float | None]
+    average_norm: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,7 +243,8 @@ def zero_shot(
     data_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ZeroShot:
-    """0-shot accuracy of `model` on `tasks` (one name or several; first `limit` items of each).
+    """0-shot accuracy (`acc`, and `acc_norm` where the task has it) of `model` on `tasks` (one name or
+    several; first `limit` items of each).
 
     `progress(done, total)` is called as loglikelihood requests are scored. Unknown task
     names, missing or malformed local data and standard tasks whose data cannot be fetched
@@ -274,6 +285,23 @@ def zero_shot(
             bootstrap_iters=0,
             log_samples=False,
         )
+    return _scores(results, tasks)
+
+
+def _scores(results: dict, tasks: Sequence[str]) -> ZeroShot:
+    """The ZeroShot of `tasks` from simple_evaluate's results: `acc` and, where the task has it, `acc_norm`."""
     accuracy = {name: float(results["results"][name]["acc,none"]) for name in tasks}
+    accuracy_norm = {name: _optional(results["results"][name].get("acc_norm,none")) for name in tasks}
     items = {name: int(results["n-samples"][name]["effective"]) for name in tasks}
-    return ZeroShot(accuracy=accuracy, average=sum(accuracy.values()) / len(accuracy), items=items)
+    norms = [value for value in accuracy_norm.values() if value is not None]
+    return ZeroShot(
+        accuracy=accuracy,
+        average=sum(accuracy.values()) / len(accuracy),
+        items=items,
+        accuracy_norm=accuracy_norm,
+        average_norm=sum(norms) / len(norms) if len(norms) == len(tasks) else None,
+    )
+
+
+def _optional(value: object) -> float | None:
+    return None if value is None else float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -39,6 +40,66 @@ def test_reports_per_task_and_average_accuracy(tiny_llama, byte_tokenizer, small
     assert result.average == pytest.approx(sum(result.accuracy.values()) / 2)
     assert result.items == {"local_winogrande": 4, "local_science_mc": 4}
     assert calls and calls[-1][0] <= calls[-1][1]
+
+
+def test_acc_norm_is_reported_where_the_task_has_it_and_average_stays_the_mean_acc(tiny_llama, byte_tokenizer, small_data):
+    result = zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande", "local_science_mc"], limit=4, data_dir=small_data)
+    assert result.accuracy_norm["local_winogrande"] is None  # lm-eval's winogrande reports acc only
+    assert 0.0 <= result.accuracy_norm["local_science_mc"] <= 1.0
+    assert result.average == pytest.approx(sum(result.accuracy.values()) / 2)
+    assert result.average_norm is None  # not every task has acc_norm
+    assert result.to_dict()["accuracy_norm"] == {"local_winogrande": None, "local_science_mc": result.accuracy_norm["local_science_mc"]}
+
+
+def test_the_acc_norm_average_is_given_when_every_task_has_acc_norm(tiny_llama, byte_tokenizer, small_data):
+    result = zero_shot(tiny_llama, byte_tokenizer, ["local_science_mc", "local_physical_intuition"], limit=4,
+                       data_dir=small_data)
+    assert result.average_norm == pytest.approx(sum(result.accuracy_norm.values()) / 2)
+    assert result.average == pytest.approx(sum(result.accuracy.values()) / 2)
+
+
+# Answers of very different lengths, so that the raw and the length-normalised log-likelihood pick differently.
+SCORED_ITEMS = [
+    ("Sound is produced by", ["light", "vibrations of a string", "heat", "a magnet held near the ear"], 3),
+    ("Plants make food from", ["sunlight and water", "rocks", "the soil alone", "sand"], 2),
+    ("Ice melts when it is", ["warmed", "cooled below its freezing point", "kept dark", "left in a freezer"], 1),
+    ("The moon orbits", ["the earth", "the sun directly and never the earth", "mars", "nothing at all"], 1),
+    ("A magnet attracts", ["iron", "wood and paper", "glass", "plastic toys"], 0),
+]
+
+
+def _choice_loglikelihoods(model, tokenizer, question: str, choices: list[str]) -> list[float]:
+    """log p(" " + choice | question) of each choice, summed over its tokens, from one plain forward each."""
+    import torch
+
+    scores = []
+    for choice in choices:
+        context, answer = tokenizer(question).input_ids, tokenizer(" " + choice).input_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([context + answer])).logits[0].double()
+        logprobs = torch.log_softmax(logits[len(context) - 1 : -1], dim=-1)
+        scores.append(float(logprobs[torch.arange(len(answer)), torch.tensor(answer)].sum()))
+    return scores
+
+
+def test_acc_and_acc_norm_match_an_independent_scoring_of_the_items(tiny_llama, byte_tokenizer, tmp_path):
+    """acc: the choice with the highest log-likelihood; acc_norm: the highest log-likelihood per character of the choice."""
+    lines = [json.dumps({"question": q, "choices": choices, "gold": gold}) for q, choices, gold in SCORED_ITEMS]
+    folder = _task_folder(tmp_path, "science_mc.jsonl", "\n".join(lines) + "\n")
+    hits, hits_norm = 0, 0
+    for question, choices, gold in SCORED_ITEMS:
+        scores = _choice_loglikelihoods(tiny_llama, byte_tokenizer, question, choices)
+        per_char = [score / len(choice) for score, choice in zip(scores, choices)]
+        hits += max(range(len(choices)), key=scores.__getitem__) == gold
+        hits_norm += max(range(len(choices)), key=per_char.__getitem__) == gold
+    expected_acc, expected_norm = hits / len(SCORED_ITEMS), hits_norm / len(SCORED_ITEMS)
+    assert expected_acc != expected_norm, "the items no longer tell acc from acc_norm"
+
+    result = zero_shot(tiny_llama, byte_tokenizer, ["local_science_mc"], data_dir=folder)
+    assert result.items == {"local_science_mc": len(SCORED_ITEMS)}
+    assert result.accuracy["local_science_mc"] == pytest.approx(expected_acc)
+    assert result.accuracy_norm["local_science_mc"] == pytest.approx(expected_norm)
+    assert result.average_norm == pytest.approx(expected_norm)
 
 
 def test_data_folder_can_come_from_the_environment(tiny_llama, byte_tokenizer, small_data, monkeypatch):
