@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +17,9 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
 from .options import check_result_files, refuse_unused, require_at_least
+
+if TYPE_CHECKING:
+    from proxsparse_ao.zeroshot import ZeroShot
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -82,6 +86,21 @@ def _progress() -> Progress:
     )
 
 
+def _zero_shot_rows(table: Table, scores: ZeroShot, seconds: float) -> None:
+    """acc and acc_norm per task, then the mean acc over all tasks and, when every task has one, the mean acc_norm."""
+    for name, acc in scores.accuracy.items():
+        table.add_row(f"{name} acc", f"{acc:.4f}", f"{scores.items[name]} items, 0-shot")
+        if scores.accuracy_norm[name] is not None:
+            table.add_row(f"{name} acc_norm", f"{scores.accuracy_norm[name]:.4f}", "length-normalised: log-likelihood per character")
+    count = f"{len(scores.accuracy)} task{'s' if len(scores.accuracy) != 1 else ''}"
+    table.add_row("zero-shot average acc", f"{scores.average:.4f}", f"mean acc of {count}, {seconds:.1f} s")
+    without = [name for name, norm in scores.accuracy_norm.items() if norm is None]
+    if scores.average_norm is not None:
+        table.add_row("zero-shot average acc_norm", f"{scores.average_norm:.4f}", f"mean acc_norm of {count}")
+    elif len(without) < len(scores.accuracy):
+        table.add_row("zero-shot average acc_norm", "-", f"not every task has acc_norm (none for {', '.join(without)})")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     _check(args)
     import torch
@@ -135,9 +154,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             )
         seconds = time.perf_counter() - started
         result["zero_shot"] = scores.to_dict() | {"limit": args.limit, "seconds": round(seconds, 2)}
-        for name, acc in scores.accuracy.items():
-            table.add_row(f"{name} acc", f"{acc:.4f}", f"{scores.items[name]} items, 0-shot")
-        table.add_row("zero-shot average", f"{scores.average:.4f}", f"{len(scores.accuracy)} task{'s' if len(scores.accuracy) != 1 else ''}, {seconds:.1f} s")
+        _zero_shot_rows(table, scores, seconds)
 
     console.print(table)
     if args.json:

@@ -16,7 +16,7 @@ from rich.table import Table
 from proxsparse_ao.cache import atomic_write_bytes
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
-from proxsparse_ao.zeroshot import check_tasks
+from proxsparse_ao.zeroshot import ZeroShot, check_tasks
 
 from .options import check_result_files, parse_device, refuse_unused, require_at_least
 
@@ -174,6 +174,14 @@ def _zero_shot(model, tokenizer, args: argparse.Namespace, what: str):
         task = bar.add_task(f"zero-shot ({what}) {', '.join(args.tasks)}", total=None)
         return zero_shot(model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _zero_shot_rows(table: Table, scores: ZeroShot, what: str) -> None:
+    """acc of each task and, where lm-eval reports one, its length-normalised acc_norm."""
+    for name, acc in scores.accuracy.items():
+        table.add_row(f"{name} acc ({what})", "", f"{acc:.4f} ({scores.items[name]} items, 0-shot)")
+        if scores.accuracy_norm[name] is not None:
+            table.add_row(f"{name} acc_norm ({what})", "", f"{scores.accuracy_norm[name]:.4f} (length-normalised)")
 
 
 def _names(names: list[str]) -> str:
@@ -344,8 +352,7 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
         scores = _zero_shot(model, tokenizer, args, "sparse")
         result["zero_shot"] = scores.to_dict() | {"limit": args.limit}
         checks.setdefault("accuracy", "pass")
-        for name, acc in scores.accuracy.items():
-            table.add_row(f"{name} acc (sparse)", "", f"{acc:.4f} ({scores.items[name]} items, 0-shot)")
+        _zero_shot_rows(table, scores, "sparse")
     if dense is None:
         table.add_row("dense source", _status("skipped"), skipped)
         return
@@ -356,8 +363,7 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
     if args.tasks:
         scores = _zero_shot(dense, dense_tokenizer, args, "dense")
         result["baseline_zero_shot"] = scores.to_dict() | {"limit": args.limit}
-        for name, acc in scores.accuracy.items():
-            table.add_row(f"{name} acc (dense)", "", f"{acc:.4f} ({scores.items[name]} items, 0-shot)")
+        _zero_shot_rows(table, scores, "dense")
     del dense
 
 

@@ -66,9 +66,45 @@ def test_zero_shot_only_on_local_tasks(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["ppl"] is None and result["zero_shot"]["items"] == {"local_science_mc": 3}
-    assert "local_science_mc acc" in done.stdout and "zero-shot average" in done.stdout
-    assert "1 task," in done.stdout and "1 tasks" not in done.stdout
+    scores = result["zero_shot"]
+    assert _row(done.stdout, "local_science_mc acc") == [f"{scores['accuracy']['local_science_mc']:.4f}", "3 items, 0-shot"]
+    norm = scores["accuracy_norm"]["local_science_mc"]
+    assert scores["average_norm"] == norm and scores["average"] == scores["accuracy"]["local_science_mc"]
+    assert _row(done.stdout, "local_science_mc acc_norm") == [f"{norm:.4f}", "length-normalised: log-likelihood per character"]
+    assert _row(done.stdout, "zero-shot average acc")[0] == f"{scores['average']:.4f}"
+    assert _row(done.stdout, "zero-shot average acc_norm") == [f"{norm:.4f}", "mean acc_norm of 1 task"]
+    assert "mean acc of 1 task," in done.stdout and "1 tasks" not in done.stdout
     assert "it/s" not in done.stderr, "library progress bars leaked"
+
+
+def _row(stdout: str, label: str) -> list[str]:
+    """The cells after `label` in the table row that starts with it."""
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if cells[0] == label:
+            return cells[1:]
+    raise AssertionError(f"no row {label!r} in:\n{stdout}")
+
+
+def test_a_task_without_acc_norm_gets_none_and_no_acc_norm_average(tiny_model_dir, tmp_path):
+    """WinoGrande-like tasks have acc only: their acc_norm is null, and the acc_norm average is not taken over fewer tasks."""
+    data = tmp_path / "zeroshot"
+    data.mkdir()
+    (data / "science_mc.jsonl").write_text(json.dumps({"question": "Q?", "choices": ["a", "bb"], "gold": 1}) + "\n")
+    (data / "winogrande_ni.jsonl").write_text(
+        json.dumps({"sentence": "The cup fell as _ tilted.", "option1": "cup", "option2": "table", "answer": "2"}) + "\n"
+    )
+    out = tmp_path / "zs.json"
+    done = cli("eval", tiny_model_dir, "--no-ppl", "--tasks", "local_winogrande", "local_science_mc",
+               "--zeroshot-data", data, "--json", out)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(out.read_text())["zero_shot"]
+    assert scores["accuracy_norm"]["local_winogrande"] is None and scores["average_norm"] is None
+    assert scores["average"] == sum(scores["accuracy"].values()) / 2
+    assert _row(done.stdout, "local_winogrande acc")[0] == f"{scores['accuracy']['local_winogrande']:.4f}"
+    assert "local_winogrande acc_norm" not in done.stdout
+    assert _row(done.stdout, "local_science_mc acc_norm")[0] == f"{scores['accuracy_norm']['local_science_mc']:.4f}"
+    assert _row(done.stdout, "zero-shot average acc_norm") == ["-", "not every task has acc_norm (none for local_winogrande)"]
 
 
 @pytest.mark.parametrize(

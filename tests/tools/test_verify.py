@@ -420,6 +420,21 @@ def test_the_baseline_models_context_does_not_matter_without_perplexity(folders,
     assert code == 0 and ran == [] and err == "" and "verify passed" in out and "acc (dense)" in out
 
 
+def test_zero_shot_shows_acc_and_acc_norm_of_both_models_where_the_task_has_acc_norm(folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    code, out, err, _, _ = verify_in_process(folders, folders["dense"], tmp_path, monkeypatch, capsys, "--no-ppl",
+                                             "--no-compile", "--tasks", "local_winogrande", "local_science_mc",
+                                             "--limit", "2")
+    assert code == 0, err
+    result = json.loads((tmp_path / "out.json").read_text())
+    for what, key in (("sparse", "zero_shot"), ("dense", "baseline_zero_shot")):
+        scores = result[key]
+        assert scores["accuracy_norm"]["local_winogrande"] is None and scores["average_norm"] is None
+        assert f"local_winogrande acc ({what})" in out and f"local_winogrande acc_norm ({what})" not in out
+        row = next(line for line in out.splitlines() if f"local_science_mc acc_norm ({what})" in line)
+        assert f"{scores['accuracy_norm']['local_science_mc']:.4f} (length-normalised)" in row
+
+
 def test_a_pruned_model_as_baseline_is_refused_as_not_a_dense_source(folders, tmp_path, monkeypatch, capsys):
     code, out, err, ran, wrote = verify_in_process(folders, folders["pruned"], tmp_path, monkeypatch, capsys,
                                                    "--seqlen", "64")
