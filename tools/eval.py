@@ -87,7 +87,7 @@ def _progress() -> Progress:
 
 
 def _zero_shot_rows(table: Table, scores: ZeroShot, seconds: float) -> None:
-    """acc and acc_norm per task, then the mean acc over all tasks and, when every task has one, the mean acc_norm."""
+    """acc and acc_norm per task, the mean acc over all tasks, and the mean acc_norm (a `-` naming the tasks without one)."""
     for name, acc in scores.accuracy.items():
         table.add_row(f"{name} acc", f"{acc:.4f}", f"{scores.items[name]} items, 0-shot")
         if scores.accuracy_norm[name] is not None:
