@@ -45,3 +45,10 @@ def test_bad_exclude_patterns_are_named(exclude, message):
 
 def test_one_exclude_pattern_may_be_given_as_a_string():
     assert exclude_patterns("lm_head") == ["lm_head"]
+
+
+def test_a_regex_pattern_must_match_the_whole_name_not_just_its_start():
+    """"re:model.layers.1" names layer 1's module only; it must not keep layers 10-19 dense too."""
+    assert excluded_by("model.layers.1", ["re:model\\.layers\\.1"]) == "re:model\\.layers\\.1"
+    assert excluded_by("model.layers.10", ["re:model\\.layers\\.1"]) is None
+    assert excluded_by("model.layers.1.mlp.up_proj", ["re:model\\.layers\\.1"]) is None

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from proxsparse_ao.masks import apply_mask, magnitude_mask
 from proxsparse_ao.passes import LinearWeights, Sparse24Pass
 from proxsparse_ao.sparse_format import compress_24
+from traced_graphs import traced
 
 LINEAR24 = torch.ops.proxsparse.linear24.default
 
@@ -18,14 +18,6 @@ LINEAR24 = torch.ops.proxsparse.linear24.default
 def pruned(rows: int, cols: int, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> torch.Tensor:
     weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)).to(dtype)
     return apply_mask(weight, magnitude_mask(weight))
-
-
-def traced(fn, *inputs) -> torch.fx.GraphModule:
-    """An aten graph with constants as get_attr and fake values in node.meta, like a post-grad graph."""
-    gm = make_fx(fn)(*inputs)
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    FakeTensorProp(gm, mode).propagate(*(mode.from_tensor(t) for t in inputs))
-    return gm
 
 
 def run_pass(gm: torch.fx.GraphModule, graph_pass: Sparse24Pass) -> int:
@@ -203,3 +195,81 @@ def test_an_input_of_another_dtype_than_the_weight_stays_dense():
     graph_pass = Sparse24Pass()
     assert run_pass(gm, graph_pass) == 0
     assert graph_pass.records[0][0].reason == "input dtype torch.float16 differs from weight dtype torch.bfloat16"
+
+
+def test_linear_weights_names_only_constants_whose_values_are_the_layers_weights():
+    """Matching rows by their first entries alone would name a different constant as a layer, and the
+    decisions made for that layer (excluded, not 2:4) would be applied to the wrong weight."""
+    model = torch.nn.ModuleDict({name: torch.nn.Linear(128, 64, bias=False).to(torch.bfloat16) for name in ("q", "k")})
+    resolve = LinearWeights(model)
+    q, k = (model[n].weight.detach() for n in ("q", "k"))
+    edited = q.clone()
+    edited[5, 100] += 1  # same first row, same first columns, other values further in
+    assert resolve(edited) is None
+    assert resolve(torch.cat([q, edited])) is None
+    assert resolve(q[:32]) is None  # part of a layer's weight (same storage) is not that layer
+    assert resolve(torch.cat([k, q])) == [("k", 64), ("q", 64)]
+
+
+def test_only_a_transpose_flips_the_weight_a_non_transposing_permute_is_left_alone():
+    """permute(0, 1) keeps the constant as it is: read as a transpose, the weight's orientation flips."""
+    constant = pruned(64, 64)  # square and 2:4 along its rows: a flipped reading would still pass every check
+    x = torch.randn(3, 64).to(torch.bfloat16)
+
+    def fn(x):
+        return x @ constant.permute(0, 1)
+
+    gm = traced(fn, x)
+    graph_pass = Sparse24Pass()
+    assert run_pass(gm, graph_pass) == 0 and graph_pass.records == [[]]
+    assert torch.equal(gm(x), fn(x))
+
+
+def test_addmm_with_a_bias_of_more_than_one_dimension_stays_dense():
+    """linear24 takes a bias of one value per output feature; a [M, N] addend is another computation."""
+    weight = pruned(64, 128)
+    x = torch.randn(5, 128).to(torch.bfloat16)
+    for addend in (torch.randn(5, 64).to(torch.bfloat16), torch.randn(1, 64).to(torch.bfloat16)):
+        fn = functools.partial(torch.addmm, addend, mat2=weight.t())
+        gm = traced(lambda x: fn(x), x)
+        assert run_pass(gm, Sparse24Pass()) == 0
+        assert torch.equal(gm(x), fn(x))
+
+
+def test_a_rewritten_graph_no_longer_holds_the_dense_weight():
+    """The dense constant becomes dead and is dropped, so the compiled graph does not keep both copies."""
+    weight, bias = pruned(64, 128), torch.randn(64).to(torch.bfloat16)
+    x = torch.randn(5, 128).to(torch.bfloat16)
+    gm = traced(lambda x: torch.addmm(bias, x, weight.t()), x)
+    assert run_pass(gm, Sparse24Pass()) == 1
+    constants = [getattr(gm, node.target) for node in gm.graph.nodes if node.op == "get_attr"]
+    assert not any(c.shape == weight.shape or c.shape == weight.t().shape for c in constants)
+    assert [node.target for node in gm.graph.nodes if node.op == "call_function"] == [LINEAR24]
+
+
+def test_a_weight_given_new_data_is_compressed_again(monkeypatch):
+    """`.data = ...` keeps the version counter (no in-place write) but holds other values."""
+    made = count_compressions(monkeypatch)
+    weight = pruned(64, 128)
+    graph_pass = Sparse24Pass(resolve=lambda w: [("proj", w.shape[0])])
+    x = torch.randn(2, 128).to(torch.bfloat16)
+    assert run_pass(traced(lambda x: x @ weight.t(), x), graph_pass) == 1
+    weight.data = pruned(64, 128, seed=7)
+    gm = traced(lambda x: x @ weight.t(), x)
+    assert run_pass(gm, graph_pass) == 1
+    assert torch.equal(gm(x), x @ weight.t()) and len(made) == 2
+
+
+def test_row_blocks_of_one_parameter_are_each_compressed_once_for_all_graphs(monkeypatch):
+    """A parameter holding several layers' rows (a fused qkv weight) gives equal-shaped views at other
+    offsets: each block keeps its own compressed copy, shared by every graph of the compile."""
+    made = count_compressions(monkeypatch)
+    parameter = pruned(128, 128)
+    graph_pass = Sparse24Pass(resolve=lambda w: [("block", w.shape[0])])
+    for rows in (4, 1, 3):
+        views = parameter[:64], parameter[64:]  # new view objects per graph, as freezing makes them
+        x = torch.randn(rows, 128).to(torch.bfloat16)
+        gm = traced(lambda x: torch.cat([x @ view.t() for view in views], -1), x)
+        assert run_pass(gm, graph_pass) == 2
+        assert torch.equal(gm(x), x @ parameter.t())
+    assert len(made) == 2
