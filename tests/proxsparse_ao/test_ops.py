@@ -206,3 +206,23 @@ def test_a_weight_is_packed_for_cusparselt_once_and_again_after_an_in_place_writ
     assert cusparselt_weight(values, meta) is not first and len(packed_weights) == 2
     cusparselt_weight(values, meta.clone())  # another meta: packed again
     assert len(packed_weights) == 3
+
+
+def test_a_single_input_vector_works_as_with_f_linear(weight, packed):
+    x, bias = torch.randn(128).to(torch.bfloat16), torch.randn(64).to(torch.bfloat16)
+    out = torch.ops.proxsparse.linear24(x, packed.values, packed.meta, bias)
+    assert out.shape == (64,) and torch.equal(out, F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda v, m, b: (v, m[:, :4].contiguous(), b), r"meta must be int16 \[64, 8\] for values \[64, 64\] .*; got torch.int16 \[64, 4\]"),
+        (lambda v, m, b: (v, m, b[:, None].contiguous()), r"bias must be torch.bfloat16 of shape \[64\]; got torch.bfloat16 \[64, 1\]"),
+    ],
+)
+def test_metadata_and_bias_of_another_layout_are_refused(packed, change, message):
+    """Metadata with too few columns would be read past its end; a [N, 1] bias broadcasts into a wrong result."""
+    x, bias = torch.randn(64, 128).to(torch.bfloat16), torch.randn(64).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.proxsparse.linear24(x, *change(packed.values, packed.meta, bias))

@@ -67,3 +67,9 @@ def test_unsupported_reason_covers_the_pattern():
     assert unsupported_reason(torch.ones(32, 64, dtype=torch.bfloat16)) == (
         "not 2:4: 512 of 512 groups of 4 have more than 2 non-zeros"
     )
+
+
+def test_a_single_group_with_three_nonzeros_makes_a_weight_not_2to4():
+    weight = pruned(32, 64)
+    weight[7, 12:16] = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    assert unsupported_reason(weight) == "not 2:4: 1 of 512 groups of 4 have more than 2 non-zeros"
