@@ -15,6 +15,7 @@ from torch._inductor.utils import run_and_get_code
 import proxsparse_ao
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.masks import apply_mask, magnitude_mask
+from proxsparse_ao.speed import SpeedTable
 
 OP_CALL = "torch.ops.proxsparse.linear24.default("
 BF16_TOL = {"atol": 3e-2, "rtol": 3e-2}
@@ -315,3 +316,79 @@ def test_the_report_names_layers_swapped_before_compiling():
     _, report = proxsparse_ao.compile(model, sparse="always")
     assert report.swapped == ["up"] and "up" not in report.linears
     assert "swapped to SparseLinear24 before compiling: 1 (linear24 in every graph)" in report.summary().splitlines()[1]
+
+
+def decisions(compiled: nn.Module, report, weight: torch.Tensor, rows: int) -> list:
+    """The records of the 2:4 pass `proxsparse_ao.compile` installed in `compiled`, run on a hand-traced
+    graph of `x @ weight.T` (no Inductor compile): what the compiled model decides for that matmul."""
+    from traced_graphs import traced
+
+    x = torch.randn(rows, weight.shape[1]).to(weight.dtype)
+    with torch.no_grad():
+        graph = traced(lambda x: x @ weight.t(), x)
+    compiled.inductor_config["post_grad_custom_post_pass"](graph.graph)
+    (records,) = report.graphs
+    return records
+
+
+class Timer:
+    """A SpeedTable timer for which sparse is twice as fast as dense; records the (M, N, K) it is asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+
+    def __call__(self, device, dtype, m, n, k):
+        self.calls.append((m, n, k))
+        return 2.0, 1.0
+
+
+def as_if_on_a_2to4_gpu(monkeypatch) -> None:
+    """The per-shape timing path of sparse='auto', which only CUDA sm80+ takes (CPU never gains from 2:4)."""
+    import importlib
+
+    compile_module = importlib.import_module("proxsparse_ao.compiler")
+    monkeypatch.setattr(compile_module, "never_faster", lambda device: None)
+    monkeypatch.setattr(compile_module, "kernel_missing", lambda device: None)
+
+
+def test_auto_times_each_layer_at_its_rows_out_features_and_in_features(monkeypatch):
+    as_if_on_a_2to4_gpu(monkeypatch)
+    model, timer = Mixed(), Timer()
+    (record,) = decisions(*proxsparse_ao.compile(model, timings=SpeedTable(timer)), model.up.weight, 5)
+    assert timer.calls == [(5, 128, 64)]  # up: 64 in, 128 out
+    assert (record.name, record.rewritten, record.reason) == ("up", True, "faster than dense (at least 2.00x, at M=5)")
+
+
+def test_never_keeps_every_layer_dense_even_where_sparse_is_timed_faster(monkeypatch):
+    as_if_on_a_2to4_gpu(monkeypatch)
+    model, timer = Mixed(), Timer()
+    (record,) = decisions(*proxsparse_ao.compile(model, sparse="never", timings=SpeedTable(timer)), model.up.weight, 5)
+    assert (record.name, record.rewritten, record.reason) == ("up", False, "sparse='never'")
+    assert timer.calls == []
+
+
+def test_a_weight_replaced_after_compile_stays_dense_and_says_so():
+    """compile() judged the weights it saw; a weight set since is not one it checked (exclusions, 2:4)."""
+    model = Mixed()
+    replacement = nn.Linear(64, 128).to(torch.bfloat16)
+    prune_(replacement)
+    compiled, report = proxsparse_ao.compile(model, sparse="always")
+    model.up.weight = replacement.weight
+    (record,) = decisions(compiled, report, model.up.weight, 3)
+    assert not record.rewritten
+    assert record.reason.startswith("not the weight of an nn.Linear of this model as it was at compile()")
+
+
+def test_a_gpu_older_than_sm80_is_named_as_lacking_2to4_tensor_cores(monkeypatch):
+    import importlib
+
+    compile_module = importlib.import_module("proxsparse_ao.compiler")
+    monkeypatch.setattr(torch, "_sparse_semi_structured_mm", lambda *args: None, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert compile_module.kernel_missing(torch.device("cuda")) == "GPU sm75 has no 2:4 sparse tensor cores (needs sm80 or newer)"
+
+
+def test_the_record_of_an_excluded_layer_gives_the_exclusion_as_its_reason():
+    model = Mixed()
+    (record,) = decisions(*proxsparse_ao.compile(model, sparse="always"), model.lm_head.weight, 2)
+    assert (record.name, record.rewritten, record.reason) == ("lm_head", False, "excluded (matches 'lm_head')")

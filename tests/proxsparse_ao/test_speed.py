@@ -152,3 +152,36 @@ def test_timings_are_kept_apart_per_2to4_kernel_path(monkeypatch):
     wrapper = speed.device_key(torch.device("cuda"))
     assert cached.endswith("sm90 torch " + torch.__version__ + " cusparselt cached plans")
     assert wrapper.endswith("cusparselt torch wrapper") and cached.startswith("NVIDIA H200")
+
+
+def test_a_speedup_of_exactly_the_minimum_is_enough():
+    """"At least min_speedup": a layer timed at exactly that ratio goes sparse."""
+    chosen, why = SpeedTable(lambda *args: (3.0, 2.0), min_speedup=1.5).choose(CPU, torch.bfloat16, 64, 64, (16, 16))
+    assert chosen and why == "faster than dense (at least 1.50x, at M=16)"
+
+
+@pytest.mark.parametrize(("dense_ms", "chosen"), [(1.01, False), (1.03, True)])
+def test_by_default_sparse_must_be_2_percent_faster_so_timing_noise_keeps_a_layer_dense(dense_ms, chosen):
+    assert SpeedTable(lambda *args: (dense_ms, 1.0)).choose(CPU, torch.bfloat16, 64, 64, (16, 16))[0] is chosen
+
+
+def test_a_saved_timing_of_zero_milliseconds_is_refused(tmp_path):
+    """A zero time is no measurement (it would read as an infinite speedup)."""
+    path = tmp_path / "timings.json"
+    path.write_text('{"cpu | float16 | m=1 n=64 k=64": [1.0, 0]}')
+    with pytest.raises(ProxSparseError, match="is not a file of saved 2:4 timings"):
+        SpeedTable(ScriptedTimer(from_m=1), path=path)
+
+
+def test_a_timings_file_in_a_folder_that_cannot_be_written_is_refused_before_any_timing(open_tmp, unprivileged):
+    import subprocess
+    import sys
+
+    folder = open_tmp / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    code = ("import sys\nfrom proxsparse_ao.speed import SpeedTable\n"
+            "try:\n    SpeedTable(path=sys.argv[1])\nexcept Exception as err:\n    print(type(err).__name__, err)\n")
+    done = subprocess.run([*unprivileged, sys.executable, "-c", code, str(folder / "timings.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == f"ProxSparseError SpeedTable path {folder / 'timings.json'}: its folder is not writable", done.stderr
