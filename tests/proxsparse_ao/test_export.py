@@ -311,6 +311,15 @@ def _off_mask_entry(folder, layer: str, value: float) -> None:
     _edit_weight(folder, f"{layer}.weight", move)
 
 
+
+def _masks_file_outside(folder) -> None:
+    """proxsparse.json points at a (valid) masks file next to the folder rather than in it."""
+    (folder.parent / MASKS_FILE).write_bytes((folder / MASKS_FILE).read_bytes())
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    metadata["masks_file"] = f"../{MASKS_FILE}"
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
+
+
 DAMAGED_PRUNED_FOLDERS = {
     "a target weight rewritten dense": (
         lambda f: _edit_weight(f, "model.layers.0.mlp.up_proj.weight", lambda w: torch.ones_like(w)),
@@ -335,6 +344,9 @@ DAMAGED_PRUNED_FOLDERS = {
     "no proxsparse.json": (lambda f: (f / METADATA_FILE).unlink(), "is not a pruned model folder (no proxsparse.json)"),
     "a truncated masks file": (lambda f: (f / MASKS_FILE).write_bytes((f / MASKS_FILE).read_bytes()[:100]),
                                "masks.safetensors cannot be read"),
+    "no masks file": (lambda f: (f / MASKS_FILE).unlink(), "masks.safetensors is missing (proxsparse.json refers to it)"),
+    "a masks file named outside the folder": (_masks_file_outside,
+                                              "proxsparse.json: 'masks_file' must name a file in the folder, got '../masks.safetensors'"),
     "a mask for a layer the model lacks": (_rename_a_mask,
                                            "the saved masks name 1 layer(s) that are not linears of the model: model.layers.9"),
 }
@@ -483,3 +495,18 @@ def test_load_pruned_refuses_a_device_it_cannot_load_onto_before_loading(tiny_ll
         load_pruned(out, device=device)
     with pytest.raises(ProxSparseError, match="dtype must be a floating torch dtype such as torch.bfloat16, got 'float8'"):
         load_pruned(out, dtype="float8")
+
+
+@pytest.mark.parametrize("targets", ["model.layers.0.mlp.up_proj", ["model.layers.0.mlp.up_proj", 3], None])
+def test_metadata_whose_targets_are_not_a_list_of_names_is_bad_input(tmp_path, targets):
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"format": "proxsparse-2:4/v1", "targets": targets}))
+    with pytest.raises(ProxSparseError, match="'targets' must be a list of layer names"):
+        read_metadata(tmp_path)
+
+
+def test_saved_mask_codes_that_are_not_one_row_per_weight_row_are_bad_input(tiny_llama, tmp_path):
+    masks = _pruned(tiny_llama)
+    layer = "model.layers.0.mlp.down_proj"
+    metadata = save_codes(tmp_path, masks, lambda codes: codes.update({layer: codes[layer].flatten()}))
+    with pytest.raises(ProxSparseError, match=rf"the mask of {layer} is uint8 of shape \(2048,\), expected 2-D uint8 codes"):
+        read_masks(tmp_path, metadata)
