@@ -516,3 +516,64 @@ def test_an_end_to_end_speedup_below_min_speedup_fails_the_run_and_one_at_or_abo
     assert result["checks"]["speed"] == verdict and result["exit_code"] == code and result["passed"] is (code == 0)
     assert f"{speedup:.2f}x" in printed and "needs 1.50x" in printed
     assert ("verify FAILED: speed" in printed) is (verdict == "fail")
+
+
+def test_a_compiled_model_whose_logits_differ_fails_the_run_and_is_not_timed(folders, tmp_path, monkeypatch, capsys):
+    """A rewrite that changes the outputs fails deployment (exit 1); its speed is not measured, even where
+    it could be (CUDA sm80+; here the gate is opened and the compile check stubbed)."""
+    import proxsparse_ao.verification as verification
+    from proxsparse_ao.tools import cli as tool
+
+    def deployed(model, ids, targets, dtype, **kwargs):
+        check = verification.Deployment("bfloat16", list(targets), list(targets), {}, {}, 0.9, 0.01, 0.2, "", 0.0)
+        return check, (lambda ids: None), model
+
+    def timed(*args, **kwargs):
+        raise AssertionError("the speed of a failed deployment was measured")
+
+    monkeypatch.setattr(verification, "speed_skip_reason", lambda device: None)
+    monkeypatch.setattr(verification, "check_deployment", deployed)
+    monkeypatch.setattr(verification, "measure_speed", timed)
+    out = tmp_path / "out.json"
+    assert tool.main(["verify", str(folders["pruned"]), "--no-ppl", "--text", str(folders["text"]), "--min-speedup", "1.5",
+                      "--json", str(out)]) == 1
+    printed = " ".join(capsys.readouterr().out.split())
+    result = json.loads(out.read_text())
+    assert result["checks"]["deployment"] == "fail" and result["deployment"]["outputs_match"] is False
+    assert result["checks"]["speed"] == "skipped: the deployment check failed" and result["speedup"] is None
+    assert result["exit_code"] == 1 and "verify FAILED: deployment" in printed
+
+
+def test_a_model_whose_perplexity_is_not_finite_fails_the_accuracy_check(folders, tmp_path, capsys):
+    """A damaged weight outside the targets (here the final norm) keeps the structure exact 2:4 but makes
+    every logit NaN: the run must fail, not report a perplexity of nan as a pass."""
+    from safetensors.torch import load_file, save_file
+
+    from proxsparse_ao.tools import cli as tool
+
+    folder = copy_of(folders, tmp_path, "nan-norm")
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], float("nan"))
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out.json"
+    code = tool.main(["verify", str(folder), "--no-compile", "--text", str(folders["text"]), "--seqlen", "64", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code == 1 and result["checks"]["structure"] == "pass" and result["checks"]["accuracy"] == "fail"
+    assert "verify FAILED: accuracy" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(("extra", "tokens"), [((), 128), (("--deploy-tokens", "32"), 32)])
+def test_the_compile_check_on_cpu_runs_128_tokens_unless_told_otherwise(folders, monkeypatch, capsys, extra, tokens):
+    """On CPU the rewrite runs the reference kernel, so the check stays short: 128 tokens, not --seqlen (1024)."""
+    import proxsparse_ao.verification as verification
+    from proxsparse_ao.tools import cli as tool
+
+    seen = []
+
+    def deployed(model, ids, targets, dtype, **kwargs):
+        seen.append(tuple(ids.shape))
+        return verification.Deployment("bfloat16", list(targets), list(targets), {}, {}, 0.0, 0.0, 1.0, "", 0.0), None, model
+
+    monkeypatch.setattr(verification, "check_deployment", deployed)
+    assert tool.main(["verify", str(folders["pruned"]), "--no-ppl", "--text", str(folders["text"]), "--device", "cpu", *extra]) == 0
+    assert seen == [(1, tokens)]
