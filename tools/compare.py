@@ -1,16 +1,18 @@
 """`proxsparse-tool compare`: every 2:4 method on the same calibration tokens, evaluated side by side.
 
-Each method starts from a freshly loaded model; the pruning is timed and its peak memory
-measured on its own (peak RSS reset through /proc/self/clear_refs on Linux CPU, the CUDA
-allocator's peak on a GPU). Everything that can be refused (method names, calibration data,
-evaluation text, tasks, output paths, a model the layer-wise methods cannot walk) is checked
-before the first method runs. The JSON file is rewritten after every method, so a long run
-leaves its finished rows behind.
+Each method starts from a freshly loaded model; the pruning is timed and its memory measured on
+its own: the peak it reached above what was resident when it started (the loaded model and the
+evaluation tokens), with what earlier methods freed handed back to the system first. Everything
+that can be refused (method names, calibration data, evaluation text, tasks, output paths, a
+model the layer-wise methods cannot walk) is checked before the first method runs. The JSON file
+is rewritten after every method, so a long run leaves its finished rows behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import shlex
@@ -48,6 +50,7 @@ MASK_ONLY = {"dense": None, "magnitude": True, "wanda": True, "sparsegpt": False
 CALIBRATED = ("wanda", "sparsegpt", "sparsegpt-mask", "proxsparse")
 DEFAULT_METHODS = "dense,magnitude,wanda,sparsegpt-mask,sparsegpt,proxsparse"
 DTYPES = ("float32", "bfloat16", "float16")
+MEMORY_HEADER = "peak memory added (GiB)"
 
 EXAMPLES = f"""examples:
   proxsparse-tool compare                                          # {DEFAULT_METHODS}
@@ -143,7 +146,12 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
 
 
 class PeakMemory:
-    """Peak memory of a code region: the CUDA allocator's peak, or the process's peak RSS after a reset."""
+    """Memory a code region adds at its peak over what was resident when it started.
+
+    CPU (Linux): peak RSS, reset through /proc/self/clear_refs, minus the RSS at the start. CUDA: the
+    allocator's peak minus what it had allocated at the start (host memory not counted). Freed
+    memory is handed back to the system first, so that the region neither counts what earlier work
+    left behind nor reuses it unseen. `added` is None where the peak cannot be reset (no /proc)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -151,14 +159,17 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         import torch
 
-        self.start = _rss()
+        release_freed_memory()
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.start = int(torch.cuda.memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
             self.exact = True
         else:
+            self.start = _rss()
             try:
                 Path("/proc/self/clear_refs").write_text("5")
-                self.exact = True
+                self.exact = self.start > 0
             except OSError:
                 self.exact = False
         return self
@@ -167,11 +178,23 @@ class PeakMemory:
         import torch
 
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
         else:
             from proxsparse_ao.training import peak_memory_bytes
 
             self.peak = _status_kib("VmHWM") * 1024 if self.exact else peak_memory_bytes(self.device)
+        self.added = self.peak - self.start if self.exact else None
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim; a no-op
+    elsewhere), so resident memory is what is still in use."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _status_kib(field: str) -> int:
@@ -319,7 +342,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     started = time.perf_counter()
                     details = _prune(method, model, tokens, args, bar)
                     seconds = time.perf_counter() - started
-                row.update(prune_seconds=round(seconds, 2), peak_memory_bytes=memory.peak,
+                row.update(prune_seconds=round(seconds, 2), prune_memory_bytes=memory.added, peak_memory_bytes=memory.peak,
                            memory_before_bytes=memory.start, pattern_ok=_pattern_ok(model, details["masks"]),
                            changed_vs_magnitude=_changed(before, details["masks"]), layers=len(details["masks"]),
                            config=details["config"])
@@ -327,7 +350,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     row["stopped"] = details["stopped"]
                 del before, details
             else:
-                row.update(prune_seconds=None, peak_memory_bytes=None, pattern_ok=False, changed_vs_magnitude=None)
+                row.update(prune_seconds=None, prune_memory_bytes=None, peak_memory_bytes=None, pattern_ok=False,
+                           changed_vs_magnitude=None)
             row["ppl_by_text"] = {}
             for name, ids in eval_ids.items():
                 task = bar.add_task(f"{method}: perplexity on {name}", total=None)
@@ -413,18 +437,22 @@ def _cells(row: dict, texts: list[str], tasks: list[str]) -> list[str]:
     dense = row["prune_seconds"] is None
     cells += [
         "-" if dense else f"{row['prune_seconds']:.1f}",
-        "-" if dense else f"{row['peak_memory_bytes'] / 2**30:.2f}",
+        "-" if dense else _gib(row.get("prune_memory_bytes")),
         "-" if dense else f"{row['changed_vs_magnitude']:.1%}",
         "-" if dense else ("yes" if row["pattern_ok"] else "NO"),
     ]
     return cells
 
 
+def _gib(size: int | None) -> str:
+    return "n/a" if size is None else f"{size / 2**30:.2f}"
+
+
 def _headers(texts: list[str], tasks: list[str]) -> list[str]:
     headers = ["method", "mask only"] + [f"PPL {t}" for t in texts]
     if tasks:
         headers += [f"{t} acc" for t in tasks] + ["zero-shot avg"]
-    return headers + ["prune time (s)", "peak memory (GiB)", "groups != magnitude", "exactly 2:4"]
+    return headers + ["prune time (s)", MEMORY_HEADER, "groups != magnitude", "exactly 2:4"]
 
 
 def _table(rows: list[dict], texts: list[str], tasks: list[str], label: str) -> Table:
@@ -435,6 +463,15 @@ def _table(rows: list[dict], texts: list[str], tasks: list[str], label: str) -> 
     for row in rows:
         table.add_row(*_cells(row, texts, tasks))
     return table
+
+
+def memory_words(device: str) -> str:
+    """What the memory column holds, for the note under the Markdown table."""
+    where = ("the CUDA allocator's peak during pruning minus what it held when pruning started (host memory not counted)"
+             if device.startswith("cuda") else
+             "the process's peak resident memory during pruning minus its resident memory when pruning started")
+    return (f"Peak memory added: {where}; the freshly loaded model and the evaluation tokens were already resident, "
+            "and what earlier methods freed was handed back to the system first, so each row is that method's own cost.")
 
 
 def markdown(rows: list[dict], texts: list[str], tasks: list[str], settings: dict) -> str:
@@ -454,7 +491,7 @@ def markdown(rows: list[dict], texts: list[str], tasks: list[str], settings: dic
         + f" of {', '.join(evaluation['texts'])}."
         + (f" Zero-shot: {', '.join(settings['tasks'])}" + (f", first {settings['limit']} items each." if settings["limit"] else ".")
            if settings["tasks"] else ""),
-        "Peak memory: the process's peak resident memory during pruning (model included).",
+        memory_words(settings["device"]),
         "",
         f"Command: `{settings['command']}`",
         "",

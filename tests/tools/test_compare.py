@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +108,56 @@ def test_a_failing_method_keeps_the_other_rows(tiny_model_dir, tmp_path, monkeyp
     assert rows[1]["error"] == "MemoryError: no scratch space" and rows[1]["pattern_ok"] is False
 
 
+def _compare_argv(model, tmp_path, methods: str) -> list[str]:
+    text = tmp_path / "fox.txt"
+    text.write_text(TEXT)
+    return ["compare", str(model), "--methods", methods, "--text", str(text), "--calibration", str(text),
+            "--samples", "2", "--seqlen", "32", "--eval-tokens", "128", "--eval-seqlen", "64", "--json", str(tmp_path / "rows.json")]
+
+
+def _fragmented_heap(mib: int, kept: list) -> None:
+    """Allocate `mib` MiB in 100 kB heap blocks between blocks put in `kept`, then free them: the
+    heap cannot shrink past the kept blocks, so the freed pages stay resident unless handed back."""
+    freed = []
+    for _ in range(mib * 10):
+        freed.append(b"f" * 100_000)
+        kept.append(b"k" * 100_000)
+    del freed
+
+
+def test_each_methods_memory_column_is_its_own_peak_not_what_earlier_methods_left(tiny_model_dir, tmp_path, monkeypatch):
+    """magnitude leaves 128 MiB resident and 128 MiB freed on a fragmented heap; wanda then needs 96 MiB
+    for a moment. wanda's column must be its 96 MiB: neither the 128 MiB still held (the process's
+    peak counted it) nor 0 (reusing the freed pages raised no peak unless they were handed back)."""
+    from proxsparse_ao.tools import cli, compare
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("the peak RSS is reset through /proc/self/clear_refs (Linux)")
+    real, left_behind = compare._prune, []
+
+    def costly(method, *args, **kwargs):
+        details = real(method, *args, **kwargs)
+        if method == "magnitude":
+            _fragmented_heap(128, left_behind)
+        else:
+            scratch = [b"w" * 100_000 for _ in range(960)]
+            del scratch
+        return details
+
+    monkeypatch.setattr(compare, "_prune", costly)
+    argv = _compare_argv(tiny_model_dir, tmp_path, "magnitude,wanda") + ["--markdown", str(tmp_path / "table.md")]
+    assert cli.main(argv) == 0
+    magnitude, wanda = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    mib = 2**20
+    assert magnitude["prune_memory_bytes"] >= 200 * mib  # both halves were live together at its peak
+    assert wanda["memory_before_bytes"] - magnitude["memory_before_bytes"] >= 100 * mib  # what magnitude left
+    assert 80 * mib <= wanda["prune_memory_bytes"] <= 120 * mib
+    assert wanda["peak_memory_bytes"] == wanda["memory_before_bytes"] + wanda["prune_memory_bytes"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| peak memory added (GiB) |" in table and "minus its resident memory when pruning started" in table
+    assert f"| {wanda['prune_memory_bytes'] / 2**30:.2f} |" in table.splitlines()[3]
+
+
 def test_the_calibration_is_described_as_windows_or_as_documents_with_their_real_tokens():
     from proxsparse_ao.tools.compare import _calibration_words
 
@@ -135,7 +186,7 @@ def test_the_printed_table_never_cuts_a_method_name_even_at_80_columns():
     from proxsparse_ao.tools.compare import _table
 
     row = dict(mask_only=True, ppl_by_text={"wikipedia": 127.94, "news": 176.99}, prune_seconds=277.0,
-               peak_memory_bytes=1.32 * 2**30, changed_vs_magnitude=0.2, pattern_ok=True)
+               prune_memory_bytes=0.2 * 2**30, changed_vs_magnitude=0.2, pattern_ok=True)
     rows = [{**row, "method": "sparsegpt-mask"}, {**row, "method": "sparsegpt", "mask_only": False}]
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
     console.print(_table(rows, ["wikipedia", "news"], [], "test"))
