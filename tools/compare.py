@@ -5,7 +5,9 @@ its own: the peak it reached above what was resident when it started (the loaded
 evaluation tokens), with what earlier methods freed handed back to the system first. Everything
 that can be refused (method names, calibration data, evaluation text, tasks, output paths, a
 model the layer-wise methods cannot walk) is checked before the first method runs. The JSON file
-is rewritten after every method, so a long run leaves its finished rows behind.
+is written atomically before the first method and after every one, and says which methods have
+not finished and why (not run yet, failed, interrupted), so a cut-short run is never taken for a
+whole one.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ CALIBRATED = ("wanda", "sparsegpt", "sparsegpt-mask", "proxsparse")
 DEFAULT_METHODS = "dense,magnitude,wanda,sparsegpt-mask,sparsegpt,proxsparse"
 DTYPES = ("float32", "bfloat16", "float16")
 MEMORY_HEADER = "peak memory added (GiB)"
+NOT_RUN_YET = "not run yet (the run was still going, or was killed before it)"
 
 EXAMPLES = f"""examples:
   proxsparse-tool compare                                          # {DEFAULT_METHODS}
@@ -371,24 +374,43 @@ def run(args: argparse.Namespace, console: Console) -> int:
             del model
         return row
 
+    from .cli import Terminated
+
+    json_path = Path(args.json).expanduser() if args.json else None
     rows: list[dict] = []
-    for method in methods:
-        try:
-            row = measure(method)
-        except Exception as err:  # one failing method must not lose the others' rows
-            row = {"method": method, "mask_only": MASK_ONLY[method], "error": f"{type(err).__name__}: {err}",
-                   "ppl": None, "ppl_by_text": {}, "pattern_ok": False, "prune_seconds": None}
-        rows.append(row)
-        console.print(_summary(row), highlight=False)
-        if args.json:
-            _write_json(Path(args.json).expanduser(), settings, rows)
+    unfinished = dict.fromkeys(methods, NOT_RUN_YET)
+    if json_path:
+        _write_json(json_path, settings, rows, unfinished, "running")
+    current = None
+    try:
+        for current in methods:
+            try:
+                row = measure(current)
+                del unfinished[current]
+            except Exception as err:  # one failing method must not lose the others' rows
+                row = {"method": current, "mask_only": MASK_ONLY[current], "error": f"{type(err).__name__}: {err}",
+                       "ppl": None, "ppl_by_text": {}, "pattern_ok": False, "prune_seconds": None}
+                unfinished[current] = "failed: " + row["error"]
+            rows.append(row)
+            console.print(_summary(row), highlight=False)
+            if json_path:
+                _write_json(json_path, settings, rows, unfinished, "finished" if len(rows) == len(methods) else "running")
+    except (KeyboardInterrupt, Terminated) as stop:
+        status, why = ("interrupted", "interrupted (Ctrl-C)") if isinstance(stop, KeyboardInterrupt) else ("terminated", "terminated (SIGTERM)")
+        stopped_at = len(rows)
+        for method in methods[stopped_at:]:
+            unfinished[method] = f"{why} during this method" if method == current else f"not run: {why} before it"
+        if json_path:
+            _write_json(json_path, settings, rows, unfinished, status)
+            console.print(f"partial results in {args.json}: {stopped_at} of {len(methods)} method(s) finished", highlight=False)
+        raise
     console.print(_table(rows, texts, args.tasks, label))
     if args.json:
         console.print(f"wrote {args.json}")
     if args.markdown:
         atomic_write_bytes(Path(args.markdown).expanduser(), markdown(rows, texts, args.tasks, settings).encode())
         console.print(f"wrote {args.markdown}")
-    return 0 if all(row["pattern_ok"] for row in rows if row["method"] != "dense") and not any("error" in row for row in rows) else 1
+    return 0 if all(row["pattern_ok"] for row in rows if row["method"] != "dense") and not unfinished else 1
 
 
 def command_line(args: argparse.Namespace, methods: list[str]) -> str:
@@ -414,8 +436,13 @@ def command_line(args: argparse.Namespace, methods: list[str]) -> str:
     return shlex.join(parts)
 
 
-def _write_json(path: Path, settings: dict, rows: list[dict]) -> None:
-    atomic_write_bytes(path, (json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n").encode())
+def _write_json(path: Path, settings: dict, rows: list[dict], unfinished: dict[str, str], status: str) -> None:
+    """The results so far, replaced in one step (temporary file, then rename): `complete` is true only
+    when every method finished; `unfinished` names each method that did not, with why; `status` is
+    running, finished, interrupted or terminated (a file left "running" belongs to a killed run)."""
+    record = {"complete": status == "finished" and not unfinished, "status": status, "unfinished": unfinished,
+              "settings": settings, "rows": rows}
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def _summary(row: dict) -> str:

@@ -103,9 +103,12 @@ def test_a_failing_method_keeps_the_other_rows(tiny_model_dir, tmp_path, monkeyp
         "--samples", "2", "--seqlen", "32", "--eval-tokens", "128", "--eval-seqlen", "64", "--json", str(out),
     ])
     assert code == 1
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert rows[0]["pattern_ok"] and rows[0]["ppl"] > 1
     assert rows[1]["error"] == "MemoryError: no scratch space" and rows[1]["pattern_ok"] is False
+    assert result["complete"] is False and result["status"] == "finished"
+    assert result["unfinished"] == {"wanda": "failed: MemoryError: no scratch space"}
 
 
 def _compare_argv(model, tmp_path, methods: str) -> list[str]:
@@ -113,6 +116,85 @@ def _compare_argv(model, tmp_path, methods: str) -> list[str]:
     text.write_text(TEXT)
     return ["compare", str(model), "--methods", methods, "--text", str(text), "--calibration", str(text),
             "--samples", "2", "--seqlen", "32", "--eval-tokens", "128", "--eval-seqlen", "64", "--json", str(tmp_path / "rows.json")]
+
+
+@pytest.mark.parametrize("stop, code, status, why", [
+    (KeyboardInterrupt, 130, "interrupted", "interrupted (Ctrl-C)"),
+    ("Terminated", 143, "terminated", "terminated (SIGTERM)"),
+])
+def test_an_interrupted_run_leaves_a_json_that_names_what_did_not_finish(stop, code, status, why, tiny_model_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    from proxsparse_ao.tools import cli, compare
+
+    stop = getattr(cli, stop) if isinstance(stop, str) else stop
+    real = compare._prune
+
+    def stopped(method, *args, **kwargs):
+        if method == "wanda":
+            raise stop
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "_prune", stopped)
+    out = tmp_path / "rows.json"
+    out.write_text('{"complete": true, "rows": "an earlier run"}')
+    assert cli.main(_compare_argv(tiny_model_dir, tmp_path, "magnitude,wanda,sparsegpt-mask")) == code
+    result = json.loads(out.read_text())
+    assert result["complete"] is False and result["status"] == status
+    assert [row["method"] for row in result["rows"]] == ["magnitude"] and result["rows"][0]["pattern_ok"]
+    assert result["unfinished"] == {"wanda": f"{why} during this method", "sparsegpt-mask": f"not run: {why} before it"}
+    captured = capsys.readouterr()
+    said = " ".join(captured.out.split())  # the console wraps at its width
+    assert f"partial results in {out}: 1 of 3 method(s) finished" in said
+    assert captured.err.strip() == status
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rows.json")] == []  # no temporary file left
+
+
+def test_while_it_runs_the_json_says_which_methods_are_still_to_come(tiny_model_dir, tmp_path, monkeypatch):
+    """A run killed outright (SIGKILL, power) cannot write anything more: what it wrote last already says it is partial."""
+    from proxsparse_ao.tools import cli, compare
+
+    real, seen = compare._prune, {}
+    out = tmp_path / "rows.json"
+    out.write_text('{"complete": true, "rows": "an earlier run"}')
+
+    def watched(method, *args, **kwargs):
+        seen[method] = json.loads(out.read_text())
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "_prune", watched)
+    assert cli.main(_compare_argv(tiny_model_dir, tmp_path, "magnitude,wanda")) == 0
+    first, second = seen["magnitude"], seen["wanda"]  # as the file stood while each method ran
+    assert first["rows"] == [] and first["status"] == "running" and first["complete"] is False
+    assert first["unfinished"] == {"magnitude": compare.NOT_RUN_YET, "wanda": compare.NOT_RUN_YET}
+    assert [row["method"] for row in second["rows"]] == ["magnitude"] and second["unfinished"] == {"wanda": compare.NOT_RUN_YET}
+    final = json.loads(out.read_text())
+    assert final["complete"] is True and final["status"] == "finished" and final["unfinished"] == {}
+
+
+def test_the_json_is_replaced_in_one_step_so_a_write_cut_short_leaves_the_previous_file(tmp_path, monkeypatch):
+    import proxsparse_ao.cache as cache
+    from proxsparse_ao.tools.compare import _write_json
+
+    out = tmp_path / "rows.json"
+    _write_json(out, {"model": "m"}, [{"method": "magnitude"}], {"wanda": "not run yet"}, "running")
+    before = out.read_text()
+
+    def cut_short(fd, mode):
+        handle = open(fd, mode)
+        real_write = handle.write
+
+        def write(data):
+            real_write(data[: len(data) // 2])
+            raise KeyboardInterrupt
+
+        handle.write = write
+        return handle
+
+    monkeypatch.setattr(cache.os, "fdopen", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        _write_json(out, {"model": "m"}, [{"method": "magnitude"}, {"method": "wanda"}], {}, "finished")
+    assert out.read_text() == before and json.loads(before)["status"] == "running"
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]
 
 
 def _fragmented_heap(mib: int, kept: list) -> None:
