@@ -10,7 +10,6 @@ Triton kernel can poison the CUDA context, which would fail every later stage of
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import inspect
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from script_input import OneLineParser, at_least, finite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -579,15 +579,19 @@ def probe_cusparselt() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for gpu_check.json and linear24_timings.json")
-    parser.add_argument("--budget-s", type=float, default=430.0, help="no new step starts past this (default 430)")
+    parser.add_argument("--budget-s", type=finite(0), default=430.0, help="no new step starts past this (default 430)")
     parser.add_argument("--sparse", default="auto", choices=("auto", "always"), help="policy of the 2:4 variant")
     parser.add_argument("--model", default=None, help="local HF checkpoint folder of the default model (SmolLM2)")
-    parser.add_argument("--prefill-tokens", type=int, default=2048)
-    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--prefill-tokens", type=at_least(1), default=2048)
+    parser.add_argument("--decode-steps", type=at_least(1), default=32)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, measures nothing")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"argument out: {args.out} is a file, not a folder")
+    if args.model is not None and not (Path(args.model).expanduser() / "config.json").is_file():
+        parser.error(f"argument --model: {args.model} is not a model folder (no config.json in it)")
     args.out.mkdir(parents=True, exist_ok=True)
     bootstrap()
     device = torch.device("cpu" if args.smoke else "cuda")

@@ -8,7 +8,9 @@ config (`--preset`, then every `--set field=value`, values parsed as JSON), lear
 applies them to the ORIGINAL weights, checks the model is exactly 2:4, and reports perplexity
 on each `--text` (first --eval-tokens tokens, windows of --eval-seqlen), the learning's wall
 time and the process's peak RSS. Dense and magnitude rows are optional (`--dense`,
-`--magnitude`). Failures are recorded in the JSON too. Was `learn_vs_magnitude.py`.
+`--magnitude`). Failures are recorded in the JSON too. Bad input (an unknown preset or field, a
+missing text file, a number out of range, an unwritable --json) is one line and exit status 2,
+before the model loads. Was `learn_vs_magnitude.py`.
 """
 
 from __future__ import annotations
@@ -25,15 +27,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from script_input import OneLineParser, at_least, run_script  # noqa: E402
+
+from proxsparse_ao.quiet import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # before anything imports torchao, which logs its failures at import time
+
 from proxsparse_ao.api import apply_masks, calibration_tokens, learn  # noqa: E402
 from proxsparse_ao.config import ProxSparseConfig  # noqa: E402
-from proxsparse_ao.data import load_text  # noqa: E402
+from proxsparse_ao.context import check_context  # noqa: E402
+from proxsparse_ao.data import check_text, load_text  # noqa: E402
+from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 from proxsparse_ao.evaluation import perplexity, tokenize_text  # noqa: E402
 from proxsparse_ao.export import check_pruned  # noqa: E402
 from proxsparse_ao.history import write_history  # noqa: E402
 from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
 from proxsparse_ao.targets import select_targets  # noqa: E402
+from proxsparse_ao.tools.options import check_result_files  # noqa: E402
 
 
 def peak_rss_gib() -> float:
@@ -41,9 +52,12 @@ def peak_rss_gib() -> float:
 
 
 def parse_settings(pairs: list[str]) -> dict:
+    """`--set FIELD=VALUE` pairs as config overrides, each value parsed as JSON where it parses."""
     values = {}
     for pair in pairs:
-        key, _, raw = pair.partition("=")
+        key, equals, raw = pair.partition("=")
+        if not key or not equals:
+            raise ProxSparseError(f"--set {pair!r}: expected FIELD=VALUE")
         try:
             values[key] = json.loads(raw)
         except ValueError:
@@ -51,26 +65,33 @@ def parse_settings(pairs: list[str]) -> dict:
     return values
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", help="ProxSparseConfig preset (default: the defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a ProxSparseConfig field")
     parser.add_argument("--text", nargs="+", default=["wikipedia", "news"], help="evaluation texts (default wikipedia news)")
-    parser.add_argument("--eval-tokens", type=int, default=16384)
-    parser.add_argument("--eval-seqlen", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a shared 2-core machine)")
+    parser.add_argument("--eval-tokens", type=at_least(0), default=16384, help="first N tokens of each text, 0 = all (default 16384)")
+    parser.add_argument("--eval-seqlen", type=at_least(2), default=1024, help="perplexity window (default 1024)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch threads (1 is faster on a shared 2-core machine)")
     parser.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     parser.add_argument("--magnitude", action="store_true", help="also evaluate magnitude 2:4")
     parser.add_argument("--label", default=None, help="a name for the run in the JSON")
     parser.add_argument("--json", type=Path, default=None, help="write the results (and the per-step log) here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    config = ProxSparseConfig.preset(args.preset, **parse_settings(args.set))
+    if args.eval_tokens and args.eval_tokens < args.eval_seqlen:
+        raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
+    for text in args.text:
+        check_text(text)
+    check_text(config.calibration)
+    check_result_files({"--json": args.json and str(args.json)}, inputs={"--text": args.text, "--calibration": config.calibration})
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = ProxSparseConfig.preset(args.preset, **parse_settings(args.set))
     results: dict = {"label": args.label, "command": " ".join(sys.argv), "config": config.to_dict(), "model": DEFAULT_MODEL_LABEL,
                      "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     model, tokenizer = load_model()
+    check_context(model, args.eval_seqlen, "--eval-seqlen")
     calibration = calibration_tokens(config, tokenizer)
     texts = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in args.text}
     results["calibration_shape"] = list(calibration.shape)
@@ -79,7 +100,7 @@ def main() -> int:
         values = {}
         for name, ids in texts.items():
             start = time.perf_counter()
-            values[name] = round(perplexity(m, ids, args.eval_seqlen, max_tokens=args.eval_tokens).ppl, 3)
+            values[name] = round(perplexity(m, ids, args.eval_seqlen, max_tokens=args.eval_tokens or None).ppl, 3)
             print(f"  perplexity on {name}: {values[name]:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
         return values
 
@@ -132,4 +153,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, ProxSparseError))

@@ -15,6 +15,8 @@ minimisers may differ where a group has several, and the reference's coordinate 
 short of the minimum. "obj op-ref" is the operator's worst excess over the reference, relative
 to the group's 1/2 ||z||^2 (at most rounding, ~1e-16, when the operator is exact); "op lower" the
 fraction of groups where the operator found a lower objective than the reference.
+Bad input (a size that is not a positive multiple of 4, a negative or non-finite lam, no such
+device) is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -30,11 +32,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
 from reference_enumalm import reference_prox_2to4  # noqa: E402
+from script_input import OneLineParser, at_least, finite, run_script  # noqa: E402
 
+from proxsparse_ao.quiet import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # before anything imports torchao, which logs its failures at import time
+
+from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 from proxsparse_ao.masks import fraction_nm  # noqa: E402
 from proxsparse_ao.prox import backend, prox_2to4  # noqa: E402
 from proxsparse_ao.regularizers import r_2to4_groups  # noqa: E402
 from proxsparse_ao.speed import interleaved_seconds  # noqa: E402
+from proxsparse_ao.tools.options import parse_device  # noqa: E402
 
 
 def objectives(w: torch.Tensor, z: torch.Tensor, lam: float) -> torch.Tensor:
@@ -63,17 +72,19 @@ def best_time(fn, repeats: int, device: torch.device) -> float:
     return min(times)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--lams", type=float, nargs="+", default=[0.1, 1.0, 10.0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved operator/copy pairs for the median ratio")
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=at_least(4), default=4096, help="rows and columns, a multiple of 4 (default 4096)")
+    parser.add_argument("--lams", type=finite(0), nargs="+", default=[0.1, 1.0, 10.0], help="prox strengths (default 0.1 1 10)")
+    parser.add_argument("--repeats", type=at_least(1), default=5)
+    parser.add_argument("--rounds", type=at_least(1), default=20, help="interleaved operator/copy pairs for the median ratio")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--with-reference", action="store_true", help="also time the reference on CUDA")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.size % 4:
+        parser.error(f"argument --size: must be a multiple of 4 (groups of 4 along a row), got {args.size}")
 
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     weight = torch.randn(args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     out = torch.empty_like(weight)
     run_reference = device.type == "cpu" or args.with_reference
@@ -108,4 +119,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, ProxSparseError))

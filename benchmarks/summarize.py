@@ -11,7 +11,6 @@ or pruning time and peak memory, as a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -20,6 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from script_input import OneLineParser, run_script  # noqa: E402
 
 from proxsparse_ao.quiet import quiet_libraries  # noqa: E402
 
@@ -87,7 +88,7 @@ def table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Mean and spread over seeds of learn_eval.py and compare JSON results.")
+    parser = OneLineParser(description="Mean and spread over seeds of learn_eval.py and compare JSON results.")
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
     records = []
     for path in parser.parse_args(argv).results:
@@ -104,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 ABSENT_ON_THE_GPU_MACHINE = ("torchao", "lm_eval", "datasets", "rich")
 
@@ -62,3 +64,22 @@ def test_smoke_run_completes_every_stage_and_writes_its_json(tmp_path):
     tokens = prefill["batch"] * prefill["tokens"]
     for variant in ("dense", "sparse"):
         assert [tokens, tokens] in prefill[variant]["m_ranges_per_graph"][0], prefill[variant]["m_ranges_per_graph"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no-such-folder"], "--model: no-such-folder is not a model folder (no config.json in it)"),
+    (["--budget-s", "nan"], "--budget-s: must be finite, got nan"),
+    (["--budget-s", "-5"], "--budget-s: must be at least 0, got -5"),
+    (["--prefill-tokens", "2k"], "--prefill-tokens: expected an integer, got '2k'"),
+    (["--decode-steps", "0"], "--decode-steps: must be at least 1, got 0"),
+    (["--sparse", "never"], "argument --sparse: invalid choice: 'never'"),
+])
+def test_a_bad_option_is_one_line_and_exit_2_before_any_stage(argv, message, tmp_path, refuses):
+    refuses("gpu_check.py", tmp_path / "out", "--smoke", *argv, message=message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path, refuses):
+    taken = tmp_path / "results.json"
+    taken.write_text("{}")
+    refuses("gpu_check.py", taken, "--smoke", message=f"argument out: {taken} is a file, not a folder")

@@ -1,5 +1,5 @@
 """`benchmarks/learn_eval.py` at a tiny budget on the embedded model: one setting learned, checked 2:4 and
-scored, written as the JSON `summarize.py` reads."""
+scored, written as the JSON `summarize.py` reads; bad input is one line and exit 2, before the model loads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,3 +30,45 @@ def test_a_tiny_run_writes_a_result_summarize_reads(tmp_path):
     summary = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summarize.py"), str(out)],
                              capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0 and "| tiny | 0 |" in summary.stdout
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading the model fails the test: input must be checked before it."""
+    import proxsparse_ao.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", no_loading)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "lr"], "--set 'lr': expected FIELD=VALUE"),
+    (["--set", "learning_rate=1e-3"], "unknown field(s) learning_rate"),
+    (["--set", "lr=fast"], "ProxSparseConfig.lr"),
+    (["--preset", "fastest"], "unknown ProxSparseConfig preset 'fastest'"),
+    (["--text", "missing.txt"], "missing.txt"),
+    (["--eval-tokens", "many"], "--eval-tokens: expected an integer, got 'many'"),
+    (["--eval-tokens", "100"], "--eval-tokens must be 0 (all) or cover one window of 1024, got 100"),
+    (["--eval-seqlen", "1"], "--eval-seqlen: must be at least 2, got 1"),
+    (["--threads", "0"], "--threads: must be at least 1, got 0"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_the_model_loads(argv, message, refuses, no_model):
+    refuses("learn_eval.py", *argv, message=message)
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_learning(tmp_path, refuses, no_model):
+    refuses("learn_eval.py", "--json", tmp_path, message=f"--json {tmp_path} is a folder: name a file")
+    text = tmp_path / "eval.txt"
+    text.write_text("The quick brown fox. " * 50)
+    refuses("learn_eval.py", "--text", text, "--json", text, message="would overwrite what --text reads")
+
+
+def test_a_bad_value_is_one_line_from_a_fresh_interpreter_too():
+    """No library chatter (torchao's load failures, torch's pytree notes) before the error line."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learn_eval.py"), "--preset", "fastest"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: unknown ProxSparseConfig preset 'fastest'")

@@ -1,4 +1,4 @@
-"""`benchmarks/summarize.py`: the seed table of the committed issue-9 results, and one-line errors for bad files."""
+"""`benchmarks/summarize.py`: the seed table of the committed issue-9 results, and one-line errors for bad files and options."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def test_the_committed_results_summarise_by_run_and_seed():
     assert any(line.startswith("| compare:sparsegpt | ") for line in lines)
 
 
-def test_a_missing_or_foreign_file_is_one_line_and_exit_2(tmp_path):
+def test_a_missing_or_foreign_file_or_a_bad_option_is_one_line_and_exit_2(tmp_path):
     foreign = tmp_path / "foreign.json"
     foreign.write_text('{"x": 1}')
-    for path, message in ((tmp_path / "nope.json", "cannot read"), (foreign, "is not a learn_eval.py or compare result")):
-        done = summarize(str(path))
+    for argv, message in (([tmp_path / "nope.json"], "cannot read"), ([foreign], "is not a learn_eval.py or compare result"),
+                          (["--bogus", foreign], "unrecognized arguments: --bogus"), ([], "the following arguments are required")):
+        done = summarize(*argv)
         assert done.returncode == 2 and done.stdout == ""
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("error: ") and message in line
