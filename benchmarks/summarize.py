@@ -1,12 +1,18 @@
 """Mean and spread over seeds of benchmark JSON files (`learn_eval.py` runs and `compare` runs).
 
-    .venv/bin/python benchmarks/summarize.py benchmarks/results/issue9/*.json
+    .venv/bin/python benchmarks/summarize.py benchmarks/compare.json benchmarks/results/issue9/*.json
 
-Runs are grouped by label with its seed suffix removed (`default_s1` -> `default`; a compare
-row by its method, `compare:sparsegpt-mask`, except a ProxSparse row with the default
-settings, which joins `default`). For every evaluation text it prints the mean
+A `learn_eval.py` run is grouped by its label with the seed suffix removed (`default_s1` ->
+`default`), a compare row by its method (`compare:sparsegpt-mask`). A compare ProxSparse row
+joins the `learn_eval.py` group whose runs recorded the same settings, seed aside (the seed
+varies within a group): the settings each file recorded are compared, not today's
+`ProxSparseConfig` defaults, so a default added since the runs were made does not split them.
+Rows of one group name that recorded different settings are told apart by the fields that
+differ (`compare:proxsparse (lr=0.001)`). For every evaluation text it prints the mean
 perplexity, the sample standard deviation and the min..max over the seeds, with the learning
-or pruning time and peak memory, as a Markdown table.
+or pruning time and peak memory, as a Markdown table. A compare file that says it is
+incomplete (an interrupted run, a failed method) is named on stderr with the methods missing.
+Results of `learn_vs_magnitude.py` (this script's old name) hold one perplexity, on wikipedia.
 """
 
 from __future__ import annotations
@@ -22,46 +28,95 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from script_input import OneLineParser, run_script  # noqa: E402
 
-from proxsparse_ao.quiet import quiet_libraries  # noqa: E402
-
-quiet_libraries()  # before the config imports torchao, which logs its failures at import time
-
-from proxsparse_ao.config import ProxSparseConfig  # noqa: E402
+OLD_TEXT = "wikipedia"  # learn_vs_magnitude.py, learn_eval.py's old name, scored this text alone and stored a bare number
 
 
-def _without_seed(config: dict) -> dict:
-    return {key: value for key, value in config.items() if key != "seed"}
+def setting(config: dict | None) -> str | None:
+    """What a run's result depends on besides its seed: its recorded config without `seed`, as one key."""
+    if config is None:
+        return None
+    return json.dumps({key: value for key, value in config.items() if key != "seed"}, sort_keys=True)
 
 
 def runs(paths: list[Path]) -> list[dict]:
-    """One record per method run: group, seed, ppl by text, seconds, peak memory (GiB), moved."""
+    """One record per method run, grouped and named over all the files together."""
+    return named([record for path in paths for record in file_runs(path)])
+
+
+def file_runs(path: Path) -> list[dict]:
+    """The records of one file: group, settings key, seed, ppl by text, seconds, peak memory (GiB), moved."""
     found = []
-    for path in paths:
-        data = json.loads(path.read_text())
-        if "settings" in data:  # proxsparse-tool compare
-            seed = data["settings"]["calibration"]["seed"]
-            for row in data["rows"]:
-                memory = row.get("peak_memory_bytes")
-                default = row["method"] == "proxsparse" and _without_seed(row["config"]) == _without_seed(ProxSparseConfig().to_dict())
-                found.append({"group": "default" if default else f"compare:{row['method']}", "seed": seed, "ppl": row["ppl_by_text"],
-                              "seconds": row.get("prune_seconds"), "memory": memory / 2**30 if memory else None,
-                              "moved": None, "file": path.name})
-            continue
-        label = data.get("label") or path.stem
+    data = json.loads(path.read_text())
+    if "settings" in data:  # proxsparse-tool compare
+        calibration = data["settings"]["calibration"]
+        seed = calibration["seed"] if calibration else None
         for row in data["rows"]:
+            record = {"group": f"compare:{row['method']}", "setting": setting(row.get("config")), "seed": seed,
+                      "file": path.name, "compare_proxsparse": row["method"] == "proxsparse"}
             if "error" in row:
-                found.append({"group": re.sub(r"_s\d+$", "", label), "seed": data["config"]["seed"], "error": row["error"], "file": path.name})
+                found.append(record | {"error": row["error"]})
                 continue
-            group = re.sub(r"_s\d+$", "", label) if row["method"] == "proxsparse" else row["method"]
-            found.append({"group": group, "seed": data["config"]["seed"], "ppl": row["ppl"], "seconds": row.get("seconds"),
-                          "memory": row.get("peak_rss_gib"), "moved": row.get("changed_vs_start"), "file": path.name})
+            memory = row.get("peak_memory_bytes")
+            found.append(record | {"ppl": row["ppl_by_text"], "seconds": row.get("prune_seconds"),
+                                   "memory": memory / 2**30 if memory else None, "moved": None})
+        return found
+    label = data.get("label") or path.stem
+    for row in data["rows"]:
+        learned = row["method"] == "proxsparse"
+        record = {"group": re.sub(r"_s\d+$", "", label) if learned else row["method"],
+                  "setting": setting(data["config"]) if learned else None, "seed": data["config"]["seed"], "file": path.name}
+        if "error" in row:
+            found.append(record | {"error": row["error"]})
+            continue
+        ppl = row["ppl"] if isinstance(row["ppl"], dict) else {OLD_TEXT: row["ppl"]}
+        found.append(record | {"ppl": ppl, "seconds": row.get("seconds"), "memory": row.get("peak_rss_gib"),
+                               "moved": row.get("changed_vs_start")})
     return found
 
 
+def named(records: list[dict]) -> list[dict]:
+    """Compare ProxSparse rows join the one learn_eval group of their settings; one name holding several
+    settings is split, each part named by the fields in which it differs."""
+    learned: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        if record["setting"] is not None and not record.get("compare_proxsparse"):
+            learned[record["setting"]].add(record["group"])
+    for record in records:
+        if record.get("compare_proxsparse") and len(learned.get(record["setting"], ())) == 1:
+            (record["group"],) = learned[record["setting"]]
+    settings: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        if record["setting"] is not None:
+            settings[record["group"]].add(record["setting"])
+    for record in records:
+        keys = settings.get(record["group"], set())
+        if len(keys) > 1 and record["setting"] is not None:
+            configs = [json.loads(key) for key in keys]
+            mine = json.loads(record["setting"])
+            fields = sorted({field for c in configs for field in c if any(c.get(field) != o.get(field) for o in configs)})
+            record["group"] += " (" + " ".join(f"{field}={json.dumps(mine.get(field))}" for field in fields) + ")"
+    return records
+
+
+def incomplete(path: Path) -> str | None:
+    """A note naming a compare file that says it is incomplete, with the methods missing and why; None otherwise."""
+    data = json.loads(path.read_text())
+    if "settings" not in data or data.get("complete", True):
+        return None
+    missing = "; ".join(f"{method}: {why}" for method, why in data.get("unfinished", {}).items())
+    return f"note: {path} is incomplete (status {data.get('status', 'unknown')}): {missing or 'no method is missing'}"
+
+
 def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}..{max(values):.2f})"
+
+
+def _seed_order(record: dict) -> tuple[bool, int]:
+    return record["seed"] is None, record["seed"] or 0
 
 
 def table(records: list[dict]) -> str:
@@ -78,7 +133,7 @@ def table(records: list[dict]) -> str:
         seconds = [m["seconds"] for m in good if m["seconds"] is not None]
         memory = [m["memory"] for m in good if m["memory"] is not None]
         moved = [m["moved"] for m in good if m["moved"] is not None]
-        seeds = ",".join(str(m["seed"]) for m in sorted(good, key=lambda m: m["seed"]))
+        seeds = ",".join(str(m["seed"]) for m in sorted(good, key=_seed_order) if m["seed"] is not None)
         tail = [f"{statistics.mean(seconds):.0f}" if seconds else "-", f"{max(memory):.2f}" if memory else "-",
                 f"{statistics.mean(moved):.1%}" if moved else "-"]
         lines.append(f"| {group} | {seeds or '-'} | " + " | ".join(cells + tail) + " |")
@@ -90,17 +145,20 @@ def table(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Mean and spread over seeds of learn_eval.py and compare JSON results.")
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
-    records = []
+    records, notes = [], []
     for path in parser.parse_args(argv).results:
         try:
-            records += runs([path])
+            records += file_runs(path)
+            notes += filter(None, [incomplete(path)])
         except OSError as err:
             print(f"error: cannot read {path}: {err.strerror or err}", file=sys.stderr)
             return 2
         except (ValueError, KeyError, TypeError) as err:  # not JSON, or JSON of something else
             print(f"error: {path} is not a learn_eval.py or compare result ({type(err).__name__}: {err})", file=sys.stderr)
             return 2
-    print(table(records))
+    print(table(named(records)))
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
 
 
