@@ -98,7 +98,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="device (default cpu)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    parser.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON (rewritten after each method)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="write the rows as JSON, replaced after each method; its `unfinished` names the methods that did not finish")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
     parser.set_defaults(run=run)
 
@@ -374,8 +375,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
             del model
         return row
 
-    from .cli import Terminated
-
     json_path = Path(args.json).expanduser() if args.json else None
     rows: list[dict] = []
     unfinished = dict.fromkeys(methods, NOT_RUN_YET)
@@ -395,8 +394,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             console.print(_summary(row), highlight=False)
             if json_path:
                 _write_json(json_path, settings, rows, unfinished, "finished" if len(rows) == len(methods) else "running")
-    except (KeyboardInterrupt, Terminated) as stop:
-        status, why = ("interrupted", "interrupted (Ctrl-C)") if isinstance(stop, KeyboardInterrupt) else ("terminated", "terminated (SIGTERM)")
+    except BaseException as stop:  # Ctrl-C, SIGTERM (raised like Ctrl-C by the CLI), or anything else ending the run
+        status, why = _stopped_by(stop)
         stopped_at = len(rows)
         for method in methods[stopped_at:]:
             unfinished[method] = f"{why} during this method" if method == current else f"not run: {why} before it"
@@ -411,6 +410,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
         atomic_write_bytes(Path(args.markdown).expanduser(), markdown(rows, texts, args.tasks, settings).encode())
         console.print(f"wrote {args.markdown}")
     return 0 if all(row["pattern_ok"] for row in rows if row["method"] != "dense") and not unfinished else 1
+
+
+def _stopped_by(stop: BaseException) -> tuple[str, str]:
+    """(status, reason) for what ended a run before its last method. SIGTERM is the CLI's `Terminated`,
+    matched by name: under `python -m proxsparse_ao.tools.cli` that class is `__main__.Terminated`,
+    not the one this package would import."""
+    if isinstance(stop, KeyboardInterrupt):
+        return "interrupted", "interrupted (Ctrl-C)"
+    if type(stop).__name__ == "Terminated":
+        return "terminated", "terminated (SIGTERM)"
+    return "stopped", f"stopped ({type(stop).__name__})"
 
 
 def command_line(args: argparse.Namespace, methods: list[str]) -> str:

@@ -149,6 +149,31 @@ def test_an_interrupted_run_leaves_a_json_that_names_what_did_not_finish(stop, c
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rows.json")] == []  # no temporary file left
 
 
+def test_sigterm_under_python_m_also_leaves_a_json_that_says_so(tiny_model_dir, tmp_path):
+    """`python -m proxsparse_ao.tools.cli` (as the tests and docs run it): the CLI's SIGTERM exception is then
+    `__main__.Terminated`. The process signals itself while wanda prunes, so the timing is exact."""
+    script = (
+        "import os, runpy, signal, sys\n"
+        "from proxsparse_ao.quiet import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "from proxsparse_ao.tools import compare\n"
+        "real = compare._prune\n"
+        "def prune(method, *args, **kwargs):\n"
+        "    if method == 'wanda':\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(method, *args, **kwargs)\n"
+        "compare._prune = prune\n"
+        "sys.argv = ['proxsparse-tool', *sys.argv[1:]]\n"
+        "runpy.run_module('proxsparse_ao.tools.cli', run_name='__main__', alter_sys=True)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, *_compare_argv(tiny_model_dir, tmp_path, "magnitude,wanda")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 143 and done.stderr.strip() == "terminated", done.stderr
+    result = json.loads((tmp_path / "rows.json").read_text())
+    assert result["status"] == "terminated" and result["unfinished"] == {"wanda": "terminated (SIGTERM) during this method"}
+
+
 def test_while_it_runs_the_json_says_which_methods_are_still_to_come(tiny_model_dir, tmp_path, monkeypatch):
     """A run killed outright (SIGKILL, power) cannot write anything more: what it wrote last already says it is partial."""
     from proxsparse_ao.tools import cli, compare
