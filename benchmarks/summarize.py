@@ -24,9 +24,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from script_input import OneLineParser, run_script  # noqa: E402
+from script_input import OneLineParser, run_script
 
 OLD_TEXT = "wikipedia"  # learn_vs_magnitude.py, learn_eval.py's old name, scored this text alone and stored a bare number
 
@@ -36,11 +34,6 @@ def setting(config: dict | None) -> str | None:
     if config is None:
         return None
     return json.dumps({key: value for key, value in config.items() if key != "seed"}, sort_keys=True)
-
-
-def runs(paths: list[Path]) -> list[dict]:
-    """One record per method run, grouped and named over all the files together."""
-    return named([record for path in paths for record in file_runs(path)])
 
 
 def file_runs(path: Path) -> list[dict]:
