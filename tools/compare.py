@@ -371,6 +371,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
                 row["zero_shot"] = scores.accuracy
                 row["zero_shot_average"] = scores.average
+                row["zero_shot_norm"] = scores.accuracy_norm
+                row["zero_shot_norm_average"] = scores.average_norm
                 row["zero_shot_items"] = scores.items
             del model
         return row
@@ -470,7 +472,9 @@ def _cells(row: dict, texts: list[str], tasks: list[str]) -> list[str]:
         return [row["method"], mask_only, "failed: " + row["error"][:60]] + ["-"] * (len(_headers(texts, tasks)) - 3)
     cells = [row["method"], mask_only] + [f"{row['ppl_by_text'][t]:.2f}" for t in texts]
     if tasks:
-        cells += [f"{row['zero_shot'][t]:.4f}" for t in tasks] + [f"{row['zero_shot_average']:.4f}"]
+        norms = row.get("zero_shot_norm") or {}
+        cells += [_accuracy(row["zero_shot"][t], norms.get(t)) for t in tasks]
+        cells += [_accuracy(row["zero_shot_average"], row.get("zero_shot_norm_average"))]
     dense = row["prune_seconds"] is None
     cells += [
         "-" if dense else f"{row['prune_seconds']:.1f}",
@@ -481,6 +485,11 @@ def _cells(row: dict, texts: list[str], tasks: list[str]) -> list[str]:
     return cells
 
 
+def _accuracy(acc: float, acc_norm: float | None) -> str:
+    """acc, and acc_norm in brackets where the task (or, for the average, every task) has one."""
+    return f"{acc:.4f}" if acc_norm is None else f"{acc:.4f} ({acc_norm:.4f})"
+
+
 def _gib(size: int | None) -> str:
     return "n/a" if size is None else f"{size / 2**30:.2f}"
 
@@ -488,7 +497,7 @@ def _gib(size: int | None) -> str:
 def _headers(texts: list[str], tasks: list[str]) -> list[str]:
     headers = ["method", "mask only"] + [f"PPL {t}" for t in texts]
     if tasks:
-        headers += [f"{t} acc" for t in tasks] + ["zero-shot avg"]
+        headers += [f"{t} acc (acc_norm)" for t in tasks] + ["zero-shot avg acc (acc_norm)"]
     return headers + ["prune time (s)", MEMORY_HEADER, "groups != magnitude", "exactly 2:4"]
 
 
@@ -526,8 +535,9 @@ def markdown(rows: list[dict], texts: list[str], tasks: list[str], settings: dic
         + f"Perplexity: {evaluation['seqlen']}-token windows over "
         + (f"the first {evaluation['max_tokens']:,} tokens" if evaluation["max_tokens"] else "all tokens")
         + f" of {', '.join(evaluation['texts'])}."
-        + (f" Zero-shot: {', '.join(settings['tasks'])}" + (f", first {settings['limit']} items each." if settings["limit"] else ".")
-           if settings["tasks"] else ""),
+        + (f" Zero-shot: {', '.join(settings['tasks'])}" + (f", first {settings['limit']} items each" if settings["limit"] else "")
+           + "; lm-eval's acc, with acc_norm (length-normalised) in brackets where the task has it, and for the"
+           " average where every task has it." if settings["tasks"] else ""),
         memory_words(settings["device"]),
         "",
         f"Command: `{settings['command']}`",

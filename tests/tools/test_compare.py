@@ -323,3 +323,32 @@ def test_the_recorded_command_reruns_without_being_refused(argv, absent, present
     assert not set(absent) & set(recorded) and set(present) <= set(recorded)
     again = parsed(recorded)
     _check(again, parse_methods(again.methods))  # the checks a rerun makes first: nothing refused
+
+
+def test_zero_shot_shows_acc_and_acc_norm_where_the_task_has_it(tiny_model_dir, tmp_path):
+    data = tmp_path / "zeroshot"
+    data.mkdir()
+    (data / "science_mc.jsonl").write_text(
+        "".join(json.dumps({"question": f"Q{i}?", "choices": ["a", "bb", "ccc"], "gold": i % 3}) + "\n" for i in range(3))
+    )
+    (data / "winogrande_ni.jsonl").write_text(
+        json.dumps({"sentence": "The cup fell as _ tilted.", "option1": "cup", "option2": "table", "answer": "2"}) + "\n"
+    )
+    text = tmp_path / "fox.txt"
+    text.write_text(TEXT)
+    out, md = tmp_path / "compare.json", tmp_path / "compare.md"
+    done = cli(
+        "compare", tiny_model_dir, "--methods", "dense", "--text", text, "--eval-tokens", "128", "--eval-seqlen", "64",
+        "--tasks", "local_winogrande", "local_science_mc", "--zeroshot-data", data, "--json", out, "--markdown", md,
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["zero_shot_norm"]["local_winogrande"] is None and row["zero_shot_norm_average"] is None
+    acc, norm = row["zero_shot"]["local_science_mc"], row["zero_shot_norm"]["local_science_mc"]
+    assert 0 <= norm <= 1
+    header, _, cells = md.read_text().splitlines()[:3]
+    columns = dict(zip(header.strip("| ").split(" | "), cells.strip("| ").split(" | ")))
+    assert columns["local_science_mc acc (acc_norm)"] == f"{acc:.4f} ({norm:.4f})"
+    assert columns["local_winogrande acc (acc_norm)"] == f"{row['zero_shot']['local_winogrande']:.4f}"
+    assert columns["zero-shot avg acc (acc_norm)"] == f"{row['zero_shot_average']:.4f}"
+    assert "acc_norm (length-normalised) in brackets" in md.read_text()
