@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from types import FrameType
+from collections.abc import Sequence
 from typing import NoReturn
 
 from proxsparse_ao.quiet import quiet_libraries
@@ -22,6 +20,7 @@ from . import assets, compare, quickstart, verify  # noqa: E402
 from . import eval as eval_command  # noqa: E402
 from . import prune  # noqa: E402
 from .options import typed_options  # noqa: E402
+from .signals import Terminated, on_sigterm, raise_terminated  # noqa: E402
 
 COMMANDS = [quickstart, assets, eval_command, prune, compare, verify]
 
@@ -57,22 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
-
-
-class Terminated(BaseException):
-    """SIGTERM (`timeout`, a scheduler, `docker stop`), raised like Ctrl-C so that every cleanup
-    runs: a save cut short leaves no temporary folder behind."""
-
-
-def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
-def on_sigterm(handler: signal.Handlers | Callable | int | None) -> signal.Handlers | Callable | int | None:
-    """Install a SIGTERM handler (main thread only, where Python delivers signals); the previous one."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

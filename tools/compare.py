@@ -36,6 +36,7 @@ from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 from .prune import calibration_words
+from .signals import Terminated
 
 if TYPE_CHECKING:
     import torch
@@ -415,12 +416,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _stopped_by(stop: BaseException) -> tuple[str, str]:
-    """(status, reason) for what ended a run before its last method. SIGTERM is the CLI's `Terminated`,
-    matched by name: under `python -m proxsparse_ao.tools.cli` that class is `__main__.Terminated`,
-    not the one this package would import."""
+    """(status, reason) for what ended a run before its last method."""
     if isinstance(stop, KeyboardInterrupt):
         return "interrupted", "interrupted (Ctrl-C)"
-    if type(stop).__name__ == "Terminated":
+    if isinstance(stop, Terminated):
         return "terminated", "terminated (SIGTERM)"
     return "stopped", f"stopped ({type(stop).__name__})"
 

@@ -25,9 +25,10 @@ from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, le
 from proxsparse_ao.training import StepStats  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
-from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser, Terminated, on_sigterm, raise_terminated  # noqa: E402
+from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
 from .options import check_checkpoint_dir, refuse_unused, typed_options  # noqa: E402
 from .prune import DTYPES, add_config_flags, calibration_record, config_from_args, source_label, versions  # noqa: E402
+from .signals import Terminated, on_sigterm, raise_terminated  # noqa: E402
 
 PROG = "torchrun --nproc-per-node N -m proxsparse_ao.tools.distributed"
 TIMEOUT_MINUTES = 30.0  # how long a collective waits for a rank that hangs (torchrun stops the run when one dies)

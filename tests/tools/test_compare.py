@@ -150,8 +150,9 @@ def test_an_interrupted_run_leaves_a_json_that_names_what_did_not_finish(stop, c
 
 
 def test_sigterm_under_python_m_also_leaves_a_json_that_says_so(tiny_model_dir, tmp_path):
-    """`python -m proxsparse_ao.tools.cli` (as the tests and docs run it): the CLI's SIGTERM exception is then
-    `__main__.Terminated`. The process signals itself while wanda prunes, so the timing is exact."""
+    """`python -m proxsparse_ao.tools.cli` (as the tests and docs run it) runs the CLI module as `__main__`; its
+    SIGTERM is still the one `Terminated` compare knows. The process signals itself while wanda prunes, so the
+    timing is exact."""
     script = (
         "import os, runpy, signal, sys\n"
         "from proxsparse_ao.quiet import quiet_libraries\n"

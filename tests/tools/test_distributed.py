@@ -88,6 +88,26 @@ def test_entry_reports_bad_input_in_one_line_without_a_traceback(tmp_path):
     assert taken.is_dir() and not any(taken.iterdir())
 
 
+STOPPED_RANK = """import os, signal, sys
+from proxsparse_ao.tools import distributed
+
+def main(argv):
+    if sys.argv[1] == "SIGTERM":
+        os.kill(os.getpid(), signal.SIGTERM)
+    raise KeyboardInterrupt
+
+distributed.main = main
+distributed.entry([])
+"""
+
+
+@pytest.mark.parametrize("how, code, said", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_rank_stopped_by_sigterm_or_ctrl_c_says_so_in_one_line(how, code, said):
+    """torchrun forwards SIGTERM and Ctrl-C to every rank: each ends with one word and the shell's status."""
+    run = subprocess.run([sys.executable, "-c", STOPPED_RANK, how], capture_output=True, text=True, timeout=300)
+    assert run.returncode == code and run.stderr.splitlines() == [said], run.stderr
+
+
 def test_without_torchrun_the_command_says_so_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     run = subprocess.run([sys.executable, "-m", MODULE, "--output", str(tmp_path / "out")],
