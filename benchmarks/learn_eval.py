@@ -7,7 +7,10 @@ Loads SmolLM2-135M-Instruct (the embedded default), makes the calibration tokens
 config (`--preset`, then every `--set field=value`, values parsed as JSON), learns the masks,
 applies them to the ORIGINAL weights, checks the model is exactly 2:4, and reports perplexity
 on each `--text` (first --eval-tokens tokens, windows of --eval-seqlen), the learning's wall
-time and the process's peak RSS. Dense and magnitude rows are optional (`--dense`,
+time and memory: `peak_rss_gib`, the process's peak RSS while it learned and applied the masks
+(model included), and `memory_added_gib`, that peak minus the RSS it started from (measured as
+`proxsparse-tool compare` measures it; the magnitude row likewise for its pruning, so neither
+row carries the other's or the evaluation's peak). Dense and magnitude rows are optional (`--dense`,
 `--magnitude`). Failures are recorded in the JSON too. Bad input (an unknown preset or field, a
 missing text file, a number out of range, an unwritable --json) is one line and exit status 2,
 before the model loads. Was `learn_vs_magnitude.py`.
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -44,11 +46,15 @@ from proxsparse_ao.history import write_history  # noqa: E402
 from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
 from proxsparse_ao.targets import select_targets  # noqa: E402
+from proxsparse_ao.tools.compare import PeakMemory  # noqa: E402
 from proxsparse_ao.tools.options import check_result_files  # noqa: E402
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def memory_fields(memory: PeakMemory) -> dict:
+    """The pruning's peak RSS (model included) and what it added, GiB; the added part is None where the
+    peak cannot be reset (no /proc), the peak then being the process's lifetime peak."""
+    added = memory.added
+    return {"peak_rss_gib": round(memory.peak / 2**30, 2), "memory_added_gib": None if added is None else round(added / 2**30, 2)}
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -117,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        result = learn(model, config, calibration=calibration, callback=progress)
-        apply_masks(model, result.masks, config)
-        check_pruned(model, result.masks)
+        with PeakMemory(torch.device("cpu")) as memory:
+            result = learn(model, config, calibration=calibration, callback=progress)
+            apply_masks(model, result.masks, config)
+            check_pruned(model, result.masks)
         seconds = time.perf_counter() - start
-        rows.append({"method": "proxsparse", "ppl": ppl(model), "seconds": round(seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
+        rows.append({"method": "proxsparse", "ppl": ppl(model), "seconds": round(seconds, 1), **memory_fields(memory),
                      "changed_vs_magnitude": round(result.changed_vs_magnitude, 4),
                      "changed_vs_start": round(result.changed_vs_start, 4), "stopped": result.stopped,
                      "final_ce": result.history[-1]["ce"] if result.history else None, **result.extra})
@@ -133,16 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_model()
     if args.dense:
         print("dense", flush=True)
-        rows.append({"method": "dense", "ppl": ppl(model), "seconds": 0.0, "peak_rss_gib": round(peak_rss_gib(), 2)})
+        rows.append({"method": "dense", "ppl": ppl(model), "seconds": 0.0})
     if args.magnitude:
         print("magnitude", flush=True)
         start = time.perf_counter()
-        layers = select_targets(model, config.targets, config.ignore).layers
-        masks = {name: magnitude_mask(layer.weight) for name, layer in layers.items()}
-        apply_masks(model, masks, config)
-        check_pruned(model, masks)
+        with PeakMemory(torch.device("cpu")) as memory:
+            layers = select_targets(model, config.targets, config.ignore).layers
+            masks = {name: magnitude_mask(layer.weight) for name, layer in layers.items()}
+            apply_masks(model, masks, config)
+            check_pruned(model, masks)
         seconds = round(time.perf_counter() - start, 1)  # pruning only, as the ProxSparse row times learning only
-        rows.append({"method": "magnitude", "ppl": ppl(model), "seconds": seconds, "peak_rss_gib": round(peak_rss_gib(), 2)})
+        rows.append({"method": "magnitude", "ppl": ppl(model), "seconds": seconds, **memory_fields(memory)})
 
     results["rows"] = rows
     print(json.dumps(rows, indent=1))

@@ -27,6 +27,9 @@ def test_a_tiny_run_writes_a_result_summarize_reads(tmp_path):
     methods = {row["method"]: row for row in result["rows"]}
     assert set(methods) == {"magnitude", "proxsparse"}
     assert all(row["ppl"]["wikipedia"] > 1 for row in methods.values())
+    # each row's memory is its own pruning's: magnitude's is not ProxSparse's (AdamW state and all) carried over
+    assert 0 < methods["magnitude"]["peak_rss_gib"] < methods["proxsparse"]["peak_rss_gib"]
+    assert methods["magnitude"]["memory_added_gib"] < methods["proxsparse"]["memory_added_gib"]
     summary = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summarize.py"), str(out)],
                              capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0 and "| tiny | 0 |" in summary.stdout
