@@ -91,33 +91,39 @@ def activation_scales(
         for stat in stats.values():
             all_reduce(stat.sum_squares)
         all_reduce(counts)
-    refuse_uncalled([name for name, count in zip(stats, counts.tolist()) if count == 0])
+    _refuse_unreached([name for name, count in zip(stats, counts.tolist()) if count == 0])
     return {name: unit_rms_scales(stat.norms()).to(layers[name].weight.device) for name, stat in stats.items()}
 
 
 @torch.no_grad()
 def check_layers_called(model: nn.Module, layers: dict[str, nn.Linear], tokens: torch.Tensor, max_batch_tokens: int = 4096) -> None:
-    """Refuse (ProxSparseError naming them) target layers that the model's forward never calls on
-    `tokens`, as `activation_scales` does, without gathering any statistic. The pass stops after the
+    """Refuse (ProxSparseError naming them) target layers that no token of `tokens` reaches (never
+    called by the model's forward, or called on empty inputs only), as `activation_scales` does, without gathering any statistic. The pass stops after the
     first batch that leaves no layer uncalled: one batch for a model whose forward runs every layer."""
     called: set[str] = set()
+
+    def reached(name: str, inputs: torch.Tensor) -> None:
+        if inputs.numel():  # a call on an empty slice (an expert no token was routed to) reaches nothing
+            called.add(name)
+
     handles = [
-        layer.register_forward_pre_hook(lambda module, args, name=name: called.add(name)) for name, layer in layers.items()
+        layer.register_forward_pre_hook(lambda module, args, name=name: reached(name, args[0])) for name, layer in layers.items()
     ]
     try:
         _calibration_pass(model, layers, tokens, max_batch_tokens, done=lambda: len(called) == len(layers))
     finally:
         for handle in handles:
             handle.remove()
-    refuse_uncalled([name for name in layers if name not in called])
+    _refuse_unreached([name for name in layers if name not in called])
 
 
-def refuse_uncalled(names: list[str], shown: int = 5) -> None:
+def _refuse_unreached(names: list[str], shown: int = 5) -> None:
     """The one-line error for target layers no calibration token reached (nothing when `names` is empty)."""
     if names:
         listing = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
         raise ProxSparseError(
-            f"{len(names)} target layer(s) never called by the model's forward on the calibration tokens: {listing}; "
+            f"{len(names)} target layer(s) that no calibration token reaches (never called by the model's forward, "
+            f"or on empty inputs only): {listing}; "
             "with no inputs there is nothing to learn their masks from: add them to ignore, or calibrate on text that reaches them"
         )
 

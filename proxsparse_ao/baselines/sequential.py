@@ -103,6 +103,8 @@ def _collect(block: nn.Module, layers: dict[str, nn.Linear], make: MakeStatistic
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
             x = args[0]
+            if not x.numel():  # called on an empty slice (an expert no token was routed to): nothing reached it
+                return
             if id(x) in seen:
                 if name not in stats:
                     stats[name] = seen[id(x)][1]
@@ -125,7 +127,10 @@ def _collect(block: nn.Module, layers: dict[str, nn.Linear], make: MakeStatistic
             handle.remove()
     missing = sorted(set(layers) - set(stats))
     if missing:
-        raise ProxSparseError(f"sequential calibration: target layer(s) never called in their block: {', '.join(missing)}")
+        raise ProxSparseError(
+            "sequential calibration: target layer(s) that no calibration token reaches in their block (never called, "
+            f"or on empty inputs only): {', '.join(missing)}"
+        )
     return stats
 
 

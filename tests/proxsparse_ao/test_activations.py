@@ -11,6 +11,7 @@ from proxsparse_ao.calibration import PAD_ID
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
 from reference_norms import input_norms_by_hand
+from tiny_models import EmptySliceExpert
 
 
 def _tokens(n=4, length=16, seed=0):
@@ -159,7 +160,8 @@ def _with_an_unused_linear(model):
 
 def test_a_target_the_forward_never_calls_is_refused_by_name(tiny_llama):
     model = _with_an_unused_linear(tiny_llama)
-    message = (r"^1 target layer\(s\) never called by the model's forward on the calibration tokens: model.layers.0.mlp.unused; "
+    message = (r"^1 target layer\(s\) that no calibration token reaches \(never called by the model's forward, or on empty inputs only\): "
+               r"model.layers.0.mlp.unused; "
                r"with no inputs there is nothing to learn their masks from: add them to ignore, or calibrate on text that reaches them$")
     with pytest.raises(ProxSparseError, match=message):
         activation_scales(model, _layers(model), _tokens())
@@ -167,6 +169,15 @@ def test_a_target_the_forward_never_calls_is_refused_by_name(tiny_llama):
         check_layers_called(model, _layers(model), _tokens())
     assert all(not layer._forward_pre_hooks for layer in _layers(model).values())
     check_layers_called(tiny_llama, {n: m for n, m in _layers(model).items() if not n.endswith("unused")}, _tokens())
+
+
+def test_an_expert_called_only_on_empty_slices_is_refused_like_one_never_called(tiny_llama):
+    tiny_llama.model.layers[0].mlp = EmptySliceExpert(tiny_llama.model.layers[0].mlp)
+    layers = _layers(tiny_llama)
+    assert "model.layers.0.mlp.expert" in layers
+    for check in (activation_scales, check_layers_called):
+        with pytest.raises(ProxSparseError, match=r"no calibration token reaches .*: model\.layers\.0\.mlp\.expert; "):
+            check(tiny_llama, layers, _tokens())
 
 
 def test_a_layer_only_another_process_reached_is_no_error_every_process_decides_on_the_summed_counts(tiny_llama):
@@ -182,6 +193,6 @@ def test_the_called_check_stops_after_the_first_batch_that_reached_every_layer(t
     assert forwards == [2]
     forwards.clear()
     model = _with_an_unused_linear(tiny_llama)
-    with pytest.raises(ProxSparseError, match="never called"):
+    with pytest.raises(ProxSparseError, match="no calibration token reaches"):
         check_layers_called(model, _layers(model), _tokens(8), max_batch_tokens=32)
     assert forwards == [2, 2, 2, 2]  # refused only after every calibration token

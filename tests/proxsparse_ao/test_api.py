@@ -267,12 +267,20 @@ def test_a_batch_larger_than_the_calibration_given_is_refused(tiny_llama):
     ProxSparseConfig(**FAST), ProxSparseConfig(**FAST, activation_aware=False), WandaConfig(samples=4, seqlen=16),
     SparseGPTConfig(samples=4, seqlen=16),
 ], ids=["proxsparse", "proxsparse-weight-space", "wanda", "sparsegpt"])
-def test_a_target_the_forward_never_calls_is_refused_by_every_calibrated_method(tiny_llama, config):
-    """No calibration token reaches it, so no method has anything to choose its mask from: refused by name,
-    before ProxSparse learns anything."""
-    tiny_llama.model.layers[0].mlp.unused = torch.nn.Linear(64, 64)
+@pytest.mark.parametrize("unreached", ["never called", "called on empty slices"])
+def test_a_target_no_token_reaches_is_refused_by_every_calibrated_method(tiny_llama, config, unreached):
+    """No calibration token reaches it (a leftover head; an expert the router never picks), so no method has
+    anything to choose its mask from: refused by name, before ProxSparse learns anything."""
+    from tiny_models import EmptySliceExpert
+
+    if unreached == "never called":
+        tiny_llama.model.layers[0].mlp.unused = torch.nn.Linear(64, 64)
+        name = r"model\.layers\.0\.mlp\.unused"
+    else:
+        tiny_llama.model.layers[0].mlp = EmptySliceExpert(tiny_llama.model.layers[0].mlp)
+        name = r"model\.layers\.0\.mlp\.expert"
     before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
-    with pytest.raises(ProxSparseError, match=r"never called .*model\.layers\.0\.mlp\.unused"):
+    with pytest.raises(ProxSparseError, match=rf"no calibration token reaches .*{name}"):
         sparsify_(tiny_llama, config, calibration=_tokens())
     assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
     assert not stored_masks(tiny_llama)

@@ -62,3 +62,16 @@ def make_tiny_mixtral(seed: int = 0):
     model = MixtralForCausalLM(config)
     model.eval()
     return model
+
+
+class EmptySliceExpert(torch.nn.Module):
+    """An MLP block that also calls its `expert` linear on the tokens routed to it, here always none: the
+    expert is called, on an empty slice, and no token reaches it (as an MoE expert the router never picks)."""
+
+    def __init__(self, mlp: torch.nn.Module, features: int = 64) -> None:
+        super().__init__()
+        self.mlp, self.expert = mlp, torch.nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        routed = x[x[..., 0] > float("inf")]
+        return self.mlp(x) + self.expert(routed).sum() * 0
