@@ -97,9 +97,12 @@ def select_targets(
     filter_fn: FilterFn | None = None,
     *,
     strict: bool = False,
+    warn: bool = True,
 ) -> TargetSelection:
     """The linear layers to prune. Layers whose in_features is not a multiple of 4 are skipped
-    with a warning that lists them, or raise under `strict`. No layer at all raises NoTargetsError."""
+    with a warning that lists them, or raise under `strict`. No layer at all raises NoTargetsError.
+    `warn=False` gives no warning and leaves the once-per-model record alone, so a later selection
+    on the same model still warns (for callers that only look, such as verification)."""
     targets, ignore = list(targets), list(ignore)
     protected = protected_modules(model)
     layers: dict[str, nn.Linear] = {}
@@ -124,7 +127,8 @@ def select_targets(
         listing = "; ".join(f"{n} ({why})" for n, why in skipped.items())
         if strict:
             raise ProxSparseError(f"{len(skipped)} target layer(s) cannot be made 2:4: {listing}")
-        _warn_once(model, f"skipping {len(skipped)} layer(s) that cannot be made 2:4: {listing}")
+        if warn:
+            _warn_once(model, f"skipping {len(skipped)} layer(s) that cannot be made 2:4: {listing}")
     others, share = _matrices_outside_linears(model, protected)
     if not layers:
         raise NoTargetsError(
@@ -140,7 +144,8 @@ def select_targets(
                    f"{_listing(others)}; only nn.Linear layers are pruned")
         if strict:
             raise ProxSparseError(message)
-        _warn_once(model, message)
+        if warn:
+            _warn_once(model, message)
     return TargetSelection(layers, skipped)
 
 

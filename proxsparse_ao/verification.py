@@ -17,7 +17,6 @@ import copy
 import math
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,9 +123,7 @@ def target_layers(model: nn.Module, metadata: dict[str, Any] | None) -> tuple[di
     from .targets import NoTargetsError, select_targets
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            selection = select_targets(model, DEFAULT_TARGETS, DEFAULT_IGNORE)
+        selection = select_targets(model, DEFAULT_TARGETS, DEFAULT_IGNORE, warn=False)
     except NoTargetsError as err:
         raise ProxSparseError(f"the model has no target layers to verify ({err})") from None
     return selection.layers, "default targets (no proxsparse.json)", selection.skipped

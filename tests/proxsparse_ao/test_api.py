@@ -293,6 +293,17 @@ def _with_fused_experts(model):
     return model
 
 
+def test_a_selection_that_only_looks_leaves_the_warning_to_the_run_that_prunes(tiny_llama_factory, recwarn):
+    """verify's default target list selects with warn=False: the later sparsify_ still says what stays dense."""
+    from proxsparse_ao.verification import target_layers
+
+    model = _with_fused_experts(tiny_llama_factory())
+    target_layers(model, None)
+    assert not [w for w in recwarn if "gate_up_proj" in str(w.message)]
+    sparsify_(model, ProxSparseConfig(**FAST), calibration=_tokens())
+    assert len([w for w in recwarn if "gate_up_proj" in str(w.message)]) == 1
+
+
 def test_one_run_says_once_which_weights_stay_dense(tiny_llama_factory, recwarn):
     """sparsify_, then quantize_ with target_filter (which selects again) on the same model: one warning;
     another model, even an identical one, gets its own."""
