@@ -403,8 +403,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         for method in methods[stopped_at:]:
             unfinished[method] = f"{why} during this method" if method == current else f"not run: {why} before it"
         if json_path:
-            _write_json(json_path, settings, rows, unfinished, status)
-            console.print(f"partial results in {args.json}: {stopped_at} of {len(methods)} method(s) finished", highlight=False)
+            try:
+                _write_json(json_path, settings, rows, unfinished, status)
+                console.print(f"partial results in {args.json}: {stopped_at} of {len(methods)} method(s) finished", highlight=False)
+            except ProxSparseError:  # the file cannot be written (what may have stopped the run): the first error is the one to say
+                pass
         raise
     console.print(_table(rows, texts, args.tasks, label))
     if args.json:
@@ -450,10 +453,14 @@ def command_line(args: argparse.Namespace, methods: list[str]) -> str:
 def _write_json(path: Path, settings: dict, rows: list[dict], unfinished: dict[str, str], status: str) -> None:
     """The results so far, replaced in one step (temporary file, then rename): `complete` is true only
     when every method finished; `unfinished` names each method that did not, with why; `status` is
-    running, finished, interrupted or terminated (a file left "running" belongs to a killed run)."""
+    running, finished, interrupted, terminated, or stopped (another error ended the run; a file left
+    "running" belongs to a killed run). A file that cannot be written is a ProxSparseError."""
     record = {"complete": status == "finished" and not unfinished, "status": status, "unfinished": unfinished,
               "settings": settings, "rows": rows}
-    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    try:
+        atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    except OSError as err:
+        raise ProxSparseError(f"--json {path}: cannot write it: {err.strerror or err}") from None
 
 
 def _summary(row: dict) -> str:

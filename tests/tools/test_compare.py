@@ -223,6 +223,28 @@ def test_the_json_is_replaced_in_one_step_so_a_write_cut_short_leaves_the_previo
     assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]
 
 
+def test_a_json_that_cannot_be_written_mid_run_is_one_line_and_exit_2(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A full disk after the first method: the command says so in one line, without a traceback, and keeps the
+    file as last written."""
+    from proxsparse_ao.tools import cli, compare
+
+    real, writes = compare.atomic_write_bytes, []
+
+    def disk_full_after_two(path, data):
+        writes.append(path)
+        if len(writes) > 2:
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(compare, "atomic_write_bytes", disk_full_after_two)
+    out = tmp_path / "rows.json"
+    assert cli.main(_compare_argv(tiny_model_dir, tmp_path, "magnitude,wanda")) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [f"error: --json {out}: cannot write it: No space left on device"], errors
+    kept = json.loads(out.read_text())
+    assert kept["status"] == "running" and [row["method"] for row in kept["rows"]] == ["magnitude"]
+
+
 def _fragmented_heap(mib: int, kept: list) -> None:
     """Allocate `mib` MiB in 100 kB heap blocks between blocks put in `kept`, then free them: the
     heap cannot shrink past the kept blocks, so the freed pages stay resident unless handed back."""
