@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from script_input import OneLineParser, at_least, finite
+from script_input import OneLineParser, at_least, finite, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -640,4 +640,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(probe_cusparselt() if sys.argv[1:] == ["--probe-cusparselt"] else main())
+    sys.exit(run_script(probe_cusparselt if sys.argv[1:] == ["--probe-cusparselt"] else main))

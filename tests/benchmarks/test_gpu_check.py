@@ -83,3 +83,18 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path, refuses):
     taken = tmp_path / "results.json"
     taken.write_text("{}")
     refuses("gpu_check.py", taken, "--smoke", message=f"argument out: {taken} is a file, not a folder")
+
+
+def test_ctrl_c_during_a_stage_is_one_word_and_exit_130(tmp_path):
+    """The one script run on a borrowed GPU: Ctrl-C there ends as in proxsparse-tool, without a traceback."""
+    import signal
+
+    env = without_absent_packages(tmp_path / "site")
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), str(tmp_path / "out"), "--smoke"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:
+        first = run.stdout.readline()  # the first stage is done: the script is inside its stages now
+        assert "environment: done" in first, first
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=300)
+    assert run.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-2000:]
