@@ -19,7 +19,7 @@ from torchao.quantization import quantize_
 
 from .activations import check_layers_called
 from .calibration import token_count
-from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, validate
+from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, check_batch_size, validate
 from .context import check_context
 from .errors import ProxSparseError
 from .targets import FilterFn, check_target_weights, masked_modules, select_targets
@@ -78,12 +78,10 @@ def learn(
     config = _check_config(config if config is not None else ProxSparseConfig())
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)
+    if calibration is None:
+        check_batch_size(config)
     tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer, model)
-    if tokens.shape[0] < config.batch_size:
-        raise ConfigError(
-            f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than the {tokens.shape[0]} calibration samples given: "
-            "a step cannot take more samples than the run has"
-        )
+    check_batch_size(config, tokens.shape[0])
     if not config.activation_aware:  # else the statistics pass of learn_masks refuses them
         check_layers_called(model, selection.layers, tokens)
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)

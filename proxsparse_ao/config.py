@@ -81,7 +81,7 @@ class ProxSparseConfig(AOBaseConfig):
       style) or "documents" (the reference: the first `samples` documents in seeded order,
       with the tokenizer's BOS, each truncated to seqlen; shorter ones kept at their length,
       right-padded with -100, which the loss and statistics ignore); `batch_size` samples per
-      step (at most `samples`), one pass.
+      step (at most `samples`, or the rows of calibration tokens given), one pass.
     targets/ignore: module class names, exact or dotted-suffix names, or "re:<regex>" on the
       full module name (llm-compressor convention); lm_head and embeddings are never pruned.
     strict: fail (instead of skipping with a warning) on targets whose in_features % 4 != 0.
@@ -183,6 +183,22 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
+def check_batch_size(config: ProxSparseConfig, rows: int | None = None) -> None:
+    """A step cannot take more samples than the run has: `batch_size` against the `rows` of the
+    calibration tokens, or against `samples` when the tokens are (to be) made from the config.
+    Not part of `validate`: with calibration tokens given, `samples` is not used."""
+    if rows is None and config.batch_size > config.samples:
+        raise ConfigError(
+            f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than ProxSparseConfig.samples ({config.samples}): "
+            "a step cannot take more samples than the run has; lower the one or raise the other"
+        )
+    if rows is not None and config.batch_size > rows:
+        raise ConfigError(
+            f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than the {rows} calibration samples: "
+            "a step cannot take more samples than the run has"
+        )
+
+
 def validate(config: ProxSparseConfig) -> None:
     """Raise ConfigError naming the first bad field: wrong type, out of range or unknown choice."""
     hints = typing.get_type_hints(type(config))
@@ -200,11 +216,6 @@ def validate(config: ProxSparseConfig) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"ProxSparseConfig.{name} must be > 0, got {getattr(config, name)!r}")
-    if config.batch_size > config.samples:
-        raise ConfigError(
-            f"ProxSparseConfig.batch_size ({config.batch_size}) is larger than ProxSparseConfig.samples ({config.samples}): "
-            "a step cannot take more samples than the run has; lower the one or raise the other"
-        )
     for name in ("lambda1", "lambda2", "max_grad_norm", "weight_decay"):
         if getattr(config, name) < 0:
             raise ConfigError(f"ProxSparseConfig.{name} must be >= 0, got {getattr(config, name)!r}")

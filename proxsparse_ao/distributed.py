@@ -49,7 +49,7 @@ from . import checkpoint
 from .activations import activation_scales
 from .cache import check_writable_folder
 from .calibration import cropped, target_count
-from .config import ProxSparseConfig, learning_dtype, validate
+from .config import ProxSparseConfig, check_batch_size, learning_dtype, validate
 from .errors import ProxSparseError
 from .hooks import ProxStep, prox_space
 from .masks import learned_mask
@@ -152,6 +152,7 @@ def learn_masks_distributed(
         raise ProxSparseError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {mixed_precision!r}")
     validate(config)
     calibration = check_calibration(calibration, model)
+    check_batch_size(config, calibration.shape[0])
     if not layers:
         raise ProxSparseError("learn_masks_distributed: no target layers")
     device = next(iter(layers.values())).weight.device

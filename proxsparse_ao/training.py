@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import ProxSparseConfig, learning_dtype
+from .config import ProxSparseConfig, check_batch_size, learning_dtype
 from .context import check_context
 from .errors import ProxSparseError
 from .activations import activation_scales
@@ -276,6 +276,7 @@ def learn_masks(
     `stats_every` steps and at the last; None: every step up to STATS_PASSES steps, then
     about STATS_PASSES times a run."""
     calibration = check_calibration(calibration, model)
+    check_batch_size(config, calibration.shape[0])
     _check_causal_lm(model)
     if not layers:
         raise ProxSparseError("learn_masks: no target layers")

@@ -28,6 +28,7 @@ from proxsparse_ao.config import (
     W0_DEVICES,
     ConfigError,
     ProxSparseConfig,
+    check_batch_size,
 )
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
@@ -164,7 +165,9 @@ def config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineCon
 def _config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineConfig:
     method = getattr(args, "method", "proxsparse")
     if method == "proxsparse":
-        return ProxSparseConfig.preset(getattr(args, "preset", "default"), **_set_fields(args))
+        config = ProxSparseConfig.preset(getattr(args, "preset", "default"), **_set_fields(args))
+        check_batch_size(config)  # the command makes --samples calibration samples
+        return config
     values, accepted = _set_fields(args), config_fields(method)
     refused = (["preset"] if getattr(args, "preset", "default") != "default" else []) + sorted(set(values) - accepted)
     if refused:

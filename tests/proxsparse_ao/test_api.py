@@ -14,6 +14,8 @@ from proxsparse_ao import (
     WandaConfig,
     attach_masks,
     is_nm,
+    learn,
+    learn_masks,
     magnitude_mask,
     sparsify_,
     stored_masks,
@@ -256,11 +258,17 @@ def test_two_targets_sharing_one_weight_are_named_before_any_work(tiny_llama, co
 
 
 def test_a_batch_larger_than_the_calibration_given_is_refused(tiny_llama):
-    """samples counts the made calibration; given tokens, their rows must fill one batch too."""
+    """samples counts the made calibration; given tokens, their rows must fill one batch (and samples is not used)."""
     before = tiny_llama.model.layers[0].mlp.up_proj.weight.detach().clone()
-    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(4\) is larger than the 2 calibration samples given"):
+    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(4\) is larger than the 2 calibration samples: "):
         sparsify_(tiny_llama, ProxSparseConfig(**{**FAST, "batch_size": 4}), calibration=_tokens(2))
     assert torch.equal(tiny_llama.model.layers[0].mlp.up_proj.weight, before)
+    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(4\) is larger than the 2 calibration samples: "):
+        learn_masks(tiny_llama, _tokens(2), ProxSparseConfig(**{**FAST, "batch_size": 4}), {"up": tiny_llama.model.layers[0].mlp.up_proj})
+    result = learn(tiny_llama, ProxSparseConfig(**{**FAST, "samples": 1, "batch_size": 2}), calibration=_tokens(2))
+    assert result.total_steps == 1  # samples=1 is not read: the 2 given rows make one batch of 2
+    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(2\) is larger than ProxSparseConfig.samples \(1\)"):
+        learn(tiny_llama, ProxSparseConfig(**{**FAST, "samples": 1, "batch_size": 2}), tokenizer=object())
 
 
 @pytest.mark.parametrize("config", [

@@ -8,6 +8,7 @@ import pytest
 from torchao.core.config import AOBaseConfig, config_to_dict
 
 from proxsparse_ao import ConfigError, ProxSparseConfig
+from proxsparse_ao.config import check_batch_size
 from proxsparse_ao.errors import ProxSparseError
 
 
@@ -38,7 +39,6 @@ def test_defaults_are_json_friendly_and_round_trip():
         ({"targets": ["re:["]}, r"targets: 're:\[' is not a valid regular expression"),
         ({"ignore": ["re:.*lm_head", "re:("]}, r"ignore: 're:\(' is not a valid regular expression"),
         ({"checkpoint_dir": ""}, "checkpoint_dir is empty: name a folder, or None"),
-        ({"samples": 4, "batch_size": 8}, r"^ProxSparseConfig.batch_size \(8\) is larger than ProxSparseConfig.samples \(4\): "),
     ],
 )
 def test_bad_fields_raise_clear_errors(fields, message):
@@ -48,9 +48,17 @@ def test_bad_fields_raise_clear_errors(fields, message):
 
 
 def test_a_batch_may_take_every_sample_but_no_more():
-    assert ProxSparseConfig(samples=4, batch_size=4).batch_size == 4
-    with pytest.raises(ConfigError, match="batch_size"):
-        ProxSparseConfig.preset("paper", batch_size=401)  # the preset's 400 samples
+    check_batch_size(ProxSparseConfig(samples=4, batch_size=4))
+    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(401\) is larger than ProxSparseConfig.samples \(400\): "):
+        check_batch_size(ProxSparseConfig.preset("paper", batch_size=401))  # the preset's 400 samples
+    with pytest.raises(ConfigError, match=r"^ProxSparseConfig.batch_size \(8\) is larger than the 6 calibration samples: "):
+        check_batch_size(ProxSparseConfig(samples=64, batch_size=8), rows=6)
+
+
+def test_samples_do_not_bound_the_batch_of_calibration_tokens_given_the_rows_do():
+    """With tokens given, `samples` is not used: 128 rows a step of 256 given rows is fine even at samples=64."""
+    config = ProxSparseConfig(samples=64, batch_size=128)
+    check_batch_size(config, rows=256)
 
 
 def test_unknown_field_in_dict_is_an_error():
