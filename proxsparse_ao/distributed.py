@@ -52,6 +52,7 @@ from .calibration import cropped, target_count
 from .config import ProxSparseConfig, check_batch_size, learning_dtype, validate
 from .errors import ProxSparseError
 from .hooks import ProxStep, prox_space
+from .memory import peak_memory_bytes
 from .masks import learned_mask
 from .regularizers import frozen_weight_value_and_gradient
 from .training import (
@@ -64,7 +65,6 @@ from .training import (
     _Codes,
     _lr_factor,
     check_calibration,
-    peak_memory_bytes,
     prox_strength,
     rng_state,
     seeded_rng,

@@ -19,7 +19,6 @@ Library code reports through `callback(StepStats)`; it never prints.
 from __future__ import annotations
 
 import math
-import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from .errors import ProxSparseError
 from .activations import activation_scales
 from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, forward_takes, lengths, model_inputs
+from .memory import peak_memory_bytes
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import learned_mask, mask_codes, top2_of_4
 
@@ -124,13 +124,6 @@ def _vocabulary_size(model: nn.Module | None) -> int | None:
     except (NotImplementedError, AttributeError):
         return None
     return embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory: the device allocator's peak on CUDA, the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _lr_factor(warmup: int, total: int) -> Callable[[int], float]:

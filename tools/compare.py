@@ -13,14 +13,12 @@ whole one.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,15 +29,13 @@ from proxsparse_ao.calibration import token_count
 from proxsparse_ao.config import DEFAULT_IGNORE, DEFAULT_TARGETS
 from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.memory import PeakMemory
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 from .prune import calibration_words
 from .signals import Terminated
-
-if TYPE_CHECKING:
-    import torch
 
 METHODS = {
     "dense": "the unpruned model",
@@ -148,72 +144,6 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     check_result_files({"--json": args.json, "--markdown": args.markdown}, model_folder=args.model,
                        inputs={"--text": args.text, "--calibration": args.calibration, "--zeroshot-data": args.zeroshot_data})
     parse_device(args.device)
-
-
-class PeakMemory:
-    """Memory a code region adds at its peak over what was resident when it started.
-
-    CPU (Linux): peak RSS, reset through /proc/self/clear_refs, minus the RSS at the start. CUDA: the
-    allocator's peak minus what it had allocated at the start (host memory not counted). Freed
-    memory is handed back to the system first, so that the region neither counts what earlier work
-    left behind nor reuses it unseen. `added` is None where the peak cannot be reset (no /proc)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        release_freed_memory()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.start = int(torch.cuda.memory_allocated(self.device))
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.exact = True
-        else:
-            self.start = _rss()
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-                self.exact = self.start > 0
-            except OSError:
-                self.exact = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = int(torch.cuda.max_memory_allocated(self.device))
-        else:
-            from proxsparse_ao.training import peak_memory_bytes
-
-            self.peak = _status_kib("VmHWM") * 1024 if self.exact else peak_memory_bytes(self.device)
-        self.added = self.peak - self.start if self.exact else None
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim; a no-op
-    elsewhere), so resident memory is what is still in use."""
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _status_kib(field: str) -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _rss() -> int:
-    return _status_kib("VmRSS") * 1024
 
 
 def _progress(console: Console) -> Progress:

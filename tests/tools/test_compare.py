@@ -282,7 +282,6 @@ def test_each_methods_memory_column_is_its_own_peak_not_what_earlier_methods_lef
     assert magnitude["prune_memory_bytes"] >= 200 * mib  # both halves were live together at its peak
     assert wanda["memory_before_bytes"] - magnitude["memory_before_bytes"] >= 100 * mib  # what magnitude left
     assert 80 * mib <= wanda["prune_memory_bytes"] <= 120 * mib
-    assert wanda["peak_memory_bytes"] == wanda["memory_before_bytes"] + wanda["prune_memory_bytes"]
     table = (tmp_path / "table.md").read_text()
     assert "| peak memory added (GiB) |" in table and "minus its resident memory when pruning started" in table
     assert f"| {wanda['prune_memory_bytes'] / 2**30:.2f} |" in table.splitlines()[3]
