@@ -18,7 +18,6 @@ import typing  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from datetime import timedelta  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
@@ -26,6 +25,7 @@ from proxsparse_ao.training import StepStats  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
 from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
+from .library_warnings import is_ours  # noqa: E402
 from .options import check_checkpoint_dir, refuse_unused, typed_options  # noqa: E402
 from .prune import DTYPES, add_config_flags, calibration_record, config_from_args, source_label, versions  # noqa: E402
 from .signals import Terminated, on_sigterm, raise_terminated  # noqa: E402
@@ -173,14 +173,8 @@ def _library_warnings(say: bool) -> Iterator[None]:
             yield
         finally:
             for warning in caught:
-                if say and not issubclass(warning.category, (DeprecationWarning, FutureWarning)) and _ours(warning.filename):
+                if say and is_ours(warning):
                     print(f"warning: {warning.message}", flush=True)
-
-
-def _ours(filename: str) -> bool:
-    """Whether a warning comes from this project (the library, or this command, which calls some of the
-    library's checks itself), not from torch or transformers."""
-    return "proxsparse_ao" in filename or Path(filename).resolve().parent == Path(__file__).resolve().parent
 
 
 def _progress(stats: StepStats) -> None:

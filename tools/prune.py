@@ -33,6 +33,7 @@ from proxsparse_ao.config import (
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
+from .library_warnings import is_ours
 from .options import check_checkpoint_dir, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 
 METHODS = ("proxsparse", *BASELINES)
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         check_pruned(model, masks)
     seconds = time.perf_counter() - started
     for warning in caught:
-        if not issubclass(warning.category, (DeprecationWarning, FutureWarning)) and "proxsparse_ao" in warning.filename:
+        if is_ours(warning):
             console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
 
     if args.eval:

@@ -6,6 +6,7 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 
 class Terminated(BaseException):
@@ -13,7 +14,8 @@ class Terminated(BaseException):
     runs: a save cut short leaves no temporary folder behind."""
 
 
-def raise_terminated(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    """The SIGTERM handler: raise `Terminated` where the main thread is."""
     raise Terminated
 
 

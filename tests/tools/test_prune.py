@@ -211,3 +211,18 @@ def test_the_dense_source_is_recorded_by_its_absolute_path(model_dir, tmp_path, 
     monkeypatch.chdir(model_dir.parent)
     assert cli.main(["prune", model_dir.name, "--output", str(tmp_path / "out"), "--method", "magnitude"]) == 0
     assert json.loads((tmp_path / "out" / "proxsparse.json").read_text())["source_model"] == str(model_dir.resolve())
+
+
+def test_the_librarys_warnings_are_shown_once_as_warning_lines(tmp_path, capsys):
+    """What stays dense (a tiny Mixtral's fused expert tensors) is said once, in the command's format."""
+    from tiny_models import make_byte_tokenizer, make_tiny_mixtral
+
+    folder, calibration = tmp_path / "tiny-mixtral", tmp_path / "calib.txt"
+    make_tiny_mixtral().save_pretrained(folder)
+    make_byte_tokenizer().save_pretrained(folder)
+    calibration.write_text(TEXT)
+    assert cli.main(["prune", str(folder), "--output", str(tmp_path / "out"), "--calibration", str(calibration),
+                     "--samples", "4", "--seqlen", "16", "--batch-size", "2"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # the console wraps at its width
+    assert printed.count("stay dense") == 1, printed
+    assert "warning: 6 weight matrices are not in nn.Linear layers and stay dense (89% of the weights" in printed
