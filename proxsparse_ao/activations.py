@@ -9,8 +9,8 @@ activations themselves. The scales are normalised to RMS 1 per layer, so the pro
 keeps the units of the weight; zero-input columns get a small floor instead of 0 (the prox
 divides by s).
 
-A target layer the forward never calls on the calibration tokens (an unused head, experts that no
-token is routed to) has no statistic at all; it is refused, naming it, as Wanda and SparseGPT
+A target layer that no calibration token reaches (never called by the forward, or called on empty
+inputs only: an unused head, an expert no token is routed to) has no statistic at all; it is refused, naming it, as Wanda and SparseGPT
 refuse it, instead of being pruned without any information (`check_layers_called` makes the same
 check without the statistics, for learning in the weights' own space).
 """
@@ -98,8 +98,9 @@ def activation_scales(
 @torch.no_grad()
 def check_layers_called(model: nn.Module, layers: dict[str, nn.Linear], tokens: torch.Tensor, max_batch_tokens: int = 4096) -> None:
     """Refuse (ProxSparseError naming them) target layers that no token of `tokens` reaches (never
-    called by the model's forward, or called on empty inputs only), as `activation_scales` does, without gathering any statistic. The pass stops after the
-    first batch that leaves no layer uncalled: one batch for a model whose forward runs every layer."""
+    called by the model's forward, or called on empty inputs only), as `activation_scales` does,
+    without gathering any statistic. The pass stops after the first batch that reaches every
+    layer: one batch for a model whose forward runs every layer on every token."""
     called: set[str] = set()
 
     def reached(name: str, inputs: torch.Tensor) -> None:

@@ -72,9 +72,9 @@ def learn(
     callback: Callback | None = None,
     stats_every: int | None = None,
 ) -> LearnResult:
-    """Learn the 2:4 masks of the target layers; the model itself is left unchanged. A target the
-    model's forward never calls on the calibration tokens is refused before any learning (as Wanda
-    and SparseGPT refuse it): no data would reach it, so its mask would be a guess."""
+    """Learn the 2:4 masks of the target layers; the model itself is left unchanged. A target that no
+    calibration token reaches is refused before any learning (as Wanda and SparseGPT refuse it): no
+    data would inform its mask, so it would be a guess."""
     config = _check_config(config if config is not None else ProxSparseConfig())
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)
