@@ -122,3 +122,34 @@ def test_default_model_on_default_text_is_realistic():
     result = perplexity(model, tokenize_text(tokenizer, load_text()), 1024, max_tokens=2048)
     assert result.tokens == 2048
     assert 10 < result.ppl < 40
+
+
+def test_a_token_limit_of_whole_windows_evaluates_exactly_those_windows(tiny_llama):
+    ids = stream(640)
+    capped = perplexity(tiny_llama, ids, 64, max_tokens=192)
+    assert (capped.windows, capped.tokens) == (3, 192)
+    assert perplexity(tiny_llama, ids, 64, max_tokens=64).windows == 1
+
+
+def test_a_token_limit_one_short_of_a_window_is_named_as_the_limit(tiny_llama):
+    with pytest.raises(ProxSparseError, match="max_tokens 63 is fewer than one window of 64 tokens"):
+        perplexity(tiny_llama, stream(640), 64, max_tokens=63)
+
+
+@pytest.mark.parametrize("seqlen", [0, 1])
+def test_a_window_shorter_than_two_tokens_is_refused(seqlen):
+    with pytest.raises(ProxSparseError, match=f"the window length must be at least 2 tokens, got {seqlen}"):
+        windows(torch.arange(10), seqlen)
+
+
+def test_a_batch_size_below_one_is_a_clear_error(tiny_llama):
+    with pytest.raises(ProxSparseError, match="batch size must be at least 1, got 0"):
+        perplexity(tiny_llama, stream(128), 64, batch_size=0)
+
+
+def test_the_model_is_scored_in_eval_mode(tiny_llama):
+    seen = []
+    tiny_llama.model.layers[0].register_forward_hook(lambda module, *args: seen.append(module.training))
+    tiny_llama.train()
+    perplexity(tiny_llama, stream(128), 64)
+    assert seen and not any(seen) and not tiny_llama.training
