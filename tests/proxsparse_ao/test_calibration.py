@@ -177,3 +177,35 @@ def test_window_mode_tokenises_only_about_4_n_l_tokens_of_a_large_corpus(byte_to
     assert len(stream) == 5 * 26  # 128 tokens asked for: 5 documents
     for row in samples.tolist():
         _start_of(stream, row)  # every window lies in those first documents
+
+
+def test_target_count_counts_next_token_targets_not_tokens():
+    tokens = torch.tensor([[5, 6, 7, PAD_ID], [1, 2, 3, 4]])
+    assert target_count(tokens) == 2 + 3  # a row of n real tokens predicts n - 1 of them
+
+
+def test_window_mode_seed_also_moves_the_windows_within_one_document(byte_tokenizer):
+    text = "".join(chr(ord("a") + i % 26) for i in range(2000))  # one document: the order cannot differ
+    first = calibration_samples(byte_tokenizer, [text], 4, 50, mode="windows", seed=1)
+    other = calibration_samples(byte_tokenizer, [text], 4, 50, mode="windows", seed=2)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("mode", ["documents", "windows"])
+def test_a_sample_of_one_token_is_refused(byte_tokenizer, mode):
+    with pytest.raises(ProxSparseError, match="need at least 1 sample of at least 2 tokens, got 2 x 1"):
+        calibration_samples(byte_tokenizer, DOCS, 2, 1, mode=mode)
+
+
+def test_window_mode_draws_from_about_4_n_l_tokens_not_only_n_l(byte_tokenizer):
+    corpus = [f"document {i:04d} says hello." for i in range(1000)]  # 26 tokens a document with the EOS
+    n, seqlen = 8, 16
+    samples = calibration_samples(byte_tokenizer, corpus, n, seqlen, mode="windows", seed=4)
+    stream, eos = [], [byte_tokenizer.eos_token_id]
+    for document in _seeded_order(corpus, 4):
+        stream += byte_tokenizer(document, add_special_tokens=False).input_ids + eos
+        if len(stream) >= 4 * n * seqlen:
+            break
+    starts = [_start_of(stream, row) for row in samples.tolist()]
+    assert len(stream) == 20 * 26  # 512 tokens asked for: 20 documents
+    assert max(starts) >= 5 * 26  # windows reach past the 5 documents that n * seqlen tokens would need
