@@ -242,3 +242,38 @@ def test_a_jsonl_text_with_a_lone_surrogate_is_refused_naming_the_line(tmp_path)
     path.write_text('{"text": "fine"}\n{"text": "lone \\ud800 half"}\n')
     with pytest.raises(ProxSparseError, match=re.escape(f"{path}:2: \"text\" holds a lone surrogate escape (\\ud800)")):
         load_documents(path)
+
+
+def test_every_fourth_article_of_the_dump_goes_to_evaluation(fresh_cache):
+    from proxsparse_ao.data import _DUMP, _WHEEL
+    from proxsparse_ao.wheels import read_member
+    from proxsparse_ao.wikimarkup import articles
+
+    texts = [text for _, text in articles(read_member(*_WHEEL, _DUMP))]
+    assert load_documents("wikipedia", "evaluation") == texts[3::4]
+    assert load_documents("wikipedia", "calibration") == [text for i, text in enumerate(texts) if i % 4 != 3]
+
+
+def test_hub_texts_take_the_documented_splits(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, *, split, data_files=None):
+        calls.append((path, name, split, data_files))
+        if path == "allenai/c4":
+            return {"text": [f"doc {i}" for i in range(1500)]}
+        return {"text": ["a", " ", "", "b"]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_documents("c4", "evaluation") == [f"doc {i}" for i in range(1100)]  # the first 1100 validation documents
+    assert len(load_documents("c4", "calibration")) == 1500
+    assert [call[3]["data"] for call in calls] == ["en/c4-validation.00000-of-00008.json.gz", "en/c4-train.00000-of-01024.json.gz"]
+    assert load_documents("wikitext2", "evaluation") == ["a", " ", "", "b"]  # the test split as it is
+    assert load_documents("wikitext2", "calibration") == ["a", "b"]  # blank rows are no documents
+    assert [call[2] for call in calls[2:]] == ["test", "train"]
+
+
+def test_a_missing_path_without_a_suffix_is_a_missing_file_not_an_unknown_name(tmp_path):
+    with pytest.raises(ProxSparseError, match="text file not found"):
+        load_documents(str(tmp_path / "no" / "such-text"))
