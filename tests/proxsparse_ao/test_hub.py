@@ -68,3 +68,23 @@ def test_a_failed_tls_handshake_counts_as_an_answer(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub.urllib.request, "urlopen", untrusted)
     assert hub.hub_reachable() is True
+
+
+def test_an_endpoint_that_answers_ok_is_reachable(monkeypatch):
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert hub.hub_reachable() is True
+    finally:
+        server.shutdown()
+        server.server_close()

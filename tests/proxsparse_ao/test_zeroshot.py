@@ -257,3 +257,10 @@ def test_running_outside_a_git_checkout_leaves_stderr_free_of_git_errors(
     zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande"], limit=2, data_dir=small_data)
     assert "not a git repository" not in capfd.readouterr().err
     assert lm_eval.evaluator.get_git_commit_hash is hook
+
+
+@pytest.mark.parametrize("answer", ["0", "3", "1 "])
+def test_a_winogrande_answer_other_than_one_or_two_is_refused(tmp_path, answer):
+    folder = _task_folder(tmp_path, "winogrande_ni.jsonl", WINOGRANDE_ROW.replace('"answer": "2"', f'"answer": "{answer}"') + "\n")
+    with pytest.raises(ProxSparseError, match=r"line 1: field 'answer' must be \"1\" or \"2\""):
+        check_tasks(["local_winogrande"], folder)

@@ -54,3 +54,13 @@ def test_commands_refuse_options_that_would_do_nothing_before_any_work(argv, mes
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_result_file_named_as_the_output_folder_itself_is_refused(tmp_path):
+    from proxsparse_ao.tools.options import check_not_inside
+
+    with pytest.raises(ProxSparseError, match="is inside the --output folder"):
+        check_not_inside(tmp_path / "out", "--json", tmp_path / "out", "the --output folder")
+    with pytest.raises(ProxSparseError, match="is inside the --output folder"):
+        check_not_inside(tmp_path / "out" / "r.json", "--json", tmp_path / "out", "the --output folder")
+    check_not_inside(tmp_path / "out.json", "--json", tmp_path / "out", "the --output folder")
