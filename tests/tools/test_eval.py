@@ -222,3 +222,17 @@ def test_a_result_file_that_would_overwrite_an_input_is_refused_and_the_input_ke
 def test_empty_names_are_called_empty(tmp_path):
     assert_one_line_error(cli("eval", "--text", ""), "the text name is empty")
     assert_one_line_error(cli("eval", ""), "the model name is empty")
+
+
+def test_a_negative_token_limit_and_nothing_to_do_are_one_line_errors(tiny_model_dir, text_file):
+    refused = cli("eval", tiny_model_dir, "--text", text_file, "--seqlen", 128, "--max-tokens", -1)
+    assert_one_line_error(refused, "--max-tokens must be 0 (all) or positive, got -1")
+    assert_one_line_error(cli("eval", tiny_model_dir, "--no-ppl"), "nothing to do: --no-ppl without --tasks")
+
+
+def test_max_tokens_limits_the_evaluated_tokens(tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "result.json"
+    done = cli("eval", tiny_model_dir, "--text", text_file, "--seqlen", 128, "--max-tokens", 300, "--json", out)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert (result["tokens"], result["windows"]) == (256, 2)  # the first 300 tokens: two whole windows of 128

@@ -226,3 +226,16 @@ def test_the_librarys_warnings_are_shown_once_as_warning_lines(tmp_path, capsys)
     printed = " ".join(capsys.readouterr().out.split())  # the console wraps at its width
     assert printed.count("stay dense") == 1, printed
     assert "warning: 6 weight matrices are not in nn.Linear layers and stay dense (89% of the weights" in printed
+
+
+def test_an_existing_output_without_overwrite_is_refused_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
+    import proxsparse_ao.models
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", not_loaded)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _prune(model_dir, out) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out} already exists: pass --overwrite to replace it"
