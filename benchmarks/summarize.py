@@ -36,10 +36,9 @@ def setting(config: dict | None) -> str | None:
     return json.dumps({key: value for key, value in config.items() if key != "seed"}, sort_keys=True)
 
 
-def file_runs(path: Path) -> list[dict]:
+def file_runs(path: Path, data: dict) -> list[dict]:
     """The records of one file: group, settings key, seed, ppl by text, seconds, peak memory (GiB), moved."""
     found = []
-    data = json.loads(path.read_text())
     if "settings" in data:  # proxsparse-tool compare
         calibration = data["settings"]["calibration"]
         seed = calibration["seed"] if calibration else None
@@ -91,9 +90,8 @@ def named(records: list[dict]) -> list[dict]:
     return records
 
 
-def incomplete(path: Path) -> str | None:
+def incomplete(path: Path, data: dict) -> str | None:
     """A note naming a compare file that says it is incomplete, with the methods missing and why; None otherwise."""
-    data = json.loads(path.read_text())
     if "settings" not in data or data.get("complete", True):
         return None
     missing = "; ".join(f"{method}: {why}" for method, why in data.get("unfinished", {}).items())
@@ -141,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     records, notes = [], []
     for path in parser.parse_args(argv).results:
         try:
-            records += file_runs(path)
-            notes += filter(None, [incomplete(path)])
+            data = json.loads(path.read_text())
+            records += file_runs(path, data)
+            notes += filter(None, [incomplete(path, data)])
         except OSError as err:
             print(f"error: cannot read {path}: {err.strerror or err}", file=sys.stderr)
             return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,5 +41,20 @@ def refuses(run_benchmark) -> Callable[..., None]:
         (line,) = err.strip().splitlines()
         assert line.startswith("error: ") and message in line, line
         assert out == ""
+
+    return check
+
+
+@pytest.fixture
+def refused_from_a_fresh_interpreter() -> Callable[..., None]:
+    """`refused_from_a_fresh_interpreter("prox_speed.py", "--device", "cuda:99", starts="error: ...")`: run as
+    its own process, the script exits 2 with one stderr line starting so, and no library chatter before it."""
+
+    def check(name: str, *argv: object, starts: str) -> None:
+        done = subprocess.run([sys.executable, str(BENCHMARKS / name), *map(str, argv)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and done.stdout == ""
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(starts), line
 
     return check

@@ -68,10 +68,6 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_learning(tmp_p
     refuses("learn_eval.py", "--text", text, "--json", text, message="would overwrite what --text reads")
 
 
-def test_a_bad_value_is_one_line_from_a_fresh_interpreter_too():
+def test_a_bad_value_is_one_line_from_a_fresh_interpreter_too(refused_from_a_fresh_interpreter):
     """No library chatter (torchao's load failures, torch's pytree notes) before the error line."""
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learn_eval.py"), "--preset", "fastest"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and done.stdout == ""
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: unknown ProxSparseConfig preset 'fastest'")
+    refused_from_a_fresh_interpreter("learn_eval.py", "--preset", "fastest", starts="error: unknown ProxSparseConfig preset 'fastest'")

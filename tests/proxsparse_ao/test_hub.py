@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 from huggingface_hub import constants
@@ -38,23 +40,32 @@ def test_an_endpoint_that_refuses_the_connection_is_unreachable(monkeypatch):
     assert hub.hub_reachable() is False
 
 
-def test_any_http_answer_counts_as_reachable_even_an_error(monkeypatch):
-    class NotFound(http.server.BaseHTTPRequestHandler):
+@contextlib.contextmanager
+def _endpoint_answering(status: int) -> Iterator[str]:
+    """A local HTTP server whose every HEAD request gets `status`; yields its URL."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):
-            self.send_error(404)
+            self.send_response(status)
+            self.end_headers()
 
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-        assert hub.hub_reachable() is True
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_any_http_answer_counts_as_reachable_even_an_error(monkeypatch):
+    with _endpoint_answering(404) as url:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        assert hub.hub_reachable() is True
 
 
 def test_a_failed_tls_handshake_counts_as_an_answer(monkeypatch):
@@ -71,20 +82,7 @@ def test_a_failed_tls_handshake_counts_as_an_answer(monkeypatch):
 
 
 def test_an_endpoint_that_answers_ok_is_reachable(monkeypatch):
-    class Ok(http.server.BaseHTTPRequestHandler):
-        def do_HEAD(self):
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _endpoint_answering(200) as url:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("HF_ENDPOINT", url)
         assert hub.hub_reachable() is True
-    finally:
-        server.shutdown()
-        server.server_close()
