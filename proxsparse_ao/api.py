@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torchao.quantization import quantize_
 
-from .activations import check_layers_called
 from .calibration import token_count
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, check_batch_size, validate
 from .context import check_context
@@ -82,8 +81,6 @@ def learn(
         check_batch_size(config)
     tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer, model)
     check_batch_size(config, tokens.shape[0])
-    if not config.activation_aware:  # else the statistics pass of learn_masks refuses them
-        check_layers_called(model, selection.layers, tokens)
     result = learn_masks(model, tokens, config, selection.layers, callback=callback, stats_every=stats_every)
     result.extra["skipped"] = selection.skipped
     result.extra["calibration_shape"] = list(tokens.shape)

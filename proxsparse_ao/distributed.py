@@ -46,7 +46,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from . import checkpoint
-from .activations import activation_scales
+from .activations import activation_scales, check_layers_called
 from .cache import check_writable_folder
 from .calibration import cropped, target_count
 from .config import ProxSparseConfig, check_batch_size, learning_dtype, validate
@@ -145,7 +145,8 @@ def learn_masks_distributed(
     """Learn 2:4 masks with every rank of the initialised process group; call it on every rank.
 
     The model is sharded in place (it does not come back unsharded). The masks (bool, CPU)
-    are returned on rank 0 only; `callback` runs on every rank with the global statistics."""
+    are returned on rank 0 only; `callback` runs on every rank with the global statistics. A layer
+    that no calibration token reaches is refused by name on every rank, before any learning."""
     if not dist.is_initialized():
         raise ProxSparseError("learn_masks_distributed needs an initialised process group (run it under torchrun)")
     if mixed_precision not in MIXED_PRECISION:
@@ -155,6 +156,8 @@ def learn_masks_distributed(
     check_batch_size(config, calibration.shape[0])
     if not layers:
         raise ProxSparseError("learn_masks_distributed: no target layers")
+    if not config.activation_aware:  # else the statistics pass refuses them (every rank sees all rows: one verdict)
+        check_layers_called(model, layers, calibration)
     device = next(iter(layers.values())).weight.device
     with seeded_rng(config.seed, device):
         return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback, stats_every)

@@ -34,7 +34,7 @@ from . import checkpoint
 from .config import ProxSparseConfig, check_batch_size, learning_dtype
 from .context import check_context
 from .errors import ProxSparseError
-from .activations import activation_scales
+from .activations import activation_scales, check_layers_called
 from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, forward_takes, lengths, model_inputs
 from .memory import peak_memory_bytes
@@ -267,12 +267,15 @@ def learn_masks(
     `checkpoint_every` steps and at the end, and resumes from it when called again.
     The mask statistics of `StepStats` (a pass over every target weight) are computed every
     `stats_every` steps and at the last; None: every step up to STATS_PASSES steps, then
-    about STATS_PASSES times a run."""
+    about STATS_PASSES times a run. A layer that no calibration token reaches is refused by name
+    before any learning: nothing would inform its mask."""
     calibration = check_calibration(calibration, model)
     check_batch_size(config, calibration.shape[0])
     _check_causal_lm(model)
     if not layers:
         raise ProxSparseError("learn_masks: no target layers")
+    if not config.activation_aware:  # else the statistics pass refuses them
+        check_layers_called(model, layers, calibration)
     started = time.perf_counter()
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
     state = _ModelState(model, config, layers)

@@ -94,7 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
     from transformers.utils import logging as hf_logging
 
-    from proxsparse_ao.activations import check_layers_called
     from proxsparse_ao.api import apply_masks, calibration_tokens
     from proxsparse_ao.context import check_context
     from proxsparse_ao.data import check_text
@@ -124,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             layers = select_targets(model, config.targets, config.ignore, strict=config.strict).layers
             check_target_weights(layers)
             tokens = calibration_tokens(config, tokenizer, model)
-            if not config.activation_aware:  # else the statistics pass refuses them, as in prune
-                check_layers_called(model, layers, tokens)
         with _library_warnings(rank0):
             result = learn_masks_distributed(model, tokens, config, layers, mixed_precision=args.mixed_precision,
                                              callback=_progress if rank0 else None)

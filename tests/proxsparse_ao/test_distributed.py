@@ -25,6 +25,7 @@ WORLD = 2
 # the defaults (activation-aware, constant strength), then magnitude space with the lr-following strength,
 # then short documents right-padded (each rank's slice of a batch holds a different number of real tokens)
 VARIANTS = {"default": {}, "magnitude-lr": dict(activation_aware=False, strength_schedule="lr"), "padded": {}}
+UNREACHED = {"unreached": dict(activation_aware=False)}  # a target the forward never calls, in weight space
 LENGTHS = {"padded": [16, 5, 9, 16, 2, 16, 12, 7]}
 
 
@@ -65,10 +66,17 @@ def _learn(checkpoint_dir: str, variant: str, resume: bool) -> dict[str, object]
     """One run; with `resume`, also a run killed in step 2 then resumed, and the column-split check."""
     from proxsparse_ao.distributed import check_shard_layout, learn_masks_distributed
 
-    overrides, tokens = VARIANTS.get(variant, {}), _tokens(variant)
+    overrides, tokens = {**VARIANTS, **UNREACHED}.get(variant, {}), _tokens(variant)
     make_model = make_tiny_opt if variant == "dropout" else make_tiny_llama
     config = ProxSparseConfig(**SETTINGS, **overrides)
     model = make_model()
+    if variant == "unreached":
+        model.model.layers[0].mlp.unused = torch.nn.Linear(64, 64)
+        try:
+            learn_masks_distributed(model, tokens, config, _layers(model, config))
+        except ProxSparseError as err:
+            return {"error": str(err)}
+        return {"error": ""}
     torch.manual_seed(7 + torch.distributed.get_rank())  # the callers' RNG states matter to no run
     result = learn_masks_distributed(model, tokens, config, _layers(model, config))
     if not resume:
@@ -146,6 +154,14 @@ def test_two_gloo_ranks_under_dropout_resume_the_uninterrupted_run(tmp_path):
     assert resumed.resumed_from == 1
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in result.history]
     assert all(torch.equal(result.masks[n], resumed.masks[n]) for n in result.masks)
+
+
+def test_a_layer_no_token_reaches_is_refused_by_name_in_weight_space_too(tmp_path):
+    """Without the statistics pass (which refuses it on the summed counts) the reach check refuses it."""
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_worker, args=(_free_port(), str(out), "", "unreached", False), nprocs=WORLD, start_method="spawn")
+    assert "no calibration token reaches (never called" in torch.load(out)["error"]
+    assert "model.layers.0.mlp.unused" in torch.load(out)["error"]
 
 
 def test_resume_refuses_another_world_size_or_run(tmp_path):
