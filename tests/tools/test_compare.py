@@ -39,20 +39,22 @@ def test_parse_methods():
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path):
-    assert_one_line_error(cli("compare", "--methods", "dense,obs"), "unknown method(s) obs")
+    """Before the model loads: the model named does not exist, so a check that regressed fails fast."""
+    missing = tmp_path / "no-model"
+    assert_one_line_error(cli("compare", missing, "--methods", "dense,obs"), "unknown method(s) obs")
     assert_one_line_error(
-        cli("compare", "--methods", "magnitude,wanda,proxsparse", "--calibration", "none"),
+        cli("compare", missing, "--methods", "magnitude,wanda,proxsparse", "--calibration", "none"),
         "wanda, proxsparse need(s) calibration data",
     )
-    assert_one_line_error(cli("compare", "--samples", "0"), "--samples must be at least 1")
-    assert_one_line_error(cli("compare", "--json", tmp_path / "missing" / "x.json"), "does not exist")
-    assert_one_line_error(cli("compare", "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
-    assert_one_line_error(cli("compare", "--json", tmp_path), "is a folder: name a file")
-    assert_one_line_error(cli("compare", "--device", "nowhere"), "--device 'nowhere'")
+    assert_one_line_error(cli("compare", missing, "--samples", "0"), "--samples must be at least 1")
+    assert_one_line_error(cli("compare", missing, "--json", tmp_path / "missing" / "x.json"), "does not exist")
+    assert_one_line_error(cli("compare", missing, "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
+    assert_one_line_error(cli("compare", missing, "--json", tmp_path), "is a folder: name a file")
+    assert_one_line_error(cli("compare", missing, "--device", "nowhere"), "--device 'nowhere'")
     archive = tmp_path / "corpus.jsonl"
     archive.write_bytes(b"\x1f\x8b\x08\x00 a gzip header")
-    assert_one_line_error(cli("compare", "--text", "wikipedia", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
-    assert_one_line_error(cli("compare", "--calibration", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+    assert_one_line_error(cli("compare", missing, "--text", "wikipedia", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+    assert_one_line_error(cli("compare", missing, "--calibration", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
 
 
 def test_windows_longer_than_the_models_context_are_refused_before_any_method_runs(tiny_model_dir):

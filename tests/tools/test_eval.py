@@ -144,8 +144,9 @@ def test_unreachable_hub_model_names_the_offline_alternative():
     assert_one_line_error(done, "embedded default model")
 
 
-def test_bad_numbers_are_one_line_errors():
-    assert_one_line_error(cli("eval", "--seqlen", 1), "--seqlen must be at least 2")
+def test_bad_numbers_are_one_line_errors(tmp_path):
+    """Checked before the model loads (a model that does not exist: a regression fails fast, not after loading one)."""
+    assert_one_line_error(cli("eval", tmp_path / "no-model", "--seqlen", 1), "--seqlen must be at least 2")
 
 
 def test_a_text_path_that_is_a_directory_is_called_a_directory(tiny_model_dir, tmp_path):
@@ -220,7 +221,7 @@ def test_a_result_file_that_would_overwrite_an_input_is_refused_and_the_input_ke
 
 
 def test_empty_names_are_called_empty(tmp_path):
-    assert_one_line_error(cli("eval", "--text", ""), "the text name is empty")
+    assert_one_line_error(cli("eval", tmp_path / "no-model", "--text", ""), "the text name is empty")
     assert_one_line_error(cli("eval", ""), "the model name is empty")
 
 
