@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import inspect
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .errors import ProxSparseError
+from .errors import ProxSparseError, warn_caller
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -139,10 +138,9 @@ def _from_windows(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str], 
             "use a longer text or a shorter length"
         )
     if len(stream) < n * seqlen:
-        warnings.warn(
+        warn_caller(
             f"the calibration text has {len(stream)} tokens, fewer than the {n} x {seqlen} asked for: the windows "
-            f"overlap, each token is seen about {n * seqlen / len(stream):.1f} times; a longer text gives more to learn from",
-            stacklevel=3,
+            f"overlap, each token is seen about {n * seqlen / len(stream):.1f} times; a longer text gives more to learn from"
         )
     packed = torch.tensor(stream, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)

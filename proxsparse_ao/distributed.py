@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 import typing
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from .activations import activation_scales, check_layers_called
 from .cache import check_writable_folder
 from .calibration import cropped, target_count
 from .config import ProxSparseConfig, check_batch_size, learning_dtype, validate
-from .errors import ProxSparseError
+from .errors import ProxSparseError, warn_caller
 from .hooks import ProxStep, prox_space
 from .memory import peak_memory_bytes
 from .masks import learned_mask
@@ -310,7 +309,7 @@ def _learn_distributed(
     else:
         step = total_steps
     if stopped:
-        warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=3)
+        warn_caller(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning)
 
     masks, local_masks = _gather_masks(params, codes.scales, originals, mesh, rank)
     changed, moved = _all_sum(list(codes.final_changes(local_masks)), device)

@@ -13,7 +13,6 @@ selects again on the same model (sparsify_, then target_filter for quantize_) do
 from __future__ import annotations
 
 import re
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ProxSparseError
+from .errors import ProxSparseError, warn_caller
 from .masks import check_nm
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -150,14 +149,14 @@ def select_targets(
 
 
 def _warn_once(model: nn.Module, message: str) -> None:
-    """Warn (at select_targets' caller) unless this model was already warned so."""
+    """Warn (at the user's call into the library) unless this model was already warned so."""
     try:
         given = _WARNED.setdefault(model, set())
     except TypeError:  # a model that cannot be referenced weakly: warned every time
         given = set()
     if message not in given:
         given.add(message)
-        warnings.warn(message, stacklevel=3)
+        warn_caller(message)
 
 
 def _matrices_outside_linears(model: nn.Module, protected: set[int]) -> tuple[list[str], float]:

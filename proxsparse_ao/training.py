@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from torch import nn
 from . import checkpoint
 from .config import ProxSparseConfig, check_batch_size, learning_dtype
 from .context import check_context
-from .errors import ProxSparseError
+from .errors import ProxSparseError, warn_caller
 from .activations import activation_scales, check_layers_called
 from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, forward_takes, lengths, model_inputs
@@ -394,7 +393,7 @@ def _learn(
     else:
         step = total_steps
     if stopped:
-        warnings.warn(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning, stacklevel=3)
+        warn_caller(f"ProxSparse learning stopped: {stopped}", NonFiniteLossWarning)
 
     with torch.no_grad():
         masks = {

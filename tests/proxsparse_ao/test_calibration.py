@@ -114,8 +114,9 @@ def test_window_mode_takes_contiguous_windows_of_the_packed_text(byte_tokenizer)
 
 def test_window_mode_warns_when_the_text_is_shorter_than_the_samples_asked_for(byte_tokenizer):
     text = "x" * 100  # and the EOS after it
-    with pytest.warns(UserWarning, match="the calibration text has 101 tokens, fewer than the 8 x 64 asked for"):
+    with pytest.warns(UserWarning, match="the calibration text has 101 tokens, fewer than the 8 x 64 asked for") as caught:
         samples = calibration_samples(byte_tokenizer, [text], 8, 64, mode="windows")
+    assert caught[0].filename == __file__
     assert samples.shape == (8, 64)
 
 
