@@ -10,8 +10,10 @@ on each `--text` (first --eval-tokens tokens, windows of --eval-seqlen), the lea
 time and memory: `peak_rss_gib`, the process's peak RSS while it learned and applied the masks
 (model included), and `memory_added_gib`, that peak minus the RSS it started from (measured as
 `proxsparse-tool compare` measures it; the magnitude row likewise for its pruning, so neither
-row carries the other's or the evaluation's peak). Dense and magnitude rows are optional (`--dense`,
-`--magnitude`). Failures are recorded in the JSON too. Bad input (an unknown preset or field, a
+row carries the other's or the evaluation's peak). Each pruned row records `pruned_layers`, the
+count and a fingerprint of the layers it pruned, as `compare` does, so `summarize.py` can tell
+runs that pruned the same layers under different `ignore` patterns. Dense and magnitude rows
+are optional (`--dense`, `--magnitude`). Failures are recorded in the JSON too. Bad input (an unknown preset or field, a
 missing text file, a number out of range, an unwritable --json) is one line and exit status 2,
 before the model loads. Was `learn_vs_magnitude.py`.
 """
@@ -47,6 +49,7 @@ from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.memory import PeakMemory  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
 from proxsparse_ao.targets import select_targets  # noqa: E402
+from proxsparse_ao.tools.compare import pruned_layers  # noqa: E402
 from proxsparse_ao.tools.options import check_result_files  # noqa: E402
 
 
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             check_pruned(model, result.masks)
         seconds = time.perf_counter() - start
         rows.append({"method": "proxsparse", "ppl": ppl(model), "seconds": round(seconds, 1), **memory_fields(memory),
+                     "pruned_layers": pruned_layers(result.masks),
                      "changed_vs_magnitude": round(result.changed_vs_magnitude, 4),
                      "changed_vs_start": round(result.changed_vs_start, 4), "stopped": result.stopped,
                      "final_ce": result.history[-1]["ce"] if result.history else None, **result.extra})
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             apply_masks(model, masks, config)
             check_pruned(model, masks)
         seconds = round(time.perf_counter() - start, 1)  # pruning only, as the ProxSparse row times learning only
-        rows.append({"method": "magnitude", "ppl": ppl(model), "seconds": seconds, **memory_fields(memory)})
+        rows.append({"method": "magnitude", "ppl": ppl(model), "seconds": seconds, **memory_fields(memory),
+                     "pruned_layers": pruned_layers(masks)})
 
     results["rows"] = rows
     print(json.dumps(rows, indent=1))

@@ -13,10 +13,12 @@ whole one.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,14 @@ def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
     return {"masks": result.masks, "config": config.to_dict()}
 
 
+def pruned_layers(names: Iterable[str]) -> dict:
+    """Which layers a method pruned, in a few bytes: their count and the first 12 hex digits of the SHA-256
+    of their sorted names, one per line. Results are matched by it (benchmarks/summarize.py): runs whose
+    `ignore` differs only by patterns that matched nothing pruned the same layers."""
+    ordered = sorted(names)
+    return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]}
+
+
 def _pattern_ok(model, masks: dict) -> bool:
     from proxsparse_ao.masks import is_nm
 
@@ -280,7 +290,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 row.update(prune_seconds=round(seconds, 2), prune_memory_bytes=memory.added, peak_memory_bytes=memory.peak,
                            memory_before_bytes=memory.start, pattern_ok=_pattern_ok(model, details["masks"]),
                            changed_vs_magnitude=_changed(before, details["masks"]), layers=len(details["masks"]),
-                           config=details["config"])
+                           pruned_layers=pruned_layers(details["masks"]), config=details["config"])
                 if details.get("stopped"):
                     row["stopped"] = details["stopped"]
                 del before, details

@@ -30,6 +30,9 @@ def test_a_tiny_run_writes_a_result_summarize_reads(tmp_path):
     # each row's memory is its own pruning's: magnitude's is not ProxSparse's (AdamW state and all) carried over
     assert 0 < methods["magnitude"]["peak_rss_gib"] < methods["proxsparse"]["peak_rss_gib"]
     assert methods["magnitude"]["memory_added_gib"] < methods["proxsparse"]["memory_added_gib"]
+    # both pruned the same layers, and say which: the 7 linear layers of each of the 30 blocks, lm_head left dense
+    assert methods["magnitude"]["pruned_layers"] == methods["proxsparse"]["pruned_layers"]
+    assert methods["proxsparse"]["pruned_layers"]["count"] == 210
     summary = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summarize.py"), str(out)],
                              capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0 and "| tiny | 0 |" in summary.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.tools.compare import METHODS, parse_methods
+from proxsparse_ao.tools.compare import METHODS, parse_methods, pruned_layers
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
@@ -36,6 +37,15 @@ def test_parse_methods():
         with pytest.raises(ProxSparseError, match=re.escape(message)):
             parse_methods(spec)
     assert {"dense", "magnitude", "wanda", "sparsegpt", "sparsegpt-mask", "proxsparse"} == set(METHODS)
+
+
+def test_pruned_layers_are_recorded_as_their_count_and_a_fingerprint_of_their_sorted_names():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj"]
+    recorded = pruned_layers(names)
+    digest = hashlib.sha256(b"model.layers.0.mlp.up_proj\nmodel.layers.0.self_attn.q_proj").hexdigest()
+    assert recorded == {"count": 2, "sha256": digest[:12]} == pruned_layers(reversed(names))
+    assert pruned_layers(names[:1]) != recorded and pruned_layers(names[:1] + ["model.layers.1.mlp.up_proj"])["count"] == 2
+    assert pruned_layers(names[:1] + ["model.layers.1.mlp.up_proj"]) != recorded
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path):
@@ -81,6 +91,11 @@ def test_compare_tiny_model(tiny_model_dir, tmp_path):
     assert [row["pattern_ok"] for row in rows] == [False, True, True, True, True, True]
     assert rows[1]["changed_vs_magnitude"] == 0.0 and rows[2]["changed_vs_magnitude"] > 0
     assert all(row["prune_seconds"] >= 0 and row["peak_memory_bytes"] > 0 for row in rows[1:])
+    # every method pruned the same layers, and says which: all 7 linear layers of both blocks, lm_head left dense
+    parts = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+             "mlp.down_proj")
+    names = [f"model.layers.{block}.{part}" for block in (0, 1) for part in parts]
+    assert all(row["pruned_layers"] == pruned_layers(names) for row in rows[1:]) and "pruned_layers" not in rows[0]
     table = md.read_text()
     assert "| sparsegpt-mask | yes |" in table and "Command: `proxsparse-tool compare" in table
     assert "compare" in done.stdout and "exactly 2:4" in done.stdout
