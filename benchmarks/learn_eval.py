@@ -49,7 +49,7 @@ from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.memory import PeakMemory  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
 from proxsparse_ao.targets import select_targets  # noqa: E402
-from proxsparse_ao.tools.compare import pruned_layers  # noqa: E402
+from proxsparse_ao.targets import pruned_layers  # noqa: E402
 from proxsparse_ao.tools.options import check_result_files  # noqa: E402
 
 

@@ -12,6 +12,7 @@ selects again on the same model (sparsify_, then target_filter for quantize_) do
 
 from __future__ import annotations
 
+import hashlib
 import re
 import weakref
 from collections.abc import Callable, Iterable
@@ -185,6 +186,14 @@ def target_filter(model: nn.Module, config: Any, filter_fn: FilterFn | None = No
     nn.Linear, lm_head included, which on a tied model would prune the input embeddings too."""
     names = set(select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict).layers)
     return lambda module, fqn: fqn in names
+
+
+def pruned_layers(names: Iterable[str]) -> dict[str, int | str]:
+    """Which layers a method pruned, in a few bytes: their count and the first 12 hex digits of the SHA-256
+    of their sorted names, one per line. Results are matched by it (benchmarks/summarize.py): runs whose
+    `ignore` differs only by patterns that matched nothing pruned the same layers."""
+    ordered = sorted(names)
+    return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]}
 
 
 def check_target_weights(layers: dict[str, nn.Linear]) -> None:

@@ -13,12 +13,10 @@ whole one.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from proxsparse_ao.data import check_text
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.memory import PeakMemory
 from proxsparse_ao.quiet import quiet_libraries
+from proxsparse_ao.targets import pruned_layers
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
@@ -195,14 +194,6 @@ def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
         return {"masks": result.masks, "config": config.to_dict(), "stopped": result.stopped}
     result = prune(model, config, calibration=tokens, progress=lambda done, total: bar.update(task, completed=done, total=total))
     return {"masks": result.masks, "config": config.to_dict()}
-
-
-def pruned_layers(names: Iterable[str]) -> dict:
-    """Which layers a method pruned, in a few bytes: their count and the first 12 hex digits of the SHA-256
-    of their sorted names, one per line. Results are matched by it (benchmarks/summarize.py): runs whose
-    `ignore` differs only by patterns that matched nothing pruned the same layers."""
-    ordered = sorted(names)
-    return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]}
 
 
 def _pattern_ok(model, masks: dict) -> bool:

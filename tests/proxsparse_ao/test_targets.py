@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 
 from proxsparse_ao.config import DEFAULT_IGNORE, DEFAULT_TARGETS
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.targets import NoTargetsError, select_targets
+from proxsparse_ao.targets import NoTargetsError, pruned_layers, select_targets
 
 
 def test_default_patterns_pick_the_projections(tiny_llama):
@@ -124,3 +125,12 @@ def test_a_model_of_linears_selects_without_a_warning(tiny_llama):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(select_targets(tiny_llama, DEFAULT_TARGETS, DEFAULT_IGNORE).layers) == 14
+
+
+def test_pruned_layers_are_recorded_as_their_count_and_a_fingerprint_of_their_sorted_names():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj"]
+    recorded = pruned_layers(names)
+    digest = hashlib.sha256(b"model.layers.0.mlp.up_proj\nmodel.layers.0.self_attn.q_proj").hexdigest()
+    assert recorded == {"count": 2, "sha256": digest[:12]} == pruned_layers(reversed(names))
+    assert pruned_layers(names[:1]) != recorded and pruned_layers(names[:1] + ["model.layers.1.mlp.up_proj"])["count"] == 2
+    assert pruned_layers(names[:1] + ["model.layers.1.mlp.up_proj"]) != recorded

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from proxsparse_ao.errors import ProxSparseError
-from proxsparse_ao.tools.compare import METHODS, parse_methods, pruned_layers
+from proxsparse_ao.targets import pruned_layers
+from proxsparse_ao.tools.compare import METHODS, parse_methods
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
@@ -37,15 +37,6 @@ def test_parse_methods():
         with pytest.raises(ProxSparseError, match=re.escape(message)):
             parse_methods(spec)
     assert {"dense", "magnitude", "wanda", "sparsegpt", "sparsegpt-mask", "proxsparse"} == set(METHODS)
-
-
-def test_pruned_layers_are_recorded_as_their_count_and_a_fingerprint_of_their_sorted_names():
-    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj"]
-    recorded = pruned_layers(names)
-    digest = hashlib.sha256(b"model.layers.0.mlp.up_proj\nmodel.layers.0.self_attn.q_proj").hexdigest()
-    assert recorded == {"count": 2, "sha256": digest[:12]} == pruned_layers(reversed(names))
-    assert pruned_layers(names[:1]) != recorded and pruned_layers(names[:1] + ["model.layers.1.mlp.up_proj"])["count"] == 2
-    assert pruned_layers(names[:1] + ["model.layers.1.mlp.up_proj"]) != recorded
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path):
