@@ -155,8 +155,6 @@ def learn_masks_distributed(
     check_batch_size(config, calibration.shape[0])
     if not layers:
         raise ProxSparseError("learn_masks_distributed: no target layers")
-    if not config.activation_aware:  # else the statistics pass refuses them (every rank sees all rows: one verdict)
-        check_layers_called(model, layers, calibration)
     device = next(iter(layers.values())).weight.device
     with seeded_rng(config.seed, device):
         return _learn_distributed(model, calibration, config, layers, device, mixed_precision, callback, stats_every)
@@ -194,9 +192,11 @@ def _learn_distributed(
             check_resume(meta, fingerprint, world, config.checkpoint_dir)
     tick = time.perf_counter()
     scales: dict[str, torch.Tensor] | None = None
-    if config.activation_aware:
+    if config.activation_aware:  # refuses a layer no token reaches, on the counts summed over ranks
         share = torch.tensor_split(calibration, world)[rank]
         scales = activation_scales(model, layers, share, all_reduce=dist.all_reduce)
+    else:  # every rank checks all the rows: one verdict
+        check_layers_called(model, layers, calibration)
     scales_seconds = time.perf_counter() - tick
     store = device if config.w0_device == "model" else torch.device("cpu")
     originals = {name: _row_chunk(w, rank, world).to(store) for name, w in full.items()}

@@ -273,8 +273,6 @@ def learn_masks(
     _check_causal_lm(model)
     if not layers:
         raise ProxSparseError("learn_masks: no target layers")
-    if not config.activation_aware:  # else the statistics pass refuses them
-        check_layers_called(model, layers, calibration)
     started = time.perf_counter()
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
     state = _ModelState(model, config, layers)
@@ -304,6 +302,8 @@ def _learn(
         check_writable_folder(config.checkpoint_dir, f"checkpoint_dir {config.checkpoint_dir}")
         fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, originals)
         saved = checkpoint.load_state(config.checkpoint_dir, fingerprint)
+    if not config.activation_aware:  # else the statistics pass below refuses a layer no token reaches
+        check_layers_called(model, layers, calibration)
     tick = time.perf_counter()
     scales = activation_scales(model, layers, calibration) if config.activation_aware else None
     scales_seconds = time.perf_counter() - tick

@@ -214,13 +214,18 @@ def test_a_model_whose_forward_takes_no_input_ids_is_refused_before_any_work():
 
 @pytest.mark.parametrize("activation_aware", [True, False], ids=["activation-aware", "weight-space"])
 def test_a_layer_no_token_reaches_is_refused_by_name_before_any_work(tiny_llama, tmp_path, activation_aware):
-    """Called directly (not through learn or the CLI), with or without the statistics pass."""
+    """Called directly (not through learn or the CLI), with or without the statistics pass; a checkpoint folder
+    that cannot be used is named first in both cases (it is checked before any pass over the tokens)."""
     tiny_llama.model.layers[0].mlp.unused = torch.nn.Linear(64, 64)
-    config = ProxSparseConfig(**FAST, activation_aware=activation_aware, checkpoint_dir=str(tmp_path / "ckpt"))
+    (tmp_path / "a_file").write_text("")
     before = _state(tiny_llama)
+    config = ProxSparseConfig(**FAST, activation_aware=activation_aware, checkpoint_dir=str(tmp_path / "a_file"))
+    with pytest.raises(ProxSparseError, match="a_file is not a folder"):
+        learn_masks(tiny_llama, _tokens(), config, _layers(tiny_llama, config))
+    config = ProxSparseConfig(**FAST, activation_aware=activation_aware)
     with pytest.raises(ProxSparseError, match=r"no calibration token reaches .*: model\.layers\.0\.mlp\.unused; "):
         learn_masks(tiny_llama, _tokens(), config, _layers(tiny_llama, config))
-    assert _same(_state(tiny_llama), before) and not (tmp_path / "ckpt").exists()
+    assert _same(_state(tiny_llama), before)
 
 
 def _padded(tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
