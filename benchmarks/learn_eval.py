@@ -13,9 +13,9 @@ time and memory: `peak_rss_gib`, the process's peak RSS while it learned and app
 row carries the other's or the evaluation's peak). Each pruned row records `pruned_layers`, the
 count and a fingerprint of the layers it pruned, as `compare` does, so `summarize.py` can tell
 runs that pruned the same layers under different `ignore` patterns. Dense and magnitude rows
-are optional (`--dense`, `--magnitude`). Failures are recorded in the JSON too. Bad input (an unknown preset or field, a
-missing text file, a number out of range, an unwritable --json) is one line and exit status 2,
-before the model loads. Was `learn_vs_magnitude.py`.
+are optional (`--dense`, `--magnitude`). Failures are recorded in the JSON too. Bad input (an
+unknown preset or field, a missing text file, a number out of range, an unwritable --json) is one
+line and exit status 2, before the model loads. Was `learn_vs_magnitude.py`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ from proxsparse_ao.history import write_history  # noqa: E402
 from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.memory import PeakMemory  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
-from proxsparse_ao.targets import select_targets  # noqa: E402
-from proxsparse_ao.targets import pruned_layers  # noqa: E402
+from proxsparse_ao.targets import pruned_layers, select_targets  # noqa: E402
 from proxsparse_ao.tools.options import check_result_files  # noqa: E402
 
 

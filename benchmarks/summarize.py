@@ -49,6 +49,7 @@ from script_input import EXIT_BAD_INPUT, OneLineParser, run_script
 
 OLD_TEXT = "wikipedia"  # learn_vs_magnitude.py, learn_eval.py's old name, scored this text alone and stored a bare number
 SELECTION = ("targets", "ignore")  # the config fields that choose the pruned layers
+SEVERAL = "(several)"  # how a setting's name shows a field its runs recorded differently (patterns that pruned the same layers)
 GIB = 2**30
 
 OBJECT, ARRAY, STRING, BOOLEAN, NULL = "an object", "an array", "a string", "true or false", "null"
@@ -120,7 +121,7 @@ def _compare_runs(path: Path, data: dict) -> list[dict]:
     calibration = field(settings, "calibration", "settings", OBJECT, NULL)
     seed = field(calibration, "seed", "settings.calibration", INTEGER, NULL) if calibration else None
     model = field(settings, "model", "settings", STRING, NULL)
-    on_cpu = (field(settings, "device", "settings", STRING) or "cpu") == "cpu"
+    resident = not on_cuda(field(settings, "device", "settings", STRING))
     for key, kinds in (("complete", (BOOLEAN,)), ("status", (STRING,)), ("unfinished", (OBJECT,))):
         field(data, key, "", *kinds)
     for method in data.get("unfinished", {}):
@@ -141,7 +142,7 @@ def _compare_runs(path: Path, data: dict) -> list[dict]:
         exact = added is not None if "prune_memory_bytes" in row else bool(before)
         memory = {"peak": peak / GIB if peak is not None and exact else None,
                   "bound": peak / GIB if peak is not None and not exact else None,
-                  "added": added / GIB if added is not None else None} if on_cpu else {}
+                  "added": added / GIB if added is not None else None} if resident else {}
         found.append(record | {"ppl": _numbers(row, "ppl_by_text", where),
                                "seconds": field(row, "prune_seconds", where, NUMBER, NULL), "moved": None, **memory})
     return found
@@ -182,8 +183,9 @@ def file_runs(path: Path, data: Any) -> list[dict]:
 
 
 def with_setting_keys(records: list[dict]) -> list[dict]:
-    """Each record's `setting`: its config (seed aside) as one key, with the layers it pruned in place of its
-    `targets`/`ignore` where known (recorded, or recorded by a run on the same model with the same patterns)."""
+    """Each record's `setting`: its model and config (seed aside) as one key, with the layers it pruned in
+    place of its `targets`/`ignore` where known (recorded, or recorded by a run on the same model with the
+    same patterns); and `shown`, the same with the patterns kept, to name a setting by."""
 
     def patterns(record: dict) -> str:
         return json.dumps([record["model"], *(record["config"].get(key) for key in SELECTION)])
@@ -200,9 +202,10 @@ def with_setting_keys(records: list[dict]) -> list[dict]:
         pruned = record["pruned"]
         if pruned is None and len(known.get(patterns(record), ())) == 1:
             pruned = json.loads(next(iter(known[patterns(record)])))
+        record["shown"] = config | {"model": record["model"], "pruned_layers": pruned}
         if pruned is not None:
-            config = {key: value for key, value in config.items() if key not in SELECTION} | {"pruned_layers": pruned}
-        record["setting"] = json.dumps(config, sort_keys=True)
+            config = {key: value for key, value in config.items() if key not in SELECTION}
+        record["setting"] = json.dumps(config | {"model": record["model"], "pruned_layers": pruned}, sort_keys=True)
     return records
 
 
@@ -216,15 +219,17 @@ def named(records: list[dict]) -> list[dict]:
     for record in records:
         if record.get("compare_proxsparse") and len(learned.get(record["setting"], ())) == 1:
             (record["group"],) = learned[record["setting"]]
-    settings: dict[str, set[str]] = defaultdict(set)
+    settings: dict[str, dict[str, dict]] = defaultdict(dict)  # group -> setting key -> its shown form
     for record in records:
         if record["setting"] is not None:
-            settings[record["group"]].add(record["setting"])
+            shown = settings[record["group"]].setdefault(record["setting"], dict(record["shown"]))
+            for key in shown.keys() | record["shown"].keys():  # runs of one setting with other patterns
+                if shown.get(key) != record["shown"].get(key):
+                    shown[key] = SEVERAL
     for record in records:
-        keys = settings.get(record["group"], set())
-        if len(keys) > 1 and record["setting"] is not None:
-            configs = [json.loads(key) for key in keys]
-            mine = json.loads(record["setting"])
+        configs = list(settings.get(record["group"], {}).values())
+        if len(configs) > 1 and record["setting"] is not None:
+            mine = settings[record["group"]][record["setting"]]
             fields = sorted({field for c in configs for field in c if any(c.get(field) != o.get(field) for o in configs)})
             record["group"] += " (" + " ".join(f"{field}={json.dumps(mine.get(field))}" for field in fields) + ")"
     return records
@@ -238,10 +243,15 @@ def incomplete(path: Path, data: dict) -> str | None:
     return f"note: {path} is incomplete (status {data.get('status', 'unknown')}): {missing or 'no method is missing'}"
 
 
+def on_cuda(device: str | None) -> bool:
+    """Whether a compare run's memory figures are the CUDA allocator's (any other device: resident memory)."""
+    return device is not None and device.split(":")[0] == "cuda"
+
+
 def off_cpu(path: Path, data: dict) -> str | None:
     """A note naming a compare file run on a GPU, whose memory figures the table leaves out; None otherwise."""
-    device = data["settings"].get("device", "cpu") if "settings" in data else "cpu"
-    if device == "cpu":
+    device = data["settings"].get("device") if "settings" in data else None
+    if not on_cuda(device):
         return None
     return (f"note: {path} ran on {device}: its memory is the CUDA allocator's, not resident memory, "
             "so the memory columns leave it out")

@@ -189,9 +189,9 @@ def target_filter(model: nn.Module, config: Any, filter_fn: FilterFn | None = No
 
 
 def pruned_layers(names: Iterable[str]) -> dict[str, int | str]:
-    """Which layers a method pruned, in a few bytes: their count and the first 12 hex digits of the SHA-256
-    of their sorted names, one per line. Results are matched by it (benchmarks/summarize.py): runs whose
-    `ignore` differs only by patterns that matched nothing pruned the same layers."""
+    """Which layers a method pruned, in a few bytes for a result file: their count and the first 12 hex
+    digits of the SHA-256 of their sorted names, one per line. Runs whose `ignore` patterns differ
+    only by patterns that matched nothing pruned the same layers, and have the same record."""
     ordered = sorted(names)
     return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]}
 

@@ -237,6 +237,25 @@ def test_runs_that_pruned_the_same_layers_are_one_setting_whatever_their_ignore_
     assert table["compare:proxsparse"][:2] == ["2", "70.00"]  # pruned other layers: not a run of `mine`
 
 
+@pytest.mark.parametrize("device", ["cpu:0", "mps"])
+def test_a_compare_run_on_another_device_than_cuda_measured_resident_memory_and_keeps_it(tmp_path, device):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"settings": {"model": "m", "device": device, "calibration": {"seed": 0}, "evaluation": {}},
+                                "rows": [compare_row("magnitude", 900.0, {"ignore": []}) | {"prune_memory_bytes": GIB // 2}]}))
+    done = summarize(path)
+    assert done.returncode == 0 and done.stderr == ""
+    assert rows(done)["compare:magnitude"][-3:] == ["1.00", "0.50", "-"]
+
+
+def test_runs_of_the_same_settings_on_other_models_are_other_settings(tmp_path):
+    other = tmp_path / "mine_s1.json"
+    other.write_text(learn_file(other, "mine_s1", LEARNED | {"seed": 1}, 90.0).read_text().replace('"model": "m"', '"model": "n"'))
+    done = summarize(learn_file(tmp_path / "mine_s0.json", "mine_s0", LEARNED, 60.0), other)
+    assert done.returncode == 0, done.stderr
+    assert {name: cells[:2] for name, cells in rows(done).items()} == {'mine (model="m")': ["0", "60.00"],
+                                                                      'mine (model="n")': ["1", "90.00"]}
+
+
 def test_a_run_that_did_not_record_its_layers_takes_those_of_a_run_with_the_same_patterns(tmp_path):
     """An older file's run is matched through a newer run on the same model with the same targets/ignore; with
     different patterns and no record it stays apart, as before `pruned_layers` was recorded."""
@@ -249,8 +268,8 @@ def test_a_run_that_did_not_record_its_layers_takes_those_of_a_run_with_the_same
     assert done.returncode == 0, done.stderr
     table = rows(done)
     (merged_name, merged), (apart_name, apart) = table.items()
-    assert merged_name == 'mine (ignore=null pruned_layers={"count": 210, "sha256": "0123456789ab"} targets=null)'
-    assert apart_name == 'mine (ignore=["q_proj"] pruned_layers=null targets=["Linear"])'
+    assert merged_name == 'mine (ignore="(several)" pruned_layers={"count": 210, "sha256": "0123456789ab"})'
+    assert apart_name == 'mine (ignore=["q_proj"] pruned_layers=null)'
     assert merged[:2] == ["0,1,2", "62.00 ± 2.00 (60.00..64.00)"]
     assert apart[:2] == ["3", "99.00"]
 
