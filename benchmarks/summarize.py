@@ -1,6 +1,6 @@
 """Mean and spread over seeds of benchmark JSON files (`learn_eval.py` runs and `compare` runs).
 
-    .venv/bin/python benchmarks/summarize.py benchmarks/compare.json benchmarks/results/issue9/*.json
+    .venv/bin/python benchmarks/summarize.py benchmarks/results/issue9/*.json
 
 A `learn_eval.py` run is grouped by its label with the seed suffix removed (`default_s1` ->
 `default`), a compare row by its method (`compare:sparsegpt-mask`). A compare ProxSparse row

@@ -48,13 +48,13 @@ def learn_file(path: Path, label: str, config: dict, ppl: float, **fields) -> Pa
 
 
 def test_the_committed_results_summarise_by_run_and_seed():
-    results = [REPO / "benchmarks" / "compare.json", *sorted((RESULTS / "issue9").glob("*.json"))]
+    results = sorted((RESULTS / "issue9").glob("*.json"))  # compare_all_s0.json: the seed-0 compare run of issue 9
     done = summarize(*results)
     assert done.returncode == 0
     assert done.stdout.splitlines()[0] == ("| run | seeds | PPL wikipedia (mean ± sd, min..max) | PPL news (mean ± sd, min..max) "
                                            "| time (s) | pruning peak GiB | added GiB | moved |")
     table = rows(done)
-    # compare.json's ProxSparse row is the seed-0 run of `default` (the same recorded settings), as in RESULTS.md,
+    # compare_all_s0.json's ProxSparse row is the seed-0 run of `default` (the same recorded settings), as in RESULTS.md,
     # although ProxSparseConfig's default `ignore` has grown since both were run
     assert table["default"][:2] == ["0,1,2", "65.09 ± 1.83 (63.20..66.84)"]
     assert "compare:proxsparse" not in table
