@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-command setup: a virtual environment in .venv with proxsparse-ao and its test tools.
+# One-command setup: a virtual environment in .venv with proxsparse-ao and its test tools
+# (with a virtual or conda environment active and no .venv yet: that environment, .venv linking to it).
 #  - keeps a torch that is already installed (a GPU user's CUDA build) by pinning it;
 #  - otherwise installs the CPU build of torch when no NVIDIA driver is present, so a
 #    CPU-only machine never downloads a multi-GB CUDA build.
@@ -11,18 +12,25 @@ TORCH_CPU_VERSION=2.13.0
 
 has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
 
-if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]; then
-  PY=$(command -v python)                       # the user's own environment
-else
-  if [ ! -x "$VENV/bin/python" ]; then
-    if has_torch "$PYTHON"; then
-      "$PYTHON" -m venv --system-site-packages "$VENV"   # see the torch already installed
-    else
-      "$PYTHON" -m venv "$VENV"
-    fi
-  fi
-  PY=$VENV/bin/python
+ACTIVE=${VIRTUAL_ENV:-${CONDA_PREFIX:-}}
+if [ ! -e "$VENV" ] && [ ! -L "$VENV" ] && [ -n "$ACTIVE" ]; then
+  # the user's own (virtual or conda) environment: install there, and make $VENV point at it,
+  # so that the README's .venv/bin commands run in it
+  ln -s "$ACTIVE" "$VENV"
+  echo "setup: installing into the active environment $ACTIVE ($VENV links to it)"
 fi
+if [ -L "$VENV" ] && [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: $VENV links to $(readlink "$VENV"), which has no bin/python: remove the link, or point PROXSPARSE_VENV elsewhere" >&2
+  exit 2
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  if has_torch "$PYTHON"; then
+    "$PYTHON" -m venv --system-site-packages "$VENV"   # see the torch already installed
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PY=$VENV/bin/python
 
 pin=$(mktemp)
 trap 'rm -f "$pin"' EXIT
