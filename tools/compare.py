@@ -85,7 +85,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seqlen", type=int, default=512, metavar="L", help="tokens per calibration sample (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
     parser.add_argument("--calibration", default="default", metavar="NAME|PATH|none",
-                        help="calibration text: default, wikipedia, c4, wikitext2, a .txt/.jsonl path, or none")
+                        help="calibration text: default, wikipedia, news, c4, wikitext2, a .txt/.jsonl path, or none")
     parser.add_argument("--calibration-mode", choices=("windows", "documents"), default="windows", help="default windows")
     parser.add_argument("--targets", nargs="+", default=None, metavar="PATTERN",
                         help=f"module patterns to prune (default {' '.join(DEFAULT_TARGETS)})")

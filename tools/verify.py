@@ -34,7 +34,8 @@ EXAMPLES = f"""examples:
 
 Checks, in order:
   structure   every target linear exactly 2:4 (and +0.0 where its saved mask is off); targets from
-              proxsparse.json, else every Linear but lm_head. Failing layers are named. No data needed.
+              proxsparse.json, else every Linear the default ignore list leaves in (never lm_head).
+              Failing layers are named. No data needed.
   accuracy    perplexity of the model and of its dense source (proxsparse.json's source_model or
               --baseline) on --text (first --max-tokens tokens, default {DEFAULT_MAX_TOKENS}); zero-shot with --tasks.
   deployment  proxsparse_ao.compile with the 2:4 rewrite forced, in --deploy-dtype: every eligible

@@ -1,10 +1,12 @@
-"""The CLI as a whole: quiet on stderr (no torchao/torch import noise), examples in every --help."""
+"""The CLI as a whole: quiet on stderr (no torchao/torch import noise), examples in every --help, helps that agree with the library."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 HELP_EVERY_COMMAND = """
 import contextlib, io, sys
@@ -83,3 +85,15 @@ def test_a_bad_option_is_one_line_naming_it_not_the_usage_block():
     assert done.stderr.splitlines() == [
         "error: proxsparse-tool eval: argument --seqlen: invalid int value: 'abc' (see proxsparse-tool eval --help)"
     ]
+
+
+@pytest.mark.parametrize("command", ["prune", "compare"])
+def test_the_calibration_help_names_every_text_the_library_accepts(command, capsys):
+    from proxsparse_ao.data import TEXT_NAMES
+    from proxsparse_ao.tools import cli
+
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    entry = capsys.readouterr().out.split("\n  --calibration ")[1].split("\n  --")[0]  # the option's own help
+    assert all(name in entry for name in TEXT_NAMES), entry
