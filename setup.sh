@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup: a virtual environment in .venv with proxsparse-ao and its test tools
-# (with a virtual or conda environment active and no .venv yet: that environment, .venv linking to it).
+# (with a virtual or conda environment other than conda's base active and no .venv yet: that
+# environment, .venv linking to it).
 #  - keeps a torch that is already installed (a GPU user's CUDA build) by pinning it;
 #  - otherwise installs the CPU build of torch when no NVIDIA driver is present, so a
 #    CPU-only machine never downloads a multi-GB CUDA build.
@@ -12,12 +13,34 @@ TORCH_CPU_VERSION=2.13.0
 
 has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
 
-ACTIVE=${VIRTUAL_ENV:-${CONDA_PREFIX:-}}
-if [ ! -e "$VENV" ] && [ ! -L "$VENV" ] && [ -n "$ACTIVE" ]; then
-  # the user's own (virtual or conda) environment: install there, and make $VENV point at it,
-  # so that the README's .venv/bin commands run in it
+physical() { (cd "$1" 2>/dev/null && pwd -P); }
+
+# The environment the user has active: the virtual or conda environment whose python is first on
+# PATH (VIRTUAL_ENV or CONDA_PREFIX says which is active, PATH which of them runs). Conda's base,
+# active by default in many shells, is left alone: .venv is then made from its python.
+ACTIVE=""
+if python_on_path=$(command -v python 2>/dev/null); then
+  candidate=$(physical "$(dirname "$python_on_path")/..")
+  for variable in VIRTUAL_ENV CONDA_PREFIX; do
+    prefix=${!variable:-}
+    if [ -n "$prefix" ] && [ -n "$candidate" ] && [ "$(physical "$prefix")" = "$candidate" ]; then
+      if [ "$variable" = VIRTUAL_ENV ] || [ "${CONDA_DEFAULT_ENV:-}" != base ]; then
+        ACTIVE=$candidate
+      fi
+      break
+    fi
+  done
+fi
+
+VENV=${VENV%/}
+if [ -n "$ACTIVE" ] && [ ! -e "$VENV" ] && [ ! -L "$VENV" ]; then
+  # install into the user's own environment, and make $VENV point at it, so that the README's
+  # .venv/bin commands run in it
+  mkdir -p "$(dirname "$VENV")"
   ln -s "$ACTIVE" "$VENV"
   echo "setup: installing into the active environment $ACTIVE ($VENV links to it)"
+elif [ -n "$ACTIVE" ] && [ "$(physical "$VENV")" != "$ACTIVE" ]; then
+  echo "setup: $VENV already exists: installing there, not into the active environment $ACTIVE"
 fi
 if [ -L "$VENV" ] && [ ! -x "$VENV/bin/python" ]; then
   echo "setup: $VENV links to $(readlink "$VENV"), which has no bin/python: remove the link, or point PROXSPARSE_VENV elsewhere" >&2
@@ -49,4 +72,4 @@ else
 fi
 
 "$PY" -m pip install -q -c "$pin" -e ".[test]"
-echo "setup: done ($PY)"
+echo "setup: done ($(physical "$VENV")/bin/python)"

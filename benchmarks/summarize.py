@@ -26,8 +26,8 @@ Memory (GiB, CPU resident memory, the largest over the seeds), one measure per c
   rows whose peak could not be reset (`memory_added_gib` or `prune_memory_bytes` null), hold the
   process's lifetime peak instead, an upper bound of the pruning's: a group with nothing else
   shows it as `≤ X`; a group that also has pruning peaks leaves it out, named on stderr.
-* Compare files run on a GPU hold the CUDA allocator's figures, not resident memory: they are
-  left out of both columns, named on stderr. Dense rows prune nothing and have no memory.
+* Compare files run on CUDA hold the CUDA allocator's figures, not resident memory: they are
+  left out of both columns, named on stderr (any other device measured resident memory). Dense rows prune nothing and have no memory.
 
 A compare file that says it is incomplete (an interrupted run, a failed method) is named on
 stderr with the methods missing. Results of `learn_vs_magnitude.py` (this script's old name) hold
@@ -209,6 +209,11 @@ def with_setting_keys(records: list[dict]) -> list[dict]:
     return records
 
 
+def _shown(field: str, value: Any) -> str:
+    """A setting's field as its name shows it: JSON, and `unrecorded` for layers a run did not record."""
+    return "unrecorded" if field == "pruned_layers" and value is None else json.dumps(value)
+
+
 def named(records: list[dict]) -> list[dict]:
     """Compare ProxSparse rows join the one learn_eval group of their settings; one name holding several
     settings is split, each part named by the fields in which it differs."""
@@ -231,7 +236,7 @@ def named(records: list[dict]) -> list[dict]:
         if len(configs) > 1 and record["setting"] is not None:
             mine = settings[record["group"]][record["setting"]]
             fields = sorted({field for c in configs for field in c if any(c.get(field) != o.get(field) for o in configs)})
-            record["group"] += " (" + " ".join(f"{field}={json.dumps(mine.get(field))}" for field in fields) + ")"
+            record["group"] += " (" + " ".join(f"{field}={_shown(field, mine.get(field))}" for field in fields) + ")"
     return records
 
 
@@ -249,7 +254,7 @@ def on_cuda(device: str | None) -> bool:
 
 
 def off_cpu(path: Path, data: dict) -> str | None:
-    """A note naming a compare file run on a GPU, whose memory figures the table leaves out; None otherwise."""
+    """A note naming a compare file run on CUDA, whose memory figures the table leaves out; None otherwise."""
     device = data["settings"].get("device") if "settings" in data else None
     if not on_cuda(device):
         return None
@@ -312,6 +317,22 @@ def table(groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def repeated_seeds(groups: dict[str, list[dict]]) -> list[str]:
+    """Notes naming a seed that a group holds more than once (the same run given twice, or two runs of
+    one setting and seed): its mean and spread count that seed once per file."""
+    notes = []
+    for group, members in groups.items():
+        files: dict[Any, list[str]] = defaultdict(list)
+        for member in members:
+            if "ppl" in member and member["seed"] is not None:
+                files[member["seed"]].append(member["file"])
+        for seed, names in files.items():
+            if len(names) > 1:
+                notes.append(f"note: {group}: seed {seed} is in {len(names)} files ({', '.join(names)}): "
+                             "the mean and spread count it once per file")
+    return notes
+
+
 def memory_notes(groups: dict[str, list[dict]]) -> list[str]:
     """Notes naming the lifetime peaks a group's pruning-peak cell leaves out, and what `≤` means where shown."""
     notes, bounded = [], False
@@ -345,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         notes += filter(None, [incomplete(path, data), off_cpu(path, data)])
     groups = grouped(named(with_setting_keys(records)))
     print(table(groups))
-    for note in notes + memory_notes(groups):
+    for note in notes + repeated_seeds(groups) + memory_notes(groups):
         print(note, file=sys.stderr)
     return 0
 

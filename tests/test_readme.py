@@ -160,3 +160,20 @@ def test_the_readme_test_command_is_the_one_ci_runs():
     assert setup_and_run.startswith("./setup.sh && ")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert tests.strip() in ci.splitlines()
+
+
+def _markdown_table(text: str, header_start: str) -> list[str]:
+    """The lines of the Markdown table whose header line starts with `header_start`."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    table = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        table.append(line.strip())
+    return table
+
+
+def test_the_readme_compare_table_is_the_shipped_compare_run():
+    shipped = (ROOT / "benchmarks" / "compare.md").read_text(encoding="utf-8")
+    assert _markdown_table(README, "| method | mask only |") == _markdown_table(shipped, "| method | mask only |")

@@ -256,6 +256,25 @@ def test_runs_of_the_same_settings_on_other_models_are_other_settings(tmp_path):
                                                                       'mine (model="n")': ["1", "90.00"]}
 
 
+def test_a_seed_given_twice_is_named_on_stderr(tmp_path):
+    """The same run passed twice (or two runs of one setting and seed) would look like a spread of 0."""
+    run = learn_file(tmp_path / "mine_s0.json", "mine_s0", LEARNED, 60.0)
+    done = summarize(run, run, learn_file(tmp_path / "mine_s1.json", "mine_s1", LEARNED | {"seed": 1}, 62.0))
+    assert done.returncode == 0, done.stderr
+    assert rows(done)["mine"][0] == "0,0,1"
+    assert ("note: mine: seed 0 is in 2 files (mine_s0.json, mine_s0.json): the mean and spread count it once per file"
+            in done.stderr.splitlines())
+
+
+def test_the_shipped_compare_run_summarises_as_recorded(tmp_path):
+    """benchmarks/compare.json (the README's compare table): one row per method, its memory columns filled."""
+    done = summarize(REPO / "benchmarks" / "compare.json")
+    assert done.returncode == 0 and done.stderr == ""
+    table = rows(done)
+    assert table["compare:proxsparse"][:3] == ["0", "63.39", "93.37"] and table["compare:proxsparse"][-3:] == ["3.67", "2.71", "-"]
+    assert table["compare:magnitude"][-3:] == ["1.19", "0.23", "-"]
+
+
 def test_a_run_that_did_not_record_its_layers_takes_those_of_a_run_with_the_same_patterns(tmp_path):
     """An older file's run is matched through a newer run on the same model with the same targets/ignore; with
     different patterns and no record it stays apart, as before `pruned_layers` was recorded."""
@@ -269,7 +288,7 @@ def test_a_run_that_did_not_record_its_layers_takes_those_of_a_run_with_the_same
     table = rows(done)
     (merged_name, merged), (apart_name, apart) = table.items()
     assert merged_name == 'mine (ignore="(several)" pruned_layers={"count": 210, "sha256": "0123456789ab"})'
-    assert apart_name == 'mine (ignore=["q_proj"] pruned_layers=null)'
+    assert apart_name == 'mine (ignore=["q_proj"] pruned_layers=unrecorded)'
     assert merged[:2] == ["0,1,2", "62.00 ± 2.00 (60.00..64.00)"]
     assert apart[:2] == ["3", "99.00"]
 
