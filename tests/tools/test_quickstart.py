@@ -11,6 +11,19 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.tools import cli, quickstart
 
 
+@pytest.fixture(autouse=True)
+def refusals_load_no_model(request, monkeypatch):
+    """A refusal comes before any work: a regressed check fails here in seconds instead of running the job."""
+    if "tiny_default_model" in request.fixturenames:
+        return
+    import proxsparse_ao.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("quickstart loaded the model before refusing its input")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", no_model)
+
+
 def test_an_output_that_is_not_an_earlier_pruned_model_folder_is_refused_and_kept(tmp_path, capsys):
     folder = tmp_path / "notes"
     folder.mkdir()
