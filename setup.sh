@@ -13,6 +13,10 @@ TORCH_CPU_VERSION=2.13.0
 
 has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
 
+# The version pip knows the installed torch by: its package metadata. torch.__version__ can differ
+# (PyPI's CUDA wheels install as 2.11.0 and say 2.11.0+cu130), and pip cannot match a pin of that.
+torch_version() { "$1" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null; }
+
 physical() { (cd "$1" 2>/dev/null && pwd -P); }
 
 # The environment the user has active: the virtual or conda environment whose python is first on
@@ -58,7 +62,11 @@ PY=$VENV/bin/python
 pin=$(mktemp)
 trap 'rm -f "$pin"' EXIT
 if has_torch "$PY"; then
-  echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" >"$pin"
+  if ! version=$(torch_version "$PY"); then
+    echo "setup: $PY imports a torch that pip does not see installed (no package metadata), so it cannot be kept: install torch with pip or conda" >&2
+    exit 2
+  fi
+  echo "torch==$version" >"$pin"
   echo "setup: keeping the installed torch ($(cat "$pin"))"
 elif command -v nvidia-smi >/dev/null 2>&1; then
   echo "setup: NVIDIA driver found; pip will install a CUDA build of torch"
@@ -68,7 +76,7 @@ else
   # indexes first (fails fast where they lack it), then PyTorch's CPU index.
   "$PY" -m pip install -q "torch==$TORCH_CPU_VERSION+cpu" 2>/dev/null \
     || "$PY" -m pip install -q "torch==$TORCH_CPU_VERSION+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
-  echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" >"$pin"
+  echo "torch==$(torch_version "$PY")" >"$pin"
 fi
 
 "$PY" -m pip install -q -c "$pin" -e ".[test]"

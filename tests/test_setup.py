@@ -2,8 +2,9 @@
 environment active (other than conda's base) and no `.venv` yet, that environment, `.venv` linking
 to it so that the README's `.venv/bin/...` commands run in it.
 
-A stand-in `python` plays every interpreter: it has torch (it answers the version question), makes
-a venv by copying itself, and records each call with its own path, so nothing is installed."""
+A stand-in `python` plays every interpreter: it has torch (it answers the version questions, as
+$TORCH_VERSION and $TORCH_METADATA say), makes a venv by copying itself, and records each call with
+its own path and the torch pin pip is given, so nothing is installed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = """#!/bin/sh
 echo "$0 $*" >> "$CALLS"
 case "$*" in
-  *"print(torch.__version__)"*) echo 2.13.0+cpu ;;
+  *"print(torch.__version__)"*) echo "${TORCH_VERSION:-2.13.0+cpu}" ;;
+  *'m.version("torch")'*) [ -n "${TORCH_METADATA-2.13.0+cpu}" ] || exit 1; echo "${TORCH_METADATA-2.13.0+cpu}" ;;
+  "-m pip install"*) while [ $# -gt 0 ]; do [ "$1" = -c ] && echo "pin: $(cat "$2")" >> "$CALLS"; shift; done ;;
   "-m venv"*) for last in "$@"; do :; done; mkdir -p "$last/bin"; cp "$0" "$last/bin/python" ;;
 esac
 exit 0
@@ -123,3 +126,21 @@ def test_a_venv_link_to_no_environment_is_refused_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == (f"setup: .venv links to {tmp_path / 'gone'}, which has no bin/python: "
                                    "remove the link, or point PROXSPARSE_VENV elsewhere")
+
+
+def test_the_installed_torch_is_pinned_by_the_version_pip_knows_it_by(tmp_path):
+    # PyPI's CUDA wheel of torch 2.11.0 says "2.11.0+cu130" as torch.__version__; pip cannot match a pin of that
+    python = environment(tmp_path, "interpreter") / "bin" / "python"
+    done = setup(tmp_path, PYTHON=str(python), TORCH_VERSION="2.11.0+cu130", TORCH_METADATA="2.11.0")
+    assert done.returncode == 0, done.stderr
+    assert "setup: keeping the installed torch (torch==2.11.0)" in done.stdout
+    assert "pin: torch==2.11.0" in (tmp_path / "calls.txt").read_text().splitlines()
+
+
+def test_a_torch_pip_cannot_see_is_refused_in_one_line_not_replaced(tmp_path):
+    python = environment(tmp_path, "interpreter") / "bin" / "python"
+    done = setup(tmp_path, PYTHON=str(python), TORCH_METADATA="")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("setup: .venv/bin/python imports a torch that pip does not see installed "
+                                   "(no package metadata), so it cannot be kept: install torch with pip or conda")
+    assert pip_installs(tmp_path) == []
