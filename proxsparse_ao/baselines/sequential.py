@@ -1,9 +1,12 @@
 """Sequential block-by-block calibration, as SparseGPT and Wanda run it.
 
-The first decoder block's inputs (hidden states plus every keyword argument the model passes,
-e.g. rotary position embeddings and the attention mask) are captured by a forward pre-hook
-that stops the forward there, one sample at a time, each cut to its real tokens (a padded
-calibration row loses its padding, so padding never reaches a statistic). Then for each
+The first decoder block's hidden states, and the keyword arguments the model passes to each
+block (rotary position embeddings, the attention mask, ...), are captured in one forward per
+sample, each cut to its real tokens (a padded calibration row loses its padding, so padding
+never reaches a statistic). The blocks' own computation is skipped there: the model computes
+these arguments before its loop over the blocks. They differ from block to block in models
+that mix layer types (Gemma 2 and 3, Qwen2 with sliding-window layers: another attention mask,
+Gemma 3's local layers another rotary base), so each block is replayed with its own. Then for each
 block in order: run it on the current inputs with hooks that accumulate each target layer's
 input statistics, prune its target layers from them, run the now pruned block again and
 make its outputs the next block's inputs. So block k is calibrated on what the already
@@ -87,6 +90,51 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tenso
     return hidden, kwargs
 
 
+def capture_calibration_inputs(
+    model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor
+) -> tuple[list[torch.Tensor], list[list[dict[str, Any]]]]:
+    """(the hidden states the first block receives, per sample; the keyword arguments each block
+    receives, per block and sample), each sample batch 1 and trimmed to its real tokens.
+
+    Every block's forward is replaced for the capture by one that records its arguments and hands
+    its hidden states on unchanged; the last block's ends the model's forward."""
+    hidden: list[torch.Tensor] = []
+    kwargs: list[list[dict[str, Any]]] = [[] for _ in blocks]
+
+    def recorder(k: int) -> Callable[..., Any]:
+        def record(*args: Any, **kw: Any) -> Any:
+            states = args[0] if args else kw.pop("hidden_states")
+            if k == 0:
+                hidden.append(states)
+            kwargs[k].append({**kw, "_extra_args": args[1:]} if len(args) > 1 else dict(kw))
+            if k == len(blocks) - 1:
+                raise _Stop
+            return states
+
+        return record
+
+    device = next(model.parameters()).device
+    own = [block.__dict__.get("forward") for block in blocks]
+    try:
+        for k, block in enumerate(blocks):
+            block.forward = recorder(k)
+        for row in trimmed(tokens):
+            try:
+                model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for block, forward in zip(blocks, own):
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
+    calls = {len(hidden)} | {len(per_block) for per_block in kwargs}
+    if calls != {tokens.shape[0]}:
+        raise ProxSparseError("sequential calibration: the model's forward did not call each of its decoder blocks once per sample, in order")
+    return hidden, kwargs
+
+
 def _run(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     kw = dict(kwargs)
     extra = kw.pop("_extra_args", ())
@@ -154,17 +202,17 @@ def sequential_prune(
     model.eval()
     masks: dict[str, torch.Tensor] = {}
     try:
-        hidden, kwargs = capture_block_inputs(model, blocks[0], tokens)
+        hidden, kwargs = capture_calibration_inputs(model, blocks, tokens)
         for k, block in enumerate(blocks):
             if per_block[k]:
                 block_layers = {name: layers[name] for name in per_block[k]}
-                stats = _collect(block, block_layers, make_statistic, hidden, kwargs)
+                stats = _collect(block, block_layers, make_statistic, hidden, kwargs[k])
                 for name, layer in block_layers.items():
                     masks[name] = prune_layer(name, layer, stats[name]).cpu()
                 del stats
             if k + 1 < len(blocks):
                 for j in range(len(hidden)):
-                    hidden[j] = _run(block, hidden[j], kwargs[j])
+                    hidden[j] = _run(block, hidden[j], kwargs[k][j])
             if progress is not None:
                 progress(k + 1, len(blocks))
     finally:

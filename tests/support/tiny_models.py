@@ -75,3 +75,19 @@ class EmptySliceExpert(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routed = x[x[..., 0] > float("inf")]
         return self.mlp(x) + self.expert(routed).sum() * 0
+
+
+def make_tiny_gemma3(seed: int = 0, sliding_window: int = 8):
+    """A randomly initialised Gemma 3 text model (hidden 64, intermediate 128, vocab 256, tied embeddings) whose two
+    layers are of different types: a sliding-window layer (window `sliding_window`, local rotary base) and then a
+    full-attention one (global rotary base). So the model passes its blocks different attention masks on samples
+    longer than the window, and different rotary embeddings on every sample."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=sliding_window,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config)
+    model.eval()
+    return model

@@ -22,6 +22,7 @@ from proxsparse_ao.config import ConfigError
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.masks import is_nm, magnitude_mask
 from proxsparse_ao.targets import select_targets
+from tiny_models import make_tiny_gemma3, make_tiny_llama
 
 TOKENS = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
 CONFIGS = [MagnitudeConfig(), WandaConfig(), SparseGPTConfig(), SparseGPTConfig(update_weights=False)]
@@ -56,9 +57,9 @@ def test_calibrated_masks_differ_from_magnitude(tiny_llama_factory):
 def test_block_inputs_come_from_the_pruned_earlier_blocks(config, tiny_llama_factory):
     model = tiny_llama_factory(layers=3)
     dense = tiny_llama_factory(layers=3)
-    seen: dict[int, torch.Tensor] = {}
+    seen: dict[int, torch.Tensor] = {}  # what each block first computes on (its first sublayer's input)
     handles = [
-        block.register_forward_pre_hook(lambda m, args, k=k: seen.setdefault(k, args[0].detach().clone()))
+        block.input_layernorm.register_forward_pre_hook(lambda m, args, k=k: seen.setdefault(k, args[0].detach().clone()))
         for k, block in enumerate(model.model.layers)
     ]
     prune(model, config, calibration=TOKENS)
@@ -69,6 +70,31 @@ def test_block_inputs_come_from_the_pruned_earlier_blocks(config, tiny_llama_fac
         dense_inputs, _ = capture_block_inputs(dense, dense.model.layers[k], TOKENS[:1])
         assert torch.allclose(seen[k], pruned_inputs[0], atol=1e-6), k  # from the pruned blocks < k
         assert not torch.allclose(seen[k], dense_inputs[0], atol=1e-3), k  # not from the dense ones
+
+
+@pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_gemma3], ids=["llama", "gemma3-sliding-then-full"])
+def test_each_block_is_calibrated_with_the_arguments_the_model_passes_that_block(make):
+    """Gemma 3 gives its sliding-window and full-attention layers different attention masks and rotary
+    embeddings: a block replayed with another block's arguments would compute other activations. With
+    every weight kept, the statistics block-by-block calibration gathers are those of the model's own forward."""
+    model = make()
+    layers = select_targets(model, ["Linear"], ["re:.*lm_head"]).layers
+    gathered = {}
+
+    def keep_all(name, layer, stat):
+        gathered[name] = stat.sum_squares
+        return torch.ones_like(layer.weight, dtype=torch.bool)
+
+    sequential_prune(model, TOKENS[:2], layers, lambda layer: InputNorms(layer.in_features), keep_all)
+    expected = {name: InputNorms(layer.in_features) for name, layer in layers.items()}
+    handles = [layer.register_forward_pre_hook(lambda m, args, n=name: expected[n].add(args[0])) for name, layer in layers.items()]
+    with torch.no_grad():
+        for row in TOKENS[:2]:
+            model(row[None])
+    for handle in handles:
+        handle.remove()
+    for name in layers:
+        torch.testing.assert_close(gathered[name], expected[name].sum_squares, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_capture_keeps_position_embeddings(tiny_llama):
