@@ -3,8 +3,9 @@
 The first decoder block's hidden states, and the keyword arguments the model passes to each
 block (rotary position embeddings, the attention mask, ...), are captured in one forward per
 sample, each cut to its real tokens (a padded calibration row loses its padding, so padding
-never reaches a statistic). The blocks' own computation is skipped there: the model computes
-these arguments before its loop over the blocks. They differ from block to block in models
+never reaches a statistic). The blocks' own computation is skipped there: models compute these
+arguments before their loop over the blocks (one whose loop needs the blocks' real outputs is
+captured again with them run). They differ from block to block in models
 that mix layer types (Gemma 2 and 3, Qwen2 with sliding-window layers: another attention mask,
 Gemma 3's local layers another rotary base), so each block is replayed with its own. Then for each
 block in order: run it on the current inputs with hooks that accumulate each target layer's
@@ -37,7 +38,7 @@ Progress = Callable[[int, int], None]
 
 
 class _Stop(Exception):
-    """Raised by the capture hook to end the forward at the first block."""
+    """Raised by a capture hook to end the model's forward (at the first block, or the last)."""
 
 
 def decoder_blocks(model: nn.Module, layers: dict[str, nn.Linear]) -> tuple[nn.ModuleList, list[list[str]]]:
@@ -96,42 +97,56 @@ def capture_calibration_inputs(
     """(the hidden states the first block receives, per sample; the keyword arguments each block
     receives, per block and sample), each sample batch 1 and trimmed to its real tokens.
 
-    Every block's forward is replaced for the capture by one that records its arguments and hands
-    its hidden states on unchanged; the last block's ends the model's forward."""
+    The blocks' own computation is skipped: each hands its hidden states on unchanged. A model whose
+    loop needs what a block really returns (it unpacks a tuple, or feeds a block's output into the
+    next block's arguments) fails that way and is captured again with its blocks run."""
+    try:
+        return _capture(model, blocks, tokens, run_blocks=False)
+    except Exception:
+        return _capture(model, blocks, tokens, run_blocks=True)
+
+
+def _capture(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor, run_blocks: bool):
     hidden: list[torch.Tensor] = []
     kwargs: list[list[dict[str, Any]]] = [[] for _ in blocks]
 
-    def recorder(k: int) -> Callable[..., Any]:
-        def record(*args: Any, **kw: Any) -> Any:
+    def record(k: int) -> Callable[..., None]:
+        def grab(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
+            kw = dict(kw)
             states = args[0] if args else kw.pop("hidden_states")
             if k == 0:
                 hidden.append(states)
-            kwargs[k].append({**kw, "_extra_args": args[1:]} if len(args) > 1 else dict(kw))
+            kwargs[k].append({**kw, "_extra_args": args[1:]} if len(args) > 1 else kw)
             if k == len(blocks) - 1:
                 raise _Stop
-            return states
 
-        return record
+        return grab
+
+    def hand_on(*args: Any, **kw: Any) -> torch.Tensor:
+        return args[0] if args else kw["hidden_states"]
 
     device = next(model.parameters()).device
     own = [block.__dict__.get("forward") for block in blocks]
+    handles = [block.register_forward_pre_hook(record(k), with_kwargs=True) for k, block in enumerate(blocks)]
     try:
-        for k, block in enumerate(blocks):
-            block.forward = recorder(k)
+        if not run_blocks:
+            for block in blocks:
+                block.forward = hand_on
         for row in trimmed(tokens):
             try:
                 model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
             except _Stop:
                 pass
     finally:
+        for handle in handles:
+            handle.remove()
         for block, forward in zip(blocks, own):
-            if forward is None:
-                del block.forward
-            else:
+            if forward is not None:
                 block.forward = forward
-    calls = {len(hidden)} | {len(per_block) for per_block in kwargs}
-    if calls != {tokens.shape[0]}:
-        raise ProxSparseError("sequential calibration: the model's forward did not call each of its decoder blocks once per sample, in order")
+            elif "forward" in block.__dict__:
+                del block.forward
+    if {len(hidden)} | {len(per_block) for per_block in kwargs} != {tokens.shape[0]}:
+        raise ProxSparseError("sequential calibration: the model's forward did not call each of its decoder blocks once per sample")
     return hidden, kwargs
 
 

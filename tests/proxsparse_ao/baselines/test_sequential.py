@@ -17,6 +17,7 @@ from proxsparse_ao.baselines import (
     prune,
     sequential_prune,
 )
+from proxsparse_ao.baselines.sequential import capture_calibration_inputs
 from proxsparse_ao.calibration import PAD_ID
 from proxsparse_ao.config import ConfigError
 from proxsparse_ao.errors import ProxSparseError
@@ -72,7 +73,34 @@ def test_block_inputs_come_from_the_pruned_earlier_blocks(config, tiny_llama_fac
         assert not torch.allclose(seen[k], dense_inputs[0], atol=1e-3), k  # not from the dense ones
 
 
-@pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_gemma3], ids=["llama", "gemma3-sliding-then-full"])
+class CarryBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(64, 64)
+
+    def forward(self, hidden: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden + self.proj(hidden) * carry, carry * 2 + hidden.mean()
+
+
+class CarryModel(nn.Module):
+    """Its loop unpacks (hidden states, carry) from each block and hands the carry to the next block as an
+    argument: the capture cannot skip the blocks' computation here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(256, 64)
+        self.layers = nn.ModuleList(CarryBlock() for _ in range(3))
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        hidden, carry = self.embed(input_ids), torch.ones(())
+        for block in self.layers:
+            hidden, carry = block(hidden, carry=carry)
+        return hidden
+
+
+@pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_gemma3, CarryModel],
+                         ids=["llama", "gemma3-sliding-then-full", "block-outputs-feed-the-next-block"])
 def test_each_block_is_calibrated_with_the_arguments_the_model_passes_that_block(make):
     """Gemma 3 gives its sliding-window and full-attention layers different attention masks and rotary
     embeddings: a block replayed with another block's arguments would compute other activations. With
@@ -184,3 +212,26 @@ def test_padding_adds_nothing_the_statistics_are_those_of_the_trimmed_samples(st
         else:  # H = 2/N sum x x^T over N = 2 samples
             expected, got = (first[name].matrix + second[name].matrix) / 2, both[name].matrix
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_capture_skips_the_blocks_where_the_model_computes_their_arguments_before_its_loop(tiny_llama):
+    ran = []
+    handles = [block.mlp.register_forward_hook(lambda *_: ran.append(1)) for block in tiny_llama.model.layers]
+    hidden, kwargs = capture_calibration_inputs(tiny_llama, tiny_llama.model.layers, TOKENS[:2])
+    for handle in handles:
+        handle.remove()
+    assert ran == [] and len(hidden) == 2 and [len(per_block) for per_block in kwargs] == [2, 2]
+    assert all("forward" not in block.__dict__ for block in tiny_llama.model.layers)  # the blocks' own forward is back
+
+
+def test_the_capture_runs_the_blocks_where_the_models_loop_needs_their_outputs():
+    model = CarryModel()
+    hidden, kwargs = capture_calibration_inputs(model, model.layers, TOKENS[:2])
+    with torch.no_grad():
+        carry, expected = torch.ones(()), []
+        states = model.embed(TOKENS[:1, :])
+        for block in model.layers:
+            expected.append(carry)
+            states, carry = block(states, carry=carry)
+    assert [kw["carry"] for kw in (per_block[0] for per_block in kwargs)] == expected
+    assert all("forward" not in block.__dict__ for block in model.layers)
