@@ -65,6 +65,16 @@ def decoder_blocks(model: nn.Module, layers: dict[str, nn.Linear]) -> tuple[nn.M
     return best, per_block
 
 
+def _forward_each_sample(model: nn.Module, tokens: torch.Tensor) -> None:
+    """One forward per calibration sample (batch 1, trimmed to its real tokens), each ended where a capture hook raises _Stop."""
+    device = next(model.parameters()).device
+    for row in trimmed(tokens):
+        try:
+            model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
+        except _Stop:
+            pass
+
+
 def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """The hidden states and keyword arguments `block` receives for each calibration sample (batch 1 each,
     trimmed to its real tokens)."""
@@ -76,18 +86,13 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tenso
         kwargs.append({**kw, "_extra_args": args[1:]} if len(args) > 1 else dict(kw))
         raise _Stop
 
-    device = next(model.parameters()).device
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        for row in trimmed(tokens):
-            try:
-                model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
-            except _Stop:
-                pass
+        _forward_each_sample(model, tokens)
     finally:
         handle.remove()
     if len(hidden) != tokens.shape[0]:
-        raise ProxSparseError("sequential calibration: the model's forward did not reach its first decoder block")
+        raise ProxSparseError("sequential calibration: the model's forward did not reach the decoder block")
     return hidden, kwargs
 
 
@@ -125,18 +130,13 @@ def _capture(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor, run_
     def hand_on(*args: Any, **kw: Any) -> torch.Tensor:
         return args[0] if args else kw["hidden_states"]
 
-    device = next(model.parameters()).device
     own = [block.__dict__.get("forward") for block in blocks]
     handles = [block.register_forward_pre_hook(record(k), with_kwargs=True) for k, block in enumerate(blocks)]
     try:
         if not run_blocks:
             for block in blocks:
                 block.forward = hand_on
-        for row in trimmed(tokens):
-            try:
-                model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
-            except _Stop:
-                pass
+        _forward_each_sample(model, tokens)
     finally:
         for handle in handles:
             handle.remove()
