@@ -16,13 +16,16 @@ from proxsparse_ao import (
     is_nm,
     learn,
     learn_masks,
+    load_pruned,
     magnitude_mask,
+    save_pruned,
     sparsify_,
     stored_masks,
     target_filter,
 )
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import select_targets
+from tiny_models import make_tiny_family
 
 FAST = dict(samples=4, seqlen=16, lr=1e-2)
 
@@ -323,3 +326,28 @@ def test_one_run_says_once_which_weights_stay_dense(tiny_llama_factory, recwarn)
     assert len(said) == 1 and "layers.0.mlp.experts.gate_up_proj [4, 128, 64]" in said[0], said
     select_targets(_with_fused_experts(tiny_llama_factory()), config.targets, config.ignore)
     assert len([w for w in recwarn if "gate_up_proj" in str(w.message)]) == 2
+
+
+FAMILIES = ["qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "gpt_neox", "falcon"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), WandaConfig(samples=4, seqlen=16)], ids=["proxsparse", "wanda"])
+def test_other_model_families_are_pruned_exactly_saved_and_loaded_back(family, config, tmp_path):
+    model = make_tiny_family(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sparsify_(model, config, calibration=_tokens())
+    masks = stored_masks(model)
+    targets = set(select_targets(model, ["Linear"], ["re:.*lm_head"]).layers)
+    assert set(masks) == targets and len(targets) >= 8
+    for name in targets:
+        assert is_nm(model.get_submodule(name).weight), name
+    for key, value in model.state_dict().items():
+        if key.rsplit(".", 1)[0] not in targets:
+            assert torch.equal(value, before[key]), key  # embeddings, norms, lm_head (tied or not): untouched
+    out = save_pruned(model, tmp_path / "pruned", masks, {"source_model": family})
+    loaded, _, loaded_masks, _ = load_pruned(out)
+    assert set(loaded_masks) == targets
+    tokens = _tokens(1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens).logits, model(tokens).logits, rtol=0, atol=0)

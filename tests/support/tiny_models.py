@@ -91,3 +91,31 @@ def make_tiny_gemma3(seed: int = 0, sliding_window: int = 8):
     model = Gemma3ForCausalLM(config)
     model.eval()
     return model
+
+
+def make_tiny_family(family: str, seed: int = 0):
+    """A randomly initialised 2-layer model of another transformers family (hidden 64, intermediate 128,
+    vocab 256): qwen2 (attention biases), qwen3 (q/k norms), mistral, gemma2 (tied embeddings, soft-capping,
+    sliding and full layers), gemma3 (make_tiny_gemma3), phi3 (fused qkv_proj and gate_up_proj), gpt_neox, falcon."""
+    import transformers
+
+    if family == "gemma3":
+        return make_tiny_gemma3(seed)
+    common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+    llama_like = dict(common, intermediate_size=128, num_key_value_heads=2)
+    special = dict(pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    configs = {
+        "qwen2": ("Qwen2", dict(llama_like, tie_word_embeddings=False)),
+        "qwen3": ("Qwen3", dict(llama_like, head_dim=16, tie_word_embeddings=False)),
+        "mistral": ("Mistral", dict(llama_like, tie_word_embeddings=False)),
+        "gemma2": ("Gemma2", dict(llama_like, head_dim=16, sliding_window=8, **special)),
+        "phi3": ("Phi3", dict(llama_like, tie_word_embeddings=False, **special)),
+        "gpt_neox": ("GPTNeoX", dict(common, intermediate_size=128, bos_token_id=0, eos_token_id=0)),
+        "falcon": ("Falcon", dict(common, bos_token_id=0, eos_token_id=0)),
+    }
+    prefix, settings = configs[family]
+    config = getattr(transformers, f"{prefix}Config")(**settings)
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{prefix}ForCausalLM")(config)
+    model.eval()
+    return model
