@@ -5,9 +5,9 @@ block (rotary position embeddings, the attention mask, ...), are captured in one
 sample, each cut to its real tokens (a padded calibration row loses its padding, so padding
 never reaches a statistic). The blocks' own computation is skipped there: models compute these
 arguments before their loop over the blocks (one whose loop needs the blocks' real outputs is
-captured again with them run). They differ from block to block in models
-that mix layer types (Gemma 2 and 3, Qwen2 with sliding-window layers: another attention mask,
-Gemma 3's local layers another rotary base), so each block is replayed with its own. Then for each
+captured again with them run). The arguments differ from block to block in models that mix
+layer types (Gemma 2 and 3, Qwen2 with sliding-window layers: another attention mask; Gemma 3's
+local layers: another rotary base), so each block is replayed with its own. Then for each
 block in order: run it on the current inputs with hooks that accumulate each target layer's
 input statistics, prune its target layers from them, run the now pruned block again and
 make its outputs the next block's inputs. So block k is calibrated on what the already
@@ -111,7 +111,10 @@ def capture_calibration_inputs(
         return _capture(model, blocks, tokens, run_blocks=True)
 
 
-def _capture(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor, run_blocks: bool):
+def _capture(
+    model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor, run_blocks: bool
+) -> tuple[list[torch.Tensor], list[list[dict[str, Any]]]]:
+    """capture_calibration_inputs with the blocks run, or each block's forward replaced by one that hands its input on."""
     hidden: list[torch.Tensor] = []
     kwargs: list[list[dict[str, Any]]] = [[] for _ in blocks]
 
