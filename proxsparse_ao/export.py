@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 MASKS_FILE = "masks.safetensors"
 METADATA_FILE = "proxsparse.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+"""Any of these in a folder means a saved tokenizer (transformers writes tokenizer_config.json with every one)."""
 FORMAT = "proxsparse-2:4/v1"
 RESERVED_KEYS = ("format", "masks_file", "targets")  # what proxsparse.json holds beside the caller's metadata
 _BITS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
@@ -300,7 +302,9 @@ def _check_targets(folder: Path, metadata: dict[str, Any], masks: dict[str, torc
 def load_pruned(
     folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None, dict[str, torch.Tensor], dict[str, Any]]:
-    """(model, tokenizer or None, masks, metadata) from a folder `save_pruned` wrote; masks are re-checked and attached."""
+    """(model, tokenizer or None, masks, metadata) from a folder `save_pruned` wrote; masks are re-checked and attached.
+    The tokenizer is None where the folder holds none (transformers is not asked: some versions then try converters
+    and raise ImportError) or one this transformers cannot load."""
     from transformers import AutoTokenizer
 
     from .api import attach_masks
@@ -316,10 +320,12 @@ def load_pruned(
     _check_targets(folder, metadata, masks)
     model = load_causal_lm(folder, dtype=dtype)
     model.to(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError):
-        tokenizer = None
+    tokenizer = None
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, ImportError):  # ImportError: a converter's package (sentencepiece, protobuf) is missing
+            tokenizer = None
     modules = dict(model.named_modules())
     absent = sorted(name for name in masks if not isinstance(modules.get(name), nn.Linear))
     if absent:

@@ -510,3 +510,28 @@ def test_saved_mask_codes_that_are_not_one_row_per_weight_row_are_bad_input(tiny
     metadata = save_codes(tmp_path, masks, lambda codes: codes.update({layer: codes[layer].flatten()}))
     with pytest.raises(ProxSparseError, match=rf"the mask of {layer} is uint8 of shape \(2048,\), expected 2-D uint8 codes"):
         read_masks(tmp_path, metadata)
+
+
+def test_a_folder_without_a_tokenizer_loads_without_asking_transformers_for_one(tiny_llama, tmp_path, monkeypatch):
+    import transformers
+
+    def converters_missing(*args, **kwargs):  # transformers 5.0 on a folder without tokenizer files
+        raise ImportError("requires the protobuf library but it was not found in your environment")
+
+    save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama), {})
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", converters_missing)
+    model, tokenizer, masks, _ = load_pruned(tmp_path / "out")
+    assert tokenizer is None and len(masks) == 14
+
+
+def test_a_saved_tokenizer_this_transformers_cannot_load_is_none(tiny_llama, byte_tokenizer, tmp_path, monkeypatch):
+    import transformers
+
+    save_pruned(tiny_llama, tmp_path / "out", _pruned(tiny_llama), {}, tokenizer=byte_tokenizer)
+    assert load_pruned(tmp_path / "out")[1] is not None
+
+    def converters_missing(*args, **kwargs):
+        raise ImportError("You need to have sentencepiece or tiktoken installed to convert a slow tokenizer")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", converters_missing)
+    assert load_pruned(tmp_path / "out")[1] is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,17 +59,31 @@ def test_without_a_compiler_the_failure_says_why(fresh_cache, monkeypatch):
     assert _native.failure() == "no C compiler found (set CC)"
 
 
-def _loaded_openmp_runtimes() -> set[str]:
-    return {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+OPENMP_PROBE = """
+import sys
+from pathlib import Path
+
+import torch
+
+from proxsparse_ao import _native
+
+library = _native.load()
+if library is None or not library.prox24_openmp():
+    sys.exit(3)
+maps = Path("/proc/self/maps").read_text().splitlines()
+print("\\n".join(sorted({line.split()[-1] for line in maps if "libgomp" in line})))
+"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to list loaded libraries")
 def test_the_openmp_build_shares_torchs_openmp_runtime(compiler):
-    """The solver's threads are then torch's own: none of them spins against the solver."""
-    library = _native.load()
-    if not library.prox24_openmp():
+    """The solver's threads are then torch's own: none of them spins against the solver. Checked in a process
+    of its own: what other tests load may bring another runtime (scikit-learn's, through older lm-eval)."""
+    done = subprocess.run([sys.executable, "-c", OPENMP_PROBE], capture_output=True, text=True, timeout=600)
+    if done.returncode == 3:
         pytest.skip("this compiler builds the kernel without OpenMP")
-    runtimes = _loaded_openmp_runtimes()
+    assert done.returncode == 0, done.stderr
+    runtimes = set(done.stdout.split())
     assert len(runtimes) == 1
     bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
     if bundled.exists():
