@@ -75,6 +75,13 @@ def _forward_each_sample(model: nn.Module, tokens: torch.Tensor) -> None:
             pass
 
 
+def _split_call(args: tuple, kw: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(hidden states, everything else) of a block call, as `_run` replays it: extra positional arguments under "_extra_args"."""
+    kw = dict(kw)
+    states = args[0] if args else kw.pop("hidden_states")
+    return states, ({**kw, "_extra_args": args[1:]} if len(args) > 1 else kw)
+
+
 def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """The hidden states and keyword arguments `block` receives for each calibration sample (batch 1 each,
     trimmed to its real tokens)."""
@@ -82,8 +89,9 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, tokens: torch.Tenso
     kwargs: list[dict[str, Any]] = []
 
     def grab(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
-        hidden.append(args[0] if args else kw.pop("hidden_states"))
-        kwargs.append({**kw, "_extra_args": args[1:]} if len(args) > 1 else dict(kw))
+        states, rest = _split_call(args, kw)
+        hidden.append(states)
+        kwargs.append(rest)
         raise _Stop
 
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
@@ -120,11 +128,10 @@ def _capture(
 
     def record(k: int) -> Callable[..., None]:
         def grab(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
-            kw = dict(kw)
-            states = args[0] if args else kw.pop("hidden_states")
+            states, rest = _split_call(args, kw)
             if k == 0:
                 hidden.append(states)
-            kwargs[k].append({**kw, "_extra_args": args[1:]} if len(args) > 1 else kw)
+            kwargs[k].append(rest)
             if k == len(blocks) - 1:
                 raise _Stop
 
