@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,23 @@ def _check_extra_files(names: list[str], taken: set[str]) -> None:
         )
 
 
+def unwrapped(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The model inside a `torch.compile` (OptimizedModule) or `proxsparse_ao.compile` wrapper, and the
+    masks by its own layer names: the folder holds that model, so masks named through the wrapper
+    (`stored_masks(compiled)`: "_orig_mod.model.layers...") would name layers the loaded model lacks."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    compiler = sys.modules.get(f"{__package__}.compiler")  # not imported: no proxsparse_ao.compile wrapper exists
+    while isinstance(model, OptimizedModule) or (compiler is not None and isinstance(model, compiler.Sparse24Compiled)):
+        inner = model._orig_mod if isinstance(model, OptimizedModule) else model.model
+        names = {id(module): name for name, module in inner.named_modules()}
+        outer = dict(model.named_modules())
+        if isinstance(masks, dict):
+            masks = {names.get(id(outer[name]), name) if name in outer else name: mask for name, mask in masks.items()}
+        model = inner
+    return model, masks
+
+
 def save_pruned(
     model: nn.Module,
     output: str | Path,
@@ -116,7 +134,8 @@ def save_pruned(
     proxsparse.json beside the keys this format owns; `extra_files` (name -> bytes, e.g. the
     learning log) go into the folder too, under plain names of their own (one of the folder's
     files, such as config.json or masks.safetensors, is refused before anything is written).
-    Leftovers of earlier saves to `output` whose process ended (a killed save) are removed."""
+    Leftovers of earlier saves to `output` whose process ended (a killed save) are removed. A compiled
+    model (`torch.compile`, `proxsparse_ao.compile`) is saved as the model it wraps."""
     from safetensors.torch import save_file
 
     from .targets import masked_modules
@@ -129,6 +148,7 @@ def save_pruned(
         raise ProxSparseError(f"save_pruned: metadata key(s) {', '.join(reserved)} belong to the folder format; rename them")
     if not masks:
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
+    model, masks = unwrapped(model, masks)
     masked_modules(model, masks)
     extra_files = dict(extra_files or {})
     _check_extra_files(list(extra_files), {MASKS_FILE, METADATA_FILE, *_HF_FILES})

@@ -466,6 +466,20 @@ def test_masks_that_do_not_fit_the_model_are_named_before_writing(tiny_llama, tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("wrap", ["torch.compile", "proxsparse_ao.compile"])
+def test_a_compiled_model_is_saved_as_the_model_it_wraps_and_the_folder_loads(tiny_llama, tmp_path, wrap):
+    import proxsparse_ao
+    from proxsparse_ao import stored_masks
+
+    masks = _pruned(tiny_llama)
+    compiled = torch.compile(tiny_llama) if wrap == "torch.compile" else proxsparse_ao.compile(tiny_llama)[0]
+    for kind, given in (("through the wrapper", stored_masks(compiled)), ("of the model", masks)):
+        out = save_pruned(compiled, tmp_path / kind, given)
+        assert json.loads((out / METADATA_FILE).read_text())["targets"] == sorted(masks)
+        loaded = load_pruned(out)[2]
+        assert all(torch.equal(loaded[name], mask) for name, mask in masks.items())
+
+
 def test_metadata_that_is_not_a_dict_is_refused(tiny_llama, tmp_path):
     masks = _pruned(tiny_llama)
     with pytest.raises(ProxSparseError, match="save_pruned: metadata must be a dict, got list"):
