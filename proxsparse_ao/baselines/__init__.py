@@ -145,7 +145,8 @@ def prune(
     if isinstance(config, MagnitudeConfig):
         masks = magnitude_masks(layers)
     else:
-        tokens = check_calibration(calibration, model) if calibration is not None else calibration_tokens(config, tokenizer, model)
+        # made tokens too: a tokenizer larger than the model's vocabulary must not fail deep inside its embedding
+        tokens = check_calibration(calibration if calibration is not None else calibration_tokens(config, tokenizer, model), model)
         if isinstance(config, WandaConfig):
             make, prune_layer = (lambda layer: InputNorms(layer.in_features, layer.weight.device)), _wanda
         else:

@@ -297,6 +297,18 @@ def test_a_target_no_token_reaches_is_refused_by_every_calibrated_method(tiny_ll
     assert not stored_masks(tiny_llama)
 
 
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), WandaConfig(samples=4, seqlen=16), SparseGPTConfig(samples=4, seqlen=16)],
+                         ids=["proxsparse", "wanda", "sparsegpt"])
+def test_a_tokenizer_whose_ids_the_model_does_not_have_is_refused_by_every_calibrated_method(tiny_llama, byte_tokenizer, config):
+    """The tokens made with the tokenizer are checked against the model's vocabulary as given tokens are:
+    before, Wanda and SparseGPT failed inside the embedding with torch's IndexError."""
+    tiny_llama.resize_token_embeddings(100)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    with pytest.raises(ProxSparseError, match=r"^calibration has token ids \d+\.\.\d+; the model's vocabulary is 0\.\.99$"):
+        sparsify_(tiny_llama, config, tokenizer=byte_tokenizer)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
+
+
 def _with_fused_experts(model):
     """The tiny Llama with a 3-D expert tensor outside any nn.Linear, as transformers' MoE blocks hold them."""
     model.model.layers[0].mlp.experts = torch.nn.Module()
