@@ -231,6 +231,22 @@ def _decider(sparse: str, status: dict[str, str | None], timings: SpeedTable) ->
     return decide
 
 
+def _check_model(model: Any) -> None:
+    """Refuse a model the pass cannot work on: not a module; one `compile` returned already (its graphs,
+    traced inside the new one, were left as they were: nothing was rewritten, and nothing said so); linear
+    weights on the meta device (not loaded, or offloaded by accelerate: the pass reads their values)."""
+    if isinstance(model, Sparse24Compiled):
+        raise ProxSparseError("the model was compiled by proxsparse_ao.compile already: compile the model it wraps (`compiled.model`)")
+    if not isinstance(model, nn.Module):
+        raise ProxSparseError(f"proxsparse_ao.compile takes a torch.nn.Module, got {type(model).__name__}")
+    meta = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module.weight.is_meta]
+    if meta:
+        raise ProxSparseError(
+            f"{meta[0]}: the weight is on the meta device (not loaded, or offloaded by accelerate): "
+            "the 2:4 pass reads the weights, so load them into memory first"
+        )
+
+
 def compile(
     model: nn.Module,
     *,
@@ -252,12 +268,15 @@ def compile(
     Every call of `compile` is a compile of its own: compiling one model twice (say dense,
     then sparse) gives two objects that never run each other's graphs.
     """
+    _check_model(model)
     if sparse not in SPARSE_MODES:
         raise ProxSparseError(f"sparse={sparse!r}: choose one of {', '.join(SPARSE_MODES)}")
     backend = torch_compile_kwargs.get("backend", "inductor")
     if backend != "inductor":
         raise ProxSparseError(f"backend={backend!r}: the 2:4 pass is an Inductor pass, use backend='inductor'")
     options = torch_compile_kwargs.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ProxSparseError(f"options must be a dict of Inductor settings, got {type(options).__name__}")
     clashes = [key for key in PASS_SETTINGS if key in options] if isinstance(options, dict) else []
     if clashes:
         raise ProxSparseError(

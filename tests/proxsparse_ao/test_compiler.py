@@ -186,6 +186,21 @@ def test_bad_arguments_are_refused(kwargs, needle):
         proxsparse_ao.compile(Mixed(), **kwargs)
 
 
+def test_a_model_the_pass_cannot_work_on_is_refused():
+    """A compiled model compiled again rewrote nothing and said nothing; the others failed with
+    AttributeError or RuntimeError (a meta weight: accelerate's cpu_offload) from deep inside."""
+    compiled, _ = proxsparse_ao.compile(Mixed(), sparse="always")
+    with pytest.raises(ProxSparseError, match=r"^the model was compiled by proxsparse_ao.compile already: .*`compiled.model`"):
+        proxsparse_ao.compile(compiled, sparse="always")
+    with pytest.raises(ProxSparseError, match="^proxsparse_ao.compile takes a torch.nn.Module, got function$"):
+        proxsparse_ao.compile(lambda x: x)
+    offloaded = Mixed().to("meta")
+    with pytest.raises(ProxSparseError, match=r"^up: the weight is on the meta device \(not loaded, or offloaded by accelerate\)"):
+        proxsparse_ao.compile(offloaded)
+    with pytest.raises(ProxSparseError, match="^options must be a dict of Inductor settings, got str$"):
+        proxsparse_ao.compile(Mixed(), options="max-autotune")
+
+
 def test_weights_fused_by_inductor_are_rewritten_as_one_matmul_per_group(fused):
     records = {r.name: r for r in fused.report.graphs[0]}
     groups = {r.group for r in records.values()}
