@@ -24,6 +24,7 @@ from torch import nn
 
 from .calibration import forward_takes, is_padded, trimmed
 from .errors import ProxSparseError
+from .modes import restore_train_modes, train_modes
 
 _FLOOR = 1e-6  # smallest scale, relative to the layer's largest
 
@@ -135,7 +136,7 @@ def _calibration_pass(
 ) -> None:
     """The model's no-grad eval forward over `tokens` in batches of at most `max_batch_tokens` tokens
     (padded samples one by one, trimmed), until the tokens end or `done()`; the train mode is restored."""
-    training = model.training
+    modes = train_modes(model)
     device = next(iter(layers.values())).weight.device
     kwargs = {"use_cache": False} if hasattr(model, "generation_config") else {}
     if forward_takes(model, "logits_to_keep", named=True):
@@ -151,4 +152,4 @@ def _calibration_pass(
             if done():
                 return
     finally:
-        model.train(training)
+        restore_train_modes(model, modes)

@@ -37,6 +37,7 @@ from .activations import activation_scales, check_layers_called
 from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, forward_takes, lengths, model_inputs
 from .memory import peak_memory_bytes
+from .modes import restore_train_modes, train_modes
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import learned_mask, mask_codes, top2_of_4
 
@@ -206,7 +207,7 @@ class _ModelState:
 
     def __init__(self, model: nn.Module, config: ProxSparseConfig, layers: dict[str, nn.Linear]) -> None:
         self.model = model
-        self.training = model.training
+        self.modes = train_modes(model)
         self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self.checkpointing = _checkpointing(model)
         first = next(iter(layers.values())).weight
@@ -247,7 +248,7 @@ class _ModelState:
             param.requires_grad_(self.requires_grad.get(name, param.requires_grad))
         if not self.checkpointing and _checkpointing(model):
             (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
-        model.train(self.training)
+        restore_train_modes(model, self.modes)
 
 
 def learn_masks(

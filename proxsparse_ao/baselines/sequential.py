@@ -26,6 +26,7 @@ from torch import nn
 
 from ..calibration import trimmed
 from ..errors import ProxSparseError
+from ..modes import restore_train_modes, train_modes
 
 
 class Statistic(Protocol):
@@ -223,7 +224,7 @@ def sequential_prune(
     statistic)` prunes the layer's weight in place and returns its keep-mask. The model is
     modified in place (a failure part-way leaves it part-pruned) and put back in its train mode."""
     blocks, per_block = decoder_blocks(model, layers)
-    training = model.training
+    modes = train_modes(model)
     model.eval()
     masks: dict[str, torch.Tensor] = {}
     try:
@@ -241,5 +242,5 @@ def sequential_prune(
             if progress is not None:
                 progress(k + 1, len(blocks))
     finally:
-        model.train(training)
+        restore_train_modes(model, modes)
     return masks

@@ -309,6 +309,18 @@ def test_a_tokenizer_whose_ids_the_model_does_not_have_is_refused_by_every_calib
     assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
 
 
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), ProxSparseConfig(**FAST, activation_aware=False),
+                                    WandaConfig(samples=4, seqlen=16), SparseGPTConfig(samples=4, seqlen=16), MagnitudeConfig()],
+                         ids=["proxsparse", "proxsparse-weight-space", "wanda", "sparsegpt", "magnitude"])
+def test_every_module_comes_back_in_its_own_train_or_eval_mode(tiny_llama, config):
+    """A block kept in eval inside a model in training came back in training: only the model's own flag was put back."""
+    tiny_llama.train()
+    tiny_llama.model.layers[0].eval()
+    before = {name: module.training for name, module in tiny_llama.named_modules()}
+    sparsify_(tiny_llama, config, calibration=_tokens())
+    assert {name: module.training for name, module in tiny_llama.named_modules()} == before
+
+
 def _with_fused_experts(model):
     """The tiny Llama with a 3-D expert tensor outside any nn.Linear, as transformers' MoE blocks hold them."""
     model.model.layers[0].mlp.experts = torch.nn.Module()
