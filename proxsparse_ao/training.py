@@ -263,7 +263,7 @@ def learn_masks(
     """Learn a 2:4 mask for every layer in `layers` from calibration tokens [N, L].
 
     The model comes back exactly as it was (weights, dtypes, requires_grad, train mode);
-    the masks are returned. With `config.checkpoint_dir` the run saves its state every
+    the masks are returned. Gradients are on while it learns, even under the caller's no_grad or inference_mode. With `config.checkpoint_dir` the run saves its state every
     `checkpoint_every` steps and at the end, and resumes from it when called again.
     The mask statistics of `StepStats` (a pass over every target weight) are computed every
     `stats_every` steps and at the last; None: every step up to STATS_PASSES steps, then
@@ -276,13 +276,22 @@ def learn_masks(
         raise ProxSparseError("learn_masks: no target layers")
     started = time.perf_counter()
     total_steps = math.ceil(calibration.shape[0] / config.batch_size)
-    state = _ModelState(model, config, layers)
-    try:
-        with seeded_rng(config.seed, state.device):
-            return _learn(model, calibration, config, layers, state, total_steps, callback,
-                          stats_interval(stats_every, total_steps), started)
-    finally:
-        state.restore()
+    with _gradients_on():
+        state = _ModelState(model, config, layers)
+        try:
+            with seeded_rng(config.seed, state.device):
+                return _learn(model, calibration, config, layers, state, total_steps, callback,
+                              stats_interval(stats_every, total_steps), started)
+        finally:
+            state.restore()
+
+
+@contextmanager
+def _gradients_on() -> Iterator[None]:
+    """Gradients on for the block, whatever the caller's `torch.no_grad()` or `torch.inference_mode()`
+    (pruning code often runs under one): learning backpropagates its loss; the caller's mode comes back after."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _learn(

@@ -52,6 +52,22 @@ def test_masks_are_exactly_2_4_and_model_comes_back_untouched(tiny_llama):
     assert result.history[-1]["changed_vs_magnitude"] == pytest.approx(result.changed_vs_magnitude)
 
 
+@pytest.mark.parametrize("caller_mode", [torch.no_grad, torch.inference_mode])
+def test_learning_under_the_callers_no_grad_or_inference_mode_learns_the_same_masks(tiny_llama, caller_mode):
+    """Pruning code often runs under no_grad: the first backward failed there ("element 0 of tensors does not
+    require grad"), after the statistics pass. The caller's mode holds again after learning."""
+    config = ProxSparseConfig(**{**FAST, "samples": 3})
+    layers = _layers(tiny_llama, config)
+    expected = learn_masks(tiny_llama, _tokens(3), config, layers).masks
+    before = _state(tiny_llama)
+    with caller_mode():
+        tokens = _tokens(3)  # made under the caller's mode too (an inference tensor under inference_mode)
+        masks = learn_masks(tiny_llama, tokens, config, layers).masks
+        assert not torch.is_grad_enabled()
+    assert masks.keys() == expected.keys() and all(torch.equal(masks[n], expected[n]) for n in masks)
+    assert _same(before, _state(tiny_llama))
+
+
 @pytest.mark.parametrize("extra", [dict(train="all"), dict(precision="bfloat16"), dict(gradient_checkpointing=True, w0_device="model")])
 def test_other_modes_also_restore_the_model_exactly(tiny_llama, extra):
     config = ProxSparseConfig(**{**FAST, "samples": 3, **extra})
