@@ -92,14 +92,16 @@ Callback = Callable[[StepStats], None]
 
 
 def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch.Tensor:
-    """Calibration must be a non-empty LongTensor [N, L] of token ids with L >= 2, each row at least
-    2 real tokens then only PAD_ID (right padding of a short sample); given the model, every id
-    must index its input embeddings (else the first forward fails deep inside torch) and L must
-    fit its maximum context."""
+    """Calibration must be a non-empty integer tensor [N, L] of token ids with L >= 2 (any integer dtype, such as
+    the uint16 of compact token files; returned as int64), each row at least 2 real tokens then only PAD_ID
+    (right padding of a short sample); given the model, every id must index its input embeddings (else the
+    first forward fails deep inside torch) and L must fit its maximum context."""
     if not isinstance(calibration, torch.Tensor):
         raise ProxSparseError(f"calibration must be a tensor of token ids [N, L], got {type(calibration).__name__}")
-    if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
+    integer = not (calibration.dtype.is_floating_point or calibration.dtype.is_complex or calibration.dtype == torch.bool)
+    if calibration.dim() != 2 or not integer:
         raise ProxSparseError(f"calibration must be an integer tensor [N, L], got {calibration.dtype} of shape {tuple(calibration.shape)}")
+    calibration = calibration.long()
     if calibration.shape[0] == 0 or calibration.shape[1] < 2:
         raise ProxSparseError(f"calibration is empty: {tuple(calibration.shape)} (need at least one sample of 2+ tokens)")
     padding = calibration == PAD_ID
@@ -115,7 +117,7 @@ def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch
         raise ProxSparseError(f"calibration has token ids {low}..{high}; the model's vocabulary is {allowed}")
     if model is not None:
         check_context(model, calibration.shape[1], "the calibration sample length")
-    return calibration.long()
+    return calibration
 
 
 def _vocabulary_size(model: nn.Module | None) -> int | None:

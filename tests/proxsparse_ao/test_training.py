@@ -138,6 +138,23 @@ def test_empty_or_malformed_calibration_is_a_clear_error(tiny_llama, bad):
         learn_masks(tiny_llama, bad, config, _layers(tiny_llama, config))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.int16, torch.uint8, torch.int32])
+def test_token_ids_of_any_integer_dtype_learn_what_int64_ids_learn(tiny_llama, dtype):
+    """"calibration must be an integer tensor [N, L], got torch.uint16" refused the compact ids of token files."""
+    config = ProxSparseConfig(**{**FAST, "samples": 2})
+    layers = _layers(tiny_llama, config)
+    expected = learn_masks(tiny_llama, _tokens(2), config, layers).masks
+    masks = learn_masks(tiny_llama, _tokens(2).to(dtype), config, layers).masks
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(4, 8, dtype=torch.bool), torch.zeros(4, 8, dtype=torch.complex64)])
+def test_token_ids_that_are_not_integers_are_refused(tiny_llama, bad):
+    config = ProxSparseConfig(**FAST)
+    with pytest.raises(ProxSparseError, match=r"^calibration must be an integer tensor \[N, L\], got torch\.(bool|complex64) "):
+        learn_masks(tiny_llama, bad, config, _layers(tiny_llama, config))
+
+
 def test_top2_codes_match_magnitude_mask_with_ties():
     weight = torch.randint(-2, 3, (64, 32)).float()
     codes = top2_codes(weight)
