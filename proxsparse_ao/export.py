@@ -146,6 +146,18 @@ def save_pruned(
     reserved = sorted(set(metadata) & set(RESERVED_KEYS))
     if reserved:
         raise ProxSparseError(f"save_pruned: metadata key(s) {', '.join(reserved)} belong to the folder format; rename them")
+    try:
+        json.dumps(metadata, default=str)
+    except (TypeError, ValueError) as err:
+        raise ProxSparseError(f"save_pruned: metadata cannot be written as JSON ({err})") from None
+    if tokenizer is not None and not callable(getattr(tokenizer, "save_pretrained", None)):
+        raise ProxSparseError(
+            f"save_pruned: tokenizer must be a tokenizer object (e.g. AutoTokenizer.from_pretrained(...)), "
+            f"got {type(tokenizer).__name__} {tokenizer!r:.60}"
+        )
+    not_bytes = sorted(str(name) for name, content in dict(extra_files or {}).items() if not isinstance(content, (bytes, bytearray)))
+    if not_bytes:
+        raise ProxSparseError(f"save_pruned: extra_files contents must be bytes (encode text first), not for {', '.join(not_bytes)}")
     if not masks:
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
     model, masks = unwrapped(model, masks)

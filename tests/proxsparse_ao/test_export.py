@@ -480,6 +480,19 @@ def test_a_compiled_model_is_saved_as_the_model_it_wraps_and_the_folder_loads(ti
         assert all(torch.equal(loaded[name], mask) for name, mask in masks.items())
 
 
+@pytest.mark.parametrize("arguments, problem", [
+    (dict(tokenizer="HuggingFaceTB/SmolLM2-135M"), r"tokenizer must be a tokenizer object .*got str 'HuggingFaceTB/SmolLM2-135M'$"),
+    (dict(extra_files={"log.txt": "text", "ok.bin": b"bytes"}), r"extra_files contents must be bytes \(encode text first\), not for log.txt$"),
+    (dict(metadata={("run", 1): "x"}), r"metadata cannot be written as JSON \(keys must be str, int, float, bool or None, not tuple\)$"),
+], ids=["tokenizer-name", "text-extra-file", "tuple-metadata-key"])
+def test_save_arguments_that_cannot_be_written_are_refused_before_writing(tiny_llama, tmp_path, arguments, problem):
+    """Each failed with AttributeError or TypeError once the model was written to the temporary folder."""
+    masks = _pruned(tiny_llama)
+    with pytest.raises(ProxSparseError, match="^save_pruned: " + problem):
+        save_pruned(tiny_llama, tmp_path / "out", masks, **arguments)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_metadata_that_is_not_a_dict_is_refused(tiny_llama, tmp_path):
     masks = _pruned(tiny_llama)
     with pytest.raises(ProxSparseError, match="save_pruned: metadata must be a dict, got list"):
