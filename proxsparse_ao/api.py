@@ -151,6 +151,11 @@ def sparsify_(
     A baseline config (MagnitudeConfig, WandaConfig, SparseGPTConfig) prunes with that method instead."""
     from .baselines import BASELINE_CONFIGS, sparsify_ as baseline_sparsify_
 
+    if config is not None and not isinstance(config, (ProxSparseConfig, *BASELINE_CONFIGS)):
+        got = f"the class {config.__name__}: pass an instance, {config.__name__}()" if isinstance(config, type) else type(config).__name__
+        raise ConfigError(
+            f"expected a ProxSparseConfig or a baseline config ({', '.join(c.__name__ for c in BASELINE_CONFIGS)}), got {got}"
+        )
     if isinstance(config, BASELINE_CONFIGS):
         if callback is not None:
             raise ConfigError(f"callback: {type(config).__name__} learns nothing step by step; it is for ProxSparse learning")

@@ -103,6 +103,8 @@ def select_targets(
     with a warning that lists them, or raise under `strict`. No layer at all raises NoTargetsError.
     `warn=False` gives no warning and leaves the once-per-model record alone, so a later selection
     on the same model still warns (for callers that only look, such as verification)."""
+    if not isinstance(model, nn.Module):
+        raise ProxSparseError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
     targets, ignore = list(targets), list(ignore)
     protected = protected_modules(model)
     layers: dict[str, nn.Linear] = {}

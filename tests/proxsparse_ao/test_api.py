@@ -95,6 +95,24 @@ def test_wrong_config_type_is_rejected(tiny_llama):
         sparsify_(tiny_llama, config, calibration=_tokens())
 
 
+@pytest.mark.parametrize("config, got", [
+    (WandaConfig, r"got the class WandaConfig: pass an instance, WandaConfig\(\)$"),
+    ("magnitude", r"got str$"),
+], ids=["a-config-class", "a-method-name"])
+def test_a_config_that_is_no_config_instance_names_every_config_sparsify_takes(tiny_llama, config, got):
+    """A baseline's class was refused as "expected a ProxSparseConfig, got ABCMeta"."""
+    with pytest.raises(ConfigError, match=r"^expected a ProxSparseConfig or a baseline config \(MagnitudeConfig, WandaConfig, "
+                                          r"SparseGPTConfig\), " + got):
+        sparsify_(tiny_llama, config)
+
+
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), MagnitudeConfig(), WandaConfig(samples=4, seqlen=16)])
+def test_a_model_that_is_no_module_is_refused_in_one_line(config):
+    """It failed with AttributeError: 'NoneType' object has no attribute 'named_modules'."""
+    with pytest.raises(ProxSparseError, match="^the model must be a torch.nn.Module, got NoneType$"):
+        sparsify_(None, config, calibration=_tokens())
+
+
 @pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), MagnitudeConfig(), WandaConfig(samples=4, seqlen=16)])
 def test_a_non_finite_target_weight_is_named_before_any_work(tiny_llama, config):
     before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
