@@ -264,8 +264,9 @@ def learn_masks(
 ) -> LearnResult:
     """Learn a 2:4 mask for every layer in `layers` from calibration tokens [N, L].
 
-    The model comes back exactly as it was (weights, dtypes, requires_grad, train mode);
-    the masks are returned. Gradients are on while it learns, even under the caller's no_grad or inference_mode. With `config.checkpoint_dir` the run saves its state every
+    The model comes back exactly as it was (weights, dtypes, requires_grad, each module's train
+    mode); the masks are returned. Gradients are on while it learns, even under the caller's
+    no_grad or inference_mode. With `config.checkpoint_dir` the run saves its state every
     `checkpoint_every` steps and at the end, and resumes from it when called again.
     The mask statistics of `StepStats` (a pass over every target weight) are computed every
     `stats_every` steps and at the last; None: every step up to STATS_PASSES steps, then
