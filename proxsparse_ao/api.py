@@ -21,7 +21,7 @@ from .calibration import token_count
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, check_batch_size, validate
 from .context import check_context
 from .errors import ProxSparseError
-from .targets import FilterFn, check_target_weights, masked_modules, select_targets
+from .targets import FilterFn, check_target_weights, eager_model, masked_modules, select_targets
 from .training import Callback, LearnResult, check_calibration, learn_masks
 
 if TYPE_CHECKING:
@@ -73,8 +73,10 @@ def learn(
 ) -> LearnResult:
     """Learn the 2:4 masks of the target layers; the model itself is left unchanged. A target that no
     calibration token reaches is refused before any learning (as Wanda and SparseGPT refuse it): no
-    data would inform its mask, so it would be a guess."""
+    data would inform its mask, so it would be a guess. A `torch.compile`d model learns eagerly, masks
+    named by the model it wraps."""
     config = _check_config(config if config is not None else ProxSparseConfig())
+    model = eager_model(model)
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)
     if calibration is None:
@@ -148,7 +150,8 @@ def sparsify_(
     `calibration` is a LongTensor [N, L] of token ids (short rows right-padded with -100);
     without it, config.samples x config.seqlen tokens of config.calibration are made with
     `tokenizer`. `filter_fn(module, name)` narrows the targets further. Every non-target parameter stays bit-identical.
-    A baseline config (MagnitudeConfig, WandaConfig, SparseGPTConfig) prunes with that method instead."""
+    A baseline config (MagnitudeConfig, WandaConfig, SparseGPTConfig) prunes with that method instead.
+    A `torch.compile`d model is pruned through the model it wraps (eagerly) and returned as given."""
     from .baselines import BASELINE_CONFIGS, sparsify_ as baseline_sparsify_
 
     if config is not None and not isinstance(config, (ProxSparseConfig, *BASELINE_CONFIGS)):
@@ -162,4 +165,5 @@ def sparsify_(
         return baseline_sparsify_(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration)
     config = _check_config(config if config is not None else ProxSparseConfig())
     result = learn(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration, callback=callback)
-    return apply_masks(model, result.masks, config)
+    apply_masks(eager_model(model), result.masks, config)
+    return model

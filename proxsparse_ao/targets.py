@@ -36,6 +36,18 @@ class NoTargetsError(ProxSparseError, ValueError):
     """The patterns selected no prunable linear layer."""
 
 
+def eager_model(model: nn.Module) -> nn.Module:
+    """The module inside a `torch.compile` wrapper (OptimizedModule), else `model`: learning and
+    calibration run it eagerly (compiling a training step costs minutes, and their hooks break
+    graphs), and name layers as the model itself does, not under "_orig_mod.". Its weights are the
+    wrapper's, so pruning it prunes what the wrapper runs."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    while isinstance(model, OptimizedModule):
+        model = model._orig_mod
+    return model
+
+
 @dataclass
 class TargetSelection:
     """The chosen layers (name -> module, in model order) and the ones skipped, with why."""

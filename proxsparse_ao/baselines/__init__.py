@@ -130,14 +130,16 @@ def prune(
 
     `calibration`: LongTensor [N, L] of token ids (short rows right-padded with -100); without it, config.samples x config.seqlen
     tokens of config.calibration are made with `tokenizer` (magnitude needs neither).
-    `progress(done_blocks, total_blocks)` is called after each decoder block."""
+    `progress(done_blocks, total_blocks)` is called after each decoder block. A `torch.compile`d model
+    is pruned through the model it wraps (eagerly), masks named by it."""
     from torchao.quantization import quantize_
 
     from ..api import attach_masks, calibration_tokens
-    from ..targets import check_target_weights, select_targets
+    from ..targets import check_target_weights, eager_model, select_targets
     from ..training import check_calibration
 
     config = _check(config)
+    model = eager_model(model)
     started = time.perf_counter()
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     layers = selection.layers

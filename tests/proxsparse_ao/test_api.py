@@ -140,6 +140,22 @@ def test_stored_masks_are_what_save_pruned_needs_after_sparsify(tiny_llama, tmp_
     assert all(torch.equal(loaded[n], masks[n]) for n in masks)
 
 
+@pytest.mark.parametrize("config", [ProxSparseConfig(**FAST), WandaConfig(samples=4, seqlen=16)], ids=["proxsparse", "wanda"])
+def test_a_torch_compiled_model_is_pruned_eagerly_through_the_model_it_wraps(tiny_llama_factory, config):
+    """Learning compiled the training step (minutes on a real model) and Wanda's capture ran under dynamo;
+    now nothing is compiled, the masks are those of the uncompiled model and the wrapper comes back."""
+    from torch._dynamo.utils import counters
+
+    expected = stored_masks(sparsify_(tiny_llama_factory(), config, calibration=_tokens()))
+    compiled = torch.compile(tiny_llama_factory())
+    counters.clear()
+    assert sparsify_(compiled, config, calibration=_tokens()) is compiled
+    assert not counters["frames"]["total"]
+    masks = stored_masks(compiled._orig_mod)
+    assert masks.keys() == expected.keys() and all(torch.equal(masks[n], expected[n]) for n in masks)
+    assert all(torch.equal(compiled.get_submodule("_orig_mod." + n).weight.detach() != 0, m) for n, m in masks.items())
+
+
 def test_plain_quantize_with_target_filter_prunes_what_sparsify_would(tiny_llama_factory):
     """torchao's default filter is every nn.Linear, lm_head included; target_filter applies the config's rules."""
     config = MagnitudeConfig(ignore=["re:.*lm_head", "re:.*mlp.*"])
