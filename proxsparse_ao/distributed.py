@@ -39,6 +39,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # the command's old place: say where it went instead of doing nothing, in one line
+    # (before torch and the modules that import torchao, whose import-time chatter would come first)
+    sys.stderr.write("error: the torchrun command moved: run `torchrun ... -m proxsparse_ao.tools.distributed ...`\n")
+    sys.exit(2)
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -480,7 +485,3 @@ def exit_without_teardown(code: int) -> typing.NoReturn:
     sys.stderr.flush()
     os._exit(code)
 
-
-if __name__ == "__main__":  # the command's old place: say where it went instead of doing nothing
-    sys.stderr.write("error: the torchrun command moved: run `torchrun ... -m proxsparse_ao.tools.distributed ...`\n")
-    sys.exit(2)
