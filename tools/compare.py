@@ -442,7 +442,10 @@ def _table(rows: list[dict], texts: list[str], tasks: list[str], label: str) -> 
     table = Table(title=f"proxsparse-ao compare: {label}")
     for header in _headers(texts, tasks):
         method = header == "method"  # never cut: "sparsegpt" and "sparsegpt-mask" must stay apart in a narrow terminal
-        table.add_column(header, justify="left" if method else "right", no_wrap=method, min_width=14 if method else None)
+        # the other columns fold rather than end in "…": at 80 columns (a pipe, a log) with zero-shot tasks
+        # every number was cut to its first digits ("12…", "0.…")
+        table.add_column(header, justify="left" if method else "right", no_wrap=method, min_width=14 if method else None,
+                         overflow="ellipsis" if method else "fold")
     for row in rows:
         table.add_row(*_cells(row, texts, tasks))
     return table

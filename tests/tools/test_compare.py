@@ -331,6 +331,31 @@ def test_the_printed_table_never_cuts_a_method_name_even_at_80_columns():
     assert "sparsegpt-mask" in text and "sparseg…" not in text
 
 
+def test_the_printed_table_never_cuts_a_number_at_80_columns_with_zero_shot_tasks():
+    """Two texts and two tasks at 80 columns (rich's width for a pipe or a log) left every value cut to
+    "12…" or "0.…"; each value must be all there, folded over lines if need be."""
+    from rich.console import Console
+
+    from proxsparse_ao.tools.compare import _table
+
+    row = dict(mask_only=True, ppl_by_text={"wikipedia": 127.94, "news": 176.99}, prune_seconds=277.0,
+               prune_memory_bytes=0.2 * 2**30, changed_vs_magnitude=0.2, pattern_ok=True,
+               zero_shot={"local_science_mc": 0.3333, "local_winogrande": 0.6667},
+               zero_shot_norm={"local_science_mc": 0.25, "local_winogrande": None},
+               zero_shot_average=0.5, zero_shot_norm_average=None)
+    rows = [{**row, "method": "sparsegpt-mask"}, {**row, "method": "sparsegpt", "mask_only": False}]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(_table(rows, ["wikipedia", "news"], ["local_science_mc", "local_winogrande"], "test"))
+    text = console.export_text()
+    assert "…" not in text
+    # each row's cells, read column by column down the folded lines, give the whole values back
+    body = [line for line in text.splitlines() if line.startswith("│")]
+    cells = [[cell.strip() for cell in line.strip("│").split("│")] for line in body]
+    first_row = cells[:cells.index(next(c for c in cells[1:] if c[0]))]  # its lines, up to the next method's
+    columns = ["".join(line[i] for line in first_row) for i in range(len(cells[0]))]
+    assert columns[:6] == ["sparsegpt-mask", "yes", "127.94", "176.99", "0.3333(0.2500)", "0.6667"]
+
+
 @pytest.mark.parametrize("argv, absent, present", [
     (["--methods", "dense", "--text", "news"], ["--samples", "--lr", "--limit"], ["--eval-tokens"]),
     (["--methods", "dense,wanda"], ["--lr", "--lambda1"], ["--samples", "--calibration-mode"]),
