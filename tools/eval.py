@@ -32,7 +32,7 @@ EXAMPLES = f"""examples:
   proxsparse-tool eval meta-llama/Llama-2-7b-hf --text wikitext2 --tasks piqa arc_easy   # needs the hub
 
 MODEL: omitted (the embedded SmolLM2-135M-Instruct), a local Hugging Face folder or a hub id.
---text: wikipedia (embedded, the evaluation part), wikitext2 or c4 (hub), or a .txt/.jsonl file.
+--text: wikipedia or news (embedded, their evaluation parts), wikitext2 or c4 (hub), or a .txt/.jsonl file.
 Local zero-shot tasks: local_winogrande, local_science_mc, local_physical_intuition over the
 JSONL files in --zeroshot-data (or $PROXSPARSE_ZEROSHOT_DATA); other names are lm-eval tasks.
 """
