@@ -345,7 +345,11 @@ def load_pruned(
     check_dtype(dtype)
     device = usable_device(device)
     folder = Path(folder).expanduser()
-    metadata = read_metadata(folder) if folder.is_dir() else None
+    if not folder.exists():
+        raise ProxSparseError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise ProxSparseError(f"{folder} is a file: a pruned model is a folder")
+    metadata = read_metadata(folder)
     if metadata is None:
         raise ProxSparseError(f"{folder} is not a pruned model folder (no {METADATA_FILE})")
     masks = read_masks(folder, metadata)

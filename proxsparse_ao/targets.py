@@ -225,7 +225,8 @@ def check_target_weights(layers: dict[str, nn.Linear]) -> None:
     for name, layer in layers.items():
         weight = layer.weight.detach()
         if weight.is_meta:
-            raise ProxSparseError(f"{name}: the weight is on the meta device (not loaded); load the model's weights first")
+            raise ProxSparseError(f"{name}: the weight is on the meta device (not loaded, or offloaded by accelerate): "
+                                   "load the model's weights into memory first")
         bad = ~torch.isfinite(weight)
         if bool(bad.any()):
             index = [int(i) for i in bad.nonzero()[0]]

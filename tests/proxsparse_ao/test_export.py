@@ -362,6 +362,15 @@ def test_load_pruned_refuses_a_damaged_folder_in_one_line(tiny_llama, tmp_path, 
     assert problem in str(refused.value) and "\n" not in str(refused.value)
 
 
+def test_load_pruned_names_a_path_that_does_not_exist_or_is_a_file(tmp_path):
+    """Both were "is not a pruned model folder (no proxsparse.json)", which sends the user looking for a file."""
+    with pytest.raises(ProxSparseError, match=r"^\S+missing does not exist$"):
+        load_pruned(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ProxSparseError, match=r"^\S+file is a file: a pruned model is a folder$"):
+        load_pruned(tmp_path / "file")
+
+
 def test_save_pruned_refuses_a_minus_zero_where_the_mask_is_off_before_writing(tiny_llama, tmp_path):
     masks = _pruned(tiny_llama)
     layer = tiny_llama.model.layers[0].self_attn.q_proj
