@@ -116,6 +116,10 @@ def _read_local(path: Path) -> str:
         if path.is_dir():
             raise ProxSparseError(f"{path} is a directory, not a text file: use a .txt or .jsonl file")
         if not path.is_file():
+            if path.exists():  # a pipe (`--text <(zcat corpus.txt.gz)`), a device, a socket
+                raise ProxSparseError(f"{path} is not a regular file: save the text as a .txt or .jsonl file")
+            if path.is_symlink():
+                raise ProxSparseError(f"text file {path} is a broken symbolic link (to {path.readlink()})")
             raise ProxSparseError(f"text file not found: {path}")
     except OSError as err:
         raise ProxSparseError(f"cannot read text file {path}: {err.strerror or err}") from None

@@ -277,3 +277,15 @@ def test_hub_texts_take_the_documented_splits(monkeypatch):
 def test_a_missing_path_without_a_suffix_is_a_missing_file_not_an_unknown_name(tmp_path):
     with pytest.raises(ProxSparseError, match="text file not found"):
         load_documents(str(tmp_path / "no" / "such-text"))
+
+
+def test_a_pipe_or_a_broken_link_is_named_as_such_not_as_a_missing_file(tmp_path):
+    """`--text <(zcat corpus.txt.gz)` passes /dev/fd/63, which exists but is no file."""
+    pipe, link = tmp_path / "pipe.txt", tmp_path / "link.txt"
+    os.mkfifo(pipe)
+    link.symlink_to(tmp_path / "moved.txt")
+    for load in (load_documents, load_text, check_text):
+        with pytest.raises(ProxSparseError, match=f"^{re.escape(f'{pipe} is not a regular file')}"):
+            load(pipe)
+        with pytest.raises(ProxSparseError, match=re.escape(f"text file {link} is a broken symbolic link (to {tmp_path / 'moved.txt'})")):
+            load(link)
