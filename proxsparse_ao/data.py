@@ -165,8 +165,14 @@ def _split(path: Path, raw: str) -> list[str]:
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["text"]
-            except (ValueError, KeyError, TypeError):
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ProxSparseError(f"{path}:{number}: not JSON ({err.msg} at column {err.colno})") from None
+            except RecursionError:
+                raise ProxSparseError(f"{path}:{number}: not usable JSON (nested too deeply)") from None
+            try:
+                text = row["text"]
+            except (KeyError, TypeError):
                 raise ProxSparseError(f"{path}:{number}: expected a JSON object with a \"text\" field") from None
             if not isinstance(text, str):
                 raise ProxSparseError(f"{path}:{number}: \"text\" must be a string")

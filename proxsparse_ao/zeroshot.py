@@ -117,6 +117,8 @@ def _check_rows(name: str, path: Path) -> None:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ProxSparseError(f"{where} is not JSON ({err.msg}): task {name} needs one JSON object per line") from None
+        except RecursionError:
+            raise ProxSparseError(f"{where} is not usable JSON (nested too deeply): task {name} needs one JSON object per line") from None
         if not isinstance(row, dict):
             raise ProxSparseError(f"{where} is not a JSON object: task {name} needs one with the fields {wanted}")
         missing = [field for field in fields if field not in row]

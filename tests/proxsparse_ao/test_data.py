@@ -289,3 +289,20 @@ def test_a_pipe_or_a_broken_link_is_named_as_such_not_as_a_missing_file(tmp_path
             load(pipe)
         with pytest.raises(ProxSparseError, match=re.escape(f"text file {link} is a broken symbolic link (to {tmp_path / 'moved.txt'})")):
             load(link)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": "a "quoted" word"}', "not JSON (Expecting ',' delimiter at column 14)"),  # it has a "text" field
+        ("[" * 100_000 + "]" * 100_000, "not usable JSON (nested too deeply)"),
+        ('["text"]', 'expected a JSON object with a "text" field'),
+    ],
+    ids=["invalid", "too deep", "not an object"],
+)
+def test_a_jsonl_line_that_is_not_json_is_named_as_such_with_its_line_number(tmp_path, line, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "fine"}\n\n' + line + "\n")
+    for load in (load_documents, load_text, check_text):
+        with pytest.raises(ProxSparseError, match=f"^{re.escape(f'{path}:3: {message}')}$"):
+            load(path)

@@ -181,6 +181,12 @@ def test_a_line_that_is_not_json_is_refused_with_its_line_number(tmp_path):
         check_tasks(["local_science_mc"], folder)
 
 
+def test_a_line_nested_too_deeply_for_the_json_parser_is_refused_with_its_line_number(tmp_path):
+    folder = _task_folder(tmp_path, "science_mc.jsonl", SCIENCE_ROW + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ProxSparseError, match=r"science_mc.jsonl line 2 is not usable JSON \(nested too deeply\)"):
+        check_tasks(["local_science_mc"], folder)
+
+
 def test_a_line_that_is_json_but_not_an_object_is_refused(tmp_path):
     folder = _task_folder(tmp_path, "science_mc.jsonl", '["a", "b"]\n')
     with pytest.raises(ProxSparseError, match=r"science_mc.jsonl line 1 is not a JSON object.*question, choices, gold"):
