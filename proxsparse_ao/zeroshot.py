@@ -11,6 +11,7 @@ Any other name is looked up among lm-eval's tasks (needs the hub).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -84,6 +85,9 @@ def _render(names: Sequence[str], data_dir: Path, dest: Path) -> None:
 
     tasks_root = Path(lm_eval.__file__).parent / "tasks"
     templates = _templates()
+    if names and data_dir.is_file():
+        raise ProxSparseError(f"the zero-shot data folder {data_dir} is a file: point --zeroshot-data "
+                              f"(or ${DATA_ENV}) at the folder holding the tasks' JSONL files")
     for name in names:
         text = templates[name]
         for needed in _DATA_FILE.findall(text):
@@ -93,8 +97,16 @@ def _render(names: Sequence[str], data_dir: Path, dest: Path) -> None:
                     f"(or ${DATA_ENV}) at the folder holding {needed}"
                 )
             _check_rows(name, data_dir / needed)
-        text = text.replace("@DATA_DIR@", data_dir.resolve().as_posix()).replace("@LM_EVAL_TASKS@", tasks_root.as_posix())
+        # the data path is a datasets glob pattern in a double-quoted YAML string: a folder named with
+        # '[', '"' or '\\' would otherwise make lm-eval drop the task or datasets fail with a traceback
+        folder = glob.escape(data_dir.resolve().as_posix())
+        text = text.replace("@DATA_DIR@", _yaml_quoted(folder)).replace("@LM_EVAL_TASKS@", _yaml_quoted(tasks_root.as_posix()))
         (dest / f"{name}.yaml").write_text(text)
+
+
+def _yaml_quoted(text: str) -> str:
+    """`text` escaped for the inside of a double-quoted YAML string (JSON's escapes are YAML's)."""
+    return json.dumps(text)[1:-1]
 
 
 def _check_rows(name: str, path: Path) -> None:

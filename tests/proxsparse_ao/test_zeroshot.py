@@ -270,3 +270,17 @@ def test_a_winogrande_answer_other_than_one_or_two_is_refused(tmp_path, answer):
     folder = _task_folder(tmp_path, "winogrande_ni.jsonl", WINOGRANDE_ROW.replace('"answer": "2"', f'"answer": "{answer}"') + "\n")
     with pytest.raises(ProxSparseError, match=r"line 1: field 'answer' must be \"1\" or \"2\""):
         check_tasks(["local_winogrande"], folder)
+
+
+@pytest.mark.parametrize("name", ['data [1]', 'say "data"', "back\\slash"])
+def test_a_data_folder_named_with_glob_or_yaml_characters_is_read(tiny_llama, byte_tokenizer, small_data, name):
+    """The folder lands in a double-quoted YAML string that datasets reads as a glob pattern."""
+    folder = small_data.rename(small_data.parent / name)
+    result = zero_shot(tiny_llama, byte_tokenizer, ["local_winogrande", "local_science_mc"], limit=2, data_dir=folder)
+    assert result.items == {"local_winogrande": 2, "local_science_mc": 2}
+
+
+def test_a_task_file_given_as_the_data_folder_is_called_a_file(small_data):
+    task_file = small_data / "science_mc.jsonl"
+    with pytest.raises(ProxSparseError, match=f"^the zero-shot data folder {re.escape(str(task_file))} is a file: point --zeroshot-data"):
+        check_tasks(["local_science_mc"], task_file)
