@@ -118,7 +118,8 @@ def _from_documents(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str]
             if taken == n:
                 return samples
     raise ProxSparseError(
-        (f"the text has only {len(documents)} documents, {n} needed" if len(documents) < n else
+        (f"the calibration text has only {len(documents)} document{'s' if len(documents) != 1 else ''}, {n} needed"
+         if len(documents) < n else
          f"only {taken} of the {len(documents)} documents have at least 2 tokens, {n} needed")
         + ": use fewer samples, a larger text or the 'windows' mode"
     )

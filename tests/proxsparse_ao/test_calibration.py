@@ -72,8 +72,10 @@ def test_document_mode_says_when_too_few_documents_have_tokens(byte_tokenizer):
 
 
 def test_document_mode_says_when_the_text_has_fewer_documents_than_samples(byte_tokenizer):
-    with pytest.raises(ProxSparseError, match=f"the text has only {len(DOCS)} documents, 50 needed"):
+    with pytest.raises(ProxSparseError, match=f"the calibration text has only {len(DOCS)} documents, 50 needed"):
         calibration_samples(byte_tokenizer, DOCS, 50, 300, mode="documents")
+    with pytest.raises(ProxSparseError, match="^the calibration text has only 1 document, 2 needed"):  # a .txt of one paragraph
+        calibration_samples(byte_tokenizer, ["one long line " * 100], 2, 16, mode="documents")
 
 
 def test_cropping_drops_only_the_columns_that_are_padding_in_every_row():
