@@ -102,7 +102,7 @@ def _check_extra_files(names: list[str], taken: set[str]) -> None:
         )
 
 
-def unwrapped(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+def _unwrapped(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The model inside a `torch.compile` (OptimizedModule) or `proxsparse_ao.compile` wrapper, and the
     masks by its own layer names: the folder holds that model, so masks named through the wrapper
     (`stored_masks(compiled)`: "_orig_mod.model.layers...") would name layers the loaded model lacks."""
@@ -160,7 +160,7 @@ def save_pruned(
         raise ProxSparseError(f"save_pruned: extra_files contents must be bytes (encode text first), not for {', '.join(not_bytes)}")
     if not masks:
         raise ProxSparseError("save_pruned: no masks, so nothing was pruned (after sparsify_, pass stored_masks(model))")
-    model, masks = unwrapped(model, masks)
+    model, masks = _unwrapped(model, masks)
     masked_modules(model, masks)
     extra_files = dict(extra_files or {})
     _check_extra_files(list(extra_files), {MASKS_FILE, METADATA_FILE, *_HF_FILES})
