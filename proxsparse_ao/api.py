@@ -164,6 +164,7 @@ def sparsify_(
             raise ConfigError(f"callback: {type(config).__name__} learns nothing step by step; it is for ProxSparse learning")
         return baseline_sparsify_(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration)
     config = _check_config(config if config is not None else ProxSparseConfig())
-    result = learn(model, config, filter_fn, tokenizer=tokenizer, calibration=calibration, callback=callback)
-    apply_masks(eager_model(model), result.masks, config)
+    inner = eager_model(model)
+    result = learn(inner, config, filter_fn, tokenizer=tokenizer, calibration=calibration, callback=callback)
+    apply_masks(inner, result.masks, config)
     return model
