@@ -21,16 +21,19 @@ def cache_dir() -> Path:
 def check_writable_folder(folder: str | Path, what: str) -> None:
     """`folder` exists or can be made, and a file can be created in it: its nearest existing
     ancestor is a folder this process writes in (a probe, removed at once). `what` starts the error."""
-    existing = Path(folder).expanduser().absolute()
+    existing, missing = Path(folder).expanduser().absolute(), None
     while not existing.exists() and not existing.is_symlink():
-        existing = existing.parent
+        existing, missing = existing.parent, existing
     if not existing.is_dir():
         raise ProxSparseError(f"{what}: {existing} is not a folder")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".proxsparse-probe-"):
             pass
     except OSError as err:
-        raise ProxSparseError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
+        reason = err.strerror or err
+        if missing is not None:
+            raise ProxSparseError(f"{what}: cannot create the folder {missing} ({reason})") from None
+        raise ProxSparseError(f"{what}: cannot write in {existing} ({reason})") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -139,9 +139,6 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
         check_text(text)
     if any(m in CALIBRATED for m in methods):
         check_text(args.calibration)
-    for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
-        if value and not Path(value).expanduser().resolve().parent.is_dir():
-            raise ProxSparseError(f"{flag}: the folder of {value} does not exist")
     check_result_files({"--json": args.json, "--markdown": args.markdown}, model_folder=args.model,
                        inputs={"--text": args.text, "--calibration": args.calibration, "--zeroshot-data": args.zeroshot_data})
     parse_device(args.device)

@@ -1,13 +1,16 @@
-"""The cache folder is configurable and writes there are atomic with ordinary permissions."""
+"""The cache folder is configurable, writes are atomic with ordinary permissions, and a folder a result will be
+written in is checked before any work."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from proxsparse_ao.cache import atomic_write_bytes, cache_dir
+from proxsparse_ao.cache import atomic_write_bytes, cache_dir, check_writable_folder
+from proxsparse_ao.errors import ProxSparseError
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -40,3 +43,21 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["file.bin"]
+
+
+def test_a_folder_that_does_not_exist_yet_passes_the_check_and_is_not_made_by_it(tmp_path):
+    check_writable_folder(tmp_path / "results" / "run1", "--json results/run1/x.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_made_is_named_not_its_nearest_existing_ancestor():
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, where no folder can be made (Linux)")
+    with pytest.raises(ProxSparseError, match=r"^--json /proc/nope/x.json: cannot create the folder /proc/nope \("):
+        check_writable_folder("/proc/nope/deeper", "--json /proc/nope/x.json")
+
+
+def test_a_file_in_the_way_is_named(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ProxSparseError, match=f"--json x: {tmp_path / 'a_file'} is not a folder"):
+        check_writable_folder(tmp_path / "a_file" / "sub", "--json x")

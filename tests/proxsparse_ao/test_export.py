@@ -154,7 +154,7 @@ def test_an_output_in_a_read_only_folder_is_refused_before_any_work(open_tmp, un
     locked.mkdir(mode=0o555)
     probe = f"from proxsparse_ao.export import check_output; check_output({str(locked / 'deeper' / 'out')!r}, overwrite=False)"
     done = subprocess.run([*unprivileged, sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and f"cannot write in {locked} (Permission denied)" in done.stderr
+    assert done.returncode != 0 and f"cannot create the folder {locked / 'deeper'} (Permission denied)" in done.stderr
     assert list(locked.iterdir()) == []
 
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from cli_runner import CliRun, run_cli
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "proxsparse_ao.tools.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+def cli(*args: str) -> CliRun:
+    return run_cli("assets", *args, columns=250)
 
 
 def test_help_shows_examples():
-    done = cli("assets", "--help")
+    done = cli("--help")
     assert done.returncode == 0 and "proxsparse-tool assets --rebuild" in done.stdout
 
 
 def test_reports_the_default_model_and_both_text_parts():
-    done = cli("assets")
+    done = cli()
     assert done.returncode == 0, done.stderr
     assert "SmolLM2-135M-Instruct" in done.stdout and "134.5M parameters, 30 layers" in done.stdout
     assert "calibration part" in done.stdout and "evaluation part" in done.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import CliRun, run_cli
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import pruned_layers
 from proxsparse_ao.tools.compare import METHODS, parse_methods
@@ -18,13 +19,11 @@ from proxsparse_ao.tools.compare import METHODS, parse_methods
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "proxsparse_ao.tools.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+def cli(*args: object) -> CliRun:
+    return run_cli("compare", *args, columns=250)
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
+def assert_one_line_error(done: CliRun, message: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -42,26 +41,27 @@ def test_parse_methods():
 def test_bad_input_is_refused_before_any_work(tmp_path):
     """Before the model loads: the model named does not exist, so a check that regressed fails fast."""
     missing = tmp_path / "no-model"
-    assert_one_line_error(cli("compare", missing, "--methods", "dense,obs"), "unknown method(s) obs")
+    (tmp_path / "a_file").write_text("x")
+    assert_one_line_error(cli(missing, "--methods", "dense,obs"), "unknown method(s) obs")
     assert_one_line_error(
-        cli("compare", missing, "--methods", "magnitude,wanda,proxsparse", "--calibration", "none"),
+        cli(missing, "--methods", "magnitude,wanda,proxsparse", "--calibration", "none"),
         "wanda, proxsparse need(s) calibration data",
     )
-    assert_one_line_error(cli("compare", missing, "--samples", "0"), "--samples must be at least 1")
-    assert_one_line_error(cli("compare", missing, "--json", tmp_path / "missing" / "x.json"), "does not exist")
-    assert_one_line_error(cli("compare", missing, "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
-    assert_one_line_error(cli("compare", missing, "--json", tmp_path), "is a folder: name a file")
-    assert_one_line_error(cli("compare", missing, "--device", "nowhere"), "--device 'nowhere'")
+    assert_one_line_error(cli(missing, "--samples", "0"), "--samples must be at least 1")
+    assert_one_line_error(cli(missing, "--json", tmp_path / "a_file" / "x.json"), f"{tmp_path / 'a_file'} is not a folder")
+    assert_one_line_error(cli(missing, "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
+    assert_one_line_error(cli(missing, "--json", tmp_path), "is a folder: name a file")
+    assert_one_line_error(cli(missing, "--device", "nowhere"), "--device 'nowhere'")
     archive = tmp_path / "corpus.jsonl"
     archive.write_bytes(b"\x1f\x8b\x08\x00 a gzip header")
-    assert_one_line_error(cli("compare", missing, "--text", "wikipedia", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
-    assert_one_line_error(cli("compare", missing, "--calibration", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+    assert_one_line_error(cli(missing, "--text", "wikipedia", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
+    assert_one_line_error(cli(missing, "--calibration", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
 
 
 def test_windows_longer_than_the_models_context_are_refused_before_any_method_runs(tiny_model_dir):
-    done = cli("compare", tiny_model_dir, "--methods", "dense", "--eval-seqlen", "512")
+    done = cli(tiny_model_dir, "--methods", "dense", "--eval-seqlen", "512")
     assert_one_line_error(done, "--eval-seqlen 512 is longer than the model's maximum context of 256 tokens")
-    done = cli("compare", tiny_model_dir, "--methods", "dense,wanda", "--eval-seqlen", "64", "--seqlen", "300")
+    done = cli(tiny_model_dir, "--methods", "dense,wanda", "--eval-seqlen", "64", "--seqlen", "300")
     assert_one_line_error(done, "--seqlen 300 is longer than the model's maximum context of 256 tokens")
     assert "compare on" not in done.stdout
 
@@ -69,9 +69,9 @@ def test_windows_longer_than_the_models_context_are_refused_before_any_method_ru
 def test_compare_tiny_model(tiny_model_dir, tmp_path):
     text = tmp_path / "fox.txt"
     text.write_text(TEXT)
-    out, md = tmp_path / "compare.json", tmp_path / "compare.md"
+    out, md = tmp_path / "compare.json", tmp_path / "results" / "compare.md"  # a folder made for it, as by eval and verify
     done = cli(
-        "compare", tiny_model_dir, "--methods", "dense,magnitude,wanda,sparsegpt,sparsegpt-mask,proxsparse",
+        tiny_model_dir, "--methods", "dense,magnitude,wanda,sparsegpt,sparsegpt-mask,proxsparse",
         "--text", text, "--calibration", text, "--samples", "2", "--seqlen", "32",
         "--eval-tokens", "256", "--eval-seqlen", "64", "--json", out, "--markdown", md,
     )
@@ -393,7 +393,7 @@ def test_zero_shot_shows_acc_and_acc_norm_where_the_task_has_it(tiny_model_dir, 
     text.write_text(TEXT)
     out, md = tmp_path / "compare.json", tmp_path / "compare.md"
     done = cli(
-        "compare", tiny_model_dir, "--methods", "dense", "--text", text, "--eval-tokens", "128", "--eval-seqlen", "64",
+        tiny_model_dir, "--methods", "dense", "--text", text, "--eval-tokens", "128", "--eval-seqlen", "64",
         "--tasks", "local_winogrande", "local_science_mc", "--zeroshot-data", data, "--json", out, "--markdown", md,
     )
     assert done.returncode == 0, done.stderr

@@ -1,28 +1,22 @@
-"""`proxsparse-tool verify` driven as a user would: a subprocess per run, on tiny Llama folders."""
+"""`proxsparse-tool verify` driven as a user would, on tiny Llama folders."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runner import CliRun, run_cli, run_cli_process
 from tiny_models import make_byte_tokenizer, make_tiny_llama
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog does not mind at all. " * 60
 
 
-def cli(*args: str, cwd: Path | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "proxsparse_ao.tools.cli", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
-    )
+def cli(*args: str) -> CliRun:
+    return run_cli("verify", *args)
 
 
 def save_tiny_pruned(root: Path, dense_dir: Path) -> Path:
@@ -53,10 +47,10 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def passing_run(folders) -> tuple[subprocess.CompletedProcess, dict]:
+def passing_run(folders) -> tuple[CliRun, dict]:
     """One full run (structure, perplexity vs the dense source, an inductor compile) shared by the asserts."""
     out = folders["root"] / "verify.json"
-    run = cli("verify", str(folders["pruned"]), "--text", str(folders["text"]), "--seqlen", "64", "--json", str(out),
+    run = cli(str(folders["pruned"]), "--text", str(folders["text"]), "--seqlen", "64", "--json", str(out),
               "--min-speedup", "1.5")
     assert run.returncode == 0, run.stdout + run.stderr
     return run, json.loads(out.read_text())
@@ -96,13 +90,13 @@ def test_non_24_layers_exit_1_and_are_named(folders, tmp_path):
     from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"
-    subprocess.run(["cp", "-r", str(folders["pruned"]), str(broken)], check=True)
+    shutil.copytree(folders["pruned"], broken)
     weights = load_file(str(broken / "model.safetensors"))
     for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.k_proj.weight"):
         weights[name] = torch.randn_like(weights[name])
     save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "out.json"
-    run = cli("verify", str(broken), "--json", str(out))
+    run = cli(str(broken), "--json", str(out))
     assert run.returncode == 1, run.stdout + run.stderr
     assert "model.layers.0.mlp.up_proj" in run.stdout and "model.layers.1.self_attn.k_proj" in run.stdout
     assert "2 of 14 target layers fail the structure check" in run.stdout
@@ -114,12 +108,12 @@ def test_non_24_layers_exit_1_and_are_named(folders, tmp_path):
 
 
 def test_dense_model_without_metadata_fails_structure(folders):
-    run = cli("verify", str(folders["dense"]), "--no-ppl", "--no-compile")
+    run = cli(str(folders["dense"]), "--no-ppl", "--no-compile")
     assert run.returncode == 1
     assert "default targets (no proxsparse.json)" in run.stdout and "14 of 14 target layers" in run.stdout
 
 
-def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+def one_line_error(run: CliRun, code: int, *needles: str) -> None:
     assert run.returncode == code, run.stdout + run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
@@ -128,9 +122,9 @@ def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -
         assert needle in lines[0]
 
 
-def bad_input(tmp_path: Path, target: Path, *extra: str) -> subprocess.CompletedProcess:
+def bad_input(tmp_path: Path, target: Path, *extra: str) -> CliRun:
     out = tmp_path / "out.json"
-    run = cli("verify", str(target), "--json", str(out), *extra)
+    run = cli(str(target), "--json", str(out), *extra)
     assert not out.exists() and not list(tmp_path.glob(".out.json*"))
     return run
 
@@ -148,7 +142,7 @@ def test_folder_that_is_not_a_model(tmp_path):
 
 def test_truncated_safetensors(folders, tmp_path):
     folder = tmp_path / "truncated"
-    subprocess.run(["cp", "-r", str(folders["pruned"]), str(folder)], check=True)
+    shutil.copytree(folders["pruned"], folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     one_line_error(bad_input(tmp_path, folder), 2, "could not load the model")
@@ -156,14 +150,14 @@ def test_truncated_safetensors(folders, tmp_path):
 
 def test_corrupt_masks_file(folders, tmp_path):
     folder = tmp_path / "badmasks"
-    subprocess.run(["cp", "-r", str(folders["pruned"]), str(folder)], check=True)
+    shutil.copytree(folders["pruned"], folder)
     (folder / "masks.safetensors").write_bytes(b"\x00garbage" * 10)
     one_line_error(bad_input(tmp_path, folder), 2, "masks.safetensors cannot be read")
 
 
 def test_metadata_that_does_not_parse(folders, tmp_path):
     folder = tmp_path / "badjson"
-    subprocess.run(["cp", "-r", str(folders["pruned"]), str(folder)], check=True)
+    shutil.copytree(folders["pruned"], folder)
     (folder / "proxsparse.json").write_text('{"format": "proxsparse-2:4/v1", "targets": [')
     one_line_error(bad_input(tmp_path, folder), 2, "proxsparse.json does not parse")
 
@@ -322,10 +316,10 @@ def test_an_unreadable_model_folder_or_weight_file_is_a_one_line_error(folders, 
     for path in folder.iterdir():
         path.chmod(0o644)
     (folder / "model.safetensors").chmod(0)
-    run = cli("verify", str(folder), "--no-ppl", "--no-compile", prefix=unprivileged)
+    run = run_cli_process("verify", str(folder), "--no-ppl", "--no-compile", prefix=unprivileged)
     one_line_error(run, 2, f"cannot read {folder / 'model.safetensors'}: Permission denied")
     folder.chmod(0)
-    run = cli("verify", str(folder), "--no-ppl", "--no-compile", prefix=unprivileged)
+    run = run_cli_process("verify", str(folder), "--no-ppl", "--no-compile", prefix=unprivileged)
     one_line_error(run, 2, f"cannot read the model folder {folder}: Permission denied")
     folder.chmod(0o755)
 
@@ -335,7 +329,7 @@ def test_a_result_file_that_could_not_be_written_or_would_clobber_the_model_is_r
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     for json_path, message in ((folder / "config.json", "is inside the model folder being read"), (tmp_path, "is a folder")):
-        done = cli("verify", str(folder), "--no-ppl", "--no-compile", "--json", str(json_path))
+        done = cli(str(folder), "--no-ppl", "--no-compile", "--json", str(json_path))
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1
     assert (folder / "config.json").read_text() == "{}"
 
@@ -362,17 +356,17 @@ def test_a_device_this_machine_does_not_have_is_a_one_line_error(folders, tmp_pa
 
 @pytest.mark.parametrize("speedup", ["inf", "nan", "0"])
 def test_a_speed_target_must_be_a_positive_finite_number(tmp_path, speedup):
-    done = cli("verify", str(tmp_path), "--min-speedup", speedup)
+    done = cli(str(tmp_path), "--min-speedup", speedup)
     assert done.returncode == 2 and "--min-speedup must be a positive finite number" in done.stderr
 
 
 def test_an_empty_model_folder_name_is_called_empty():
-    done = cli("verify", "")
+    done = cli("")
     assert done.returncode == 2 and done.stderr.strip() == "error: the model folder is empty: name the pruned model's folder"
 
 
 def test_a_speed_target_with_the_speed_check_skipped_is_a_conflict(tmp_path):
-    done = cli("verify", str(tmp_path), "--no-compile", "--min-speedup", "1.3")
+    done = cli(str(tmp_path), "--no-compile", "--min-speedup", "1.3")
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --min-speedup needs the speed check, which --no-compile skips: drop one of the two"
 
