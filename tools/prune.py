@@ -35,6 +35,7 @@ from proxsparse_ao.quiet import quiet_libraries
 
 from .library_warnings import is_ours
 from .options import check_checkpoint_dir, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
+from .progress import StepLog, stage
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     label = DEFAULT_MODEL_LABEL if is_default(args.model) else source_label(args.model)
-    with console.status(f"loading {label}"):
+    with stage(console, f"loading {label}"):
         model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
     if calibrated:
         check_context(model, config.seqlen, "--seqlen")
@@ -249,16 +250,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.method == "proxsparse":
-            with console.status(f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
+            with stage(console, f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
                 tokens = calibration_tokens(config, tokenizer)
             with _progress_bar(console) as bar:
                 task = bar.add_task("learning masks", total=None, loss="-", frac="-", moved="-")
+                logged = StepLog(console, "learning masks")
 
                 def show(stats) -> None:
                     fields = {"loss": f"{stats.loss:.3f}"}
                     if stats.fraction_24 is not None:
                         fields.update(frac=f"{stats.fraction_24:.1%}", moved=f"{stats.changed_vs_start:.1%}")
                     bar.update(task, completed=stats.step, total=stats.total_steps, **fields)
+                    logged(stats.step, stats.total_steps, f"loss {fields['loss']}")
 
                 result = learn(model, config, tokenizer=tokenizer, calibration=tokens, callback=show)
             masks, history = result.masks, result.history
@@ -292,7 +295,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "versions": versions(),
     }
     log = history_json(history, method=args.method)
-    with console.status(f"saving {output}"):
+    with stage(console, f"saving {output}"):
         check_output(output, args.overwrite, overwrite_flag="--overwrite")  # again: another run may have saved there since
         save_pruned(model, output, masks, metadata, tokenizer=tokenizer, overwrite=args.overwrite, extra_files={LOG_FILE: log})
     if args.log:
@@ -348,14 +351,19 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
 
     tokens, data = None, None
     if needs_calibration(config):
-        with console.status(f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
+        with stage(console, f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
             tokens = calibration_tokens(config, tokenizer, model)
         data = calibration_record(config, tokens.shape, token_count(tokens))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("pruning decoder blocks", total=None)
-        result = prune(model, config, tokenizer=tokenizer, calibration=tokens,
-                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+        logged = StepLog(console, "pruning decoder blocks")
+
+        def show(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            logged(done, total)
+
+        result = prune(model, config, tokenizer=tokenizer, calibration=tokens, progress=show)
     return result.masks, {"skipped": result.skipped, "prune_seconds": round(result.seconds, 2)}, data
 
 
@@ -363,7 +371,7 @@ def _eval_tokens(tokenizer, console: Console):
     from proxsparse_ao.data import load_text
     from proxsparse_ao.evaluation import tokenize_text
 
-    with console.status("reading and tokenising the evaluation text"):
+    with stage(console, "reading and tokenising the evaluation text"):
         return tokenize_text(tokenizer, load_text(None, "evaluation"))
 
 

@@ -18,6 +18,7 @@ from proxsparse_ao.prox import backend
 from proxsparse_ao.quiet import quiet_libraries
 
 from .options import require_at_least
+from .progress import StepLog, stage
 
 QUICK_SAMPLES, QUICK_SEQLEN, QUICK_EVAL_TOKENS = 16, 256, 4096
 EVAL_WINDOW = 1024  # tokens per perplexity window
@@ -99,7 +100,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     hf_logging.disable_progress_bar()
     quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     started = time.perf_counter()
-    with console.status(f"loading {DEFAULT_MODEL_LABEL} and the embedded text (first run: downloads and converts)"):
+    with stage(console, f"loading {DEFAULT_MODEL_LABEL} and the embedded text (first run: downloads and converts)"):
         model, tokenizer = load_model()
         check_context(model, args.seqlen, "--seqlen")
         ids = tokenize_text(tokenizer, load_text(None, "evaluation"))
@@ -117,30 +118,33 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
         console=console, transient=True,
     ) as bar:
         task = bar.add_task("learning 2:4 masks", total=None, loss="-", frac="-")
+        logged = StepLog(console, "learning 2:4 masks")
 
         def show(stats) -> None:
             frac = f"{stats.fraction_24:.1%}" if stats.fraction_24 is not None else "-"
             bar.update(task, completed=stats.step, total=stats.total_steps, loss=f"{stats.loss:.3f}", frac=frac)
+            logged(stats.step, stats.total_steps, f"loss {stats.loss:.3f}")
 
         result = learn(model, config, tokenizer=tokenizer, callback=show)
     learn_seconds = time.perf_counter() - started
-    layers = {name: model.get_submodule(name) for name in result.masks}
-    magnitude = {name: magnitude_mask(layer.weight) for name, layer in layers.items()}
-    originals = {name: layer.weight.detach().clone() for name, layer in layers.items()}
-    apply_masks(model, magnitude, config)
-    magnitude_ppl = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
-    with torch.no_grad():
-        for name, layer in layers.items():
-            layer.weight.copy_(originals[name])
-    del originals
-    apply_masks(model, result.masks, config)
-    try:
-        check_pruned(model, result.masks)
-        exact = True
-    except ProxSparseError as err:
-        exact = False
-        table.add_row("exact 2:4 check", "[red]FAILED[/]", str(err))
-    learned_ppl = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
+    with stage(console, "perplexity with magnitude's mask and with the learned mask"):
+        layers = {name: model.get_submodule(name) for name in result.masks}
+        magnitude = {name: magnitude_mask(layer.weight) for name, layer in layers.items()}
+        originals = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+        apply_masks(model, magnitude, config)
+        magnitude_ppl = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.weight.copy_(originals[name])
+        del originals
+        apply_masks(model, result.masks, config)
+        try:
+            check_pruned(model, result.masks)
+            exact = True
+        except ProxSparseError as err:
+            exact = False
+            table.add_row("exact 2:4 check", "[red]FAILED[/]", str(err))
+        learned_ppl = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
     detail = (
         f"{len(result.masks)} layers exactly 2:4; {result.steps_done} steps of {args.samples} x {args.seqlen} tokens in "
         f"{learn_seconds:.0f} s; perplexity dense {dense:.2f}, magnitude {magnitude_ppl:.2f}, ProxSparse {learned_ppl:.2f}; "
@@ -159,7 +163,8 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
             "perplexity": {"dense": dense, "magnitude": magnitude_ppl, "pruned": learned_ppl},
             "versions": versions(),
         }
-        save_pruned(model, args.output, result.masks, metadata, tokenizer=tokenizer, overwrite=True,
-                    extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
+        with stage(console, f"saving {args.output}"):
+            save_pruned(model, args.output, result.masks, metadata, tokenizer=tokenizer, overwrite=True,
+                        extra_files={LOG_FILE: history_json(result.history, method="proxsparse")})
         table.add_row("saved", "[green]ran[/]", str(args.output))
     return not exact or bool(result.stopped)

@@ -19,6 +19,7 @@ from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import ZeroShot, check_tasks
 
 from .options import check_result_files, parse_device, refuse_unused, require_at_least
+from .progress import stage
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     device = parse_device(args.device)
     metadata = read_metadata(folder)
     masks = read_masks(folder, metadata) if metadata is not None else None
-    with console.status(f"loading {folder}"):
+    with stage(console, f"loading {folder}"):
         needs_tokenizer = not (args.no_ppl and args.no_compile) or bool(args.tasks)
         model, tokenizer = load_model(str(folder), dtype=getattr(torch, args.dtype), device=device, with_tokenizer=needs_tokenizer)
     if args.deploy_tokens and not args.no_compile:
@@ -272,7 +273,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 note += f"; --min-speedup {args.min_speedup} not checked"
             table.add_row("speed", _status("skipped"), note)
         else:
-            with console.status("timing sparse vs dense (per layer and end to end)"):
+            with stage(console, "timing sparse vs dense (per layer and end to end)"):
                 speed = measure_speed(deploy_model, compiled, deploy_ids, result["deployment"]["rewritten"])
             result.update(speed=speed, speedup=speed["speedup"])
             low = args.min_speedup is not None and speed["speedup"] < args.min_speedup
@@ -324,7 +325,7 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
     skipped = "no proxsparse.json source_model and no --baseline"
     if source is not None:
         try:
-            with console.status(f"loading the dense source {label}"):
+            with stage(console, f"loading the dense source {label}"):
                 dense, dense_tokenizer = load_model(source, dtype=getattr(torch, args.dtype), device=next(model.parameters()).device)
         except ProxSparseError as err:
             if args.baseline is not None:
@@ -382,7 +383,7 @@ def _deployment(model, tokenizer, targets: list[str], args, device, result: dict
         tokens = args.seqlen if device.type == "cuda" else CPU_DEPLOY_TOKENS
         tokens = min(tokens, max_context(model) or tokens)
     ids = tokenize_text(tokenizer, load_text(args.text, "evaluation"))[:tokens].unsqueeze(0)
-    with console.status(f"compiling with the 2:4 rewrite forced ({args.deploy_dtype}, {ids.shape[1]} tokens)"):
+    with stage(console, f"compiling with the 2:4 rewrite forced ({args.deploy_dtype}, {ids.shape[1]} tokens)"):
         deployment, compiled, deploy = check_deployment(model, ids, targets, getattr(torch, args.deploy_dtype))
     result.update(compile_rewritten=len(deployment.rewritten), compile_eligible=len(deployment.eligible),
                   deployment=deployment.to_dict())

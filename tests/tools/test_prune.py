@@ -53,7 +53,9 @@ def test_prune_writes_an_exactly_2_4_model(model_dir, tmp_path, tiny_llama, caps
     steps = json.loads((out / "learning_log.json").read_text())["steps"]
     assert len(steps) == 4 and {"loss", "ce", "frozen", "fraction_24", "changed_vs_magnitude"} <= set(steps[0])
     assert len(json.loads((tmp_path / "log.json").read_text())["steps"]) == 4
-    assert "exactly 2:4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "exactly 2:4" in out
+    assert "learning masks: step 4/4, loss " in out  # in a log (not a terminal), the bar's progress as lines
 
 
 def _prune_baseline(model_dir, out, method, *extra):
@@ -71,12 +73,13 @@ def test_magnitude_method(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "sparsegpt-mask"])
-def test_a_calibrated_baseline_is_saved_with_the_masks_the_library_gives(model_dir, tmp_path, method):
+def test_a_calibrated_baseline_is_saved_with_the_masks_the_library_gives(model_dir, tmp_path, method, capsys):
     from proxsparse_ao.baselines import config_for, prune
     from proxsparse_ao.models import load_model
 
     out = tmp_path / method
     assert _prune_baseline(model_dir, out, method, "--seed", "3") == 0
+    assert "pruning decoder blocks: step 2/2" in capsys.readouterr().out  # the tiny Llama's two blocks, in a log
     model, _, masks, metadata = load_pruned(out)
     config = config_for(method, samples=4, seqlen=16, seed=3, calibration=str(model_dir.parent / "calib.txt"))
     expected, tokenizer = load_model(model_dir)

@@ -104,3 +104,13 @@ def test_the_saved_folder_carries_the_learning_log_prune_writes(tmp_path, monkey
     metadata = json.loads((out / "proxsparse.json").read_text())  # what prune records, too
     assert metadata["data"] == {"calibration": "default", "mode": "windows", "shape": [3, 32], "tokens": 96, "seed": 0}
     assert metadata["statistics"]["steps"] == 3 and {"torch", "transformers"} <= set(metadata["versions"])
+
+
+def test_in_a_log_each_stage_is_a_line_as_it_starts_and_the_table_comes_last(tiny_default_model, capsys):
+    """Piped or in CI, rich's spinners and bars print nothing: without these lines the minutes of work look stuck."""
+    assert cli.main(QUICK) == 0
+    lines = capsys.readouterr().out.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith(("loading ", "learning 2:4 masks: step ", "perplexity with"))]
+    assert [lines[i].split(":")[0].split(" ")[0] for i in said] == ["loading", "learning", "learning", "learning", "perplexity"]
+    assert lines[said[1]].startswith("learning 2:4 masks: step 1/3, loss ")
+    assert said[-1] < next(i for i, line in enumerate(lines) if "proxsparse-ao quickstart" in line)
