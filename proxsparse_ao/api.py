@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchao.quantization import quantize_
 
-from .calibration import token_count
+from .calibration import check_tokenizer, token_count
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, check_batch_size, validate
 from .context import check_context
 from .errors import ProxSparseError
@@ -45,10 +45,7 @@ def calibration_tokens(
     config.seqlen must fit its maximum context, checked before any text is read."""
     if tokenizer is None:
         raise ProxSparseError("no calibration tokens were given and no tokenizer to make them: pass one of the two")
-    if isinstance(tokenizer, (str, bytes)) or not callable(tokenizer):
-        raise ProxSparseError(
-            f"tokenizer must be a tokenizer object (e.g. AutoTokenizer.from_pretrained(...)), got {type(tokenizer).__name__} {tokenizer!r:.60}"
-        )
+    check_tokenizer(tokenizer)
     if model is not None:
         check_context(model, config.seqlen, f"{type(config).__name__}.seqlen")
     from .calibration import calibration_samples

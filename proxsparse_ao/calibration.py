@@ -38,6 +38,18 @@ _TOKENIZE_BATCH = 64
 _PACK_FACTOR = 4
 
 
+def check_tokenizer(tokenizer: object, caller: str = "", method: str | None = None) -> None:
+    """Refuse what is not a tokenizer object (typically a model name passed as the tokenizer), before it
+    is used deep inside a run: one that cannot be called to tokenize or, given `method` (such as
+    "save_pretrained"), lacks that method. `caller` starts the message ("save_pruned")."""
+    usable = callable(tokenizer) if method is None else callable(getattr(tokenizer, method, None))
+    if not usable:
+        raise ProxSparseError(
+            f"{caller + ': ' if caller else ''}tokenizer must be a tokenizer object (e.g. AutoTokenizer.from_pretrained(...)), "
+            f"got {type(tokenizer).__name__} {tokenizer!r:.60}"
+        )
+
+
 def lengths(tokens: torch.Tensor) -> torch.Tensor:
     """Each row's number of real tokens (padding is at the right end)."""
     return (tokens != PAD_ID).sum(1)

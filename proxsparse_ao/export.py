@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .cache import check_writable_folder
+from .calibration import check_tokenizer
 from .errors import ProxSparseError
 from .masks import check_nm, mask_codes
 
@@ -150,11 +151,8 @@ def save_pruned(
         json.dumps(metadata, default=str)
     except (TypeError, ValueError) as err:
         raise ProxSparseError(f"save_pruned: metadata cannot be written as JSON ({err})") from None
-    if tokenizer is not None and not callable(getattr(tokenizer, "save_pretrained", None)):
-        raise ProxSparseError(
-            f"save_pruned: tokenizer must be a tokenizer object (e.g. AutoTokenizer.from_pretrained(...)), "
-            f"got {type(tokenizer).__name__} {tokenizer!r:.60}"
-        )
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, "save_pruned", "save_pretrained")
     not_bytes = sorted(str(name) for name, content in dict(extra_files or {}).items() if not isinstance(content, (bytes, bytearray)))
     if not_bytes:
         raise ProxSparseError(f"save_pruned: extra_files contents must be bytes (encode text first), not for {', '.join(not_bytes)}")
