@@ -34,6 +34,7 @@ from proxsparse_ao.passes.sparse24 import Decide
 from .errors import ProxSparseError
 from .ops import cuda_backend, cuda_kernel_available
 from .speed import SpeedTable
+from .targets import meta_weight_message
 
 SPARSE_MODES = ("auto", "always", "never")
 PASS_SETTINGS = ("freezing", "post_grad_custom_post_pass", "cpp.weight_prepack")
@@ -241,10 +242,7 @@ def _check_model(model: Any) -> None:
         raise ProxSparseError(f"proxsparse_ao.compile takes a torch.nn.Module, got {type(model).__name__}")
     meta = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module.weight.is_meta]
     if meta:
-        raise ProxSparseError(
-            f"{meta[0]}: the weight is on the meta device (not loaded, or offloaded by accelerate): "
-            "the 2:4 pass reads the weights, so load them into memory first"
-        )
+        raise ProxSparseError(meta_weight_message(meta[0], "the 2:4 pass reads the weights, so load them into memory first"))
 
 
 def compile(

@@ -210,6 +210,12 @@ def pruned_layers(names: Iterable[str]) -> dict[str, int | str]:
     return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]}
 
 
+def meta_weight_message(name: str, advice: str = "load the model's weights into memory first") -> str:
+    """What to tell a user whose layer `name` has its weight on the meta device (never loaded, or offloaded
+    by accelerate): every check that reads weight values says it the same way, with its own `advice`."""
+    return f"{name}: the weight is on the meta device (not loaded, or offloaded by accelerate): {advice}"
+
+
 def check_target_weights(layers: dict[str, nn.Linear]) -> None:
     """Refuse, before any work, target weights that cannot be pruned: not loaded (meta device),
     holding NaN/Inf (the error names the layer and the first bad entry), or one weight tensor held
@@ -225,8 +231,7 @@ def check_target_weights(layers: dict[str, nn.Linear]) -> None:
     for name, layer in layers.items():
         weight = layer.weight.detach()
         if weight.is_meta:
-            raise ProxSparseError(f"{name}: the weight is on the meta device (not loaded, or offloaded by accelerate): "
-                                   "load the model's weights into memory first")
+            raise ProxSparseError(meta_weight_message(name))
         bad = ~torch.isfinite(weight)
         if bool(bad.any()):
             index = [int(i) for i in bad.nonzero()[0]]
