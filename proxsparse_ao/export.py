@@ -107,17 +107,19 @@ def _unwrapped(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[nn.Mod
     """The model inside a `torch.compile` (OptimizedModule) or `proxsparse_ao.compile` wrapper, and the
     masks by its own layer names: the folder holds that model, so masks named through the wrapper
     (`stored_masks(compiled)`: "_orig_mod.model.layers...") would name layers the loaded model lacks."""
-    from torch._dynamo.eval_frame import OptimizedModule
+    from .targets import eager_model
 
     compiler = sys.modules.get(f"{__package__}.compiler")  # not imported: no proxsparse_ao.compile wrapper exists
-    while isinstance(model, OptimizedModule) or (compiler is not None and isinstance(model, compiler.Sparse24Compiled)):
-        inner = model._orig_mod if isinstance(model, OptimizedModule) else model.model
+    while True:
+        wrapped = compiler is not None and isinstance(model, compiler.Sparse24Compiled)
+        inner = model.model if wrapped else eager_model(model)
+        if inner is model:
+            return model, masks
         names = {id(module): name for name, module in inner.named_modules()}
         outer = dict(model.named_modules())
         if isinstance(masks, dict):
             masks = {names.get(id(outer[name]), name) if name in outer else name: mask for name, mask in masks.items()}
         model = inner
-    return model, masks
 
 
 def save_pruned(
