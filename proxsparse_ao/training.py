@@ -94,10 +94,15 @@ Callback = Callable[[StepStats], None]
 def check_calibration(calibration: Any, model: nn.Module | None = None) -> torch.Tensor:
     """Calibration must be a non-empty integer tensor [N, L] of token ids with L >= 2 (any integer dtype, such as
     the uint16 of compact token files; returned as int64), each row at least 2 real tokens then only PAD_ID
-    (right padding of a short sample); given the model, every id must index its input embeddings (else the
-    first forward fails deep inside torch) and L must fit its maximum context."""
+    (right padding of a short sample), holding values (not on the meta device); given the model, every id
+    must index its input embeddings (else the first forward fails deep inside torch) and L must fit its
+    maximum context."""
     if not isinstance(calibration, torch.Tensor):
         raise ProxSparseError(f"calibration must be a tensor of token ids [N, L], got {type(calibration).__name__}")
+    if calibration.is_meta:
+        raise ProxSparseError(
+            f"calibration is a meta tensor {tuple(calibration.shape)}: it has a shape but no token ids; pass the ids on cpu or cuda"
+        )
     integer = not (calibration.dtype.is_floating_point or calibration.dtype.is_complex or calibration.dtype == torch.bool)
     if calibration.dim() != 2 or not integer:
         raise ProxSparseError(f"calibration must be an integer tensor [N, L], got {calibration.dtype} of shape {tuple(calibration.shape)}")

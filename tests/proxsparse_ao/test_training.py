@@ -155,6 +155,16 @@ def test_token_ids_that_are_not_integers_are_refused(tiny_llama, bad):
         learn_masks(tiny_llama, bad, config, _layers(tiny_llama, config))
 
 
+def test_token_ids_on_the_meta_device_are_refused_before_any_work(tiny_llama):
+    """A meta tensor has a shape but no values: it failed with torch's "Tensor.item() cannot be called on meta tensors"."""
+    config = ProxSparseConfig(**FAST)
+    before = _state(tiny_llama)
+    meta = torch.empty(4, 16, dtype=torch.long, device="meta")
+    with pytest.raises(ProxSparseError, match=r"^calibration is a meta tensor \(4, 16\): it has a shape but no token ids; pass the ids on cpu or cuda$"):
+        learn_masks(tiny_llama, meta, config, _layers(tiny_llama, config))
+    assert _same(_state(tiny_llama), before)
+
+
 def test_top2_codes_match_magnitude_mask_with_ties():
     weight = torch.randint(-2, 3, (64, 32)).float()
     codes = top2_codes(weight)
