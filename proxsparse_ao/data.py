@@ -34,6 +34,9 @@ _NEWS = "gensim/test/test_data/lee_background.cor"
 _FOLDER = "wikipedia-gensim-4.4.0-v1"
 _C4_FILES = {"calibration": "en/c4-train.00000-of-01024.json.gz", "evaluation": "en/c4-validation.00000-of-00008.json.gz"}
 _C4_EVAL_DOCS = 1100
+# byte-order marks of the encodings a "text file" is most often saved in instead of UTF-8 (Windows
+# Notepad's "Unicode", PowerShell's redirection); UTF-32 first, as its little-endian mark starts with UTF-16's
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
 
 
 def _check_part(part: str) -> None:
@@ -136,7 +139,8 @@ def _read_local(path: Path) -> str:
 def _decode(path: Path, data: bytes) -> str:
     """The UTF-8 text of a local file, newlines translated as `Path.read_text` does. A NUL byte or
     invalid UTF-8 means a binary file (weights, an archive) or another encoding: refused, since
-    reading it anyway gives a meaningless perplexity or calibrates on garbage."""
+    reading it anyway gives a meaningless perplexity or calibrates on garbage. A file that starts
+    with a UTF-16 or UTF-32 byte-order mark is named as such, with how to convert it."""
     nul = data.find(b"\0")
     try:
         text = data.decode("utf-8")
@@ -146,6 +150,10 @@ def _decode(path: Path, data: bytes) -> str:
         if nul < 0:
             return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # a BOM is not text
         bad = nul
+    encoding = next((name for mark, name in _BOMS if data.startswith(mark)), None)
+    if encoding is not None:
+        raise ProxSparseError(f"{path} is not a UTF-8 text file: it is {encoding} (byte-order mark at the start); "
+                              f"convert it, e.g. `iconv -f {encoding} -t UTF-8`")
     raise ProxSparseError(f"{path} is not a UTF-8 text file (byte 0x{data[bad]:02x} at offset {bad})")
 
 

@@ -198,6 +198,34 @@ def test_a_file_that_is_not_utf8_text_is_refused_naming_the_first_bad_byte(tmp_p
             load(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "mark", "codec", "encoding"),
+    [
+        ("notepad.txt", b"\xff\xfe", "utf-16-le", "UTF-16"),
+        ("big-endian.jsonl", b"\xfe\xff", "utf-16-be", "UTF-16"),
+        ("wide.txt", b"\xff\xfe\x00\x00", "utf-32-le", "UTF-32"),
+        ("wide-big-endian.txt", b"\x00\x00\xfe\xff", "utf-32-be", "UTF-32"),
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"],
+)
+def test_a_utf16_or_utf32_file_with_a_byte_order_mark_is_named_with_how_to_convert_it(tmp_path, name, mark, codec, encoding):
+    """Such a file (Windows Notepad's "Unicode", PowerShell's `>`) was told only of its first byte, 0xff, 0xfe or 0x00."""
+    path = tmp_path / name
+    path.write_bytes(mark + '{"text": "caf\u00e9 au lait"}\n'.encode(codec))
+    message = (f"{path} is not a UTF-8 text file: it is {encoding} (byte-order mark at the start); "
+               f"convert it, e.g. `iconv -f {encoding} -t UTF-8`")
+    for load in (load_documents, load_text, check_text):
+        with pytest.raises(ProxSparseError, match=f"^{re.escape(message)}$"):
+            load(path)
+
+
+def test_utf16_without_a_byte_order_mark_is_told_of_its_first_bad_byte(tmp_path):
+    path = tmp_path / "no-mark.txt"
+    path.write_bytes("caf\u00e9\n".encode("utf-16-le"))
+    with pytest.raises(ProxSparseError, match=f"^{re.escape(f'{path} is not a UTF-8 text file (byte 0x00 at offset 1)')}$"):
+        load_documents(path)
+
+
 def test_utf8_text_with_windows_newlines_reads_like_the_same_text_with_unix_newlines(tmp_path):
     text = "caf\u00e9 one\nstill one\n\ntwo\n"
     windows, unix = tmp_path / "windows.txt", tmp_path / "unix.txt"
