@@ -133,6 +133,7 @@ def _from_documents(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str]
         (f"the calibration text has only {len(documents)} document{'s' if len(documents) != 1 else ''}, {n} needed"
          if len(documents) < n else
          f"only {taken} of the {len(documents)} documents have at least 2 tokens, {n} needed")
+        + " (a document is one blank-line-separated paragraph of a .txt file, or one line of a .jsonl file)"
         + ": use fewer samples, a larger text or the 'windows' mode"
     )
 

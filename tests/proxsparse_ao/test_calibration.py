@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -76,6 +77,14 @@ def test_document_mode_says_when_the_text_has_fewer_documents_than_samples(byte_
         calibration_samples(byte_tokenizer, DOCS, 50, 300, mode="documents")
     with pytest.raises(ProxSparseError, match="^the calibration text has only 1 document, 2 needed"):  # a .txt of one paragraph
         calibration_samples(byte_tokenizer, ["one long line " * 100], 2, 16, mode="documents")
+
+
+@pytest.mark.parametrize(("documents", "n"), [(DOCS, 50), (["", "x", *DOCS], 13)], ids=["too-few-documents", "too-few-with-tokens"])
+def test_document_mode_errors_say_what_a_document_is_so_the_file_can_be_fixed(byte_tokenizer, documents, n):
+    """A .txt file of single lines is one document, not one per line: the message says how documents are told apart."""
+    clause = " (a document is one blank-line-separated paragraph of a .txt file, or one line of a .jsonl file): "
+    with pytest.raises(ProxSparseError, match=f", {n} needed{re.escape(clause)}use fewer samples, a larger text or the 'windows' mode$"):
+        calibration_samples(byte_tokenizer, documents, n, 300, mode="documents")
 
 
 def test_cropping_drops_only_the_columns_that_are_padding_in_every_row():
