@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchao.quantization import quantize_
 
+from ._torchao import quantize_
 from .calibration import check_tokenizer, token_count
 from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, check_batch_size, validate
 from .context import check_context

@@ -41,9 +41,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchao.core.config import AOBaseConfig
-from torchao.quantization.transform_module import register_quantize_module_handler
 
+from ._torchao import AOBaseConfig, register_quantize_module_handler
 from .errors import ProxSparseError
 from .masks import apply_mask_, check_nm
 

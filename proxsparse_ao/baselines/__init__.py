@@ -132,8 +132,7 @@ def prune(
     tokens of config.calibration are made with `tokenizer` (magnitude needs neither).
     `progress(done_blocks, total_blocks)` is called after each decoder block. A `torch.compile`d model
     is pruned through the model it wraps (eagerly), masks named by it."""
-    from torchao.quantization import quantize_
-
+    from .._torchao import quantize_
     from ..api import attach_masks, calibration_tokens
     from ..targets import check_target_weights, eager_model, select_targets
     from ..training import check_calibration
