@@ -184,7 +184,7 @@ def _progress_bar(console: Console) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}  2:4 {task.fields[frac]}  moved {task.fields[moved]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
+        console=console, transient=False, disable=not console.is_terminal,  # a log gets StepLog's lines instead
     )
 
 
