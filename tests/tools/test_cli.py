@@ -50,7 +50,7 @@ def test_a_failing_command_prints_exactly_one_clean_line(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"error: model folder not found: {tmp_path / 'missing'}"]
-    assert done.stdout == ""
+    assert done.stdout.splitlines() == [f"loading {tmp_path / 'missing'} ..."]  # a log says each stage as it starts
 
 
 def test_sigterm_stops_a_command_like_ctrl_c_with_its_cleanups_run(monkeypatch, capsys):
