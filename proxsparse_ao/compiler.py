@@ -17,9 +17,10 @@ linear ends up sparse or dense:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,8 +141,37 @@ class Sparse24Compiled(nn.Module):
         self.__dict__["inductor_config"] = inductor_config
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's call with its forward compiled: hooks registered on the model itself run around it
+        (eagerly), as they do around the model's own forward and in `generate`."""
+        if not _has_call_hooks(self.model):
+            return self._run(*args, **kwargs)
+        with torch.no_grad(), self._routed():
+            return self.model(*args, **kwargs)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        """The compiled forward, under the settings the 2:4 pass needs."""
         with torch.no_grad(), torch._inductor.config.patch(self.inductor_config):
             return self.compiled(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _routed(self) -> Iterator[None]:
+        """The model's `forward` set to the compiled one for the duration, so that calling the model
+        runs its own hooks around the compiled forward; the model's forward is put back after."""
+        model = self.model
+        own_forward = model.__dict__.get("forward")
+
+        @functools.wraps(model.forward)  # generate reads the forward's signature to choose its inputs
+        def through_compiled(*call_args: Any, **call_kwargs: Any) -> Any:
+            return self._run(*call_args, **call_kwargs)
+
+        model.forward = through_compiled
+        try:
+            yield
+        finally:
+            if own_forward is None:
+                del model.forward
+            else:
+                model.forward = own_forward
 
     def __getattr__(self, name: str) -> Any:
         """What the compiled object lacks is read from the model (`config`, `device`, `dtype`,
@@ -177,20 +207,18 @@ class Sparse24Compiled(nn.Module):
         model = self.model
         if not callable(getattr(model, "generate", None)):
             raise ProxSparseError(f"{type(model).__name__} has no generate(): only a transformers generative model can generate")
-        own_forward = model.__dict__.get("forward")
-
-        @functools.wraps(model.forward)  # generate reads the forward's signature to choose its inputs
-        def through_compiled(*call_args: Any, **call_kwargs: Any) -> Any:
-            return self(*call_args, **call_kwargs)
-
-        model.forward = through_compiled
-        try:
+        with self._routed():
             return model.generate(*args, **{"disable_compile": True, **kwargs})
-        finally:
-            if own_forward is None:
-                del model.forward
-            else:
-                model.forward = own_forward
+
+
+def _has_call_hooks(module: nn.Module) -> bool:
+    """Whether calling `module` runs hooks besides its forward (its own or global ones), as nn.Module checks."""
+    hooks = torch.nn.modules.module
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+        or hooks._global_backward_pre_hooks
+    )
 
 
 def _own_entry(forward: Callable[..., Any]) -> Callable[..., Any]:

@@ -409,3 +409,25 @@ def test_the_record_of_an_excluded_layer_gives_the_exclusion_as_its_reason():
     model = Mixed()
     (record,) = decisions(*proxsparse_ao.compile(model, sparse="always"), model.lm_head.weight, 2)
     assert (record.name, record.rewritten, record.reason) == ("lm_head", False, "excluded (matches 'lm_head')")
+
+
+def test_hooks_on_the_model_itself_run_around_every_compiled_call_once(tiny_llama_factory):
+    """The compiled model ran the model's forward alone: hooks registered on the model were silently skipped
+    (they ran only inside generate)."""
+    model = tiny_llama_factory(seed=3, dtype=torch.bfloat16, layers=1)
+    prune_(model)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append("pre"))
+    model.register_forward_hook(lambda module, args, output: calls.append("post") or output)
+    prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(prompt).logits
+        tokens = model.generate(prompt, max_new_tokens=3, do_sample=False)
+    calls.clear()
+    compiled, _ = proxsparse_ao.compile(model, sparse="always")
+    torch.testing.assert_close(compiled(prompt).logits, expected, **BF16_TOL)
+    assert calls == ["pre", "post"]
+    calls.clear()
+    assert torch.equal(compiled.generate(prompt, max_new_tokens=3, do_sample=False), tokens)
+    assert calls == ["pre", "post"] * 3  # once per forward pass, not once by generate and again by the compiled call
+    assert "forward" not in vars(model)
