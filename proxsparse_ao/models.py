@@ -209,14 +209,20 @@ def _check_loading_info(info: dict[str, Any], weights: str) -> None:
 
 
 def _pretrained_model(where: str | Path, dtype: torch.dtype | None, **kwargs: Any) -> PreTrainedModel:
-    """`from_pretrained` that refuses missing, misshapen or extra tensors instead of initialising them."""
+    """`from_pretrained` that refuses missing, misshapen or extra tensors instead of initialising them. A config
+    value the model's code cannot be built with (an unknown activation or rope type, zero heads) surfaces from
+    deep inside as a KeyError or ZeroDivisionError naming nothing: it becomes a ValueError saying it is the config."""
     from transformers import AutoModelForCausalLM
 
-    with _quiet_transformers():
-        model, info = AutoModelForCausalLM.from_pretrained(
-            where, output_loading_info=True, ignore_mismatched_sizes=True,
-            **({"dtype": dtype} if dtype is not None else {}), **kwargs,
-        )
+    try:
+        with _quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                where, output_loading_info=True, ignore_mismatched_sizes=True,
+                **({"dtype": dtype} if dtype is not None else {}), **kwargs,
+            )
+    except (KeyError, ArithmeticError) as err:
+        raise ValueError(f"its config.json holds a value this transformers cannot build the model with "
+                         f"({type(err).__name__}: {_first_line(err)})") from None
     _check_loading_info(info, _weights_name(where))
     return model
 

@@ -233,6 +233,16 @@ def test_a_config_transformers_refuses_is_a_one_line_error(folders, tmp_path):
                    "could not load the model in", "is not a multiple of the number of attention heads")
 
 
+@pytest.mark.parametrize("values", [{"hidden_act": "no_such_activation"}, {"num_attention_heads": 0},
+                                    {"rope_parameters": {"rope_type": "no_such_rope"}}])
+def test_a_config_value_the_model_cannot_be_built_with_is_a_one_line_error_naming_the_config(folders, tmp_path, values):
+    """transformers' KeyError or ZeroDivisionError from building the model was a traceback with exit status 1."""
+    folder = copy_of(folders, tmp_path, "cfgbuild")
+    edit_config(folder, **values)
+    one_line_error(bad_input(tmp_path, folder, "--no-ppl", "--no-compile"), 2,
+                   "could not load the model in", "its config.json holds a value this transformers cannot build the model with")
+
+
 def test_a_corrupt_pytorch_bin_is_a_one_line_error(folders, tmp_path):
     folder = copy_of(folders, tmp_path, "garbbin")
     (folder / "model.safetensors").unlink()
