@@ -14,6 +14,7 @@ from torch import nn
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.ops import linear24
 from proxsparse_ao.sparse_format import SPARSE_DTYPES, compress_24
+from proxsparse_ao.targets import meta_weight_message
 
 from .select import DEFAULT_EXCLUDE, linear_status
 
@@ -59,10 +60,18 @@ def swap_linears(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> 
     """Replace, in place, every eligible nn.Linear by a SparseLinear24.
 
     Returns every linear's name with "swapped" or the reason it was kept dense
-    (excluded, dtype, shape, not 2:4).
+    (excluded, dtype, shape, not 2:4). Exclusion patterns that are not strings or valid
+    regexes, and weights on the meta device (whose values cannot be read), are a ProxSparseError.
     """
+    meta = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module.weight.is_meta]
+    if meta:
+        raise ProxSparseError(meta_weight_message(meta[0], "swapping compresses the weights, so load them into memory first"))
+    try:
+        status = linear_status(model, exclude)
+    except ValueError as err:
+        raise ProxSparseError(str(err)) from None
     result: dict[str, str] = {}
-    for name, reason in linear_status(model, exclude).items():
+    for name, reason in status.items():
         if reason is None and not name:
             reason = "the root module cannot be swapped in place: wrap it or use SparseLinear24.from_linear"
         if reason is not None:

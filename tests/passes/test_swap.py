@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -121,3 +123,25 @@ def test_a_swapped_layer_refuses_casts_the_2to4_kernels_cannot_run():
     x = torch.randn(3, 128).to(torch.float16)
     with torch.no_grad():
         torch.testing.assert_close(half(x), linear.half()(x))
+
+
+@pytest.mark.parametrize("exclude, problem", [
+    (5, "exclude must be a pattern or a list of patterns, got int"),
+    (["re:("], "exclude pattern 're:(' is not a valid regular expression"),
+])
+def test_exclusion_patterns_that_cannot_be_used_are_refused_as_compile_refuses_them(exclude, problem):
+    """They raised a bare ValueError (proxsparse_ao.compile raised ProxSparseError for the same patterns)."""
+    model = nn.Sequential(nn.Linear(128, 64).to(torch.bfloat16))
+    prune_(model)
+    with pytest.raises(ProxSparseError, match=re.escape(problem)):
+        swap_linears(model, exclude=exclude)
+    assert isinstance(model[0], nn.Linear)
+
+
+def test_weights_on_the_meta_device_are_refused_naming_the_layer():
+    """It raised "Tensor.item() cannot be called on meta tensors" from the 2:4 pattern check."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(128, 64).to(torch.bfloat16))
+    with pytest.raises(ProxSparseError, match="0: the weight is on the meta device .*load them into memory first"):
+        swap_linears(model)
+    assert isinstance(model[0], nn.Linear)
