@@ -303,7 +303,8 @@ def compile(
     options = torch_compile_kwargs.get("options")
     if options is not None and not isinstance(options, dict):
         raise ProxSparseError(f"options must be a dict of Inductor settings, got {type(options).__name__}")
-    clashes = [key for key in PASS_SETTINGS if key in options] if isinstance(options, dict) else []
+    spelled = {key.replace("-", "_"): key for key in options if isinstance(key, str)} if isinstance(options, dict) else {}
+    clashes = [spelled[key] for key in PASS_SETTINGS if key in spelled]  # Inductor reads "-" in a key as "_"
     if clashes:
         raise ProxSparseError(
             f"options {', '.join(map(repr, clashes))}: proxsparse_ao.compile sets {', '.join(PASS_SETTINGS)} itself (an override turns "

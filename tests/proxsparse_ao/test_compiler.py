@@ -179,6 +179,7 @@ def test_report_before_the_first_call_says_nothing_is_compiled_yet():
             {"options": {"max_autotune": False, "cpp.weight_prepack": True, "post_grad_custom_post_pass": None}},
             r"options 'post_grad_custom_post_pass', 'cpp.weight_prepack': .* turns the 2:4 pass off",
         ),
+        ({"options": {"post-grad-custom-post-pass": None}}, r"options 'post-grad-custom-post-pass': .* turns the 2:4 pass off"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, needle):
