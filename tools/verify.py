@@ -106,6 +106,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ProxSparseError("--min-speedup needs the speed check, which --no-compile skips: drop one of the two")
     if not args.dir.strip():
         raise ProxSparseError("the model folder is empty: name the pruned model's folder")
+    if args.baseline is not None and not args.baseline.strip():
+        raise ProxSparseError("--baseline is empty: name the dense model's folder or hub id, or leave it out for "
+                              "proxsparse.json's source_model")
     check_result_files({"--json": args.json}, model_folder=args.dir,
                        inputs={"--text": args.text, "--zeroshot-data": args.zeroshot_data})
     folder = Path(args.dir).expanduser()

@@ -375,6 +375,13 @@ def test_an_empty_model_folder_name_is_called_empty():
     assert done.returncode == 2 and done.stderr.strip() == "error: the model folder is empty: name the pruned model's folder"
 
 
+@pytest.mark.parametrize("baseline", ["", "  "])
+def test_an_empty_baseline_name_is_called_empty(folders, tmp_path, baseline):
+    """It said "--baseline:  is not a Hugging Face model folder (no config.json)": the empty name was read as the current folder."""
+    one_line_error(bad_input(tmp_path, folders["pruned"], "--no-compile", "--baseline", baseline), 2,
+                   "error: --baseline is empty: name the dense model's folder or hub id")
+
+
 def test_a_speed_target_with_the_speed_check_skipped_is_a_conflict(tmp_path):
     done = cli(str(tmp_path), "--no-compile", "--min-speedup", "1.3")
     assert done.returncode == 2
