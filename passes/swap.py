@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.errors import ProxSparseError, meta_weight_message
 from proxsparse_ao.ops import linear24
 from proxsparse_ao.sparse_format import SPARSE_DTYPES, compress_24
-from proxsparse_ao.targets import meta_weight_message
 
 from .select import DEFAULT_EXCLUDE, linear_status
 

@@ -32,10 +32,9 @@ from proxsparse_ao.passes import DEFAULT_EXCLUDE, LinearWeights, PassRecord, Spa
 from proxsparse_ao.passes.select import exclude_patterns
 from proxsparse_ao.passes.sparse24 import Decide
 
-from .errors import ProxSparseError
+from .errors import ProxSparseError, meta_weight_message
 from .ops import cuda_backend, cuda_kernel_available
 from .speed import SpeedTable
-from .targets import meta_weight_message
 
 SPARSE_MODES = ("auto", "always", "never")
 PASS_SETTINGS = ("freezing", "post_grad_custom_post_pass", "cpp.weight_prepack")

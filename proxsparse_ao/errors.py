@@ -11,6 +11,12 @@ class ProxSparseError(Exception):
     """Bad or unusable input: the CLI prints its message as one line and exits with status 2."""
 
 
+def meta_weight_message(name: str, advice: str = "load the model's weights into memory first") -> str:
+    """What to tell a user whose layer `name` has its weight on the meta device (never loaded, or offloaded
+    by accelerate): every check that reads weight values says it the same way, with its own `advice`."""
+    return f"{name}: the weight is on the meta device (not loaded, or offloaded by accelerate): {advice}"
+
+
 def _in_library(module: str) -> bool:
     """Whether code of this module name is the library's own, not its caller's: the CLI
     (`proxsparse_ao.tools`, wherever it is installed) calls the library as a user does."""

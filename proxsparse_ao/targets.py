@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ProxSparseError, warn_caller
+from .errors import ProxSparseError, meta_weight_message, warn_caller
 from .masks import check_nm
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -208,12 +208,6 @@ def pruned_layers(names: Iterable[str]) -> dict[str, int | str]:
     only by patterns that matched nothing pruned the same layers, and have the same record."""
     ordered = sorted(names)
     return {"count": len(ordered), "sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]}
-
-
-def meta_weight_message(name: str, advice: str = "load the model's weights into memory first") -> str:
-    """What to tell a user whose layer `name` has its weight on the meta device (never loaded, or offloaded
-    by accelerate): every check that reads weight values says it the same way, with its own `advice`."""
-    return f"{name}: the weight is on the meta device (not loaded, or offloaded by accelerate): {advice}"
 
 
 def check_target_weights(layers: dict[str, nn.Linear]) -> None:
