@@ -59,6 +59,17 @@ def memory_fields(memory: PeakMemory) -> dict:
     return {"peak_rss_gib": round(memory.peak / 2**30, 2), "memory_added_gib": None if added is None else round(added / 2**30, 2)}
 
 
+def step_line(stats) -> str:
+    """A progress line of one learning step; `-` for the mask statistics of a step without a statistics
+    pass (a run of more than 64 steps computes them only every few steps)."""
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    return (f"step {stats.step}/{stats.total_steps} loss {stats.loss:.3f} 2:4 {shown(stats.fraction_24)} "
+            f"moved {shown(stats.changed_vs_start)}")
+
+
 def parse_settings(pairs: list[str]) -> dict:
     """`--set FIELD=VALUE` pairs as config overrides, each value parsed as JSON where it parses."""
     values = {}
@@ -119,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(stats) -> None:
         if stats.step == 1 or stats.step % 8 == 0 or stats.step == stats.total_steps:
             now = time.perf_counter()
-            print(f"  step {stats.step}/{stats.total_steps} loss {stats.loss:.3f} 2:4 {stats.fraction_24:.3f} "
-                  f"moved {stats.changed_vs_start:.3f} ({now - last[0]:.0f} s)", flush=True)
+            print(f"  {step_line(stats)} ({now - last[0]:.0f} s)", flush=True)
             last[0] = now
 
     start = time.perf_counter()

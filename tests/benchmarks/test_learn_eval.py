@@ -74,3 +74,22 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_learning(tmp_p
 def test_a_bad_value_is_one_line_from_a_fresh_interpreter_too(refused_from_a_fresh_interpreter):
     """No library chatter (torchao's load failures, torch's pytree notes) before the error line."""
     refused_from_a_fresh_interpreter("learn_eval.py", "--preset", "fastest", starts="error: unknown ProxSparseConfig preset 'fastest'")
+
+
+def test_a_run_of_more_than_64_steps_reports_its_progress_and_finishes(tmp_path, run_benchmark, monkeypatch):
+    """Past 64 steps the mask statistics come every few steps only: the progress lines show `-` for a step
+    without them (step 1 here) instead of the run failing on it."""
+    import proxsparse_ao.models
+    from tiny_models import make_byte_tokenizer, make_tiny_llama
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", lambda *args, **kwargs: (make_tiny_llama(), make_byte_tokenizer()))
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog." for i in range(200)))
+    out = tmp_path / "long_s0.json"
+    code, printed, err = run_benchmark("learn_eval.py", "--set", "samples=66", "--set", "seqlen=16", "--set", f"calibration={text}",
+                                       "--text", text, "--eval-tokens", "256", "--eval-seqlen", "128", "--json", out)
+    assert code == 0, printed + err
+    assert "  step 1/66 loss " in printed and " 2:4 - moved - (" in printed
+    assert "  step 66/66 loss " in printed
+    (row,) = json.loads(out.read_text())["rows"]
+    assert "error" not in row and row["stopped"] is None
