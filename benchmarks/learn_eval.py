@@ -14,8 +14,9 @@ row carries the other's or the evaluation's peak). Each pruned row records `prun
 count and a fingerprint of the layers it pruned, as `compare` does, so `summarize.py` can tell
 runs that pruned the same layers under different `ignore` patterns. Dense and magnitude rows
 are optional (`--dense`, `--magnitude`). Failures are recorded in the JSON too. Bad input (an
-unknown preset or field, a missing text file, a number out of range, an unwritable --json) is one
-line and exit status 2, before the model loads. Was `learn_vs_magnitude.py`.
+unknown preset or field, a missing text file, a number out of range, a batch_size above samples, an
+unwritable --json) is one line and exit status 2, before the model loads (a seqlen or --eval-seqlen
+longer than the model's context: as soon as it is loaded). Was `learn_vs_magnitude.py`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from proxsparse_ao.quiet import quiet_libraries  # noqa: E402
 quiet_libraries()  # before anything imports torchao, which logs its failures at import time
 
 from proxsparse_ao.api import apply_masks, calibration_tokens, learn  # noqa: E402
-from proxsparse_ao.config import ProxSparseConfig  # noqa: E402
+from proxsparse_ao.config import ProxSparseConfig, check_batch_size  # noqa: E402
 from proxsparse_ao.context import check_context  # noqa: E402
 from proxsparse_ao.data import check_text, load_text  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results (and the per-step log) here")
     args = parser.parse_args(argv)
     config = ProxSparseConfig.preset(args.preset, **parse_settings(args.set))
+    check_batch_size(config)  # the script makes `samples` calibration samples
     if args.eval_tokens and args.eval_tokens < args.eval_seqlen:
         raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
     for text in args.text:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                      "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     model, tokenizer = load_model()
     check_context(model, args.eval_seqlen, "--eval-seqlen")
-    calibration = calibration_tokens(config, tokenizer)
+    calibration = calibration_tokens(config, tokenizer, model)  # seqlen must fit the model's context
     texts = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in args.text}
     results["calibration_shape"] = list(calibration.shape)
 

@@ -59,6 +59,7 @@ def no_model(monkeypatch):
     (["--eval-tokens", "100"], "--eval-tokens must be 0 (all) or cover one window of 1024, got 100"),
     (["--eval-seqlen", "1"], "--eval-seqlen: must be at least 2, got 1"),
     (["--threads", "0"], "--threads: must be at least 1, got 0"),
+    (["--set", "samples=2", "--set", "batch_size=4"], "ProxSparseConfig.batch_size (4) is larger than ProxSparseConfig.samples (2)"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_the_model_loads(argv, message, refuses, no_model):
     refuses("learn_eval.py", *argv, message=message)
@@ -93,3 +94,16 @@ def test_a_run_of_more_than_64_steps_reports_its_progress_and_finishes(tmp_path,
     assert "  step 66/66 loss " in printed
     (row,) = json.loads(out.read_text())["rows"]
     assert "error" not in row and row["stopped"] is None
+
+
+def test_a_seqlen_longer_than_the_models_context_is_bad_input_not_a_failed_run(tmp_path, refuses, monkeypatch):
+    import proxsparse_ao.models
+    from tiny_models import make_byte_tokenizer, make_tiny_llama
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", lambda *args, **kwargs: (make_tiny_llama(), make_byte_tokenizer()))
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 100)
+    refuses("learn_eval.py", "--set", "seqlen=512", "--set", "samples=1", "--set", f"calibration={text}", "--text", text,
+            "--eval-tokens", "256", "--eval-seqlen", "128", "--json", tmp_path / "out.json",
+            message="ProxSparseConfig.seqlen 512 is longer than the model's maximum context of 256 tokens")
+    assert not (tmp_path / "out.json").exists()
