@@ -295,7 +295,12 @@ def grouped(records: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def table(groups: dict[str, list[dict]]) -> str:
+def peak_cells(groups: dict[str, list[dict]]) -> dict[str, tuple[str, list[str]]]:
+    """Each group's `peak_cell` over its runs with results, worked out once for the table and the notes."""
+    return {group: peak_cell([m for m in members if "ppl" in m]) for group, members in groups.items()}
+
+
+def table(groups: dict[str, list[dict]], peaks: dict[str, tuple[str, list[str]]]) -> str:
     records = [r for members in groups.values() for r in members]
     texts = sorted({t for r in records if "ppl" in r for t in r["ppl"]}, key=lambda t: (t != "wikipedia", t))
     lines = ["| run | seeds | " + " | ".join(f"PPL {t} (mean ± sd, min..max)" for t in texts)
@@ -309,7 +314,7 @@ def table(groups: dict[str, list[dict]]) -> str:
         moved = [m["moved"] for m in good if m["moved"] is not None]
         added = _largest(good, "added")
         seeds = ",".join(str(m["seed"]) for m in sorted(good, key=_seed_order) if m["seed"] is not None)
-        tail = [f"{statistics.mean(seconds):.0f}" if seconds else "-", peak_cell(good)[0],
+        tail = [f"{statistics.mean(seconds):.0f}" if seconds else "-", peaks[group][0],
                 "-" if added is None else f"{added:.2f}", f"{statistics.mean(moved):.1%}" if moved else "-"]
         lines.append(f"| {group} | {seeds or '-'} | " + " | ".join(cells + tail) + " |")
         for m in failed:
@@ -333,11 +338,10 @@ def repeated_seeds(groups: dict[str, list[dict]]) -> list[str]:
     return notes
 
 
-def memory_notes(groups: dict[str, list[dict]]) -> list[str]:
+def memory_notes(peaks: dict[str, tuple[str, list[str]]]) -> list[str]:
     """Notes naming the lifetime peaks a group's pruning-peak cell leaves out, and what `≤` means where shown."""
     notes, bounded = [], False
-    for group, members in groups.items():
-        cell, left_out = peak_cell([m for m in members if "ppl" in m])
+    for group, (cell, left_out) in peaks.items():
         bounded |= cell.startswith("≤")
         if left_out:
             notes.append(f"note: {group}: pruning peak GiB leaves out the process's lifetime peak recorded by "
@@ -365,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         notes += filter(None, [incomplete(path, data), off_cpu(path, data)])
     groups = grouped(named(with_setting_keys(records)))
-    print(table(groups))
-    for note in notes + repeated_seeds(groups) + memory_notes(groups):
+    peaks = peak_cells(groups)
+    print(table(groups, peaks))
+    for note in notes + repeated_seeds(groups) + memory_notes(peaks):
         print(note, file=sys.stderr)
     return 0
 
