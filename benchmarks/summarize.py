@@ -303,9 +303,8 @@ def peak_cells(groups: dict[str, list[dict]]) -> dict[str, tuple[str, list[str]]
 def table(groups: dict[str, list[dict]], peaks: dict[str, tuple[str, list[str]]]) -> str:
     records = [r for members in groups.values() for r in members]
     texts = sorted({t for r in records if "ppl" in r for t in r["ppl"]}, key=lambda t: (t != "wikipedia", t))
-    lines = ["| run | seeds | " + " | ".join(f"PPL {t} (mean ± sd, min..max)" for t in texts)
-             + " | time (s) | pruning peak GiB | added GiB | moved |",
-             "|---" * (len(texts) + 6) + "|"]
+    header = ["run", "seeds", *(f"PPL {t} (mean ± sd, min..max)" for t in texts), "time (s)", "pruning peak GiB", "added GiB", "moved"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for group, members in groups.items():
         good = [m for m in members if "ppl" in m]
         failed = [m for m in members if "error" in m]

@@ -309,3 +309,16 @@ def test_compare_runs_whose_ignore_patterns_match_nothing_more_are_one_row(tiny_
     assert recorded[0]["pruned_layers"] == recorded[1]["pruned_layers"]
     table = rows(summarize(*results))
     assert list(table) == ["compare:magnitude"] and table["compare:magnitude"][0] == "-"
+
+
+def test_runs_that_all_failed_still_make_a_table_of_matching_columns(tmp_path):
+    """No run has a perplexity: the header has no empty text column, so it has as many cells as its separator."""
+    failed = tmp_path / "x_s0.json"
+    failed.write_text(json.dumps({"label": "x_s0", "config": {"seed": 0}, "model": "m",
+                                  "rows": [{"method": "proxsparse", "error": "TypeError: boom", "seconds": 1.0}]}))
+    done = summarize(failed)
+    assert done.returncode == 0, done.stderr
+    header, separator, row, failure = done.stdout.splitlines()
+    assert header == "| run | seeds | time (s) | pruning peak GiB | added GiB | moved |"
+    assert separator == "|---" * 6 + "|"
+    assert row == "| x | - | - | - | - | - |" and failure == "| x (seed 0) FAILED | | TypeError: boom |"
