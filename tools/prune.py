@@ -146,6 +146,21 @@ def add_config_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -
             )
 
 
+def check_model_not_in_patterns(args: argparse.Namespace) -> None:
+    """--targets and --ignore take every word after them, so a MODEL folder given after them lands in
+    their patterns and the embedded model would be pruned instead: refuse a pattern that is a folder
+    when no MODEL was given."""
+    if args.model is not None:
+        return
+    for field_name in ("targets", "ignore"):
+        for pattern in getattr(args, f"cfg_{field_name}", None) or []:
+            if Path(pattern).expanduser().is_dir():
+                raise ProxSparseError(
+                    f"{_flag(field_name)} {pattern!r} is a folder, not a module pattern: give MODEL before "
+                    f"{_flag(field_name)} (its patterns take every word after it)"
+                )
+
+
 def _set_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
 
@@ -196,6 +211,7 @@ def source_label(model: str) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    check_model_not_in_patterns(args)
     config = config_from_args(args)
     no_log = f"with --method {args.method}, which learns nothing step by step" if args.method != "proxsparse" else None
     no_eval = None if args.eval else "without --eval"

@@ -242,3 +242,20 @@ def test_an_existing_output_without_overwrite_is_refused_before_the_model_loads(
     out.mkdir()
     assert _prune(model_dir, out) == 2
     assert capsys.readouterr().err.strip() == f"error: {out} already exists: pass --overwrite to replace it"
+
+
+@pytest.mark.parametrize("flag", ["--ignore", "--targets"])
+def test_a_model_folder_after_a_pattern_flag_is_refused_not_swapped_for_the_embedded_model(model_dir, tmp_path, capsys, monkeypatch, flag):
+    """`--ignore lm_head ./my-model` puts the folder among the patterns and leaves MODEL unset: refused
+    before any model loads, naming the folder, instead of pruning the embedded model."""
+    import proxsparse_ao.models
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", not_loaded)
+    out = tmp_path / "out"
+    assert cli.main(["prune", "--method", "magnitude", flag, "lm_head", str(model_dir), "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {flag} '{model_dir}' is a folder, not a module pattern: "
+                                               f"give MODEL before {flag} (its patterns take every word after it)")
+    assert not out.exists()
