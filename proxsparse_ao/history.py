@@ -30,18 +30,25 @@ def write_history(path: str | Path, history: Sequence[dict[str, Any]], **summary
     return path
 
 
-def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """A PNG with one panel per curve over steps. Needs matplotlib (an optional dependency)."""
+def check_plotting() -> None:
+    """Refuse a plot before any work when matplotlib, which `plot_history` needs, is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError as err:
         raise ProxSparseError(
             "plotting needs matplotlib, which is not installed: `pip install matplotlib` "
             "(the JSON log has the same numbers)"
         ) from err
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """A PNG with one panel per curve over steps. Needs matplotlib (an optional dependency)."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     if not history:
         raise ProxSparseError("nothing to plot: the run has no steps")
     figure, axes = plt.subplots(len(CURVES), 1, figsize=(7, 2.2 * len(CURVES)), sharex=True)

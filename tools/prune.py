@@ -228,7 +228,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from proxsparse_ao.context import check_context
     from proxsparse_ao.data import check_text
     from proxsparse_ao.export import check_output, check_pruned, save_pruned
-    from proxsparse_ao.history import LOG_FILE, history_json, plot_history, write_history
+    from proxsparse_ao.history import LOG_FILE, check_plotting, history_json, plot_history, write_history
     from proxsparse_ao.models import DEFAULT_MODEL_LABEL, is_default, load_model
 
     hf_logging.disable_progress_bar()
@@ -238,6 +238,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
     check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model, output=args.output,
                        inputs={"--calibration": getattr(config, "calibration", None)})
+    if args.plot:
+        try:
+            check_plotting()
+        except ProxSparseError as err:
+            raise ProxSparseError(f"--plot {args.plot}: {err}") from None  # not after the run
     if getattr(config, "checkpoint_dir", None):
         check_checkpoint_dir(config.checkpoint_dir, args.output, args.model)
     calibrated = args.method == "proxsparse" or needs_calibration(config)

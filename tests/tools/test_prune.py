@@ -259,3 +259,21 @@ def test_a_model_folder_after_a_pattern_flag_is_refused_not_swapped_for_the_embe
     assert capsys.readouterr().err.strip() == (f"error: {flag} '{model_dir}' is a folder, not a module pattern: "
                                                f"give MODEL before {flag} (its patterns take every word after it)")
     assert not out.exists()
+
+
+def test_plot_without_matplotlib_is_refused_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
+    """Not after minutes of learning, as a note beside a saved model: the run would not give what was asked."""
+    import sys
+
+    import proxsparse_ao.models
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", not_loaded)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    plot = tmp_path / "curves.png"
+    assert _prune(model_dir, tmp_path / "out", "--plot", str(plot)) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --plot {plot}: plotting needs matplotlib, which is not installed: "
+                                               "`pip install matplotlib` (the JSON log has the same numbers)")
+    assert not (tmp_path / "out").exists() and not plot.exists()
