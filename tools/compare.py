@@ -147,7 +147,7 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
 
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+                    console=console, transient=True, disable=not console.is_terminal)
 
 
 def _calibration_words(calibration: dict) -> str:

@@ -376,7 +376,7 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
             tokens = calibration_tokens(config, tokenizer, model)
         data = calibration_record(config, tokens.shape, token_count(tokens))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("pruning decoder blocks", total=None)
         logged = StepLog(console, "pruning decoder blocks")
 
@@ -400,10 +400,15 @@ def _perplexity(model, ids, args: argparse.Namespace, console: Console, what: st
     from proxsparse_ao.evaluation import perplexity
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(what, total=None)
-        result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        logged = StepLog(console, what)
+
+        def show(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            logged(done, total)
+
+        result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens, progress=show)
     return result.ppl
 
 

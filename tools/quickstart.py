@@ -115,7 +115,7 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}  2:4 {task.fields[frac]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
+        console=console, transient=True, disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task("learning 2:4 masks", total=None, loss="-", frac="-")
         logged = StepLog(console, "learning 2:4 masks")

@@ -277,3 +277,17 @@ def test_plot_without_matplotlib_is_refused_before_the_model_loads(model_dir, tm
     assert capsys.readouterr().err.strip() == (f"error: --plot {plot}: plotting needs matplotlib, which is not installed: "
                                                "`pip install matplotlib` (the JSON log has the same numbers)")
     assert not (tmp_path / "out").exists() and not plot.exists()
+
+
+def test_in_a_log_every_stage_and_loop_is_a_line_and_no_bar_leaves_a_blank_one(model_dir, tmp_path, capsys):
+    """Piped or in CI: a line per stage as it starts and per quarter of each loop, instead of rich's
+    bars, which print nothing there but an empty line when they close."""
+    assert _prune_baseline(model_dir, tmp_path / "out", "wanda", "--eval", "--eval-tokens", "256", "--eval-seqlen", "64") == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = next(i for i, line in enumerate(lines) if "proxsparse-ao prune (wanda)" in line)
+    assert "" not in lines[:table]
+    said = [line for line in lines[:table] if ": step " in line or line.endswith(" ...")]
+    assert said[0] == f"loading {model_dir.resolve()} ..." and said[-1] == f"saving {tmp_path / 'out'} ..."
+    for loop in ("dense perplexity: step 4/4", "pruning decoder blocks: step 2/2", "pruned perplexity: step 4/4"):
+        assert loop in said
+    assert said.index("dense perplexity: step 4/4") < said.index("pruning decoder blocks: step 2/2") < said.index("pruned perplexity: step 4/4")
