@@ -27,7 +27,9 @@ from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
 from .library_warnings import is_ours  # noqa: E402
 from .options import check_checkpoint_dir, refuse_unused, typed_options  # noqa: E402
-from .prune import DTYPES, add_config_flags, calibration_record, config_from_args, source_label, versions  # noqa: E402
+from .prune import (  # noqa: E402
+    DTYPES, add_config_flags, calibration_record, check_model_not_in_patterns, config_from_args, source_label, versions,
+)
 from .signals import Terminated, on_sigterm, raise_terminated  # noqa: E402
 
 PROG = "torchrun --nproc-per-node N -m proxsparse_ao.tools.distributed"
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ProxSparseError(f"run this command under torchrun (RANK and WORLD_SIZE are not set): {PROG} ...")
     args.given = typed_options(build_parser, argv)
+    check_model_not_in_patterns(args)
     config = config_from_args(args)  # as prune builds it: the preset, then the flags set
     refuse_unused(args, {"--checkpoint-every": None if config.checkpoint_dir else "without --checkpoint-dir"})
     os.environ.setdefault("TQDM_DISABLE", "1")

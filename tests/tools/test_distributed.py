@@ -137,6 +137,17 @@ def test_torchrun_entry_refuses_a_batch_larger_than_the_samples_as_prune_does(tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--ignore", "--targets"])
+def test_torchrun_entry_refuses_a_model_folder_given_after_a_pattern_flag_as_prune_does(flag, tmp_path, monkeypatch):
+    """The flag takes every word after it: the folder would be a pattern and the embedded model pruned."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    (tmp_path / "model").mkdir()
+    with pytest.raises(ProxSparseError, match=rf"^{flag} '{tmp_path / 'model'}' is a folder, not a module pattern: give MODEL before {flag}"):
+        distributed.main(["--output", str(tmp_path / "out"), flag, "lm_head", str(tmp_path / "model")])
+    assert not (tmp_path / "out").exists()
+
+
 def _torchrun_command(model_dir: Path, output: Path, *flags: str) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "-m", MODULE,
