@@ -19,20 +19,30 @@ DISTRIBUTED_META_FILE = "proxsparse_distributed.json"  # what a torchrun (FSDP2)
 FORMAT = 1
 
 
-def run_fingerprint(config: Mapping[str, Any], calibration: torch.Tensor, originals: Mapping[str, torch.Tensor]) -> str:
-    """A digest of what determines the run: settings (except where checkpoints go), tokens, targets and their weights."""
-    digest = hashlib.sha256()
-    settings = {k: v for k, v in config.items() if k not in ("checkpoint_dir", "checkpoint_every")}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    digest.update(calibration.detach().cpu().contiguous().numpy().tobytes())
+def run_fingerprints(
+    config: Mapping[str, Any], calibration: torch.Tensor, originals: Mapping[str, torch.Tensor]
+) -> tuple[str, str]:
+    """Digests of what determines the run: the settings, the calibration tokens, the targets and their
+    weights. The first, which states are saved with, leaves out where checkpoints go and the calibration
+    source's name (its tokens are in the digest, so the same file named by another path is the same run);
+    the second is what earlier versions saved with, which hashed the name as typed: their states still resume."""
+    data = [calibration.detach().cpu().contiguous().numpy().tobytes()]
     for name, weight in originals.items():
         w = weight.detach().double()
         # position-weighted sums too: a weight whose rows or columns were reordered is another run
         rows = torch.arange(1, w.shape[0] + 1, dtype=w.dtype, device=w.device)
         columns = torch.arange(1, w.shape[-1] + 1, dtype=w.dtype, device=w.device)
         summary = [w.sum(), w.square().sum(), rows @ w.reshape(w.shape[0], -1).sum(1), w.reshape(-1, w.shape[-1]).sum(0) @ columns]
-        digest.update(f"{name}{tuple(weight.shape)}{weight.dtype}{[float(v) for v in summary]!r}".encode())
-    return digest.hexdigest()
+        data.append(f"{name}{tuple(weight.shape)}{weight.dtype}{[float(v) for v in summary]!r}".encode())
+
+    def digest(left_out: tuple[str, ...]) -> str:
+        hashed = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k not in left_out}, sort_keys=True).encode())
+        for part in data:
+            hashed.update(part)
+        return hashed.hexdigest()
+
+    where_checkpoints_go = ("checkpoint_dir", "checkpoint_every")
+    return digest((*where_checkpoints_go, "calibration")), digest(where_checkpoints_go)
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
@@ -58,8 +68,9 @@ def _is_interruption(error: BaseException | None) -> bool:
     return error is not None and not isinstance(error, Exception)
 
 
-def load_state(directory: str | Path, fingerprint: str) -> dict[str, Any] | None:
-    """The saved state of this run, None when there is none; a state of another run is an error."""
+def load_state(directory: str | Path, fingerprint: str | tuple[str, ...]) -> dict[str, Any] | None:
+    """The saved state of this run (saved with `fingerprint`, or one of them), None when there is none;
+    a state of another run is an error."""
     if (Path(directory) / DISTRIBUTED_META_FILE).exists():
         raise ProxSparseError(
             f"{directory} holds the training state of a distributed run (torchrun); resume it with "
@@ -72,7 +83,8 @@ def load_state(directory: str | Path, fingerprint: str) -> dict[str, Any] | None
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ProxSparseError(f"cannot read the training state {path}: {err}; delete it to start over") from err
-    if state.get("format") != FORMAT or state.get("fingerprint") != fingerprint:
+    accepted = (fingerprint,) if isinstance(fingerprint, str) else fingerprint
+    if state.get("format") != FORMAT or state.get("fingerprint") not in accepted:
         raise ProxSparseError(
             f"{path} belongs to another run (different model, calibration or settings); "
             "use another checkpoint directory or delete it to start over"

@@ -102,9 +102,9 @@ def check_shard_layout(name: str, param: torch.Tensor) -> None:
         )
 
 
-def check_resume(meta: dict[str, Any], fingerprint: str, world_size: int, directory: str | Path) -> None:
-    """A saved distributed state must come from this run and this world size."""
-    if meta.get("format") != META_FORMAT or meta.get("fingerprint") != fingerprint:
+def check_resume(meta: dict[str, Any], fingerprints: tuple[str, ...], world_size: int, directory: str | Path) -> None:
+    """A saved distributed state must come from this run (saved with one of its `fingerprints`) and this world size."""
+    if meta.get("format") != META_FORMAT or meta.get("fingerprint") not in fingerprints:
         raise ProxSparseError(
             f"{directory} belongs to another run (different model, calibration or settings); "
             "use another checkpoint directory or delete it to start over"
@@ -191,10 +191,11 @@ def _learn_distributed(
     fingerprint, meta = "", None
     if config.checkpoint_dir:  # before the statistics pass: another run's state fails in seconds, not minutes
         check_writable_folder(config.checkpoint_dir, f"checkpoint_dir {config.checkpoint_dir}")
-        fingerprint = checkpoint.run_fingerprint({**config.to_dict(), "mixed_precision": mixed_precision}, calibration, full)
+        fingerprints = checkpoint.run_fingerprints({**config.to_dict(), "mixed_precision": mixed_precision}, calibration, full)
+        fingerprint = fingerprints[0]
         meta = _load_meta(config.checkpoint_dir)
         if meta is not None:
-            check_resume(meta, fingerprint, world, config.checkpoint_dir)
+            check_resume(meta, fingerprints, world, config.checkpoint_dir)
     tick = time.perf_counter()
     scales: dict[str, torch.Tensor] | None = None
     if config.activation_aware:  # refuses a layer no token reaches, on the counts summed over ranks

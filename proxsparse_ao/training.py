@@ -318,8 +318,9 @@ def _learn(
     fingerprint, saved = "", None
     if config.checkpoint_dir:  # before the statistics pass: a wrong folder fails in seconds, not minutes
         check_writable_folder(config.checkpoint_dir, f"checkpoint_dir {config.checkpoint_dir}")
-        fingerprint = checkpoint.run_fingerprint(config.to_dict(), calibration, originals)
-        saved = checkpoint.load_state(config.checkpoint_dir, fingerprint)
+        fingerprints = checkpoint.run_fingerprints(config.to_dict(), calibration, originals)
+        saved = checkpoint.load_state(config.checkpoint_dir, fingerprints)
+        fingerprint = fingerprints[0]
     if not config.activation_aware:  # else the statistics pass below refuses a layer no token reaches
         check_layers_called(model, layers, calibration)
     tick = time.perf_counter()

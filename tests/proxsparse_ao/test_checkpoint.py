@@ -50,7 +50,10 @@ def test_a_failed_save_that_was_not_interrupted_raises_its_own_error(tmp_path, m
 
 
 def test_the_run_fingerprint_covers_settings_tokens_and_the_original_weights_but_not_where_checkpoints_go():
-    from proxsparse_ao.checkpoint import run_fingerprint
+    from proxsparse_ao.checkpoint import run_fingerprints
+
+    def run_fingerprint(*args):
+        return run_fingerprints(*args)[0]
 
     config = {"lr": 3e-3, "seed": 0, "checkpoint_dir": "a", "checkpoint_every": 16}
     tokens = torch.arange(16).reshape(2, 8)
@@ -68,9 +71,26 @@ def test_the_run_fingerprint_covers_settings_tokens_and_the_original_weights_but
     assert run_fingerprint(config, tokens.flip(0), {"layer": weight}) != base
 
 
-def test_a_folder_holding_a_distributed_runs_state_is_refused_not_overwritten(tmp_path):
-    from proxsparse_ao.checkpoint import DISTRIBUTED_META_FILE, load_state
+def test_the_same_tokens_from_a_calibration_file_named_another_way_are_the_same_run():
+    """A run started with --calibration data/big.txt resumes from another folder with ../run/data/big.txt:
+    the tokens are in the fingerprint, the name as typed is not."""
+    from proxsparse_ao.checkpoint import run_fingerprints
 
-    (tmp_path / DISTRIBUTED_META_FILE).write_text("{}")
-    with pytest.raises(ProxSparseError, match="holds the training state of a distributed run .torchrun.; resume it with"):
-        load_state(tmp_path, "fingerprint")
+    tokens, weights = torch.arange(16).reshape(2, 8), {"layer": torch.ones(8, 16)}
+    here, there = ({"lr": 3e-3, "calibration": name} for name in ("data/big.txt", "../run/data/big.txt"))
+    assert run_fingerprints(here, tokens, weights)[0] == run_fingerprints(there, tokens, weights)[0]
+    assert run_fingerprints(here, tokens.flip(0), weights)[0] != run_fingerprints(here, tokens, weights)[0]
+
+
+def test_a_state_saved_by_an_earlier_version_still_resumes(tmp_path):
+    """Earlier versions hashed the calibration name as typed: the digest they saved (pinned here, as that code
+    computed it for these inputs) is still this run's, and a run of other settings still refuses it."""
+    from proxsparse_ao.checkpoint import run_fingerprints
+
+    config = {"lr": 3e-3, "seed": 0, "calibration": "data/big.txt", "checkpoint_dir": "a", "checkpoint_every": 16}
+    tokens = torch.arange(16).reshape(2, 8)
+    weights = {"layer": torch.arange(128, dtype=torch.float32).reshape(8, 16) / 64}
+    save_state(tmp_path, {"fingerprint": "37414b0b8590796e81d2b44c9d7e56a3ae62f49ede04de4624868b53cacf6c12", "step": 5})
+    assert load_state(tmp_path, run_fingerprints(config, tokens, weights))["step"] == 5
+    with pytest.raises(ProxSparseError, match="belongs to another run"):
+        load_state(tmp_path, run_fingerprints({**config, "lr": 1e-3}, tokens, weights))

@@ -174,11 +174,11 @@ def test_a_layer_no_token_reaches_is_refused_by_name_in_weight_space_too(tmp_pat
 
 def test_resume_refuses_another_world_size_or_run(tmp_path):
     meta = {"format": 1, "fingerprint": "abc", "world_size": 8}
-    check_resume(meta, "abc", 8, tmp_path)
+    check_resume(meta, ("abc", "legacy"), 8, tmp_path)
     with pytest.raises(ProxSparseError, match="saved by 8 processes and this run has 4"):
-        check_resume(meta, "abc", 4, tmp_path)
+        check_resume(meta, ("abc", "legacy"), 4, tmp_path)
     with pytest.raises(ProxSparseError, match="belongs to another run"):
-        check_resume(meta, "other", 8, tmp_path)
+        check_resume(meta, ("ab", "legacy"), 8, tmp_path)  # not a substring match
 
 
 def test_the_library_module_has_no_command_line():

@@ -372,6 +372,24 @@ def test_resume_under_dropout_gives_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(straight.masks[n], resumed.masks[n]) for n in straight.masks)
 
 
+
+def test_a_run_resumes_with_its_calibration_file_named_another_way(tmp_path, tiny_llama_factory):
+    """Started as data/calib.txt, resumed from elsewhere as ../run/data/calib.txt: the same tokens, so the same
+    run (it was refused as "belongs to another run")."""
+    checkpoints = str(tmp_path / "ckpt")
+    here = ProxSparseConfig(**{**FAST, "calibration": "data/calib.txt", "checkpoint_dir": checkpoints, "checkpoint_every": 1})
+    there = ProxSparseConfig(**{**here.to_dict(), "calibration": "../run/data/calib.txt"})
+    model = tiny_llama_factory()
+
+    def die(stats):
+        if stats.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn_masks(model, _tokens(), here, _layers(model, here), callback=die)
+    model = tiny_llama_factory()
+    assert learn_masks(model, _tokens(), there, _layers(model, there)).resumed_from == 1
+
 # --- the optimisation itself: schedule, clipping, weight decay, frozen term, batch order, strengths ---
 
 
