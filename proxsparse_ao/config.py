@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -198,8 +199,20 @@ def check_batch_size(config: ProxSparseConfig, rows: int | None = None) -> None:
         )
 
 
+PATH_FIELDS = ("calibration", "checkpoint_dir")
+
+
+def paths_as_str(config: Any) -> None:
+    """A `pathlib.Path` (any os.PathLike) given for a path field is kept as its str: the fields stay JSON-friendly."""
+    for name in PATH_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, os.PathLike):
+            object.__setattr__(config, name, os.fspath(value))
+
+
 def validate(config: ProxSparseConfig) -> None:
     """Raise ConfigError naming the first bad field: wrong type, out of range or unknown choice."""
+    paths_as_str(config)
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

@@ -28,6 +28,7 @@ from ..config import (
     ConfigError,
     apply_stored_mask,
     check_seed_and_patterns,
+    paths_as_str,
 )
 from ..masks import apply_mask_, check_nm, magnitude_mask
 
@@ -114,6 +115,7 @@ def _copy(value: Any) -> Any:
 
 def validate(config: _BaselineConfig) -> None:
     """Raise ConfigError naming the first bad field."""
+    paths_as_str(config)
     name = type(config).__name__
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

@@ -71,6 +71,19 @@ def test_ints_accepted_for_floats_and_tuples_become_lists():
     assert config.targets == ["q_proj"]
 
 
+def test_a_path_object_for_a_file_or_folder_field_is_kept_as_its_str(tmp_path):
+    """pathlib is what users hold; the config stays JSON-friendly (it was refused: "must be str or None, got PosixPath")."""
+    from proxsparse_ao.baselines import SparseGPTConfig, WandaConfig
+
+    config = ProxSparseConfig(calibration=tmp_path / "calib.txt", checkpoint_dir=tmp_path / "ckpt")
+    assert config.calibration == str(tmp_path / "calib.txt") and config.checkpoint_dir == str(tmp_path / "ckpt")
+    json.dumps(config.to_dict())
+    for baseline in (WandaConfig, SparseGPTConfig):
+        assert baseline(calibration=tmp_path / "calib.txt").calibration == str(tmp_path / "calib.txt")
+    with pytest.raises(ConfigError, match="ProxSparseConfig.precision must be"):
+        ProxSparseConfig(precision=tmp_path)  # a path where no path belongs is still refused
+
+
 def test_paper_preset_is_the_published_recipe_and_fields_override_it():
     paper = ProxSparseConfig.preset("paper")
     assert (paper.strength, paper.lambda1, paper.lr, paper.activation_aware, paper.train) == ("absolute", 0.25, 1e-4, False, "all")
