@@ -356,14 +356,7 @@ def test_resume_under_dropout_gives_the_uninterrupted_run(tmp_path):
     torch.manual_seed(99)  # what the caller's RNG holds matters to no run below
     straight = learn_masks(model, _tokens(), config, _layers(model, config))
     resumable = ProxSparseConfig(**{**FAST, "checkpoint_dir": str(tmp_path), "checkpoint_every": 1})
-    model = make_tiny_opt()
-
-    def die(stats):
-        if stats.step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        learn_masks(model, _tokens(), resumable, _layers(model, resumable), callback=die)
+    _interrupt_in_step(3, make_tiny_opt(), resumable)
     model = make_tiny_opt()
     torch.manual_seed(123)
     resumed = learn_masks(model, _tokens(), resumable, _layers(model, resumable))
@@ -372,6 +365,16 @@ def test_resume_under_dropout_gives_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(straight.masks[n], resumed.masks[n]) for n in straight.masks)
 
 
+def _interrupt_in_step(step: int, model, config: ProxSparseConfig) -> None:
+    """learn_masks stopped by Ctrl-C in step `step`, before that step's checkpoint is written."""
+
+    def die(stats):
+        if stats.step == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn_masks(model, _tokens(), config, _layers(model, config), callback=die)
+
 
 def test_a_run_resumes_with_its_calibration_file_named_another_way(tmp_path, tiny_llama_factory):
     """Started as data/calib.txt, resumed from elsewhere as ../run/data/calib.txt: the same tokens, so the same
@@ -379,16 +382,10 @@ def test_a_run_resumes_with_its_calibration_file_named_another_way(tmp_path, tin
     checkpoints = str(tmp_path / "ckpt")
     here = ProxSparseConfig(**{**FAST, "calibration": "data/calib.txt", "checkpoint_dir": checkpoints, "checkpoint_every": 1})
     there = ProxSparseConfig(**{**here.to_dict(), "calibration": "../run/data/calib.txt"})
-    model = tiny_llama_factory()
-
-    def die(stats):
-        if stats.step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        learn_masks(model, _tokens(), here, _layers(model, here), callback=die)
+    _interrupt_in_step(2, tiny_llama_factory(), here)
     model = tiny_llama_factory()
     assert learn_masks(model, _tokens(), there, _layers(model, there)).resumed_from == 1
+
 
 # --- the optimisation itself: schedule, clipping, weight decay, frozen term, batch order, strengths ---
 
