@@ -17,7 +17,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
 from .options import check_result_files, refuse_unused, require_at_least
-from .progress import stage
+from .progress import reporter, stage
 
 if TYPE_CHECKING:
     from proxsparse_ao.zeroshot import ZeroShot
@@ -133,10 +133,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
             ids = tokenize_text(tokenizer, text)
         started = time.perf_counter()
         with _progress() as bar:
-            task = bar.add_task(f"perplexity, {args.seqlen}-token windows", total=None)
             ppl = perplexity(
                 model, ids, args.seqlen, batch_size=args.batch_size, max_tokens=args.max_tokens or None,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=reporter(bar, f"perplexity, {args.seqlen}-token windows", console, "window"),
             )
         seconds = time.perf_counter() - started
         result.update(ppl.to_dict(), text=text_name, text_tokens=int(ids.numel()), ppl_seconds=round(seconds, 2))
@@ -148,10 +147,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.tasks:
         started = time.perf_counter()
         with _progress() as bar:
-            task = bar.add_task(f"zero-shot {', '.join(args.tasks)}", total=None)
             scores = zero_shot(
                 model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=reporter(bar, f"zero-shot {', '.join(args.tasks)}", console, "request"),
             )
         seconds = time.perf_counter() - started
         result["zero_shot"] = scores.to_dict() | {"limit": args.limit, "seconds": round(seconds, 2)}

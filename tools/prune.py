@@ -35,7 +35,7 @@ from proxsparse_ao.quiet import quiet_libraries
 
 from .library_warnings import is_ours
 from .options import check_checkpoint_dir, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
-from .progress import StepLog, stage
+from .progress import StepLog, reporter, stage
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -377,14 +377,8 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
         data = calibration_record(config, tokens.shape, token_count(tokens))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("pruning decoder blocks", total=None)
-        logged = StepLog(console, "pruning decoder blocks")
-
-        def show(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-            logged(done, total)
-
-        result = prune(model, config, tokenizer=tokenizer, calibration=tokens, progress=show)
+        result = prune(model, config, tokenizer=tokenizer, calibration=tokens,
+                       progress=reporter(bar, "pruning decoder blocks", console, "block"))
     return result.masks, {"skipped": result.skipped, "prune_seconds": round(result.seconds, 2)}, data
 
 
@@ -401,14 +395,7 @@ def _perplexity(model, ids, args: argparse.Namespace, console: Console, what: st
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(what, total=None)
-        logged = StepLog(console, what)
-
-        def show(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-            logged(done, total)
-
-        result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens, progress=show)
+        result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens, progress=reporter(bar, what, console, "window"))
     return result.ppl
 
 

@@ -19,7 +19,7 @@ from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import ZeroShot, check_tasks
 
 from .options import check_result_files, parse_device, refuse_unused, require_at_least
-from .progress import stage
+from .progress import reporter, stage
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -162,23 +162,21 @@ def _progress() -> Progress:
     )
 
 
-def _perplexity(model, ids, args: argparse.Namespace, what: str):
+def _perplexity(model, ids, args: argparse.Namespace, what: str, console: Console):
     """Perplexity of `model` on `ids`; `_accuracy` has checked --seqlen against its context."""
     from proxsparse_ao.evaluation import perplexity
 
     with _progress() as bar:
-        task = bar.add_task(f"perplexity ({what}), {args.seqlen}-token windows", total=None)
         return perplexity(model, ids, args.seqlen, max_tokens=args.max_tokens or None,
-                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+                          progress=reporter(bar, f"perplexity ({what}), {args.seqlen}-token windows", console, "window"))
 
 
-def _zero_shot(model, tokenizer, args: argparse.Namespace, what: str):
+def _zero_shot(model, tokenizer, args: argparse.Namespace, what: str, console: Console):
     from proxsparse_ao.zeroshot import zero_shot
 
     with _progress() as bar:
-        task = bar.add_task(f"zero-shot ({what}) {', '.join(args.tasks)}", total=None)
         return zero_shot(model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
-                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+                         progress=reporter(bar, f"zero-shot ({what}) {', '.join(args.tasks)}", console, "request"))
 
 
 def _zero_shot_rows(table: Table, scores: ZeroShot, what: str) -> None:
@@ -348,13 +346,13 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
                     "into different tokens: their perplexities would not be comparable (use a dense source with the "
                     "pruned model's tokenizer, or --no-ppl)"
                 )
-        ppl = _perplexity(model, ids, args, "sparse")
+        ppl = _perplexity(model, ids, args, "sparse", console)
         result.update(ppl=ppl.ppl, ppl_detail=ppl.to_dict())
         checks["accuracy"] = "pass" if math.isfinite(ppl.ppl) else "fail"
         table.add_row("perplexity (sparse)", _status(checks["accuracy"]),
                       f"{ppl.ppl:.4f} on {args.text or 'wikipedia'}: {ppl.tokens:,} tokens, {ppl.windows} window{'s' if ppl.windows != 1 else ''} of {ppl.seqlen}")
     if args.tasks:
-        scores = _zero_shot(model, tokenizer, args, "sparse")
+        scores = _zero_shot(model, tokenizer, args, "sparse", console)
         result["zero_shot"] = scores.to_dict() | {"limit": args.limit}
         checks.setdefault("accuracy", "pass")
         _zero_shot_rows(table, scores, "sparse")
@@ -362,11 +360,11 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
         table.add_row("dense source", _status("skipped"), skipped)
         return
     if not args.no_ppl:
-        base = _perplexity(dense, ids, args, "dense")
+        base = _perplexity(dense, ids, args, "dense", console)
         result.update(baseline_ppl=base.ppl, baseline_ppl_detail=base.to_dict())
         table.add_row("perplexity (dense source)", "", f"{base.ppl:.4f} ({label}); sparse/dense {result['ppl'] / base.ppl:.3f}x")
     if args.tasks:
-        scores = _zero_shot(dense, dense_tokenizer, args, "dense")
+        scores = _zero_shot(dense, dense_tokenizer, args, "dense", console)
         result["baseline_zero_shot"] = scores.to_dict() | {"limit": args.limit}
         _zero_shot_rows(table, scores, "dense")
     del dense

@@ -48,6 +48,7 @@ def test_reports_perplexity_and_writes_json(tiny_model_dir, text_file, tmp_path,
     assert result["ppl"] == pytest.approx(expected.ppl, rel=1e-5)
     assert result["tokens"] == expected.tokens == 1792
     assert f"{result['ppl']:.4f}" in done.stdout
+    assert "perplexity, 128-token windows: window 14/14" in done.stdout  # in a log, the loop's progress as lines
 
 
 def test_zero_shot_only_on_local_tasks(tiny_model_dir, tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from rich.progress import Progress
 
-from proxsparse_ao.tools.progress import StepLog, stage
+from proxsparse_ao.tools.progress import StepLog, reporter, stage
 
 
 def log_console() -> tuple[Console, io.StringIO]:
@@ -51,3 +52,14 @@ def test_a_loop_of_unknown_length_or_on_a_terminal_prints_nothing():
     for step in range(1, 5):
         StepLog(terminal, "pruning")(step, 4)
     assert sink.getvalue() == "" and terminal_sink.getvalue() == ""
+
+
+def test_a_reporter_moves_its_bar_and_in_a_log_prints_the_loops_lines():
+    console, sink = log_console()
+    with Progress(console=console, disable=True) as bar:
+        report = reporter(bar, "perplexity", console, "window")
+        for done in range(1, 5):
+            report(done, 4)
+        (task,) = bar.tasks
+    assert (task.completed, task.total) == (4, 4)
+    assert sink.getvalue().splitlines() == [f"perplexity: window {done}/4" for done in range(1, 5)]
