@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
@@ -35,7 +35,7 @@ from proxsparse_ao.targets import pruned_layers
 from proxsparse_ao.zeroshot import check_tasks
 
 from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
-from .progress import stage
+from .progress import learning_reporter, progress_bars, reporter, stage
 from .prune import calibration_words
 from .signals import Terminated
 
@@ -145,11 +145,6 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     parse_device(args.device)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
-
-
 def _calibration_words(calibration: dict) -> str:
     """The settings' calibration record in words (`prune`'s wording)."""
     return calibration_words(calibration["mode"], calibration["samples"], calibration["seqlen"], calibration["tokens"])
@@ -177,20 +172,19 @@ def method_config(method: str, args: argparse.Namespace) -> Any:
         raise ConfigError(name_flags(str(err))) from None
 
 
-def _prune(method: str, model, tokens, args, bar: Progress) -> dict:
+def _prune(method: str, model, tokens, args, bar: Progress, console: Console) -> dict:
     """Prune `model` in place with `method`; returns its masks and method-specific details."""
     from proxsparse_ao.baselines import prune
 
     config = method_config(method, args)
-    task = bar.add_task(f"{method}: pruning", total=None)
     if method == "proxsparse":
         from proxsparse_ao.api import apply_masks, learn
 
-        result = learn(model, config, calibration=tokens,
-                       callback=lambda s: bar.update(task, completed=s.step, total=s.total_steps), stats_every=16)
+        result = learn(model, config, calibration=tokens, stats_every=16,
+                       callback=learning_reporter(bar, f"{method}: learning masks", console))
         apply_masks(model, result.masks, config)
         return {"masks": result.masks, "config": config.to_dict(), "stopped": result.stopped}
-    result = prune(model, config, calibration=tokens, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    result = prune(model, config, calibration=tokens, progress=reporter(bar, f"{method}: pruning", console, "block"))
     return {"masks": result.masks, "config": config.to_dict()}
 
 
@@ -266,7 +260,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                   + f"perplexity on {', '.join(texts)}", highlight=False)
 
     def measure(method: str) -> dict:
-        with _progress(console) as bar:
+        with progress_bars(console) as bar:
             model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
             row: dict = {"method": method, "mask_only": MASK_ONLY[method]}
             if method != "dense":
@@ -274,7 +268,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 before = {name: mask_codes(magnitude_mask(layer.weight)).cpu() for name, layer in layers.items()}
                 with PeakMemory(device) as memory:
                     started = time.perf_counter()
-                    details = _prune(method, model, tokens, args, bar)
+                    details = _prune(method, model, tokens, args, bar, console)
                     seconds = time.perf_counter() - started
                 row.update(prune_seconds=round(seconds, 2), prune_memory_bytes=memory.added, peak_memory_bytes=memory.peak,
                            memory_before_bytes=memory.start, pattern_ok=_pattern_ok(model, details["masks"]),
@@ -288,17 +282,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
                            changed_vs_magnitude=None)
             row["ppl_by_text"] = {}
             for name, ids in eval_ids.items():
-                task = bar.add_task(f"{method}: perplexity on {name}", total=None)
                 result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens or None,
-                                    progress=lambda done, total, t=task: bar.update(t, completed=done, total=total))
+                                    progress=reporter(bar, f"{method}: perplexity on {name}", console, "window"))
                 row["ppl_by_text"][name] = result.ppl
             row["ppl"] = row["ppl_by_text"][texts[0]]
             if args.tasks:
                 from proxsparse_ao.zeroshot import zero_shot
 
-                task = bar.add_task(f"{method}: zero-shot", total=None)
                 scores = zero_shot(model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                   progress=reporter(bar, f"{method}: zero-shot", console, "request"))
                 row["zero_shot"] = scores.accuracy
                 row["zero_shot_average"] = scores.average
                 row["zero_shot_norm"] = scores.accuracy_norm

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
@@ -17,7 +16,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
 from .options import check_result_files, refuse_unused, require_at_least
-from .progress import reporter, stage
+from .progress import progress_bars, reporter, stage
 
 if TYPE_CHECKING:
     from proxsparse_ao.zeroshot import ZeroShot
@@ -78,15 +77,6 @@ def _check(args: argparse.Namespace) -> None:
                        inputs={"--text": args.text, "--zeroshot-data": args.zeroshot_data})
 
 
-def _progress() -> Progress:
-    """A transient bar on stderr; off when stderr is not a terminal (rich would leave blank lines in logs)."""
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    )
-
-
 def _zero_shot_rows(table: Table, scores: ZeroShot, seconds: float) -> None:
     """acc and acc_norm per task, the mean acc over all tasks, and the mean acc_norm (a `-` naming the tasks without one)."""
     for name, acc in scores.accuracy.items():
@@ -132,7 +122,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with stage(console, f"tokenising {text_name}"):
             ids = tokenize_text(tokenizer, text)
         started = time.perf_counter()
-        with _progress() as bar:
+        with progress_bars(console) as bar:
             ppl = perplexity(
                 model, ids, args.seqlen, batch_size=args.batch_size, max_tokens=args.max_tokens or None,
                 progress=reporter(bar, f"perplexity, {args.seqlen}-token windows", console, "window"),
@@ -146,7 +136,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if args.tasks:
         started = time.perf_counter()
-        with _progress() as bar:
+        with progress_bars(console) as bar:
             scores = zero_shot(
                 model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
                 progress=reporter(bar, f"zero-shot {', '.join(args.tasks)}", console, "request"),

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from proxsparse_ao.baselines import METHODS as BASELINES
@@ -35,7 +34,7 @@ from proxsparse_ao.quiet import quiet_libraries
 
 from .library_warnings import is_ours
 from .options import check_checkpoint_dir, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
-from .progress import StepLog, reporter, stage
+from .progress import LEARNING_FIELDS, learning_reporter, progress_bars, reporter, stage
 
 METHODS = ("proxsparse", *BASELINES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -194,15 +193,6 @@ def _config_from_args(args: argparse.Namespace) -> ProxSparseConfig | BaselineCo
     return config_for(method, **values)
 
 
-def _progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  2:4 {task.fields[frac]}  moved {task.fields[moved]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False, disable=not console.is_terminal,  # a log gets StepLog's lines instead
-    )
-
-
 def source_label(model: str) -> str:
     """How the metadata names the dense source: a local folder by its absolute path (verify may
     run from elsewhere), a hub id as given."""
@@ -273,18 +263,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if args.method == "proxsparse":
             with stage(console, f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
                 tokens = calibration_tokens(config, tokenizer)
-            with _progress_bar(console) as bar:
-                task = bar.add_task("learning masks", total=None, loss="-", frac="-", moved="-")
-                logged = StepLog(console, "learning masks")
-
-                def show(stats) -> None:
-                    fields = {"loss": f"{stats.loss:.3f}"}
-                    if stats.fraction_24 is not None:
-                        fields.update(frac=f"{stats.fraction_24:.1%}", moved=f"{stats.changed_vs_start:.1%}")
-                    bar.update(task, completed=stats.step, total=stats.total_steps, **fields)
-                    logged(stats.step, stats.total_steps, f"loss {fields['loss']}")
-
-                result = learn(model, config, tokenizer=tokenizer, calibration=tokens, callback=show)
+            with progress_bars(console, LEARNING_FIELDS, keep=True) as bar:
+                result = learn(model, config, tokenizer=tokenizer, calibration=tokens,
+                               callback=learning_reporter(bar, "learning masks", console))
             masks, history = result.masks, result.history
             stats = {
                 "steps": result.steps_done, "total_steps": result.total_steps, "resumed_from": result.resumed_from,
@@ -375,8 +356,7 @@ def _prune_baseline(model, config: BaselineConfig, tokenizer, console: Console) 
         with stage(console, f"preparing {calibration_words(config.calibration_mode, config.samples, config.seqlen)} of {config.calibration}"):
             tokens = calibration_tokens(config, tokenizer, model)
         data = calibration_record(config, tokens.shape, token_count(tokens))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_bars(console) as bar:
         result = prune(model, config, tokenizer=tokenizer, calibration=tokens,
                        progress=reporter(bar, "pruning decoder blocks", console, "block"))
     return result.masks, {"skipped": result.skipped, "prune_seconds": round(result.seconds, 2)}, data
@@ -393,8 +373,7 @@ def _eval_tokens(tokenizer, console: Console):
 def _perplexity(model, ids, args: argparse.Namespace, console: Console, what: str) -> float:
     from proxsparse_ao.evaluation import perplexity
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_bars(console) as bar:
         result = perplexity(model, ids, args.eval_seqlen, max_tokens=args.eval_tokens, progress=reporter(bar, what, console, "window"))
     return result.ppl
 

@@ -8,7 +8,6 @@ import time
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from proxsparse_ao import fraction_nm, magnitude_mask, prox_2to4
@@ -18,7 +17,7 @@ from proxsparse_ao.prox import backend
 from proxsparse_ao.quiet import quiet_libraries
 
 from .options import require_at_least
-from .progress import StepLog, stage
+from .progress import LEARNING_FIELDS, learning_reporter, progress_bars, stage
 
 QUICK_SAMPLES, QUICK_SEQLEN, QUICK_EVAL_TOKENS = 16, 256, 4096
 EVAL_WINDOW = 1024  # tokens per perplexity window
@@ -112,20 +111,8 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
 
     config = ProxSparseConfig(samples=args.samples, seqlen=args.seqlen)
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  2:4 {task.fields[frac]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("learning 2:4 masks", total=None, loss="-", frac="-")
-        logged = StepLog(console, "learning 2:4 masks")
-
-        def show(stats) -> None:
-            frac = f"{stats.fraction_24:.1%}" if stats.fraction_24 is not None else "-"
-            bar.update(task, completed=stats.step, total=stats.total_steps, loss=f"{stats.loss:.3f}", frac=frac)
-            logged(stats.step, stats.total_steps, f"loss {stats.loss:.3f}")
-
-        result = learn(model, config, tokenizer=tokenizer, callback=show)
+    with progress_bars(console, LEARNING_FIELDS) as bar:
+        result = learn(model, config, tokenizer=tokenizer, callback=learning_reporter(bar, "learning 2:4 masks", console))
     learn_seconds = time.perf_counter() - started
     with stage(console, "perplexity with magnitude's mask and with the learned mask"):
         layers = {name: model.get_submodule(name) for name in result.masks}

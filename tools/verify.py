@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from proxsparse_ao.cache import atomic_write_bytes
@@ -19,7 +18,7 @@ from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import ZeroShot, check_tasks
 
 from .options import check_result_files, parse_device, refuse_unused, require_at_least
-from .progress import reporter, stage
+from .progress import progress_bars, reporter, stage
 
 DEFAULT_MAX_TOKENS = 16384
 DTYPES = ("float32", "bfloat16", "float16")
@@ -153,20 +152,11 @@ def _check_baseline_context(config, seqlen: int, prefix: str = "") -> None:
         )
 
 
-def _progress() -> Progress:
-    """A transient bar on stderr; off when stderr is not a terminal (rich would leave blank lines in logs)."""
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    )
-
-
 def _perplexity(model, ids, args: argparse.Namespace, what: str, console: Console):
     """Perplexity of `model` on `ids`; `_accuracy` has checked --seqlen against its context."""
     from proxsparse_ao.evaluation import perplexity
 
-    with _progress() as bar:
+    with progress_bars(console) as bar:
         return perplexity(model, ids, args.seqlen, max_tokens=args.max_tokens or None,
                           progress=reporter(bar, f"perplexity ({what}), {args.seqlen}-token windows", console, "window"))
 
@@ -174,7 +164,7 @@ def _perplexity(model, ids, args: argparse.Namespace, what: str, console: Consol
 def _zero_shot(model, tokenizer, args: argparse.Namespace, what: str, console: Console):
     from proxsparse_ao.zeroshot import zero_shot
 
-    with _progress() as bar:
+    with progress_bars(console) as bar:
         return zero_shot(model, tokenizer, args.tasks, limit=args.limit, data_dir=args.zeroshot_data,
                          progress=reporter(bar, f"zero-shot ({what}) {', '.join(args.tasks)}", console, "request"))
 

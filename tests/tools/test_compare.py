@@ -90,6 +90,9 @@ def test_compare_tiny_model(tiny_model_dir, tmp_path):
     table = md.read_text()
     assert "| sparsegpt-mask | yes |" in table and "Command: `proxsparse-tool compare" in table
     assert "compare" in done.stdout and "exactly 2:4" in done.stdout
+    for line in ("wanda: pruning: block 2/2", "proxsparse: learning masks: step 2/2, loss ",  # in a log, each loop as lines
+                 f"sparsegpt: perplexity on {text}: window 4/4"):
+        assert line in done.stdout
 
 
 def test_a_failing_method_keeps_the_other_rows(tiny_model_dir, tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ import io
 from rich.console import Console
 from rich.progress import Progress
 
-from proxsparse_ao.tools.progress import StepLog, reporter, stage
+from proxsparse_ao.tools.progress import LEARNING_FIELDS, StepLog, learning_reporter, progress_bars, reporter, stage
+from proxsparse_ao.training import StepStats
 
 
 def log_console() -> tuple[Console, io.StringIO]:
@@ -63,3 +64,34 @@ def test_a_reporter_moves_its_bar_and_in_a_log_prints_the_loops_lines():
         (task,) = bar.tasks
     assert (task.completed, task.total) == (4, 4)
     assert sink.getvalue().splitlines() == [f"perplexity: window {done}/4" for done in range(1, 5)]
+
+
+def test_a_commands_bars_show_on_a_terminal_and_are_off_in_a_log():
+    assert progress_bars(terminal_console()[0]).disable is False
+    assert progress_bars(log_console()[0]).disable is True
+
+
+def test_bars_with_fields_show_them_and_the_time_left():
+    console, sink = terminal_console()
+    with progress_bars(console, LEARNING_FIELDS, keep=True) as bar:
+        bar.add_task("learning", total=4, completed=2, loss="2.500", frac="75.0%", moved="3.0%")
+    shown = sink.getvalue()
+    assert "loss 2.500  2:4 75.0%  moved 3.0%" in shown and "ETA" in shown
+
+
+def stats(step: int, loss: float, fraction_24: float | None = None, moved: float | None = None) -> StepStats:
+    return StepStats(step=step, total_steps=4, loss=loss, ce=loss, frozen=0.0, lr=1e-4, grad_norm=1.0,
+                     fraction_24=fraction_24, changed_vs_magnitude=moved, changed_vs_start=moved, seconds=0.1)
+
+
+def test_the_learning_reporter_shows_the_loss_and_keeps_the_last_pattern_numbers_between_statistics_steps():
+    console, sink = log_console()
+    with Progress(console=console, disable=True) as bar:
+        show = learning_reporter(bar, "learning masks", console)
+        (task,) = bar.tasks
+        assert task.fields == {"loss": "-", "frac": "-", "moved": "-"}
+        show(stats(1, 3.0, fraction_24=0.5, moved=0.25))
+        show(stats(2, 2.0))
+    assert (task.completed, task.total) == (2, 4)
+    assert task.fields == {"loss": "2.000", "frac": "50.0%", "moved": "25.0%"}
+    assert sink.getvalue().splitlines() == ["learning masks: step 1/4, loss 3.000", "learning masks: step 2/4, loss 2.000"]
