@@ -56,8 +56,8 @@ from .calibration import cropped, target_count
 from .config import ProxSparseConfig, check_batch_size, learning_dtype, validate
 from .errors import ProxSparseError, warn_caller
 from .hooks import ProxStep, prox_space
-from .memory import peak_memory_bytes
 from .masks import learned_mask
+from .memory import peak_memory_bytes
 from .regularizers import frozen_weight_value_and_gradient
 from .training import (
     Callback,

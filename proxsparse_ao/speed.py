@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .cache import atomic_write_bytes
+from .cusparselt import direct as direct_cusparselt
 from .errors import ProxSparseError
 from .masks import apply_mask, magnitude_mask
-from .cusparselt import direct as direct_cusparselt
 from .ops import cuda_backend, linear24
 from .sparse_format import compress_24
 

@@ -30,18 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import ProxSparseConfig, check_batch_size, learning_dtype
-from .context import check_context
-from .errors import ProxSparseError, warn_caller
 from .activations import activation_scales, check_layers_called
 from .cache import check_writable_folder
 from .calibration import PAD_ID, cropped, forward_takes, lengths, model_inputs
-from .memory import peak_memory_bytes
-from .modes import restore_train_modes, train_modes
+from .config import ProxSparseConfig, check_batch_size, learning_dtype
+from .context import check_context
+from .errors import ProxSparseError, warn_caller
 from .hooks import FrozenWeightTerm, ProxStep, absolute_strengths, prox_space, relative_strengths
 from .masks import learned_mask, mask_codes, top2_of_4
-
-
+from .memory import peak_memory_bytes
+from .modes import restore_train_modes, train_modes
 
 STATS_PASSES = 64  # mask-statistics passes a run makes by default (see learn_masks)
 

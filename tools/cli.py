@@ -16,9 +16,8 @@ from rich.console import Console  # noqa: E402
 
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
 
-from . import assets, compare, quickstart, verify  # noqa: E402
+from . import assets, compare, prune, quickstart, verify  # noqa: E402
 from . import eval as eval_command  # noqa: E402
-from . import prune  # noqa: E402
 from .options import typed_options  # noqa: E402
 from .signals import Terminated, on_sigterm, raise_terminated  # noqa: E402
 

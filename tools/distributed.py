@@ -21,8 +21,8 @@ from datetime import timedelta  # noqa: E402
 
 from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
-from proxsparse_ao.training import StepStats  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
+from proxsparse_ao.training import StepStats  # noqa: E402
 
 from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
 from .library_warnings import is_ours  # noqa: E402
