@@ -16,12 +16,15 @@ short of the minimum. "obj op-ref" is the operator's worst excess over the refer
 to the group's 1/2 ||z||^2 (at most rounding, ~1e-16, when the operator is exact); "op lower" the
 fraction of groups where the operator found a lower objective than the reference.
 Bad input (a size that is not a positive multiple of 4, a negative or non-finite lam, no such
-device) is one line and exit status 2.
+device, a size whose matrices do not fit in the memory available) is one line and exit status 2:
+the memory a size needs is checked before anything is allocated, and an allocation that still
+fails (other processes took the memory meanwhile) is reported the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -44,6 +47,60 @@ from proxsparse_ao.prox import backend, prox_2to4  # noqa: E402
 from proxsparse_ao.regularizers import r_2to4_groups  # noqa: E402
 from proxsparse_ao.speed import interleaved_seconds  # noqa: E402
 from proxsparse_ao.tools.options import parse_device  # noqa: E402
+
+
+# Peak memory per matrix element, measured (ru_maxrss, sizes 512 to 2048) with a margin: the reference holds
+# about a dozen float64 copies of the matrix (155 B); the operator, the copy and the float64 objective
+# comparison about 46 B on the host; on CUDA the operator's input, output and result about 12 B.
+REFERENCE_BYTES = 160
+HOST_BYTES = 48
+DEVICE_BYTES = 16
+
+
+def memory_needed(size: int, device: torch.device, reference: bool) -> dict[str, int]:
+    """The bytes a run on a size x size matrix needs at its peak, by where: "cpu" (host memory) and, on
+    another device, that device; the reference runs where the operator runs."""
+    elements = size * size
+    if device.type == "cpu":
+        return {"cpu": (REFERENCE_BYTES if reference else HOST_BYTES) * elements}
+    return {"cpu": HOST_BYTES * elements, str(device): (REFERENCE_BYTES if reference else DEVICE_BYTES) * elements}
+
+
+def available_bytes(where: str) -> int | None:
+    """Memory free for this run: MemAvailable for "cpu", the CUDA allocator's free memory for a CUDA
+    device; None where it cannot be told (no /proc, another device), which skips the check."""
+    if where == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+    if where.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(where))[0])
+    return None
+
+
+def check_memory(size: int, device: torch.device, reference: bool) -> None:
+    """Refuse a --size whose matrices do not fit in the memory available, before allocating them, naming
+    the largest size that does: an allocation that fails mid-run is a traceback, and on Linux one that
+    the system overcommits gets the process killed instead."""
+    for where, needed in memory_needed(size, device, reference).items():
+        available = available_bytes(where)
+        if available is None or needed <= available:
+            continue
+        per_element = needed // (size * size)
+        largest = math.isqrt(available // per_element) // 4 * 4
+        advice = f"use --size {largest} or less" if largest >= 4 else "free some memory first"
+        raise ProxSparseError(f"--size {size} needs about {needed / 2**30:,.1f} GiB of {where} memory, "
+                              f"{available / 2**30:,.1f} GiB is available: {advice}")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is a failed allocation (torch's CPU allocator raises a plain RuntimeError)."""
+    return (isinstance(err, (torch.OutOfMemoryError, MemoryError))
+            or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err)))
 
 
 def objectives(w: torch.Tensor, z: torch.Tensor, lam: float) -> torch.Tensor:
@@ -85,9 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --size: must be a multiple of 4 (groups of 4 along a row), got {args.size}")
 
     device = parse_device(args.device)
+    run_reference = device.type == "cpu" or args.with_reference
+    check_memory(args.size, device, run_reference)
+    try:
+        return run(args, device, run_reference)
+    except Exception as err:
+        if not out_of_memory(err):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ProxSparseError(f"--size {args.size}: ran out of memory on {device} ({reason}): use a smaller --size") from None
+
+
+def run(args: argparse.Namespace, device: torch.device, run_reference: bool) -> int:
+    """Time the operator, the copy and (where asked) the reference for each lam, one table row each."""
     weight = torch.randn(args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     out = torch.empty_like(weight)
-    run_reference = device.type == "cpu" or args.with_reference
     print(f"prox_2to4 on {args.size}x{args.size} fp32, {device}, solver: {backend(device)}, threads: {torch.get_num_threads()}")
     print(f"{'lam':>6} {'operator':>10} {'reference':>10} {'copy':>9} {'ref/op':>8} {'op/copy':>8} {'median':>7} {'2:4 groups':>10} "
           f"{'obj op-ref':>11} {'op lower':>9}")
