@@ -145,6 +145,15 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     parse_device(args.device)
 
 
+def check_one_window(eval_ids: dict[str, Any], eval_seqlen: int) -> None:
+    """Each evaluation text must hold one --eval-seqlen window: a shorter one is refused before the first
+    method runs, not found by every method's perplexity after its pruning (a FAILED row per method)."""
+    for name, ids in eval_ids.items():
+        if ids.numel() < eval_seqlen:
+            raise ProxSparseError(f"--text {name} has {ids.numel()} tokens, fewer than one --eval-seqlen window of "
+                                  f"{eval_seqlen}: use a longer text or a smaller --eval-seqlen")
+
+
 def _calibration_words(calibration: dict) -> str:
     """The settings' calibration record in words (`prune`'s wording)."""
     return calibration_words(calibration["mode"], calibration["samples"], calibration["seqlen"], calibration["tokens"])
@@ -239,6 +248,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         device = next(model.parameters()).device
         del model
         eval_ids = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in texts}
+        check_one_window(eval_ids, args.eval_seqlen)
         tokens = None
         if any(m in CALIBRATED for m in methods):
             config = ProxSparseConfig(samples=args.samples, seqlen=args.seqlen, seed=args.seed,

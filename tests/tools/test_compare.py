@@ -66,6 +66,18 @@ def test_windows_longer_than_the_models_context_are_refused_before_any_method_ru
     assert "compare on" not in done.stdout
 
 
+def test_a_text_shorter_than_one_window_is_refused_before_any_method_runs(tiny_model_dir, tmp_path):
+    """Not one FAILED row per method after each one's pruning, and an exit status of 1, as if a method had failed."""
+    long, short, out = tmp_path / "fox.txt", tmp_path / "short.txt", tmp_path / "compare.json"
+    long.write_text(TEXT)
+    short.write_text("hi there")
+    done = cli(tiny_model_dir, "--methods", "dense,magnitude", "--text", long, short,
+               "--eval-tokens", "0", "--eval-seqlen", "64", "--json", out)
+    assert_one_line_error(done, f"--text {short} has 8 tokens, fewer than one --eval-seqlen window of 64: "
+                                "use a longer text or a smaller --eval-seqlen")
+    assert "compare on" not in done.stdout and not out.exists()
+
+
 def test_compare_tiny_model(tiny_model_dir, tmp_path):
     text = tmp_path / "fox.txt"
     text.write_text(TEXT)
