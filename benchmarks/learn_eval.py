@@ -16,7 +16,8 @@ runs that pruned the same layers under different `ignore` patterns. Dense and ma
 are optional (`--dense`, `--magnitude`). Failures are recorded in the JSON too. Bad input (an
 unknown preset or field, a missing text file, a number out of range, a batch_size above samples, an
 unwritable --json) is one line and exit status 2, before the model loads (a seqlen or --eval-seqlen
-longer than the model's context: as soon as it is loaded). Was `learn_vs_magnitude.py`.
+longer than the model's context, a --text shorter than one --eval-seqlen window: as soon as it is
+loaded, before the learning). Was `learn_vs_magnitude.py`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ def parse_settings(pairs: list[str]) -> dict:
     return values
 
 
+def check_one_window(texts: dict[str, torch.Tensor], eval_seqlen: int) -> None:
+    """Each --text must hold one --eval-seqlen window: a shorter one is refused before the learning, not
+    found by the perplexity after it (a ProxSparse row recorded as failed, exit status 1)."""
+    for name, ids in texts.items():
+        if ids.numel() < eval_seqlen:
+            raise ProxSparseError(f"--text {name} has {ids.numel()} tokens, fewer than one --eval-seqlen window of "
+                                  f"{eval_seqlen}: use a longer text or a smaller --eval-seqlen")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", help="ProxSparseConfig preset (default: the defaults)")
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     check_context(model, args.eval_seqlen, "--eval-seqlen")
     calibration = calibration_tokens(config, tokenizer, model)  # seqlen must fit the model's context
     texts = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in args.text}
+    check_one_window(texts, args.eval_seqlen)
     results["calibration_shape"] = list(calibration.shape)
 
     def ppl(m) -> dict[str, float]:

@@ -107,3 +107,23 @@ def test_a_seqlen_longer_than_the_models_context_is_bad_input_not_a_failed_run(t
             "--eval-tokens", "256", "--eval-seqlen", "128", "--json", tmp_path / "out.json",
             message="ProxSparseConfig.seqlen 512 is longer than the model's maximum context of 256 tokens")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_text_shorter_than_one_window_is_bad_input_before_the_learning(tmp_path, refuses, monkeypatch):
+    """Not a ProxSparse row that failed at its perplexity after the whole learning run."""
+    import proxsparse_ao.api
+    import proxsparse_ao.models
+    from tiny_models import make_byte_tokenizer, make_tiny_llama
+
+    def no_learning(*args, **kwargs):
+        raise AssertionError("the learning started before the texts were checked")
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", lambda *args, **kwargs: (make_tiny_llama(), make_byte_tokenizer()))
+    monkeypatch.setattr(proxsparse_ao.api, "learn", no_learning)
+    text, short = tmp_path / "text.txt", tmp_path / "short.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 100)
+    short.write_text("hi there")
+    refuses("learn_eval.py", "--set", "seqlen=16", "--set", "samples=1", "--set", f"calibration={text}", "--text", text, short,
+            "--eval-tokens", "0", "--eval-seqlen", "128", "--json", tmp_path / "out.json",
+            message=f"--text {short} has 8 tokens, fewer than one --eval-seqlen window of 128: use a longer text or a smaller --eval-seqlen")
+    assert not (tmp_path / "out.json").exists()
