@@ -31,8 +31,8 @@ Memory (GiB, CPU resident memory, the largest over the seeds), one measure per c
 
 A compare file that says it is incomplete (an interrupted run, a failed method) is named on
 stderr with the methods missing. Results of `learn_vs_magnitude.py` (this script's old name) hold
-one perplexity, on wikipedia. A file that is not JSON, or JSON of another shape, is one line
-naming what is wrong and exit status 2.
+one perplexity, on wikipedia. A file that is not JSON, or JSON of another shape, or files that
+hold no rows at all, is one line naming what is wrong and exit status 2.
 """
 
 from __future__ import annotations
@@ -354,8 +354,9 @@ def memory_notes(peaks: dict[str, tuple[str, list[str]]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Mean and spread over seeds of learn_eval.py and compare JSON results.")
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
+    paths = parser.parse_args(argv).results
     records, notes = [], []
-    for path in parser.parse_args(argv).results:
+    for path in paths:
         try:
             data = json.loads(path.read_text())
             records += file_runs(path, data)
@@ -367,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path} is not a learn_eval.py or compare result ({why})", file=sys.stderr)
             return EXIT_BAD_INPUT
         notes += filter(None, [incomplete(path, data), off_cpu(path, data)])
+    if not records:  # a header and nothing under it would pass for a summary
+        print(f"error: no runs to summarise: {', '.join(map(str, paths))} hold{'s' if len(paths) == 1 else ''} no rows",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     groups = grouped(named(with_setting_keys(records)))
     peaks = peak_cells(groups)
     print(table(groups, peaks))

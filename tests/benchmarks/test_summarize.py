@@ -175,6 +175,15 @@ def test_json_of_another_shape_is_one_line_naming_what_is_wrong_and_exit_2(conte
     refuses("summarize.py", path, message=f"error: {path} is not a learn_eval.py or compare result ({why})")
 
 
+def test_files_that_hold_no_rows_are_one_line_and_exit_2_not_an_empty_table(tmp_path, refuses):
+    """A compare run killed before its first method, or a learn_eval file with no rows: nothing to summarise."""
+    started = compare_file(tmp_path / "started.json", 0, [], complete=False, status="running", unfinished={"dense": "not run yet"})
+    refuses("summarize.py", started, message=f"error: no runs to summarise: {started} holds no rows")
+    empty = tmp_path / "empty_s0.json"
+    empty.write_text(json.dumps({"label": "empty_s0", "config": {"seed": 0}, "rows": []}))
+    refuses("summarize.py", started, empty, message=f"error: no runs to summarise: {started}, {empty} hold no rows")
+
+
 def test_text_that_is_not_json_is_one_line_and_exit_2(tmp_path, refuses):
     path = tmp_path / "notes.json"
     path.write_text("peak 3 GiB")
