@@ -262,6 +262,12 @@ def off_cpu(path: Path, data: dict) -> str | None:
             "so the memory columns leave it out")
 
 
+def _cell(text: str) -> str:
+    """`text` as one Markdown table cell: line breaks become spaces and `|` is escaped, so that a
+    multi-line error message or a label with a pipe neither ends its row early nor adds columns."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).replace("|", "\\|")
+
+
 def _spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -303,7 +309,8 @@ def peak_cells(groups: dict[str, list[dict]]) -> dict[str, tuple[str, list[str]]
 def table(groups: dict[str, list[dict]], peaks: dict[str, tuple[str, list[str]]]) -> str:
     records = [r for members in groups.values() for r in members]
     texts = sorted({t for r in records if "ppl" in r for t in r["ppl"]}, key=lambda t: (t != "wikipedia", t))
-    header = ["run", "seeds", *(f"PPL {t} (mean ± sd, min..max)" for t in texts), "time (s)", "pruning peak GiB", "added GiB", "moved"]
+    header = ["run", "seeds", *(f"PPL {_cell(t)} (mean ± sd, min..max)" for t in texts), "time (s)", "pruning peak GiB",
+              "added GiB", "moved"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for group, members in groups.items():
         good = [m for m in members if "ppl" in m]
@@ -315,9 +322,9 @@ def table(groups: dict[str, list[dict]], peaks: dict[str, tuple[str, list[str]]]
         seeds = ",".join(str(m["seed"]) for m in sorted(good, key=_seed_order) if m["seed"] is not None)
         tail = [f"{statistics.mean(seconds):.0f}" if seconds else "-", peaks[group][0],
                 "-" if added is None else f"{added:.2f}", f"{statistics.mean(moved):.1%}" if moved else "-"]
-        lines.append(f"| {group} | {seeds or '-'} | " + " | ".join(cells + tail) + " |")
+        lines.append(f"| {_cell(group)} | {seeds or '-'} | " + " | ".join(cells + tail) + " |")
         for m in failed:
-            lines.append(f"| {group} (seed {m['seed']}) FAILED | | {m['error']} |")
+            lines.append(f"| {_cell(group)} (seed {m['seed']}) FAILED | | {_cell(m['error'])} |")
     return "\n".join(lines)
 
 

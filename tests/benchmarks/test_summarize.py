@@ -5,6 +5,7 @@ files' age, partial compare files named, and one-line errors for bad files and o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -331,3 +332,20 @@ def test_runs_that_all_failed_still_make_a_table_of_matching_columns(tmp_path):
     assert header == "| run | seeds | time (s) | pruning peak GiB | added GiB | moved |"
     assert separator == "|---" * 6 + "|"
     assert row == "| x | - | - | - | - | - |" and failure == "| x (seed 0) FAILED | | TypeError: boom |"
+
+
+def test_a_multi_line_error_or_a_pipe_in_a_name_stays_inside_its_cell(tmp_path):
+    """torch's errors often span lines, and a label or a text file's name may hold a `|`: each table row is
+    still one line with as many cells as the header (the `|` escaped, the line breaks made spaces)."""
+    failed = tmp_path / "a|b_s0.json"
+    failed.write_text(json.dumps({"label": "a|b_s0", "config": {"seed": 0}, "model": "m",
+                                  "rows": [{"method": "proxsparse", "error": "RuntimeError: shapes [4|8] differ\n  at layer 0\r\nsee above"}]}))
+    scored = tmp_path / "mine_s0.json"
+    scored.write_text(json.dumps({"label": "mine_s0", "config": LEARNED, "model": "m",
+                                  "rows": [{"method": "proxsparse", "ppl": {"x|y.txt": 61.0}}]}))
+    done = summarize(failed, scored)
+    assert done.returncode == 0, done.stderr
+    header, separator, row, failure, other = done.stdout.splitlines()
+    assert len({len(re.findall(r"(?<!\\)\|", line)) for line in (header, separator, row, other)}) == 1
+    assert "| PPL x\\|y.txt (mean ± sd, min..max) |" in header
+    assert failure == "| a\\|b (seed 0) FAILED | | RuntimeError: shapes [4\\|8] differ at layer 0 see above |"
