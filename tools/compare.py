@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -460,11 +461,17 @@ def memory_words(device: str) -> str:
             "and what earlier methods freed was handed back to the system first, so each row is that method's own cost.")
 
 
+def markdown_cell(text: str) -> str:
+    """`text` as one Markdown table cell: line breaks become spaces and `|` is escaped, so that a failed
+    method's multi-line error or a text file name with a pipe neither ends its row early nor adds columns."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).replace("|", "\\|")
+
+
 def markdown(rows: list[dict], texts: list[str], tasks: list[str], settings: dict) -> str:
     """The comparison as a Markdown table, with the settings and the command below it."""
     headers = _headers(texts, tasks)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cells(row, texts, tasks)) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(markdown_cell, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(markdown_cell, _cells(row, texts, tasks))) + " |" for row in rows]
     calib = settings["calibration"]
     evaluation = settings["evaluation"]
     lines += [

@@ -14,7 +14,7 @@ import pytest
 from cli_runner import CliRun, run_cli
 from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.targets import pruned_layers
-from proxsparse_ao.tools.compare import METHODS, parse_methods
+from proxsparse_ao.tools.compare import METHODS, markdown, parse_methods
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
@@ -133,6 +133,21 @@ def test_a_failing_method_keeps_the_other_rows(tiny_model_dir, tmp_path, monkeyp
     assert result["complete"] is False and result["status"] == "finished"
     assert result["unfinished"] == {"wanda": "failed: MemoryError: no scratch space"}
 
+
+
+def test_a_failed_methods_multi_line_error_stays_inside_its_markdown_row():
+    """torch's errors often span lines, and a text file name may hold a `|`: every row of the --markdown table is
+    one line with as many cells as the header (line breaks made spaces, the `|` escaped)."""
+    settings = {"model": "m", "dtype": "float32", "device": "cpu", "threads": 1, "calibration": None, "tasks": [], "limit": None,
+                "evaluation": {"texts": ["a|b.txt"], "max_tokens": None, "seqlen": 64}, "command": "proxsparse-tool compare"}
+    rows = [{"method": "dense", "mask_only": None, "ppl": 20.0, "ppl_by_text": {"a|b.txt": 20.0}, "prune_seconds": None,
+             "pattern_ok": False},
+            {"method": "wanda", "mask_only": True, "error": "RuntimeError: shapes [4|8]\n  differ", "ppl": None, "ppl_by_text": {},
+             "pattern_ok": False, "prune_seconds": None}]
+    header, separator, dense, failed = markdown(rows, ["a|b.txt"], [], settings).splitlines()[:4]
+    assert len({len(re.findall(r"(?<!\\)\|", line)) for line in (header, separator, dense, failed)}) == 1
+    assert "| PPL a\\|b.txt |" in header
+    assert failed.startswith("| wanda | yes | failed: RuntimeError: shapes [4\\|8] differ |")
 
 def _compare_argv(model, tmp_path, methods: str) -> list[str]:
     text = tmp_path / "fox.txt"
