@@ -137,6 +137,10 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
         needy = [m for m in methods if m in CALIBRATED]
         if needy:
             raise ProxSparseError(f"{', '.join(needy)} need(s) calibration data, but --calibration none was given")
+    for option, values in (("--text", args.text or []), ("--tasks", args.tasks)):
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:  # each would be a second column of the same numbers (and a second zero-shot run)
+            raise ProxSparseError(f"{option} lists {', '.join(repeated)} twice: drop the repeat")
     for text in args.text or []:
         check_text(text)
     if any(m in CALIBRATED for m in methods):

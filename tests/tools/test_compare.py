@@ -52,6 +52,9 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert_one_line_error(cli(missing, "--json", tmp_path / "r", "--markdown", tmp_path / "r"), "name the same file")
     assert_one_line_error(cli(missing, "--json", tmp_path), "is a folder: name a file")
     assert_one_line_error(cli(missing, "--device", "nowhere"), "--device 'nowhere'")
+    assert_one_line_error(cli(missing, "--text", "wikipedia", "news", "wikipedia"), "--text lists wikipedia twice: drop the repeat")
+    assert_one_line_error(cli(missing, "--tasks", "local_winogrande", "local_winogrande"),
+                          "--tasks lists local_winogrande twice: drop the repeat")
     archive = tmp_path / "corpus.jsonl"
     archive.write_bytes(b"\x1f\x8b\x08\x00 a gzip header")
     assert_one_line_error(cli(missing, "--text", "wikipedia", archive), f"{archive} is not a UTF-8 text file (byte 0x8b at offset 1)")
