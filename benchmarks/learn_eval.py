@@ -51,7 +51,7 @@ from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.memory import PeakMemory  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
 from proxsparse_ao.targets import pruned_layers, select_targets  # noqa: E402
-from proxsparse_ao.tools.options import check_result_files  # noqa: E402
+from proxsparse_ao.tools.options import check_one_window, check_result_files  # noqa: E402
 
 
 def memory_fields(memory: PeakMemory) -> dict:
@@ -86,15 +86,6 @@ def parse_settings(pairs: list[str]) -> dict:
     return values
 
 
-def check_one_window(texts: dict[str, torch.Tensor], eval_seqlen: int) -> None:
-    """Each --text must hold one --eval-seqlen window: a shorter one is refused before the learning, not
-    found by the perplexity after it (a ProxSparse row recorded as failed, exit status 1)."""
-    for name, ids in texts.items():
-        if ids.numel() < eval_seqlen:
-            raise ProxSparseError(f"--text {name} has {ids.numel()} tokens, fewer than one --eval-seqlen window of "
-                                  f"{eval_seqlen}: use a longer text or a smaller --eval-seqlen")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", help="ProxSparseConfig preset (default: the defaults)")
@@ -125,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     check_context(model, args.eval_seqlen, "--eval-seqlen")
     calibration = calibration_tokens(config, tokenizer, model)  # seqlen must fit the model's context
     texts = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in args.text}
-    check_one_window(texts, args.eval_seqlen)
+    check_one_window(texts, args.eval_seqlen)  # before the learning, not by the perplexity after it
     results["calibration_shape"] = list(calibration.shape)
 
     def ppl(m) -> dict[str, float]:

@@ -35,7 +35,7 @@ from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.targets import pruned_layers
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import check_result_files, name_flags, parse_device, refuse_unused, require_at_least
+from .options import check_one_window, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 from .progress import learning_reporter, progress_bars, reporter, stage
 from .prune import calibration_words
 from .signals import Terminated
@@ -150,15 +150,6 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
     parse_device(args.device)
 
 
-def check_one_window(eval_ids: dict[str, Any], eval_seqlen: int) -> None:
-    """Each evaluation text must hold one --eval-seqlen window: a shorter one is refused before the first
-    method runs, not found by every method's perplexity after its pruning (a FAILED row per method)."""
-    for name, ids in eval_ids.items():
-        if ids.numel() < eval_seqlen:
-            raise ProxSparseError(f"--text {name} has {ids.numel()} tokens, fewer than one --eval-seqlen window of "
-                                  f"{eval_seqlen}: use a longer text or a smaller --eval-seqlen")
-
-
 def _calibration_words(calibration: dict) -> str:
     """The settings' calibration record in words (`prune`'s wording)."""
     return calibration_words(calibration["mode"], calibration["samples"], calibration["seqlen"], calibration["tokens"])
@@ -253,7 +244,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         device = next(model.parameters()).device
         del model
         eval_ids = {name: tokenize_text(tokenizer, load_text(name, "evaluation")) for name in texts}
-        check_one_window(eval_ids, args.eval_seqlen)
+        check_one_window(eval_ids, args.eval_seqlen)  # before any method runs, not by each one after its pruning
         tokens = None
         if any(m in CALIBRATED for m in methods):
             config = ProxSparseConfig(samples=args.samples, seqlen=args.seqlen, seed=args.seed,

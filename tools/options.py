@@ -52,6 +52,15 @@ def name_flags(message: str) -> str:
     return re.sub(r"\b\w+Config\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
+def check_one_window(texts: dict[str, torch.Tensor], eval_seqlen: int) -> None:
+    """Each evaluation text (its name, its token ids) must hold one --eval-seqlen window of tokens:
+    refused up front, a short one would fail every perplexity measured on it."""
+    for name, ids in texts.items():
+        if ids.numel() < eval_seqlen:
+            raise ProxSparseError(f"--text {name} has {ids.numel()} tokens, fewer than one --eval-seqlen window of "
+                                  f"{eval_seqlen}: use a longer text or a smaller --eval-seqlen")
+
+
 def parse_device(text: str | None) -> torch.device:
     """`--device` as a torch device that this machine has (default: cuda when available, else cpu)."""
     return usable_device(text or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
