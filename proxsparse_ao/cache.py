@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ProxSparseError
@@ -16,6 +18,20 @@ def cache_dir() -> Path:
         return Path(root).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "proxsparse_ao"
+
+
+@contextmanager
+def building(what: str) -> Iterator[None]:
+    """A file error while `what` is built in the cache ($PROXSPARSE_CACHE naming a file, a folder this
+    user cannot write, a full disk) as one line naming the cache folder and how to choose another."""
+    try:
+        yield
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise ProxSparseError(
+            f"cannot build {what} in the cache folder {cache_dir()} ({where}{err.strerror or err}): "
+            "set $PROXSPARSE_CACHE to a folder you can write"
+        ) from None
 
 
 def check_writable_folder(folder: str | Path, what: str) -> None:

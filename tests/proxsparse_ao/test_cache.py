@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxsparse_ao.cache import atomic_write_bytes, cache_dir, check_writable_folder
+from proxsparse_ao.cache import atomic_write_bytes, building, cache_dir, check_writable_folder
 from proxsparse_ao.errors import ProxSparseError
 
 
@@ -61,3 +61,16 @@ def test_a_file_in_the_way_is_named(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ProxSparseError, match=f"--json x: {tmp_path / 'a_file'} is not a folder"):
         check_writable_folder(tmp_path / "a_file" / "sub", "--json x")
+
+
+def test_a_file_error_while_building_in_the_cache_names_the_cache_and_how_to_choose_another(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROXSPARSE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ProxSparseError) as raised, building("the default text"):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "cache" / "text"))
+    assert str(raised.value) == (f"cannot build the default text in the cache folder {tmp_path / 'cache'} "
+                                 f"({tmp_path / 'cache' / 'text'}: Permission denied): set $PROXSPARSE_CACHE to a folder you can write")
+
+
+def test_building_lets_other_errors_through_unchanged():
+    with pytest.raises(KeyError), building("the default model"):
+        raise KeyError("not a file error")

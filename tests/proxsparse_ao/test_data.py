@@ -71,6 +71,12 @@ def test_a_corrupt_or_half_written_text_cache_is_rebuilt(fresh_cache):
     assert load_documents("wikipedia", "evaluation") == expected
 
 
+def test_a_cache_the_default_text_cannot_be_built_in_is_one_error_naming_it(fresh_cache):
+    (fresh_cache / "text").write_text("a file where the text folder goes")
+    with pytest.raises(ProxSparseError, match=rf"^cannot build the default text in the cache folder {fresh_cache} \(.*Not a directory\)"):
+        load_text()
+
+
 def test_txt_file_is_read_verbatim_and_split_into_paragraphs(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("first paragraph\nstill first\n\nsecond\n\n\n")

@@ -93,6 +93,15 @@ def test_default_model_is_converted_once_then_reused(fake_conversion):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_a_cache_the_default_model_cannot_be_built_in_is_one_error_naming_it(fake_conversion, tmp_path, monkeypatch):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder")
+    monkeypatch.setenv("PROXSPARSE_CACHE", str(taken))
+    with pytest.raises(ProxSparseError, match=rf"^cannot build the default model in the cache folder {taken} \({taken / 'models'}: Not a directory\)"):
+        load_model()
+    assert fake_conversion == []
+
+
 def test_truncated_weights_in_the_cache_are_detected_and_rebuilt(fake_conversion):
     folder = default_model_dir()
     weights = folder / "model.safetensors"

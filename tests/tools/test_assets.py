@@ -35,6 +35,6 @@ def test_a_cache_that_cannot_be_a_folder_is_one_line_and_exit_2(under, tmp_path,
     done = cli()
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: cannot prepare the assets in the cache folder {cache} ({cache / 'models'}: Not a directory)")
+    assert line.startswith(f"error: cannot build the default model in the cache folder {cache} ({cache / 'models'}: Not a directory)")
     assert line.endswith("set $PROXSPARSE_CACHE to a folder you can write")
     assert taken.read_text() == "not a folder"

@@ -125,6 +125,16 @@ def test_a_seqlen_longer_than_the_models_context_is_a_one_line_error(tiny_model_
     assert "perplexity" not in done.stdout
 
 
+def test_a_cache_folder_the_default_assets_cannot_be_built_in_is_a_one_line_error(tmp_path, monkeypatch):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder")
+    monkeypatch.setenv("PROXSPARSE_CACHE", str(taken))
+    done = cli("--max-tokens", "256")  # the default text is read first, then the default model loads
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot build the default text in the cache folder {taken} (")
+
+
 def test_unknown_task_is_a_one_line_error(tiny_model_dir, text_file):
     done = cli(tiny_model_dir, "--no-ppl", "--tasks", "no_such_task")
     assert_one_line_error(done, "unknown zero-shot task no_such_task")
