@@ -51,7 +51,7 @@ from proxsparse_ao.masks import magnitude_mask  # noqa: E402
 from proxsparse_ao.memory import PeakMemory  # noqa: E402
 from proxsparse_ao.models import DEFAULT_MODEL_LABEL, load_model  # noqa: E402
 from proxsparse_ao.targets import pruned_layers, select_targets  # noqa: E402
-from proxsparse_ao.tools.options import check_one_window, check_result_files  # noqa: E402
+from proxsparse_ao.tools.options import check_no_repeats, check_one_window, check_result_files  # noqa: E402
 
 
 def memory_fields(memory: PeakMemory) -> dict:
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     check_batch_size(config)  # the script makes `samples` calibration samples
     if args.eval_tokens and args.eval_tokens < args.eval_seqlen:
         raise ProxSparseError(f"--eval-tokens must be 0 (all) or cover one window of {args.eval_seqlen}, got {args.eval_tokens}")
+    check_no_repeats({"--text": args.text})
     for text in args.text:
         check_text(text)
     check_text(config.calibration)
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(rows, indent=1))
     if args.json:
         history = results.pop("history", [])
-        write_history(args.json, history, **results)
+        try:
+            write_history(args.json, history, **results)
+        except OSError as err:  # checked before the run, but the folder can go or fill up meanwhile
+            raise ProxSparseError(f"--json {args.json}: cannot write it: {err.strerror or err} (the rows are printed above)") from None
     return 0 if all("error" not in row for row in rows) else 1
 
 

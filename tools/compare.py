@@ -35,7 +35,7 @@ from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.targets import pruned_layers
 from proxsparse_ao.zeroshot import check_tasks
 
-from .options import check_one_window, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
+from .options import check_no_repeats, check_one_window, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 from .progress import learning_reporter, progress_bars, reporter, stage
 from .prune import calibration_words
 from .signals import Terminated
@@ -137,10 +137,7 @@ def _check(args: argparse.Namespace, methods: list[str]) -> None:
         needy = [m for m in methods if m in CALIBRATED]
         if needy:
             raise ProxSparseError(f"{', '.join(needy)} need(s) calibration data, but --calibration none was given")
-    for option, values in (("--text", args.text or []), ("--tasks", args.tasks)):
-        repeated = sorted({value for value in values if values.count(value) > 1})
-        if repeated:  # each would be a second column of the same numbers (and a second zero-shot run)
-            raise ProxSparseError(f"{option} lists {', '.join(repeated)} twice: drop the repeat")
+    check_no_repeats({"--text": args.text, "--tasks": args.tasks})  # each a second column of the same numbers
     for text in args.text or []:
         check_text(text)
     if any(m in CALIBRATED for m in methods):

@@ -52,6 +52,15 @@ def name_flags(message: str) -> str:
     return re.sub(r"\b\w+Config\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
+def check_no_repeats(lists: dict[str, list[str] | None]) -> None:
+    """An option taking several names (`--text a b`) must not name one twice: the repeat would be
+    measured again and shown twice."""
+    for option, values in lists.items():
+        repeated = sorted({value for value in values or [] if values.count(value) > 1})
+        if repeated:
+            raise ProxSparseError(f"{option} lists {', '.join(repeated)} twice: drop the repeat")
+
+
 def check_one_window(texts: dict[str, torch.Tensor], eval_seqlen: int) -> None:
     """Each evaluation text (its name, its token ids) must hold one --eval-seqlen window of tokens:
     refused up front, a short one would fail every perplexity measured on it."""

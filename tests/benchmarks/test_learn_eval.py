@@ -60,6 +60,7 @@ def no_model(monkeypatch):
     (["--eval-seqlen", "1"], "--eval-seqlen: must be at least 2, got 1"),
     (["--threads", "0"], "--threads: must be at least 1, got 0"),
     (["--set", "samples=2", "--set", "batch_size=4"], "ProxSparseConfig.batch_size (4) is larger than ProxSparseConfig.samples (2)"),
+    (["--text", "wikipedia", "news", "wikipedia"], "--text lists wikipedia twice: drop the repeat"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_the_model_loads(argv, message, refuses, no_model):
     refuses("learn_eval.py", *argv, message=message)
@@ -127,3 +128,27 @@ def test_a_text_shorter_than_one_window_is_bad_input_before_the_learning(tmp_pat
             "--eval-tokens", "0", "--eval-seqlen", "128", "--json", tmp_path / "out.json",
             message=f"--text {short} has 8 tokens, fewer than one --eval-seqlen window of 128: use a longer text or a smaller --eval-seqlen")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_json_that_cannot_be_written_at_the_end_is_one_line_after_the_printed_rows(tmp_path, run_benchmark, monkeypatch):
+    """The --json folder was fine when checked, then a file took its place during the run: the rows are on
+    stdout, the failure is one line and exit 2, not a traceback."""
+    import proxsparse_ao.models
+    from tiny_models import make_byte_tokenizer, make_tiny_llama
+
+    text, results = tmp_path / "text.txt", tmp_path / "results"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 100)
+    results.mkdir()
+
+    def load_then_block_the_folder(*args, **kwargs):
+        results.rmdir()
+        results.write_text("a file where the results folder was")
+        return make_tiny_llama(), make_byte_tokenizer()
+
+    monkeypatch.setattr(proxsparse_ao.models, "load_model", load_then_block_the_folder)
+    code, printed, err = run_benchmark("learn_eval.py", "--set", "seqlen=16", "--set", "samples=1", "--set", f"calibration={text}",
+                                       "--text", text, "--eval-tokens", "256", "--eval-seqlen", "128",
+                                       "--json", results / "out.json")
+    assert code == 2 and '"method": "proxsparse"' in printed
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: --json {results / 'out.json'}: cannot write it: ") and line.endswith("(the rows are printed above)")
