@@ -35,6 +35,7 @@ from proxsparse_ao.passes.sparse24 import Decide
 from .errors import ProxSparseError, meta_weight_message
 from .ops import cuda_backend, cuda_kernel_available
 from .speed import SpeedTable
+from .targets import eager_model
 
 SPARSE_MODES = ("auto", "always", "never")
 PASS_SETTINGS = ("freezing", "post_grad_custom_post_pass", "cpp.weight_prepack")
@@ -291,8 +292,11 @@ def compile(
     fills in as graphs are compiled.
 
     Every call of `compile` is a compile of its own: compiling one model twice (say dense,
-    then sparse) gives two objects that never run each other's graphs.
+    then sparse) gives two objects that never run each other's graphs. A model `torch.compile`d
+    already is compiled as the model it wraps: its layers keep their own names (not "_orig_mod."),
+    which `exclude` patterns and the report use.
     """
+    model = eager_model(model)
     _check_model(model)
     if sparse not in SPARSE_MODES:
         raise ProxSparseError(f"sparse={sparse!r}: choose one of {', '.join(SPARSE_MODES)}")

@@ -336,6 +336,18 @@ def test_the_report_names_layers_swapped_before_compiling():
     assert "swapped to SparseLinear24 before compiling: 1 (linear24 in every graph)" in report.summary().splitlines()[1]
 
 
+def test_a_model_torch_compiled_already_is_compiled_as_the_model_it_wraps():
+    """Its layers were named "_orig_mod.up", ..., so a full-name or regex exclusion silently excluded
+    nothing and the report named layers the model does not have."""
+    model = Mixed()
+    compiled, report = proxsparse_ao.compile(torch.compile(model), sparse="always", exclude=["re:lm_h.*"])
+    assert compiled.model is model
+    assert list(report.linears) == ["up", "down", "odd", "fp32", "lm_head"]
+    assert report.linears["lm_head"] == "excluded (matches 're:lm_h.*')"
+    (record,) = decisions(compiled, report, model.up.weight, rows=4)
+    assert (record.name, record.rewritten) == ("up", True)
+
+
 def decisions(compiled: nn.Module, report, weight: torch.Tensor, rows: int) -> list:
     """The records of the 2:4 pass `proxsparse_ao.compile` installed in `compiled`, run on a hand-traced
     graph of `x @ weight.T` (no Inductor compile): what the compiled model decides for that matmul."""
