@@ -149,6 +149,12 @@ def _causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         del inputs["attention_mask"]  # right padding: a causal model's real positions never see it anyway
     output = model(**inputs, **kwargs)
     logits = output.logits if hasattr(output, "logits") else output[0] if isinstance(output, tuple) else output
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        got = type(logits).__name__ if not isinstance(logits, torch.Tensor) else f"a tensor of shape {tuple(logits.shape)}"
+        raise ProxSparseError(
+            f"{type(model).__name__} returns no logits [batch, tokens, vocabulary] (got {got}): mask learning needs a causal "
+            "language model with its LM head (a Hugging Face ...ForCausalLM, not the base model inside it)"
+        )
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), ignore_index=PAD_ID)
 
 

@@ -255,6 +255,17 @@ def test_a_model_whose_forward_takes_no_input_ids_is_refused_before_any_work():
         learn_masks(model, _tokens(), ProxSparseConfig(**FAST), {"1": model[1]})
 
 
+def test_a_model_that_returns_no_logits_is_refused_and_comes_back_untouched(tiny_llama):
+    """The base model inside a ...ForCausalLM (no LM head) failed with a TypeError inside transformers
+    (`tuple indices must be integers or slices`), when the loss read its hidden states as logits."""
+    base = tiny_llama.model
+    before = _state(base)
+    config = ProxSparseConfig(**FAST)
+    with pytest.raises(ProxSparseError, match=r"^LlamaModel returns no logits .*got BaseModelOutputWithPast.*\.\.\.ForCausalLM"):
+        learn_masks(base, _tokens(), config, _layers(base, config))
+    assert _same(_state(base), before)
+
+
 @pytest.mark.parametrize("activation_aware", [True, False], ids=["activation-aware", "weight-space"])
 def test_a_layer_no_token_reaches_is_refused_by_name_before_any_work(tiny_llama, tmp_path, activation_aware):
     """Called directly (not through learn or the CLI), with or without the statistics pass; a checkpoint folder
