@@ -22,7 +22,7 @@ from .config import MASK_BUFFER, ConfigError, ProxSparseConfig, check_batch_size
 from .context import check_context
 from .errors import ProxSparseError
 from .targets import FilterFn, check_target_weights, eager_model, masked_modules, select_targets
-from .training import Callback, LearnResult, check_calibration, learn_masks
+from .training import Callback, LearnResult, check_calibration, check_reporting, learn_masks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -73,6 +73,7 @@ def learn(
     data would inform its mask, so it would be a guess. A `torch.compile`d model learns eagerly, masks
     named by the model it wraps."""
     config = _check_config(config if config is not None else ProxSparseConfig())
+    check_reporting(callback, stats_every)
     model = eager_model(model)
     selection = select_targets(model, config.targets, config.ignore, filter_fn, strict=config.strict)
     check_target_weights(selection.layers)

@@ -69,6 +69,7 @@ from .training import (
     _Codes,
     _lr_factor,
     check_calibration,
+    check_reporting,
     prox_strength,
     rng_state,
     seeded_rng,
@@ -156,6 +157,7 @@ def learn_masks_distributed(
     if mixed_precision not in MIXED_PRECISION:
         raise ProxSparseError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {mixed_precision!r}")
     validate(config)
+    check_reporting(callback, stats_every)
     calibration = check_calibration(calibration, model)
     check_batch_size(config, calibration.shape[0])
     if not layers:

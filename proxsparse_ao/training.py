@@ -196,6 +196,15 @@ def stats_interval(stats_every: int | None, total_steps: int) -> int:
     return max(1, stats_every)
 
 
+def check_reporting(callback: Any, stats_every: Any) -> None:
+    """Refuse, before any work, a `callback` that cannot be called or a `stats_every` that is no
+    int: either would otherwise fail at the end of the first step, after the statistics pass."""
+    if callback is not None and not callable(callback):
+        raise ProxSparseError(f"callback must be a function taking StepStats, got {type(callback).__name__} {callback!r}")
+    if stats_every is not None and (isinstance(stats_every, bool) or not isinstance(stats_every, int)):
+        raise ProxSparseError(f"stats_every must be an int (steps between statistics passes) or None, got {type(stats_every).__name__} {stats_every!r}")
+
+
 def _check_causal_lm(model: nn.Module) -> None:
     """Learning runs `model(input_ids=...)` for a next-token loss: refuse a model whose forward takes no input_ids."""
     if not forward_takes(model, "input_ids"):
@@ -281,6 +290,7 @@ def learn_masks(
     `stats_every` steps and at the last; None: every step up to STATS_PASSES steps, then
     about STATS_PASSES times a run. A layer that no calibration token reaches is refused by name
     before any learning: nothing would inform its mask."""
+    check_reporting(callback, stats_every)
     calibration = check_calibration(calibration, model)
     check_batch_size(config, calibration.shape[0])
     _check_causal_lm(model)

@@ -268,6 +268,12 @@ def test_a_tokenizer_name_instead_of_a_tokenizer_is_named(tiny_llama):
         sparsify_(tiny_llama, ProxSparseConfig(**FAST), tokenizer="gpt2")
 
 
+def test_a_callback_that_cannot_be_called_is_refused_before_calibration_is_made(tiny_llama):
+    """It failed with "'int' object is not callable" after the statistics pass and the first step."""
+    with pytest.raises(ProxSparseError, match="^callback must be a function taking StepStats, got int 3$"):
+        sparsify_(tiny_llama, ProxSparseConfig(**FAST), callback=3)  # no tokenizer either: the callback is named first
+
+
 def test_a_callback_with_a_baseline_is_refused(tiny_llama):
     with pytest.raises(ConfigError, match="callback: MagnitudeConfig learns nothing step by step"):
         sparsify_(tiny_llama, MagnitudeConfig(), callback=lambda stats: None)

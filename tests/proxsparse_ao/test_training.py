@@ -255,6 +255,23 @@ def test_a_model_whose_forward_takes_no_input_ids_is_refused_before_any_work():
         learn_masks(model, _tokens(), ProxSparseConfig(**FAST), {"1": model[1]})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"callback": 3}, r"^callback must be a function taking StepStats, got int 3$"),
+        ({"stats_every": "2"}, r"^stats_every must be an int \(steps between statistics passes\) or None, got str '2'$"),
+    ],
+)
+def test_a_callback_or_stats_interval_that_cannot_work_is_refused_before_any_work(tiny_llama, monkeypatch, kwargs, message):
+    """They failed with a TypeError at the end of the first step, after the statistics pass and a step of learning."""
+    import proxsparse_ao.training as training
+
+    monkeypatch.setattr(training, "activation_scales", lambda *args: pytest.fail("the statistics pass ran"))
+    config = ProxSparseConfig(**FAST)
+    with pytest.raises(ProxSparseError, match=message):
+        learn_masks(tiny_llama, _tokens(), config, _layers(tiny_llama, config), **kwargs)
+
+
 def test_a_model_that_returns_no_logits_is_refused_and_comes_back_untouched(tiny_llama):
     """The base model inside a ...ForCausalLM (no LM head) failed with a TypeError inside transformers
     (`tuple indices must be integers or slices`), when the loss read its hidden states as logits."""
