@@ -117,7 +117,9 @@ def select_targets(
     on the same model still warns (for callers that only look, such as verification)."""
     if not isinstance(model, nn.Module):
         raise ProxSparseError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
-    targets, ignore = list(targets), list(ignore)
+    targets, ignore = _patterns(targets, "targets"), _patterns(ignore, "ignore")
+    if filter_fn is not None and not callable(filter_fn):
+        raise ProxSparseError(f"filter_fn must be a function (module, name) -> bool, got {type(filter_fn).__name__} {filter_fn!r}")
     protected = protected_modules(model)
     layers: dict[str, nn.Linear] = {}
     skipped: dict[str, str] = {}
@@ -161,6 +163,26 @@ def select_targets(
         if warn:
             _warn_once(model, message)
     return TargetSelection(layers, skipped)
+
+
+def _patterns(patterns: Any, what: str) -> list[str]:
+    """`patterns` as a list of pattern strings. A single str is refused: iterated, "q_proj" would be the
+    patterns "q", "_", "p", ... (an ignore list that silently ignores nothing). So are items that are not
+    str and "re:" patterns that do not compile, which would fail deep inside the selection."""
+    if isinstance(patterns, str):
+        raise ProxSparseError(f"{what} must be a list of patterns, got the str {patterns!r}: write [{patterns!r}]")
+    if not isinstance(patterns, Iterable):
+        raise ProxSparseError(f"{what} must be a list of patterns, got {type(patterns).__name__} {patterns!r}")
+    patterns = list(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ProxSparseError(f"{what} patterns must be str, got {type(pattern).__name__} {pattern!r}")
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as err:
+                raise ProxSparseError(f"{what}: {pattern!r} is not a valid regular expression ({err})") from None
+    return patterns
 
 
 def _warn_once(model: nn.Module, message: str) -> None:

@@ -54,6 +54,24 @@ def test_filter_fn_narrows(tiny_llama):
     assert len(layers) == 7 and all("layers.1." in n for n in layers)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((["Linear"], "q_proj"), r"^ignore must be a list of patterns, got the str 'q_proj': write \['q_proj'\]$"),
+        (("Linear", []), r"^targets must be a list of patterns, got the str 'Linear': write \['Linear'\]$"),
+        ((None, []), r"^targets must be a list of patterns, got NoneType None$"),
+        ((["Linear", 3], []), r"^targets patterns must be str, got int 3$"),
+        ((["Linear"], ["re:("]), r"^ignore: 're:\(' is not a valid regular expression \(missing \), unterminated subpattern"),
+        ((["Linear"], [], "layers.1."), r"^filter_fn must be a function \(module, name\) -> bool, got str 'layers.1.'$"),
+    ],
+)
+def test_patterns_and_filters_that_cannot_select_are_refused(tiny_llama, arguments, message):
+    """A str was iterated into one-letter patterns (ignore="q_proj" silently ignored nothing); the others
+    failed with a TypeError, AttributeError or re.error from inside the selection."""
+    with pytest.raises(ProxSparseError, match=message):
+        select_targets(tiny_llama, *arguments)
+
+
 def test_in_features_not_multiple_of_4_warns_or_fails():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 6), nn.Linear(6, 8))
     with pytest.warns(UserWarning, match=r"skipping 1 layer.*2 \(in_features=6"):
