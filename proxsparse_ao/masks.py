@@ -69,13 +69,30 @@ def learned_mask(scores: torch.Tensor, original: torch.Tensor, n: int = 2, m: in
     return nm_mask(torch.where(original != 0, scores, below), n, m)
 
 
+def check_mask_fits(weight: torch.Tensor, mask: torch.Tensor, what: str = "apply_mask") -> None:
+    """Refuse a mask that is not a bool tensor of the weight's own shape: a 0/1 float or int mask failed
+    deep inside torch, and a mask of another shape was broadcast (one row's mask applied to every row,
+    or a result of the mask's shape rather than the weight's)."""
+    if not isinstance(weight, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        got = type(weight if not isinstance(weight, torch.Tensor) else mask).__name__
+        raise ProxSparseError(f"{what}: the weight and the mask must be tensors, got {got}")
+    if mask.dtype != torch.bool or mask.shape != weight.shape:
+        raise ProxSparseError(
+            f"{what}: the mask is {mask.dtype} {tuple(mask.shape)}; the weight needs torch.bool {tuple(weight.shape)}"
+            + (" (mask.bool() makes one of a 0/1 mask)" if mask.dtype != torch.bool and mask.shape == weight.shape else "")
+        )
+
+
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """weight where mask, +0.0 elsewhere (never -0.0, which `weight * mask` gives for negatives)."""
+    """weight where mask, +0.0 elsewhere (never -0.0, which `weight * mask` gives for negatives). The mask is
+    a bool tensor of the weight's shape."""
+    check_mask_fits(weight, mask)
     return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
 def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """In-place `apply_mask`."""
+    check_mask_fits(weight, mask, "apply_mask_")
     return weight.masked_fill_(~mask, 0.0)
 
 

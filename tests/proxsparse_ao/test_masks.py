@@ -91,6 +91,22 @@ class TestApply:
         pointer = weight.data_ptr()
         assert apply_mask_(weight, magnitude_mask(weight)).data_ptr() == pointer
 
+    @pytest.mark.parametrize("apply", [apply_mask, apply_mask_], ids=["apply_mask", "apply_mask_"])
+    def test_a_mask_must_be_bool_and_of_the_weights_own_shape(self, apply):
+        """A 0/1 float or int mask failed inside torch (where/masked_fill/~); a mask of another shape was
+        broadcast: one row's mask pruned every row, and a larger mask gave a result of its own shape."""
+        weight, mask = torch.randn(8, 16), magnitude_mask(torch.randn(8, 16))
+        name = apply.__name__
+        for wrong in (mask.float(), mask.to(torch.uint8)):
+            with pytest.raises(ProxSparseError, match=rf"^{name}: the mask is {wrong.dtype} \(8, 16\); the weight needs "
+                               r"torch.bool \(8, 16\) \(mask.bool\(\) makes one of a 0/1 mask\)$"):
+                apply(weight.clone(), wrong)
+        for wrong in (mask[:1], mask[0], torch.ones(2, 8, 16, dtype=torch.bool)):
+            with pytest.raises(ProxSparseError, match=rf"^{name}: the mask is torch.bool .*; the weight needs torch.bool \(8, 16\)$"):
+                apply(weight.clone(), wrong)
+        with pytest.raises(ProxSparseError, match=rf"^{name}: the weight and the mask must be tensors, got list$"):
+            apply(weight.clone(), mask.tolist())
+
 
 class TestChecks:
     def test_a_two_of_four_tensor_passes(self):
