@@ -143,6 +143,11 @@ def save_pruned(
 
     from .targets import masked_modules
 
+    _check_path(output, "save_pruned: output")
+    if not isinstance(overwrite, bool):
+        raise ProxSparseError(f"save_pruned: overwrite must be True or False, got {type(overwrite).__name__} {overwrite!r}")
+    if extra_files is not None and not isinstance(extra_files, dict):
+        raise ProxSparseError(f"save_pruned: extra_files must be a dict of file name -> bytes, got {type(extra_files).__name__}")
     if metadata is not None and not isinstance(metadata, dict):
         raise ProxSparseError(f"save_pruned: metadata must be a dict, got {type(metadata).__name__}")
     metadata = dict(metadata or {})
@@ -199,6 +204,13 @@ def save_pruned(
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return output
+
+
+def _check_path(path: Any, what: str) -> None:
+    """Refuse a folder argument that is no path (None, a number): pathlib's TypeError would name neither
+    the argument nor the call."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ProxSparseError(f"{what} must be a folder path (str or pathlib.Path), got {type(path).__name__} {path!r}")
 
 
 def check_output(
@@ -342,6 +354,7 @@ def load_pruned(
     from .api import attach_masks
     from .models import check_dtype, load_causal_lm, usable_device
 
+    _check_path(folder, "load_pruned: folder")
     check_dtype(dtype)
     device = usable_device(device)
     folder = Path(folder).expanduser()

@@ -502,6 +502,28 @@ def test_save_arguments_that_cannot_be_written_are_refused_before_writing(tiny_l
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("arguments, problem", [
+    (dict(output=None), r"output must be a folder path \(str or pathlib.Path\), got NoneType None$"),
+    (dict(output=3), r"output must be a folder path \(str or pathlib.Path\), got int 3$"),
+    (dict(overwrite="no"), r"overwrite must be True or False, got str 'no'$"),
+    (dict(extra_files=[b"log"]), r"extra_files must be a dict of file name -> bytes, got list$"),
+], ids=["output-none", "output-int", "overwrite-str", "extra-files-list"])
+def test_save_arguments_of_the_wrong_kind_are_refused_and_an_existing_folder_is_kept(tiny_llama, tmp_path, arguments, problem):
+    """A path of None or a number failed with pathlib's TypeError and a list of extra files with a ValueError
+    from dict(); overwrite="no", being truthy, replaced the existing folder."""
+    masks = _pruned(tiny_llama)
+    earlier = save_pruned(tiny_llama, tmp_path / "out", masks, metadata={"run": 1})
+    with pytest.raises(ProxSparseError, match="^save_pruned: " + problem):
+        save_pruned(tiny_llama, **{"output": earlier, "masks": masks, **arguments})
+    assert json.loads((earlier / METADATA_FILE).read_text())["run"] == 1
+
+
+def test_load_pruned_refuses_a_folder_that_is_no_path():
+    """It failed with pathlib's "expected str, bytes or os.PathLike object, not NoneType"."""
+    with pytest.raises(ProxSparseError, match=r"^load_pruned: folder must be a folder path \(str or pathlib.Path\), got NoneType None$"):
+        load_pruned(None)
+
+
 def test_metadata_that_is_not_a_dict_is_refused(tiny_llama, tmp_path):
     masks = _pruned(tiny_llama)
     with pytest.raises(ProxSparseError, match="save_pruned: metadata must be a dict, got list"):
