@@ -7,6 +7,8 @@ because de-quantised checkpoints tie often and masks must not depend on the kern
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .errors import ProxSparseError
@@ -16,19 +18,35 @@ class SparsityPatternError(ProxSparseError, ValueError):
     """A tensor that should be N:M sparse is not."""
 
 
+class MaskArgumentError(ProxSparseError, ValueError):
+    """An argument the mask utilities cannot work with: not a tensor, a group size that is no int >= 1, a
+    last dimension that is no multiple of it."""
+
+
+def _check_arguments(tensor: torch.Tensor, m: int, what: str) -> None:
+    """Refuse what would fail deep inside (a numpy array: AttributeError; m = 0: ZeroDivisionError) or
+    pass silently (a float m)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise MaskArgumentError(f"{what}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
+        raise MaskArgumentError(f"{what}: need m >= 1 (an int, the group size), got m={m!r}")
+
+
 def _groups(tensor: torch.Tensor, m: int, what: str) -> torch.Tensor:
+    _check_arguments(tensor, m, what)
     if tensor.dim() < 1 or tensor.shape[-1] % m:
-        raise ValueError(f"{what}: the last dimension of shape {tuple(tensor.shape)} is not a multiple of {m}")
+        raise MaskArgumentError(f"{what}: the last dimension of shape {tuple(tensor.shape)} is not a multiple of {m}")
     return tensor.reshape(-1, m)
 
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Boolean mask keeping the n largest scores in every group of m (lower index wins ties)."""
-    if not 0 <= n <= m or m < 1:
-        raise ValueError(f"nm_mask: need 0 <= n <= m and m >= 1, got n={n}, m={m}")
+    _check_arguments(scores, m, "nm_mask")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 <= n <= m:
+        raise MaskArgumentError(f"nm_mask: need 0 <= n <= m and m >= 1 (ints), got n={n!r}, m={m!r}")
     groups = _groups(scores, m, "nm_mask")
     if groups.is_floating_point() and bool(torch.isnan(groups).any()):
-        raise ValueError("nm_mask: scores contain NaN")
+        raise MaskArgumentError("nm_mask: scores contain NaN")
     if (n, m) == (2, 4):
         return top2_of_4(groups).reshape(scores.shape)
     greater = groups.unsqueeze(1) > groups.unsqueeze(2)  # [g, i, j]: score_j > score_i
@@ -116,6 +134,7 @@ def fraction_nm(tensor: torch.Tensor, n: int = 2, m: int = 4) -> float:
 
 def check_nm(tensor: torch.Tensor, name: str = "tensor", n: int = 2, m: int = 4) -> None:
     """Raise SparsityPatternError naming the tensor, its bad-group count and first bad index."""
+    _check_arguments(tensor, m, f"check_nm of {name}")
     if tensor.dim() < 1 or tensor.shape[-1] % m:
         raise SparsityPatternError(f"{name}: last dimension of shape {tuple(tensor.shape)} is not a multiple of {m}")
     per_group = nonzeros_per_group(tensor, m)
@@ -132,6 +151,7 @@ def check_nm(tensor: torch.Tensor, name: str = "tensor", n: int = 2, m: int = 4)
 
 def is_nm(tensor: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     """True when every group of m has at most n non-zeros."""
+    _check_arguments(tensor, m, "is_nm")
     return tensor.dim() >= 1 and tensor.shape[-1] % m == 0 and bool((nonzeros_per_group(tensor, m) <= n).all())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,6 +110,26 @@ class TestApply:
 
 
 class TestChecks:
+    @pytest.mark.parametrize(
+        ("call", "message"),
+        [
+            (lambda: pattern_stats(torch.ones(3, 4), m=0), r"^nonzeros_per_group: need m >= 1 \(an int, the group size\), got m=0$"),
+            (lambda: fraction_nm(torch.ones(3, 4), m=0), r"^nonzeros_per_group: need m >= 1 .*got m=0$"),
+            (lambda: check_nm(torch.ones(3, 4), "layer", m=0), r"^check_nm of layer: need m >= 1 .*got m=0$"),
+            (lambda: is_nm(torch.ones(3, 4), m=0), r"^is_nm: need m >= 1 .*got m=0$"),
+            (lambda: check_nm(np.zeros((4, 4)), "layer"), r"^check_nm of layer: expected a torch.Tensor, got ndarray$"),
+            (lambda: nm_mask(np.zeros((4, 4))), r"^nm_mask: expected a torch.Tensor, got ndarray$"),
+            (lambda: nm_mask(torch.randn(4, 4), n=2.5), r"^nm_mask: need 0 <= n <= m and m >= 1 \(ints\), got n=2.5, m=4$"),
+            (lambda: pattern_stats(torch.ones(3, 5)), r"^nonzeros_per_group: the last dimension of shape \(3, 5\) is not a multiple of 4$"),
+        ],
+    )
+    def test_arguments_the_utilities_cannot_use_are_user_errors(self, call, message):
+        """m=0 raised ZeroDivisionError, a numpy array AttributeError, and n=2.5 kept 3 of 4 silently;
+        the rest were plain ValueErrors (they stay ValueErrors)."""
+        with pytest.raises(ProxSparseError, match=message) as raised:
+            call()
+        assert isinstance(raised.value, ValueError)
+
     def test_a_two_of_four_tensor_passes(self):
         weight = apply_mask(torch.randn(8, 16), magnitude_mask(torch.randn(8, 16)))
         check_nm(weight, "layer")
