@@ -14,6 +14,7 @@ from torch import nn
 from proxsparse_ao.errors import ProxSparseError, meta_weight_message
 from proxsparse_ao.ops import linear24
 from proxsparse_ao.sparse_format import SPARSE_DTYPES, compress_24
+from proxsparse_ao.targets import eager_model
 
 from .select import DEFAULT_EXCLUDE, linear_status
 
@@ -32,6 +33,8 @@ class SparseLinear24(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, name: str = "weight") -> SparseLinear24:
         """Compress `linear`'s exactly-2:4 weight (raises with `name` when it is not 2:4 or unsupported)."""
+        if not isinstance(linear, nn.Linear):
+            raise ProxSparseError(f"SparseLinear24.from_linear takes an nn.Linear, got {type(linear).__name__}")
         values, meta = compress_24(linear.weight, name)
         bias = linear.bias.detach() if linear.bias is not None else None
         return cls(values, meta, bias)
@@ -61,7 +64,11 @@ def swap_linears(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> 
     Returns every linear's name with "swapped" or the reason it was kept dense
     (excluded, dtype, shape, not 2:4). Exclusion patterns that are not strings or valid
     regexes, and weights on the meta device (whose values cannot be read), are a ProxSparseError.
+    A `torch.compile`d model is swapped through the model it wraps, its layers named as that model names them.
     """
+    if not isinstance(model, nn.Module):
+        raise ProxSparseError(f"swap_linears takes a torch.nn.Module, got {type(model).__name__}")
+    model = eager_model(model)
     meta = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module.weight.is_meta]
     if meta:
         raise ProxSparseError(meta_weight_message(meta[0], "swapping compresses the weights, so load them into memory first"))

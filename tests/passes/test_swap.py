@@ -100,6 +100,23 @@ def test_from_linear_keeps_bias_and_refuses_bad_weights():
         SparseLinear24.from_linear(nn.Linear(128, 64), "fp32")
 
 
+def test_a_torch_compiled_model_is_swapped_through_the_model_it_wraps_with_its_own_layer_names():
+    """Its layers were named "_orig_mod.0", ..., so a full-name or regex exclusion excluded nothing."""
+    model = nn.Sequential(nn.Linear(128, 64).to(torch.bfloat16), nn.Linear(64, 64).to(torch.bfloat16))
+    prune_(model)
+    result = swap_linears(torch.compile(model), exclude=["re:1"])
+    assert result == {"0": "swapped", "1": "excluded (matches 're:1')"}
+    assert isinstance(model[0], SparseLinear24) and isinstance(model[1], nn.Linear)
+
+
+def test_what_is_no_module_or_no_linear_is_refused():
+    """They failed with AttributeError ('str' object has no attribute 'named_modules'; 'ReLU' object has no attribute 'weight')."""
+    with pytest.raises(ProxSparseError, match="^swap_linears takes a torch.nn.Module, got str$"):
+        swap_linears("model")
+    with pytest.raises(ProxSparseError, match="^SparseLinear24.from_linear takes an nn.Linear, got ReLU$"):
+        SparseLinear24.from_linear(nn.ReLU())
+
+
 def test_a_bare_linear_is_reported_as_a_root_that_cannot_be_swapped_in_place():
     linear = nn.Linear(128, 64, bias=False).to(torch.bfloat16)
     prune_(linear)
