@@ -142,8 +142,10 @@ class ProxSparseConfig(AOBaseConfig):
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProxSparseConfig:
         """Build from `to_dict` output; unknown keys are an error (a typo must not pass silently)."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{cls.__name__}.from_dict takes a dict of fields (as to_dict gives), got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(key if isinstance(key, str) else repr(key) for key in set(values) - names)
         if unknown:
             raise ConfigError(f"ProxSparseConfig: unknown field(s) {', '.join(unknown)}")
         return cls(**values)

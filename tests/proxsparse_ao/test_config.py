@@ -66,6 +66,21 @@ def test_unknown_field_in_dict_is_an_error():
         ProxSparseConfig.from_dict({"lamda1": 1.0})
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (None, r"^ProxSparseConfig.from_dict takes a dict of fields \(as to_dict gives\), got NoneType$"),
+        (["lr"], r"^ProxSparseConfig.from_dict takes a dict of fields \(as to_dict gives\), got list$"),
+        ({1: 2.0, "lamda1": 1.0}, r"^ProxSparseConfig: unknown field\(s\) 1, lamda1$"),
+    ],
+)
+def test_from_dict_names_what_is_not_a_dict_of_fields(values, message):
+    """A non-dict failed with TypeError ('NoneType' object is not iterable, argument after ** must be a
+    mapping), and a key that is no str with a TypeError from joining the unknown names."""
+    with pytest.raises(ConfigError, match=message):
+        ProxSparseConfig.from_dict(values)
+
+
 def test_ints_accepted_for_floats_and_tuples_become_lists():
     config = ProxSparseConfig(lr=1, targets=("q_proj",))
     assert config.targets == ["q_proj"]
