@@ -14,7 +14,6 @@ from torch import nn
 from proxsparse_ao.errors import ProxSparseError, meta_weight_message
 from proxsparse_ao.ops import linear24
 from proxsparse_ao.sparse_format import SPARSE_DTYPES, compress_24
-from proxsparse_ao.targets import eager_model
 
 from .select import DEFAULT_EXCLUDE, linear_status
 
@@ -68,7 +67,10 @@ def swap_linears(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> 
     """
     if not isinstance(model, nn.Module):
         raise ProxSparseError(f"swap_linears takes a torch.nn.Module, got {type(model).__name__}")
-    model = eager_model(model)
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    while isinstance(model, OptimizedModule):  # what targets.eager_model does; passes/ keeps to the op and format core
+        model = model._orig_mod
     meta = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module.weight.is_meta]
     if meta:
         raise ProxSparseError(meta_weight_message(meta[0], "swapping compresses the weights, so load them into memory first"))

@@ -93,9 +93,9 @@ def check_mask_fits(weight: torch.Tensor, mask: torch.Tensor, what: str = "apply
     or a result of the mask's shape rather than the weight's)."""
     if not isinstance(weight, torch.Tensor) or not isinstance(mask, torch.Tensor):
         got = type(weight if not isinstance(weight, torch.Tensor) else mask).__name__
-        raise ProxSparseError(f"{what}: the weight and the mask must be tensors, got {got}")
+        raise MaskArgumentError(f"{what}: the weight and the mask must be tensors, got {got}")
     if mask.dtype != torch.bool or mask.shape != weight.shape:
-        raise ProxSparseError(
+        raise MaskArgumentError(
             f"{what}: the mask is {mask.dtype} {tuple(mask.shape)}; the weight needs torch.bool {tuple(weight.shape)}"
             + (" (mask.bool() makes one of a 0/1 mask)" if mask.dtype != torch.bool and mask.shape == weight.shape else "")
         )
