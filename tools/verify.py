@@ -17,7 +17,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 from proxsparse_ao.zeroshot import ZeroShot, check_tasks
 
-from .options import check_result_files, parse_device, refuse_unused, require_at_least
+from .options import check_not_inside, check_result_files, parse_device, refuse_unused, require_at_least
 from .progress import progress_bars, reporter, stage
 
 DEFAULT_MAX_TOKENS = 16384
@@ -119,6 +119,7 @@ def _check_args(args: argparse.Namespace) -> None:
         next(folder.iterdir(), None)
     except OSError as err:
         raise ProxSparseError(f"cannot read the model folder {args.dir}: {err.strerror or err}") from None
+    _check_json_not_in_dense_source(args, folder)
     if not (args.no_ppl and args.no_compile):
         from proxsparse_ao.data import check_text
 
@@ -138,6 +139,22 @@ def _check_args(args: argparse.Namespace) -> None:
                 raise ProxSparseError(f"--baseline: {args.baseline} is a pruned model (it has {METADATA_FILE}), not a dense source")
             if not args.no_ppl:
                 _check_baseline_context(config, args.seqlen, "--baseline: ")
+
+
+def _check_json_not_in_dense_source(args: argparse.Namespace, folder: Path) -> None:
+    """--json must not land in the local folder of the dense source (--baseline, else proxsparse.json's
+    source_model): the results would overwrite a file of that model, its config.json or weights."""
+    if not args.json:
+        return
+    from proxsparse_ao.export import read_metadata
+    from proxsparse_ao.verification import baseline_source
+
+    metadata = read_metadata(folder) if args.baseline is None else None
+    source = baseline_source(metadata, args.baseline)[0]
+    if source is None or source == "default" or not Path(source).expanduser().is_dir():
+        return
+    which = "the --baseline folder" if args.baseline is not None else "the dense source folder (proxsparse.json's source_model)"
+    check_not_inside(args.json, "--json", source, which)
 
 
 def _check_baseline_context(config, seqlen: int, prefix: str = "") -> None:

@@ -344,6 +344,19 @@ def test_a_result_file_that_could_not_be_written_or_would_clobber_the_model_is_r
     assert (folder / "config.json").read_text() == "{}"
 
 
+def test_a_result_file_inside_the_dense_source_folder_is_refused_and_the_dense_model_kept(folders, tmp_path):
+    """--json dense/config.json replaced the dense model's config with verify's results: the baseline no longer loaded."""
+    dense = shutil.copytree(folders["dense"], tmp_path / "dense")
+    pruned = save_tiny_pruned(tmp_path, dense)  # its proxsparse.json names `dense` as source_model
+    config = (dense / "config.json").read_text()
+    accuracy = ["--no-compile", "--text", str(folders["text"]), "--seqlen", "64", "--json", str(dense / "config.json")]
+    one_line_error(cli(str(folders["pruned"]), *accuracy, "--baseline", str(dense)), 2,
+                   f"--json {dense / 'config.json'} is inside the --baseline folder {dense}: put it elsewhere")
+    one_line_error(cli(str(pruned), *accuracy), 2,
+                   f"--json {dense / 'config.json'} is inside the dense source folder (proxsparse.json's source_model) {dense}")
+    assert (dense / "config.json").read_text() == config
+
+
 def test_the_structure_check_needs_no_tokenizer_but_perplexity_names_the_missing_one(folders, tmp_path, capsys):
     from proxsparse_ao.tools import cli as tool
 
