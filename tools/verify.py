@@ -47,9 +47,10 @@ exit status: 0 every check passed (skipped ones do not fail), 1 a check failed (
 or numbers are printed), 2 the input could not be used (missing folder, not a model, corrupt
 weights or masks, proxsparse.json that does not parse, no target layers, unknown task, a local
 --baseline folder that would not load, is a pruned model or has a shorter context than --seqlen:
-checked before the first check; a dense source whose tokenizer splits --text differently, so its
-perplexity would not be comparable: checked before any perplexity); errors are one line on
-stderr and no --json file is written.
+checked before the first check; a dense source whose linear layers differ from the pruned
+model's (another architecture or size) or whose tokenizer splits --text differently, so the
+comparison would mean nothing: checked before any perplexity or zero-shot); errors are one line
+on stderr and no --json file is written.
 """
 
 
@@ -340,6 +341,8 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
                 raise ProxSparseError(f"--baseline: {err}") from None
             result["baseline_error"] = str(err)
             skipped = f"could not load {label}: {err}"
+    if dense is not None:
+        _check_same_layers(model, dense, args.dir, label, "--baseline: " if args.baseline is not None else "")
     if not args.no_ppl:
         check_context(model, args.seqlen, "--seqlen")
         text = load_text(args.text, "evaluation")
@@ -375,6 +378,34 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
         result["baseline_zero_shot"] = scores.to_dict() | {"limit": args.limit}
         _zero_shot_rows(table, scores, "dense")
     del dense
+
+
+def _linear_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Every nn.Linear of `model` by name, with its weight's shape."""
+    from torch import nn
+
+    return {name: tuple(module.weight.shape) for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+
+
+def _check_same_layers(model, dense, folder: str, label: str, prefix: str) -> None:
+    """Refuse a dense source whose linear layers (names and shapes) are not the pruned model's: another
+    architecture or size is not what the model was pruned from, so comparing with it would mean nothing."""
+    mine, theirs = _linear_shapes(model), _linear_shapes(dense)
+    differ = sorted(name for name in mine.keys() | theirs.keys() if mine.get(name) != theirs.get(name))
+    if not differ:
+        return
+    first, size = differ[0], lambda shape: "x".join(map(str, shape))
+    if first not in mine:
+        what = f"it has a linear {first} ({size(theirs[first])}) the pruned model lacks"
+    elif first not in theirs:
+        what = f"it lacks the pruned model's linear {first} ({size(mine[first])})"
+    else:
+        what = f"its linear {first} is {size(theirs[first])}, the pruned model's {size(mine[first])}"
+    more = f" (and {len(differ) - 1} more linear{'s' if len(differ) > 2 else ''} differ)" if len(differ) > 1 else ""
+    raise ProxSparseError(
+        f"{prefix}the dense source {label} is not the model {folder} was pruned from: {what}{more}; comparing "
+        "with it would mean nothing (name the dense model it was pruned from)"
+    )
 
 
 def _deployment(model, tokenizer, targets: list[str], args, device, result: dict, checks: dict, table: Table, console: Console):

@@ -489,6 +489,26 @@ def test_a_baseline_whose_tokenizer_splits_the_text_differently_gets_no_perplexi
     assert "their perplexities would not be comparable" in line
 
 
+@pytest.mark.parametrize(("architecture", "said"), [
+    ("opt", "it has a linear model.decoder.layers.0.fc1 (128x64) the pruned model lacks (and 25 more linears differ)"),
+    ("llama-3-layers", "it has a linear model.layers.2.mlp.down_proj (64x128) the pruned model lacks (and 6 more linears differ)"),
+])
+def test_a_baseline_of_another_architecture_or_size_is_refused_before_any_comparison(
+        folders, tmp_path, monkeypatch, capsys, architecture, said):
+    """With the same tokenizer, an OPT baseline for a pruned Llama was reported as its "dense source" with a sparse/dense ratio."""
+    from tiny_models import make_tiny_opt
+
+    baseline = tmp_path / architecture
+    (make_tiny_opt() if architecture == "opt" else make_tiny_llama(layers=3)).save_pretrained(baseline)
+    make_byte_tokenizer().save_pretrained(baseline)
+    capsys.readouterr()  # transformers' save progress
+    for extra in (["--seqlen", "64"], ["--no-ppl", "--tasks", "local_winogrande", "--limit", "2"]):
+        code, out, err, ran, wrote = verify_in_process(folders, baseline, tmp_path, monkeypatch, capsys, "--no-compile", *extra)
+        assert code == 2 and ran == [] and not wrote and "sparse/dense" not in out and "acc (" not in out
+        assert err.strip() == (f"error: --baseline: the dense source {baseline} is not the model {folders['pruned']} was pruned "
+                               f"from: {said}; comparing with it would mean nothing (name the dense model it was pruned from)")
+
+
 def test_a_baseline_with_the_same_tokenizer_is_compared(folders, tmp_path, monkeypatch, capsys):
     import proxsparse_ao.evaluation
 
