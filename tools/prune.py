@@ -33,7 +33,7 @@ from proxsparse_ao.errors import ProxSparseError
 from proxsparse_ao.quiet import quiet_libraries
 
 from .library_warnings import is_ours
-from .options import check_checkpoint_dir, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
+from .options import check_checkpoint_dir, check_not_inside, check_result_files, name_flags, parse_device, refuse_unused, require_at_least
 from .progress import LEARNING_FIELDS, learning_reporter, progress_bars, reporter, stage
 
 METHODS = ("proxsparse", *BASELINES)
@@ -235,6 +235,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
             raise ProxSparseError(f"--plot {args.plot}: {err}") from None  # not after the run
     if getattr(config, "checkpoint_dir", None):
         check_checkpoint_dir(config.checkpoint_dir, args.output, args.model)
+        for option, value in {"--log": args.log, "--plot": args.plot}.items():
+            if value:  # it would replace the training state a rerun resumes from, or the folder itself
+                check_not_inside(value, option, config.checkpoint_dir, "the --checkpoint-dir folder, which holds the training state,")
     calibrated = args.method == "proxsparse" or needs_calibration(config)
     if calibrated:
         check_text(config.calibration)

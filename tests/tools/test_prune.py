@@ -211,6 +211,23 @@ def test_outputs_that_would_destroy_something_or_fail_at_the_end_are_refused_bef
     assert (notes / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option", ["--log", "--plot"])
+@pytest.mark.parametrize("resumed", [True, False])
+def test_a_result_file_in_the_checkpoint_folder_is_refused_before_any_work(model_dir, tmp_path, capsys, option, resumed):
+    """--log ckpt/proxsparse_state.pt replaced the training state a rerun resumes from with the JSON log, and
+    --log ckpt, a folder the learning creates, ended a finished run with a traceback."""
+    checkpoint = tmp_path / "ckpt"
+    if resumed:
+        checkpoint.mkdir()
+        (checkpoint / "proxsparse_state.pt").write_bytes(b"state")
+    result = checkpoint / "proxsparse_state.pt" if resumed else checkpoint
+    assert _prune(model_dir, tmp_path / "out", "--checkpoint-dir", str(checkpoint), option, str(result)) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {option} {result} is inside the --checkpoint-dir folder, which holds "
+                                               f"the training state, {checkpoint}: put it elsewhere")
+    assert not (tmp_path / "out").exists()
+    assert (checkpoint / "proxsparse_state.pt").read_bytes() == b"state" if resumed else not checkpoint.exists()
+
+
 def test_the_dense_source_is_recorded_by_its_absolute_path(model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(model_dir.parent)
     assert cli.main(["prune", model_dir.name, "--output", str(tmp_path / "out"), "--method", "magnitude"]) == 0
