@@ -314,6 +314,13 @@ def check_loadable(source: str | Path | None) -> PretrainedConfig | None:
     return model.config
 
 
+def check_model_name(source: str | Path | None) -> None:
+    """Refuse an empty model name: as a path it is the current folder, which is no model, and
+    checks that compare other paths with the model folder would name that instead."""
+    if source is not None and not str(source).strip():
+        raise ProxSparseError(f"the model name is empty: omit it for the embedded default ('{DEFAULT_MODEL}'), or name a folder or hub id")
+
+
 def load_model(
     source: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
     with_tokenizer: bool = True,
@@ -325,8 +332,7 @@ def load_model(
     A hub id that cannot be fetched (no network, HF_HUB_OFFLINE, unknown id) raises a
     ProxSparseError that names the offline alternatives.
     """
-    if source is not None and not str(source).strip():
-        raise ProxSparseError(f"the model name is empty: omit it for the embedded default ('{DEFAULT_MODEL}'), or name a folder or hub id")
+    check_model_name(source)
     check_dtype(dtype)
     device = usable_device(device)
     if is_default(source):

@@ -22,6 +22,7 @@ from datetime import timedelta  # noqa: E402
 from proxsparse_ao.calibration import token_count  # noqa: E402
 from proxsparse_ao.distributed import MIXED_PRECISION, exit_without_teardown, learn_masks_distributed  # noqa: E402
 from proxsparse_ao.errors import ProxSparseError  # noqa: E402
+from proxsparse_ao.models import check_model_name  # noqa: E402
 from proxsparse_ao.training import StepStats  # noqa: E402
 
 from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # noqa: E402
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ProxSparseError(f"run this command under torchrun (RANK and WORLD_SIZE are not set): {PROG} ...")
     args.given = typed_options(build_parser, argv)
+    check_model_name(args.model)
     check_model_not_in_patterns(args)
     config = config_from_args(args)  # as prune builds it: the preset, then the flags set
     refuse_unused(args, {"--checkpoint-every": None if config.checkpoint_dir else "without --checkpoint-dir"})

@@ -30,6 +30,7 @@ from proxsparse_ao.config import (
     check_batch_size,
 )
 from proxsparse_ao.errors import ProxSparseError
+from proxsparse_ao.models import check_model_name
 from proxsparse_ao.quiet import quiet_libraries
 
 from .library_warnings import is_ours
@@ -201,6 +202,7 @@ def source_label(model: str) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    check_model_name(args.model)
     check_model_not_in_patterns(args)
     config = config_from_args(args)
     no_log = f"with --method {args.method}, which learns nothing step by step" if args.method != "proxsparse" else None

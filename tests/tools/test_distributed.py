@@ -148,6 +148,16 @@ def test_torchrun_entry_refuses_a_model_folder_given_after_a_pattern_flag_as_pru
     assert not (tmp_path / "out").exists()
 
 
+def test_torchrun_entry_calls_an_empty_model_name_empty_as_prune_does(tmp_path, monkeypatch):
+    """It said "OUT is inside the model folder being pruned ()": the empty name was read as the current folder."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProxSparseError, match=r"^the model name is empty: omit it for the embedded default"):
+        distributed.main(["", "--output", "out"])
+    assert not (tmp_path / "out").exists()
+
+
 def _torchrun_command(model_dir: Path, output: Path, *flags: str) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "-m", MODULE,

@@ -228,6 +228,15 @@ def test_a_result_file_in_the_checkpoint_folder_is_refused_before_any_work(model
     assert (checkpoint / "proxsparse_state.pt").read_bytes() == b"state" if resumed else not checkpoint.exists()
 
 
+def test_an_empty_model_name_is_called_empty(tmp_path, capsys, monkeypatch):
+    """It said "OUT is inside the model folder being pruned ()": the empty name was read as the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prune", "", "--output", "out", "--log", "log.json"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: the model name is empty: omit it for the embedded default "
+                                               "('smollm2-135m-instruct'), or name a folder or hub id")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_dense_source_is_recorded_by_its_absolute_path(model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(model_dir.parent)
     assert cli.main(["prune", model_dir.name, "--output", str(tmp_path / "out"), "--method", "magnitude"]) == 0
