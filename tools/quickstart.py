@@ -46,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=QUICK_SAMPLES, help=f"calibration samples (default {QUICK_SAMPLES})")
     parser.add_argument("--seqlen", type=int, default=QUICK_SEQLEN, help=f"tokens per sample (default {QUICK_SEQLEN})")
     parser.add_argument("--eval-tokens", type=int, default=QUICK_EVAL_TOKENS,
-                        help=f"evaluation tokens, at least one window of {EVAL_WINDOW} (default {QUICK_EVAL_TOKENS})")
+                        help=f"evaluation tokens, at least one window of {EVAL_WINDOW}; whole windows are evaluated (default {QUICK_EVAL_TOKENS})")
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="also save the pruned model here (an earlier pruned-model folder there is replaced)")
     parser.set_defaults(run=run)
@@ -103,10 +103,13 @@ def _main_job(args: argparse.Namespace, console: Console, table: Table) -> bool:
         model, tokenizer = load_model()
         check_context(model, args.seqlen, "--seqlen")
         ids = tokenize_text(tokenizer, load_text(None, "evaluation"))
-        dense = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens).ppl
+        measured = perplexity(model, ids, EVAL_WINDOW, max_tokens=args.eval_tokens)  # whole windows: at most --eval-tokens
+        dense = measured.ppl
+    windows = f"{measured.windows} window{'s' if measured.windows != 1 else ''} of {EVAL_WINDOW}"
     table.add_row(
         "embedded model and text", "[green]ran[/]",
-        f"{DEFAULT_MODEL_LABEL}; dense perplexity {dense:.2f} ({args.eval_tokens} tokens), {time.perf_counter() - started:.0f} s",
+        f"{DEFAULT_MODEL_LABEL}; dense perplexity {dense:.2f} ({measured.tokens:,} tokens, {windows}), "
+        f"{time.perf_counter() - started:.0f} s",
     )
 
     config = ProxSparseConfig(samples=args.samples, seqlen=args.seqlen)

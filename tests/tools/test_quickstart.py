@@ -114,3 +114,10 @@ def test_in_a_log_each_stage_is_a_line_as_it_starts_and_the_table_comes_last(tin
     assert [lines[i].split(":")[0].split(" ")[0] for i in said] == ["loading", "learning", "learning", "learning", "perplexity"]
     assert lines[said[1]].startswith("learning 2:4 masks: step 1/3, loss ")
     assert said[-1] < next(i for i, line in enumerate(lines) if "proxsparse-ao quickstart" in line)
+
+
+def test_the_dense_perplexity_names_the_tokens_it_was_measured_on(tiny_default_model, capsys):
+    """It printed --eval-tokens as typed ("1500 tokens") where whole windows of 1024 measured 1024."""
+    assert cli.main([*QUICK[:-1], "1500"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "dense perplexity" in line)
+    assert "(1,024 tokens, 1 window of 1024)" in row and "1500" not in row
