@@ -93,7 +93,7 @@ def _check_args(args: argparse.Namespace) -> None:
     refuse_unused(args, {
         "--deploy-dtype": no_compile, "--deploy-tokens": no_compile, "--max-tokens": "with --no-ppl" if args.no_ppl else None,
         "--text": "with --no-ppl and --no-compile" if args.no_ppl and args.no_compile else None,
-        "--seqlen": "with --no-ppl and --no-compile" if args.no_ppl and args.no_compile else None,
+        "--seqlen": _seqlen_unused(args),
         "--baseline": "with --no-ppl and without --tasks" if args.no_ppl and not args.tasks else None,
         "--limit": no_tasks, "--zeroshot-data": no_tasks,
     })
@@ -140,6 +140,21 @@ def _check_args(args: argparse.Namespace) -> None:
                 raise ProxSparseError(f"--baseline: {args.baseline} is a pruned model (it has {METADATA_FILE}), not a dense source")
             if not args.no_ppl:
                 _check_baseline_context(config, args.seqlen, "--baseline: ")
+
+
+def _seqlen_unused(args: argparse.Namespace) -> str | None:
+    """Why --seqlen does nothing in this run, or None: without perplexity it only sets the compile check's
+    tokens, and only on CUDA when --deploy-tokens does not."""
+    if not args.no_ppl:
+        return None
+    if args.no_compile:
+        return "with --no-ppl and --no-compile"
+    if args.deploy_tokens:
+        return "with --no-ppl and --deploy-tokens (the compile check's tokens)"
+    device = parse_device(args.device)
+    if device.type != "cuda":
+        return f"with --no-ppl on {device.type}, where the compile check runs {CPU_DEPLOY_TOKENS} tokens unless --deploy-tokens says otherwise"
+    return None
 
 
 def _check_json_not_in_dense_source(args: argparse.Namespace, folder: Path) -> None:

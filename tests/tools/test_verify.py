@@ -395,6 +395,17 @@ def test_an_empty_baseline_name_is_called_empty(folders, tmp_path, baseline):
                    "error: --baseline is empty: name the dense model's folder or hub id")
 
 
+@pytest.mark.parametrize(("extra", "why"), [
+    (["--device", "cpu"], "with --no-ppl on cpu, where the compile check runs 128 tokens unless --deploy-tokens says otherwise"),
+    (["--deploy-tokens", "32"], "with --no-ppl and --deploy-tokens (the compile check's tokens)"),
+])
+def test_a_perplexity_window_without_perplexity_is_refused_where_the_compile_check_does_not_read_it(folders, tmp_path, extra, why):
+    """--no-ppl --seqlen 64 was accepted and ignored: without perplexity --seqlen only sets the compile check's
+    tokens, and only on CUDA when --deploy-tokens does not."""
+    one_line_error(bad_input(tmp_path, folders["pruned"], "--no-ppl", "--seqlen", "64", *extra), 2,
+                   f"error: --seqlen does nothing {why}: drop it")
+
+
 def test_a_speed_target_with_the_speed_check_skipped_is_a_conflict(tmp_path):
     done = cli(str(tmp_path), "--no-compile", "--min-speedup", "1.3")
     assert done.returncode == 2
