@@ -136,7 +136,7 @@ def _check_args(args: argparse.Namespace) -> None:
         except ProxSparseError as err:
             raise ProxSparseError(f"--baseline: {err}") from None
         if config is not None:  # a local folder
-            if (Path(source).expanduser() / METADATA_FILE).is_file():
+            if _is_pruned(source):
                 raise ProxSparseError(f"--baseline: {args.baseline} is a pruned model (it has {METADATA_FILE}), not a dense source")
             if not args.no_ppl:
                 _check_baseline_context(config, args.seqlen, "--baseline: ")
@@ -171,6 +171,13 @@ def _check_json_not_in_dense_source(args: argparse.Namespace, folder: Path) -> N
         return
     which = "the --baseline folder" if args.baseline is not None else "the dense source folder (proxsparse.json's source_model)"
     check_not_inside(args.json, "--json", source, which)
+
+
+def _is_pruned(source: str) -> bool:
+    """Whether `source` is a local pruned-model folder (it has proxsparse.json), which is no dense source."""
+    from proxsparse_ao.export import METADATA_FILE
+
+    return (Path(source).expanduser() / METADATA_FILE).is_file()
 
 
 def _check_baseline_context(config, seqlen: int, prefix: str = "") -> None:
@@ -340,6 +347,7 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
     from proxsparse_ao.context import check_context
     from proxsparse_ao.data import load_text
     from proxsparse_ao.evaluation import tokenize_text
+    from proxsparse_ao.export import METADATA_FILE
     from proxsparse_ao.models import load_model
     from proxsparse_ao.verification import baseline_source
 
@@ -347,6 +355,10 @@ def _accuracy(model, tokenizer, metadata, args, result: dict, checks: dict, tabl
     result["baseline"] = label
     dense = dense_tokenizer = None
     skipped = "no proxsparse.json source_model and no --baseline"
+    if source not in (None, "default") and args.baseline is None and _is_pruned(source):
+        skipped = f"its source_model {label} is a pruned model (it has {METADATA_FILE}), not a dense source: name one with --baseline"
+        result["baseline_error"] = skipped
+        source = None
     if source is not None:
         try:
             with stage(console, f"loading the dense source {label}"):

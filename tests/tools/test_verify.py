@@ -477,6 +477,22 @@ def test_a_pruned_model_as_baseline_is_refused_as_not_a_dense_source(folders, tm
     assert err.strip() == f"error: --baseline: {folders['pruned']} is a pruned model (it has proxsparse.json), not a dense source"
 
 
+def test_a_source_model_that_is_a_pruned_model_is_not_compared_as_the_dense_source(folders, tmp_path, capsys, monkeypatch):
+    """`prune pruned/ --output again/` records pruned/ as source_model: verify reported it as the "dense source"
+    with a sparse/dense ratio, where the explicit --baseline pruned/ is refused."""
+    from proxsparse_ao.tools import cli as tool
+
+    again = save_tiny_pruned(tmp_path, folders["pruned"])
+    out = tmp_path / "out.json"
+    monkeypatch.setenv("COLUMNS", "400")  # table rows on one line each
+    code = tool.main(["verify", str(again), "--no-compile", "--text", str(folders["text"]), "--seqlen", "64", "--json", str(out)])
+    printed, result = capsys.readouterr().out, json.loads(out.read_text())
+    why = f"its source_model {folders['pruned']} is a pruned model (it has proxsparse.json), not a dense source: name one with --baseline"
+    row = next(line for line in printed.splitlines() if "dense source" in line)
+    assert code == 0 and "sparse/dense" not in printed and "skipped" in row and why in row
+    assert result["baseline_ppl"] is None and result["baseline_error"] == why and result["ppl"] > 1
+
+
 def test_a_baseline_whose_tokenizer_splits_the_text_differently_gets_no_perplexity_ratio(
         folders, tmp_path, monkeypatch, capsys):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
