@@ -29,7 +29,8 @@ from .cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, OneLineParser  # no
 from .library_warnings import is_ours  # noqa: E402
 from .options import check_checkpoint_dir, refuse_unused, typed_options  # noqa: E402
 from .prune import (  # noqa: E402
-    DTYPES, add_config_flags, calibration_record, check_model_not_in_patterns, config_from_args, source_label, versions,
+    DTYPES, add_config_flags, calibration_record, check_calibration_not_in_output, check_model_not_in_patterns, config_from_args,
+    source_label, versions,
 )
 from .signals import Terminated, on_sigterm, raise_terminated  # noqa: E402
 
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     quiet_libraries()  # again: importing transformers puts the hub's logger back to WARNING
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
+    check_calibration_not_in_output(config, args.output)
     if config.checkpoint_dir:
         check_checkpoint_dir(config.checkpoint_dir, args.output, args.model)
     check_text(config.calibration)

@@ -161,6 +161,14 @@ def check_model_not_in_patterns(args: argparse.Namespace) -> None:
                 )
 
 
+def check_calibration_not_in_output(config: ProxSparseConfig | BaselineConfig, output: str | Path) -> None:
+    """A --calibration file inside the --output folder (an earlier pruned model replaced with --overwrite)
+    would be deleted by the save, and proxsparse.json would record a text that is gone."""
+    calibration = getattr(config, "calibration", None)
+    if calibration and Path(calibration).expanduser().is_file():
+        check_not_inside(calibration, "--calibration", output, "the --output folder, which the save replaces,")
+
+
 def _set_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
 
@@ -228,6 +236,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     require_at_least(args, {"threads": 1})
     device = parse_device(args.device)
     output = check_output(args.output, args.overwrite, source=args.model, overwrite_flag="--overwrite")
+    check_calibration_not_in_output(config, args.output)
     check_result_files({"--log": args.log, "--plot": args.plot}, model_folder=args.model, output=args.output,
                        inputs={"--calibration": getattr(config, "calibration", None)})
     if args.plot:

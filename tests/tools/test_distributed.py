@@ -158,6 +158,19 @@ def test_torchrun_entry_calls_an_empty_model_name_empty_as_prune_does(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_torchrun_entry_refuses_a_calibration_file_inside_the_output_folder_as_prune_does(tmp_path, monkeypatch):
+    """With --overwrite the save replaced the folder and deleted the text the run was calibrated on."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "proxsparse.json").write_text("{}")  # an earlier pruned model
+    (out / "calib.txt").write_text("text")
+    with pytest.raises(ProxSparseError, match=r"^--calibration .*calib.txt is inside the --output folder, which the save replaces,"):
+        distributed.main(["--output", str(out), "--overwrite", "--calibration", str(out / "calib.txt")])
+    assert (out / "calib.txt").read_text() == "text"
+
+
 def _torchrun_command(model_dir: Path, output: Path, *flags: str) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "-m", MODULE,

@@ -228,6 +228,19 @@ def test_a_result_file_in_the_checkpoint_folder_is_refused_before_any_work(model
     assert (checkpoint / "proxsparse_state.pt").read_bytes() == b"state" if resumed else not checkpoint.exists()
 
 
+def test_a_calibration_file_inside_the_output_folder_an_overwrite_replaces_is_refused_and_kept(model_dir, tmp_path, capsys):
+    """--output out --overwrite --calibration out/calib.txt deleted the text with the earlier folder, and
+    proxsparse.json recorded a calibration file that no longer existed."""
+    out = tmp_path / "out"
+    assert _prune(model_dir, out) == 0
+    (out / "calib.txt").write_text(TEXT)
+    capsys.readouterr()
+    assert _prune(model_dir, out, "--overwrite", "--calibration", str(out / "calib.txt")) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --calibration {out / 'calib.txt'} is inside the --output folder, "
+                                               f"which the save replaces, {out}: put it elsewhere")
+    assert (out / "calib.txt").read_text() == TEXT
+
+
 def test_an_empty_model_name_is_called_empty(tmp_path, capsys, monkeypatch):
     """It said "OUT is inside the model folder being pruned ()": the empty name was read as the current folder."""
     monkeypatch.chdir(tmp_path)
